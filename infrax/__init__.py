@@ -1,0 +1,1 @@
+"""infrax: a continuous-integration task-execution system."""

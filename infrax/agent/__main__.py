@@ -1,0 +1,98 @@
+"""Command line entry point: ``python3 -m infrax.agent --port 0 --workdir DIR``.
+
+The shared secret is read from the ``INFRAX_AGENT_SECRET`` environment variable
+(never from the command line, where ``ps`` would show it). Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from infrax.agent.runner import RunSettings
+from infrax.agent.server import serve
+
+SECRET_ENV = "INFRAX_AGENT_SECRET"
+EXIT_USAGE = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the agent's command line."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m infrax.agent",
+        description=f"infrax agent: runs bootstrappers on request. The secret is read from ${SECRET_ENV}.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, required=True, help="directory for run directories")
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL when stopping a run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit (killing the current run) when this process disappears",
+    )
+    parser.add_argument(
+        "--max-buffered-messages",
+        type=int,
+        default=10_000,
+        help="output messages kept per run for attach (default: %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="stderr log level (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.kill_grace < 0:
+        parser.error("--kill-grace must not be negative")
+    if args.max_buffered_messages < 1:
+        parser.error("--max-buffered-messages must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the agent; returns the process exit code."""
+    args = parse_args(argv)
+    # Removed from our environment so bootstrappers, which inherit it, never see it.
+    secret = os.environ.pop(SECRET_ENV, "")
+    if not secret:
+        print(
+            f"infrax-agent: environment variable {SECRET_ENV} is not set or empty; "
+            "refusing to start without a shared secret",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s infrax-agent %(levelname)s %(message)s",
+    )
+    workdir = args.workdir.resolve()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"infrax-agent: cannot create workdir {workdir}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    settings = RunSettings(workdir, kill_grace=args.kill_grace, max_buffered_messages=args.max_buffered_messages)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # Not asyncio.run(): it would wait for worker threads on the way out (see below).
+    return loop.run_until_complete(serve(secret, settings, args.host, args.port, args.parent_pid))
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A bootstrapper download may still block a worker thread for up to 30 s;
+    # interpreter shutdown would join it, but SIGTERM must make us exit promptly.
+    os._exit(code)

@@ -1,0 +1,555 @@
+"""Running one bootstrapper process and recording its output.
+
+A :class:`Run` owns the run directory, the bootstrapper process (and its process
+group) and an :class:`OutputLog` that any number of connections can follow, so
+a run survives its client disconnecting and can be re-attached.
+
+Standard library only: this module runs inside bare containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final
+
+from infrax.agent.protocol import (
+    AGENT_NAME,
+    MAX_LINE_BYTES,
+    MessageType,
+    RunRequest,
+    RunStatus,
+    encode,
+)
+
+__all__ = ["BootstrapError", "OutputLog", "Run", "RunSettings", "sanitize_run_id"]
+
+log = logging.getLogger("infrax.agent")
+
+READ_CHUNK: Final = 64 * 1024
+# Merged output messages stay below this many characters: even if every character
+# needed a 6-byte JSON escape the line stays far below MAX_LINE_BYTES.
+MAX_MESSAGE_CHARS: Final = 64 * 1024
+# At most this many messages go into one socket write, so a follower that is far
+# behind still drains (and notices a dead peer) regularly.
+MAX_BATCH: Final = 256
+FETCH_TIMEOUT: Final = 30.0
+MAX_BOOTSTRAPPER_BYTES: Final = 64 * 1024 * 1024
+MAX_DURATIONS_BYTES: Final = 16 * 1024 * 1024
+# Processes that left the bootstrapper's process group (setsid, double fork) can
+# keep the output pipes open forever; stop reading this long after the exit.
+PIPE_DRAIN_TIMEOUT: Final = 2.0
+
+BOOTSTRAPPER_NAME: Final = "bootstrapper"
+FILES_LIST_NAME: Final = "files.txt"
+REPORT_DIR_NAME: Final = "report"
+DURATIONS_NAME: Final = "durations.json"
+
+
+class BootstrapError(Exception):
+    """The bootstrapper could not be fetched or started; the message is shown to users."""
+
+
+class RunSettings:
+    """Agent-wide knobs that apply to every run."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        kill_grace: float = 5.0,
+        max_buffered_messages: int = 10_000,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.workdir = workdir
+        self.kill_grace = kill_grace
+        self.max_buffered_messages = max_buffered_messages
+        self.max_buffered_bytes = max_buffered_bytes
+
+    @property
+    def runs_dir(self) -> Path:
+        """Directory that holds the run directories."""
+        return self.workdir / "runs"
+
+
+def sanitize_run_id(run_id: str) -> str:
+    """Turn a run ID into a safe single path component."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:100].lstrip(".")
+    return name or "run"
+
+
+def _format_seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _redact(url: str) -> str:
+    """Drop user:password@ from a URL so credentials never end up in messages or logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class OutputLog:
+    """Ordered record of a run's messages that several followers can stream concurrently.
+
+    Holds the ``started`` message, a bounded window of ``output`` messages (numbered
+    by ``seq``) and finally the ``exit`` message. Followers that fall behind the
+    window get a ``gap`` message instead of the dropped output.
+    """
+
+    def __init__(self, run_id: str, max_messages: int, max_bytes: int) -> None:
+        self.run_id = run_id
+        self._max_messages = max(1, max_messages)
+        self._max_bytes = max_bytes
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        self._buffer_chars = 0
+        self._first_seq = 0  # seq of self._buffer[0]
+        self._next_seq = 0
+        # Highest seq any follower has taken; later messages may still be merged.
+        self._delivered = -1
+        self.started: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        # A fresh Event per change: waiters keep the one they awaited, so nobody
+        # has to clear it and no wakeup can be lost.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def set_started(self, pid: int) -> None:
+        """Record that the process is running."""
+        self.started = {"type": MessageType.STARTED, "runId": self.run_id, "pid": pid}
+        self._notify()
+
+    def append(self, stream: str, data: str) -> None:
+        """Record a piece of output."""
+        if not data:
+            return
+        last = self._buffer[-1] if self._buffer else None
+        if (
+            last is not None
+            and last["seq"] > self._delivered
+            and last["stream"] == stream
+            and len(last["data"]) + len(data) <= MAX_MESSAGE_CHARS
+        ):
+            # Nobody has seen the last message yet: grow it instead of adding one.
+            # Under load (fast writer, slow or absent reader) this keeps the message
+            # count, and so the per-message overhead, low.
+            self._buffer[-1] = {**last, "data": last["data"] + data}
+            self._buffer_chars += len(data)
+        else:
+            self._buffer.append(
+                {
+                    "type": MessageType.OUTPUT,
+                    "runId": self.run_id,
+                    "seq": self._next_seq,
+                    "stream": stream,
+                    "data": data,
+                }
+            )
+            self._next_seq += 1
+            self._buffer_chars += len(data)
+        while len(self._buffer) > 1 and (
+            len(self._buffer) > self._max_messages or self._buffer_chars > self._max_bytes
+        ):
+            dropped = self._buffer.popleft()
+            self._buffer_chars -= len(dropped["data"])
+            self._first_seq += 1
+        self._notify()
+
+    def finish(self, exit_message: dict[str, Any]) -> None:
+        """Record the final ``exit`` message; followers end after delivering it."""
+        self.final = exit_message
+        self._notify()
+
+    async def wait_finished(self) -> dict[str, Any]:
+        """Wait for the ``exit`` message."""
+        while self.final is None:
+            await self._changed.wait()
+        return self.final
+
+    async def follow(self, start_seq: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield batches of messages: ``started``, outputs from ``start_seq`` (or a ``gap``), ``exit``."""
+        cursor = start_seq
+        started_sent = False
+        while True:
+            batch: list[dict[str, Any]] = []
+            if not started_sent and self.started is not None:
+                batch.append(self.started)
+                started_sent = True
+            if cursor < self._first_seq:
+                batch.append({"type": MessageType.GAP, "runId": self.run_id, "from": cursor, "to": self._first_seq - 1})
+                cursor = self._first_seq
+            if cursor < self._next_seq:
+                offset = cursor - self._first_seq
+                batch.extend(itertools.islice(self._buffer, offset, offset + MAX_BATCH))
+                cursor = batch[-1]["seq"] + 1
+                self._delivered = max(self._delivered, cursor - 1)
+            if batch:
+                # Re-check everything after yielding: the consumer awaited in between.
+                yield batch
+                continue
+            if self.final is not None:
+                yield [self.final]
+                return
+            await self._changed.wait()
+
+
+class Run:
+    """One execution of a bootstrapper, from fetching it to the ``exit`` message."""
+
+    def __init__(self, request: RunRequest, settings: RunSettings) -> None:
+        self.request = request
+        self.settings = settings
+        self.log = OutputLog(request.run_id, settings.max_buffered_messages, settings.max_buffered_bytes)
+        self.directory = settings.runs_dir / sanitize_run_id(request.run_id)
+        self.pid: int | None = None
+        self._stop_reason: str | None = None
+        self._stop_message = ""
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._shebang = ""
+
+    @property
+    def run_id(self) -> str:
+        """The client-chosen run ID."""
+        return self.request.run_id
+
+    @property
+    def finished(self) -> bool:
+        """True once the ``exit`` message exists."""
+        return self.log.final is not None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start executing in the background; the returned task never raises."""
+        self._task = asyncio.create_task(self._execute(), name=f"run {self.run_id}")
+        return self._task
+
+    def cancel(self, message: str = "cancelled by client") -> bool:
+        """Ask the run to stop; False if it had already finished."""
+        if self.finished:
+            return False
+        if self._stop_reason is None:
+            self._stop_reason = RunStatus.CANCELLED
+            self._stop_message = message
+        self._stop_requested.set()
+        return True
+
+    async def wait(self) -> dict[str, Any]:
+        """Wait for the run to finish and return its ``exit`` message."""
+        return await self.log.wait_finished()
+
+    # -- execution -----------------------------------------------------------
+
+    async def _execute(self) -> None:
+        started = time.monotonic()
+        extra: dict[str, Any] = {}
+        try:
+            status, exit_code, message = await self._run(started + self.request.max_run_time)
+            durations = self._read_durations()
+            if durations is not None:
+                extra["fileDurations"] = durations
+        except BootstrapError as exc:
+            status, exit_code, message = RunStatus.ERROR, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - the exit message must always be sent
+            log.exception("run %s failed inside the agent", self.run_id)
+            status, exit_code, message = RunStatus.ERROR, None, f"internal agent error: {exc!r}"
+        exit_message: dict[str, Any] = {
+            "type": MessageType.EXIT,
+            "runId": self.run_id,
+            "status": status,
+            "exitCode": exit_code,
+            "message": message,
+            "duration": round(time.monotonic() - started, 6),
+            **extra,
+        }
+        if "fileDurations" in exit_message and len(encode(exit_message)) > MAX_LINE_BYTES:
+            del exit_message["fileDurations"]
+            exit_message["message"] += f" (fileDurations dropped: exit message would exceed {MAX_LINE_BYTES} bytes)"
+        log.info("run %s: %s (%s)", self.run_id, status, exit_message["message"])
+        self.log.finish(exit_message)
+
+    def _remaining(self, deadline: float) -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    def _stopped_result(self, process_started: bool) -> tuple[str, int | None, str]:
+        if self._stop_reason == RunStatus.CANCELLED:
+            return RunStatus.CANCELLED, None, self._stop_message
+        tree = "; process tree killed" if process_started else " before the bootstrapper started"
+        return (
+            RunStatus.TIMEOUT,
+            None,
+            f"exceeded maxRunTime of {_format_seconds(self.request.max_run_time)}s{tree}",
+        )
+
+    async def _run(self, deadline: float) -> tuple[str, int | None, str]:
+        stop_wait = asyncio.create_task(self._stop_requested.wait())
+        try:
+            prepare = asyncio.create_task(self._prepare())
+            done, _ = await asyncio.wait(
+                {prepare, stop_wait}, timeout=self._remaining(deadline), return_when=asyncio.FIRST_COMPLETED
+            )
+            if prepare not in done:
+                prepare.cancel()
+                return self._stopped_result(process_started=False)
+            argv, env = prepare.result()
+
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=self.directory,
+                    env=env,
+                    # Own process group: lets us signal the whole tree at once.
+                    start_new_session=True,
+                    limit=READ_CHUNK,
+                )
+            except OSError as exc:
+                # With a shebang, ENOENT almost always means the interpreter is missing.
+                via = f" (via {argv[0]!r})" if argv[0] == "/bin/sh" else f" (interpreter line {self._shebang!r})"
+                raise BootstrapError(
+                    f"could not execute bootstrapper {_redact(self.request.bootstrapper)}{via}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            return await self._supervise(process, stop_wait, deadline)
+        finally:
+            stop_wait.cancel()
+
+    async def _supervise(
+        self, process: asyncio.subprocess.Process, stop_wait: asyncio.Task[Any], deadline: float
+    ) -> tuple[str, int | None, str]:
+        self.pid = process.pid
+        self.log.set_started(process.pid)
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            asyncio.create_task(self._pump(process.stdout, "stdout")),
+            asyncio.create_task(self._pump(process.stderr, "stderr")),
+        ]
+        exited = asyncio.create_task(process.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {exited, stop_wait}, timeout=self._remaining(deadline), return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped = exited not in done
+            if stopped:
+                if self._stop_reason is None:
+                    self._stop_reason = RunStatus.TIMEOUT
+                await self._kill_tree(process.pid, exited)
+            await exited
+        finally:
+            # Also on success: background children of the bootstrapper must not
+            # outlive the run (they would leak into the next one).
+            _killpg(process.pid, signal.SIGKILL)
+            if not exited.done():
+                # Only when we are being cancelled; reap in the background.
+                exited.cancel()
+        _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT)
+        for reader in pending:
+            reader.cancel()
+
+        if stopped:
+            return self._stopped_result(process_started=True)
+        return _describe_exit(process.returncode)
+
+    async def _kill_tree(self, pgid: int, exited: asyncio.Task[Any]) -> None:
+        """SIGTERM the process group, then SIGKILL it after the grace period."""
+        log.info("run %s: stopping process group %d (%s)", self.run_id, pgid, self._stop_reason)
+        _killpg(pgid, signal.SIGTERM)
+        await asyncio.wait({exited}, timeout=self.settings.kill_grace)
+        _killpg(pgid, signal.SIGKILL)
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        # Incremental decoding keeps multi-byte characters that straddle two
+        # reads intact instead of turning both halves into U+FFFD.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                self.log.append(name, decoder.decode(b"", final=True))
+                return
+            self.log.append(name, decoder.decode(chunk))
+
+    # -- preparation ---------------------------------------------------------
+
+    async def _prepare(self) -> tuple[list[str], dict[str, str]]:
+        """Create the run directory and fetch the bootstrapper; returns argv and environment."""
+        try:
+            await asyncio.to_thread(self._make_directory)
+        except OSError as exc:
+            raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
+        content = await self._fetch_bootstrapper()
+        path = self.directory / BOOTSTRAPPER_NAME
+        await asyncio.to_thread(_write_executable, path, content)
+        # Without a shebang execve() fails with ENOEXEC; run such scripts with sh
+        # the way a shell would.
+        if content.startswith(b"#!"):
+            self._shebang = content.split(b"\n", 1)[0][:200].decode("utf-8", "replace").strip()
+            argv = [str(path)]
+        else:
+            argv = ["/bin/sh", str(path)]
+        argv += [*self.request.arguments, *self.request.files]
+
+        env = dict(os.environ)
+        env.update(self.request.env)
+        env.update(
+            INFRAX_RUN_ID=self.run_id,
+            INFRAX_WORK_DIR=str(self.directory),
+            INFRAX_FILES_LIST=str(self.directory / FILES_LIST_NAME),
+            INFRAX_REPORT_DIR=str(self.directory / REPORT_DIR_NAME),
+        )
+        return argv, env
+
+    def _make_directory(self) -> None:
+        runs_dir = self.settings.runs_dir
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        # Only the current run's directory is kept so a reused container does not
+        # fill its disk with old checkouts.
+        for entry in runs_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        self.directory.mkdir()
+        (self.directory / REPORT_DIR_NAME).mkdir()
+        files_text = "".join(f"{name}\n" for name in self.request.files)
+        (self.directory / FILES_LIST_NAME).write_text(files_text, encoding="utf-8")
+
+    async def _fetch_bootstrapper(self) -> bytes:
+        source = self.request.bootstrapper
+        if source.startswith(("http://", "https://")):
+            return await asyncio.to_thread(_fetch_url, source)
+        if source.startswith("file://"):
+            parts = urllib.parse.urlsplit(source)
+            if parts.netloc not in ("", "localhost"):
+                raise BootstrapError(f"bootstrapper {source}: file:// URLs must not name a remote host")
+            return await asyncio.to_thread(_read_file, urllib.request.url2pathname(parts.path))
+        return await asyncio.to_thread(_read_file, source)
+
+    def _read_durations(self) -> dict[str, float] | None:
+        """Read the optional ``durations.json`` a bootstrapper left in the report directory."""
+        path = self.directory / REPORT_DIR_NAME / DURATIONS_NAME
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_DURATIONS_BYTES + 1)
+        except OSError:
+            return None
+        if len(raw) > MAX_DURATIONS_BYTES:
+            log.warning("run %s: ignoring %s larger than %d bytes", self.run_id, path, MAX_DURATIONS_BYTES)
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            log.warning("run %s: ignoring invalid %s: %s", self.run_id, path, exc)
+            return None
+        if not isinstance(data, dict):
+            log.warning("run %s: ignoring %s: not a JSON object", self.run_id, path)
+            return None
+        durations: dict[str, float] = {}
+        for name, seconds in data.items():
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
+                continue
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            durations[name] = float(seconds)
+        return durations
+
+
+def _describe_exit(returncode: int | None) -> tuple[str, int | None, str]:
+    """Map a process return code to (status, exitCode, message)."""
+    if returncode is None:
+        return RunStatus.ERROR, None, "process exit status unknown"
+    if returncode == 0:
+        return RunStatus.COMPLETED, 0, "exited with code 0"
+    if returncode > 0:
+        message = f"exited with code {returncode}"
+        if returncode > 128 and (name := _signal_name(returncode - 128)) is not None:
+            # Shells report a child killed by signal N as 128+N.
+            hint = " (out of memory?)" if returncode - 128 == signal.SIGKILL else ""
+            message += f" (a child process was probably killed by {name}{hint})"
+        return RunStatus.FAILED, returncode, message
+    signum = -returncode
+    name = _signal_name(signum) or f"signal {signum}"
+    if signum == signal.SIGKILL:
+        # We did not send it (that would be a timeout/cancel): usually the OOM killer.
+        return RunStatus.FAILED, 128 + signum, f"killed by {name} (out of memory?)"
+    return RunStatus.FAILED, 128 + signum, f"killed by {name}"
+
+
+def _signal_name(signum: int) -> str | None:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return None
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        # Group already empty (or, for PermissionError, taken over by a setuid
+        # program we may not signal): nothing more we can do.
+        pass
+
+
+def _write_executable(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+    path.chmod(0o755)
+
+
+def _fetch_url(url: str) -> bytes:
+    shown = _redact(url)
+    request = urllib.request.Request(url, headers={"User-Agent": AGENT_NAME})
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
+            content: bytes = response.read(MAX_BOOTSTRAPPER_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise BootstrapError(f"bootstrapper {shown} answered HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise BootstrapError(f"bootstrapper {shown} could not be fetched: {exc.reason}") from None
+    except TimeoutError:
+        raise BootstrapError(f"bootstrapper {shown} could not be fetched: timed out after {FETCH_TIMEOUT:g}s") from None
+    except OSError as exc:
+        raise BootstrapError(f"bootstrapper {shown} could not be fetched: {exc}") from None
+    if len(content) > MAX_BOOTSTRAPPER_BYTES:
+        raise BootstrapError(f"bootstrapper {shown} is larger than {MAX_BOOTSTRAPPER_BYTES} bytes")
+    return content
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(MAX_BOOTSTRAPPER_BYTES + 1)
+    except FileNotFoundError:
+        raise BootstrapError(f"bootstrapper {path} not found") from None
+    except IsADirectoryError:
+        raise BootstrapError(f"bootstrapper {path} is a directory") from None
+    except PermissionError:
+        raise BootstrapError(f"bootstrapper {path} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise BootstrapError(f"bootstrapper {path} could not be read: {exc.strerror or exc}") from None
+    if len(content) > MAX_BOOTSTRAPPER_BYTES:
+        raise BootstrapError(f"bootstrapper {path} is larger than {MAX_BOOTSTRAPPER_BYTES} bytes")
+    return content

@@ -1,0 +1,18 @@
+"""The message bus: Pulse-style topic exchanges, in process or on RabbitMQ."""
+
+from infrax.bus.base import Bus, BusError, Handler, Message, Subscription, topic_matches
+
+__all__ = ["Bus", "BusError", "Handler", "Message", "Subscription", "topic_matches", "open_bus"]
+
+
+def open_bus(url: str) -> Bus:
+    """`memory://` for the in-process bus, `amqp://…` for RabbitMQ."""
+    if url.startswith("memory:"):
+        from infrax.bus.memory import MemoryBus
+
+        return MemoryBus()
+    if url.startswith(("amqp://", "amqps://")):
+        from infrax.bus.rabbitmq import RabbitMQBus  # type: ignore[import-not-found]
+
+        return RabbitMQBus(url)
+    raise ValueError(f"unknown bus URL {url!r}: use memory:// or amqp://user:pass@host:port/vhost")

@@ -1,0 +1,82 @@
+"""The bus interface: topic exchanges with AMQP routing, durable per-consumer queues, ack after effect."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery: the handler returning normally acks it, raising nacks it for redelivery."""
+
+    exchange: str
+    routing_key: str
+    body: dict[str, Any]
+    redelivered: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+class BusError(Exception):
+    """The bus could not do what was asked (after its own bounded retries)."""
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop delivering to this handler; the durable queue keeps collecting messages."""
+
+
+class Bus(abc.ABC):
+    """Publish to topic exchanges; consume through named durable queues.
+
+    Semantics every implementation keeps (and tests/bus checks on each):
+    - routing keys are dot-separated words; a binding's `*` matches one word, `#` zero or more;
+    - a consumer name owns one durable queue: messages published while it is not consuming
+      wait for it, and two handlers on the same name share the queue's messages;
+    - delivery is at least once: a message whose handler raised is delivered again with
+      `redelivered=True`, so handlers are idempotent.
+    """
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, exchange: str, routing_key: str, body: dict[str, Any]) -> None:
+        """Publish durably: once this returns the message is routed to every bound queue."""
+
+    @abc.abstractmethod
+    async def subscribe(
+        self,
+        consumer: str,
+        exchange: str,
+        binding_keys: list[str],
+        handler: Handler,
+        *,
+        prefetch: int = 256,
+    ) -> Subscription:
+        """Bind the consumer's durable queue to `exchange` with each key and start delivering."""
+
+
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """AMQP topic matching: `*` is exactly one word, `#` is zero or more words."""
+    return _match(binding_key.split("."), routing_key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])

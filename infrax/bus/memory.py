@@ -1,0 +1,115 @@
+"""The in-process bus: the embedded default, with the same semantics as RabbitMQ's topic exchanges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from infrax.bus.base import Bus, Handler, Message, Subscription, topic_matches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Queue:
+    name: str
+    bindings: set[tuple[str, str]] = field(default_factory=set)
+    messages: deque[Message] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, worker: asyncio.Task[None]) -> None:
+        self._worker = worker
+
+    async def cancel(self) -> None:
+        self._worker.cancel()
+        try:
+            await self._worker
+        except asyncio.CancelledError:
+            pass
+
+
+class MemoryBus(Bus):
+    """Queues live as long as the bus object; a message in a handler's hands is requeued on failure."""
+
+    def __init__(self, redelivery_delay: float = 0.05) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._redelivery_delay = redelivery_delay
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for worker in list(self._workers):
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+
+    async def publish(self, exchange: str, routing_key: str, body: dict[str, Any]) -> None:
+        message = Message(exchange, routing_key, body)
+        for queue in self._queues.values():
+            if any(ex == exchange and topic_matches(key, routing_key) for ex, key in queue.bindings):
+                queue.messages.append(message)
+                queue.ready.set()
+
+    async def subscribe(
+        self,
+        consumer: str,
+        exchange: str,
+        binding_keys: list[str],
+        handler: Handler,
+        *,
+        prefetch: int = 256,
+    ) -> Subscription:
+        queue = self._queues.setdefault(consumer, _Queue(consumer))
+        queue.bindings.update((exchange, key) for key in binding_keys)
+        worker = asyncio.create_task(self._deliver(queue, handler, prefetch), name=f"bus:{consumer}")
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+        return _MemorySubscription(worker)
+
+    async def _deliver(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(prefetch)
+        try:
+            while True:
+                while not queue.messages:
+                    queue.ready.clear()
+                    await queue.ready.wait()
+                await slots.acquire()
+                if not queue.messages:  # another handler of the same queue took it
+                    slots.release()
+                    continue
+                message = queue.messages.popleft()
+                task = asyncio.create_task(self._handle(queue, handler, message, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            # A cancelled consumer hands its unacked messages back to the queue.
+            for task in in_flight:
+                task.cancel()
+
+    async def _handle(
+        self, queue: _Queue, handler: Handler, message: Message, slots: asyncio.Semaphore
+    ) -> None:
+        acked = False
+        try:
+            await handler(message)
+            acked = True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler of %s failed on %s; redelivering", queue.name, message.routing_key)
+            await asyncio.sleep(self._redelivery_delay)
+        finally:
+            slots.release()
+            if not acked:
+                queue.messages.appendleft(
+                    Message(message.exchange, message.routing_key, message.body, True, message.headers)
+                )
+                queue.ready.set()

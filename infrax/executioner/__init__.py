@@ -1,0 +1,1 @@
+"""The executioner: talks to agents, keeps logs, reports run status."""

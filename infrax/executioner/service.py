@@ -1,0 +1,211 @@
+"""The executioner: runs a partition on a container's agent, keeps its log, reports its status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
+from infrax.batcher import Batcher
+from infrax.bus import Bus, topics
+from infrax.bus.messages import RunStatus
+from infrax.http import ServiceError
+from infrax.model import ExecutionAssignment, PartitionOffer, utcnow
+from infrax.provisioner.client import ProvisionerClient
+from infrax.store import Database
+from infrax.store.tables import runs
+
+log = logging.getLogger(__name__)
+
+# What the agent's exit status means for the partition.
+_AGENT_EXIT = {"completed": "completed", "failed": "failed", "timeout": "failed", "error": "failed",
+               "cancelled": "cancelled"}
+
+
+class Executioner:
+    def __init__(self, db: Database, bus: Bus, provisioner: ProvisionerClient, log_dir: Path, public_url: str) -> None:
+        self.db = db
+        self.bus = bus
+        self.provisioner = provisioner
+        self.log_dir = Path(log_dir)
+        self.public_url = public_url.rstrip("/")
+        self.active: dict[str, ExecutionAssignment] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._finals = Batcher(self._record_finals, max_batch=500)
+
+    async def start(self) -> None:
+        """Runs that were in flight when the executioner stopped are lost: report them so."""
+        self._finals.start()
+        async with self.db.begin() as conn:
+            orphans = (await conn.execute(select(runs).where(runs.c.state.in_(["accepted", "running"])))).mappings().all()
+        for row in orphans:
+            assignment = ExecutionAssignment.model_validate(row["assignment"])
+            status = self._status(assignment, "exception", message="the executioner restarted while the run was in flight")
+            await self._finish(assignment, status, healthy=False)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._finals.stop()
+
+    # -- taking runs ------------------------------------------------------------------------
+
+    async def execute(self, assignments: list[ExecutionAssignment]) -> list[str]:
+        """Start each run not seen before; a repeated assignment of a known run is ignored."""
+        fresh = [a for a in assignments if a.offer.run_id not in self.active]
+        if not fresh:
+            return []
+        async with self.db.begin() as conn:
+            known = set((await conn.execute(
+                select(runs.c.run_id).where(runs.c.run_id.in_([a.offer.run_id for a in fresh]))
+            )).scalars())
+            fresh = [a for a in fresh if a.offer.run_id not in known]
+            if fresh:
+                now = utcnow()
+                await conn.execute(insert(runs), [
+                    {"run_id": a.offer.run_id, "partition_id": a.offer.partition_id, "assignment": a.wire(),
+                     "state": "accepted", "log_path": str(self.log_path(a.offer.run_id)), "created_at": now}
+                    for a in fresh
+                ])
+        for assignment in fresh:
+            run_id = assignment.offer.run_id
+            self.active[run_id] = assignment
+            self._tasks[run_id] = asyncio.create_task(self._run(assignment), name=f"run-{run_id}")
+        return [a.offer.run_id for a in fresh]
+
+    def log_path(self, run_id: str) -> Path:
+        partition_id, _, run = run_id.rpartition("-")
+        return self.log_dir / partition_id / f"{run}.log"
+
+    def log_url(self, run_id: str) -> str:
+        return f"{self.public_url}/api/v1/runs/{run_id}/log"
+
+    async def _run(self, assignment: ExecutionAssignment) -> None:
+        offer = assignment.offer
+        path = self.log_path(offer.run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        client = AgentClient(assignment.host, assignment.port, assignment.secret)
+        started = time.monotonic()
+        healthy = True
+        with path.open("w", encoding="utf-8") as log_file:
+            log_file.write(f"[infrax] run {offer.run_id}: {offer.task_name} {offer.index}/{offer.count} "
+                           f"on {assignment.container_id} ({assignment.host}:{assignment.port})\n")
+            try:
+                final = await self._stream(client, assignment, log_file)
+            except (AgentConnectionLost, AgentUnreachable) as error:
+                healthy = False
+                final = self._status(assignment, "exception", message=f"lost the agent: {error}")
+            except AgentError as error:
+                healthy = False
+                final = self._status(assignment, "exception", message=f"agent refused the run ({error.code}): {error}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any surprise still has to end the run
+                log.exception("run %s failed in the executioner", offer.run_id)
+                healthy = False
+                final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
+            if final.duration is None:
+                final.duration = round(time.monotonic() - started, 3)
+            log_file.write(f"[infrax] {final.state}"
+                           f"{'' if final.exit_code is None else f' (exit code {final.exit_code})'}"
+                           f"{'' if not final.message else f': {final.message}'}\n")
+        await self._finish(assignment, final, healthy)
+
+    async def _stream(self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any) -> RunStatus:
+        async for message in client.run(self._agent_request(assignment.offer)):
+            kind = message.get("type")
+            if kind == "output":
+                log_file.write(message["data"])
+                log_file.flush()
+            elif kind == "started":
+                await self._publish(self._status(assignment, "running"))
+                async with self.db.begin() as conn:
+                    await conn.execute(update(runs).where(runs.c.run_id == assignment.offer.run_id).values(state="running"))
+            elif kind == "exit":
+                return self._status(
+                    assignment, _AGENT_EXIT.get(message["status"], "failed"), exit_code=message.get("exitCode"),
+                    message=message.get("message") or None, duration=message.get("duration"),
+                    file_durations=message.get("fileDurations"),
+                )
+        raise AgentConnectionLost("the agent closed the stream without an exit status")
+
+    def _agent_request(self, offer: PartitionOffer) -> dict[str, Any]:
+        env = {
+            **offer.env, "INFRAX_PARTITION_ID": offer.partition_id, "INFRAX_TASK_ID": offer.task_id,
+            "INFRAX_TASK_NAME": offer.task_name, "INFRAX_CHUNK": str(offer.index),
+            "INFRAX_TOTAL_CHUNKS": str(offer.count), "INFRAX_RUN": str(offer.run),
+            "INFRAX_PROJECT": offer.project, "INFRAX_REVISION": offer.revision or "",
+        }
+        return {"type": "run", "runId": offer.run_id, "bootstrapper": offer.bootstrapper,
+                "bootstrapperArguments": offer.bootstrapper_arguments, "files": offer.files, "env": env,
+                "maxRunTime": offer.max_run_time}
+
+    def _status(self, assignment: ExecutionAssignment, state: str, **fields: Any) -> RunStatus:
+        offer = assignment.offer
+        return RunStatus(
+            run_id=offer.run_id, partition_id=offer.partition_id, task_id=offer.task_id,
+            request_id=offer.request_id, job_id=offer.job_id, run=offer.run, container_type=offer.container_type,
+            container_id=assignment.container_id, state=state, log_url=self.log_url(offer.run_id),  # type: ignore[arg-type]
+            **fields,
+        )
+
+    async def _finish(self, assignment: ExecutionAssignment, status: RunStatus, healthy: bool) -> None:
+        # The store first: a crash after this still knows the outcome and the scheduler asks for it.
+        await self._finals.submit(status)
+        await self._publish(status)
+        run_id = assignment.offer.run_id
+        self.active.pop(run_id, None)
+        self._tasks.pop(run_id, None)
+        try:
+            await self.provisioner.release(assignment.container_id, run_id, healthy, status.message)
+        except ServiceError as error:
+            if error.status != 404:
+                log.warning("could not release %s: %s", assignment.container_id, error)
+
+    async def _record_finals(self, statuses: list[RunStatus]) -> None:
+        async with self.db.begin() as conn:
+            for s in statuses:
+                await conn.execute(update(runs).where(runs.c.run_id == s.run_id).values(
+                    state=s.state, exit_code=s.exit_code, message=s.message, duration=s.duration,
+                    file_durations=s.file_durations, finished_at=s.timestamp))
+
+    async def _publish(self, status: RunStatus) -> None:
+        await self.bus.publish(
+            topics.RUNS,
+            topics.routing_key(status.job_id, status.task_id, status.partition_id, status.run, status.container_type),
+            status.wire(),
+        )
+
+    # -- queries and cancel -----------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> tuple[RunStatus, Path] | None:
+        async with self.db.begin() as conn:
+            row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).mappings().first()
+        if row is None:
+            return None
+        assignment = ExecutionAssignment.model_validate(row["assignment"])
+        state = {"accepted": "running"}.get(row["state"], row["state"])
+        status = self._status(assignment, state, exit_code=row["exit_code"], message=row["message"],
+                              duration=row["duration"], file_durations=row["file_durations"])
+        return status, Path(row["log_path"])
+
+    async def cancel(self, run_ids: list[str]) -> list[str]:
+        cancelled = []
+        for run_id in run_ids:
+            assignment = self.active.get(run_id)
+            if assignment is None:
+                continue
+            client = AgentClient(assignment.host, assignment.port, assignment.secret)
+            try:
+                if await client.cancel(run_id):
+                    cancelled.append(run_id)
+            except (AgentError, AgentConnectionLost, AgentUnreachable) as error:
+                # The run's own stream will end with the agent, and report it.
+                log.warning("cancel of %s failed: %s", run_id, error)
+        return cancelled

@@ -1,0 +1,59 @@
+"""What every component's typed client shares: an injected httpx.AsyncClient and clear errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ServiceError(Exception):
+    """Another component answered with an error, or could not be reached."""
+
+    def __init__(self, service: str, status: int | None, detail: str) -> None:
+        super().__init__(f"{service}: {detail}" if status is None else f"{service} answered {status}: {detail}")
+        self.service = service
+        self.status = status
+        self.detail = detail
+
+
+class ServiceClient:
+    """Base of the typed clients. The transport is injected: ASGI in one process, TCP otherwise."""
+
+    service = "service"
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise ServiceError(self.service, None, f"unreachable at {self.http.base_url}: {error!r}") from error
+        if response.status_code >= 400:
+            raise ServiceError(self.service, response.status_code, _detail(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    return detail if isinstance(detail, str) else str(detail)
+
+
+def asgi_client(app: Any, base_url: str, timeout: float = 60.0) -> httpx.AsyncClient:
+    """A client that calls an app in this process without opening a socket."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url, timeout=timeout)
+
+
+def tcp_client(base_url: str, timeout: float = 60.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url, timeout=timeout, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    )

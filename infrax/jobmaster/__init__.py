@@ -1,0 +1,1 @@
+"""The job master: per-project business logic that turns pushes into jobs."""

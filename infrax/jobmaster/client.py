@@ -1,0 +1,22 @@
+"""How the CLI and other services call the job master."""
+
+from __future__ import annotations
+
+from infrax.http import ServiceClient
+from infrax.model import Job, PushSubmission
+
+
+class JobMasterClient(ServiceClient):
+    service = "jobmaster"
+
+    async def push(self, submission: PushSubmission) -> Job:
+        return Job.model_validate(await self.call("POST", "/api/v1/pushes", json=submission.wire()))
+
+    async def get(self, job_id: str) -> Job:
+        return Job.model_validate(await self.call("GET", f"/api/v1/jobs/{job_id}"))
+
+    async def find(self, revision: str) -> list[Job]:
+        return [Job.model_validate(j) for j in await self.call("GET", "/api/v1/jobs", params={"revision": revision})]
+
+    async def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))

@@ -1,0 +1,79 @@
+"""The reference project logic: the tasks are described in `.infrax.yml` in the repository.
+
+    version: 1
+    project: sample                    # optional; the repository's folder name otherwise
+    tasks:
+      - name: unit-tests
+        containerTag: linux_x86_64
+        bootstrapper: ci/run-tests.sh  # a path in the repository, or an http(s) URL
+        bootstrapperArguments: ["--repository={repository}", "--revision={revision}"]
+        files: "tests/test_*.py"       # glob(s) over the revision's files, or an explicit list
+        partitions: 3
+        maxRunTime: 600
+
+`{repository}`, `{revision}`, `{branch}` and `{project}` are replaced in arguments and env values.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from infrax.jobmaster.plugin import Plan, ProjectLogic, Push, PushRejected
+from infrax.model import TaskDefinition
+
+CONFIG_FILE = ".infrax.yml"
+_GLOB = set("*?[")
+
+
+class InfraxYamlLogic(ProjectLogic):
+    async def plan(self, push: Push) -> Plan:
+        raw = await push.read_file(CONFIG_FILE)
+        if raw is None:
+            raise PushRejected(f"{CONFIG_FILE} not found at revision {push.revision[:12]}")
+        try:
+            config = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise PushRejected(f"{CONFIG_FILE} is not valid YAML: {error}") from error
+        if not isinstance(config, dict) or not isinstance(config.get("tasks"), list):
+            raise PushRejected(f"{CONFIG_FILE} must be a mapping with a list under 'tasks'")
+        if config.get("version", 1) != 1:
+            raise PushRejected(f"{CONFIG_FILE} version {config.get('version')!r} is not supported (only 1)")
+        project = str(config.get("project") or PurePosixPath(push.repository.rstrip("/")).name.removesuffix(".git"))
+        values = {"repository": push.repository, "revision": push.revision, "branch": push.branch or "",
+                  "project": project}
+        all_files: list[str] | None = None
+        tasks = []
+        for i, entry in enumerate(config["tasks"]):
+            if not isinstance(entry, dict):
+                raise PushRejected(f"{CONFIG_FILE}: tasks[{i}] must be a mapping")
+            entry = dict(entry)
+            files = entry.get("files", [])
+            patterns = [files] if isinstance(files, str) else files
+            if any(_GLOB & set(p) for p in patterns):
+                all_files = all_files if all_files is not None else await push.list_files()
+                entry["files"] = [f for f in all_files if any(fnmatchcase(f, p) for p in patterns)]
+            else:
+                entry["files"] = patterns
+            bootstrapper = entry.get("bootstrapper")
+            if isinstance(bootstrapper, str) and "://" not in bootstrapper and not bootstrapper.startswith("/"):
+                entry["bootstrapper"] = push.file_url(bootstrapper)
+            entry["bootstrapperArguments"] = [_fill(a, values) for a in entry.get("bootstrapperArguments", [])]
+            entry["env"] = {k: _fill(str(v), values) for k, v in (entry.get("env") or {}).items()}
+            try:
+                tasks.append(TaskDefinition.model_validate(entry))
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise PushRejected(f"{CONFIG_FILE}: tasks[{i}] ({entry.get('name', '?')}): {problems}") from error
+        return Plan(project=project, tasks=tasks)
+
+
+def _fill(text: Any, values: dict[str, str]) -> str:
+    text = str(text)
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text

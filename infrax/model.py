@@ -1,0 +1,308 @@
+"""The objects every component speaks about, as they travel over REST and the bus.
+
+Field names are camelCase on the wire (the design note's `containerTag`,
+`bootstrapperArguments`, ...) and snake_case in Python; both are accepted on input.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+WIRE_VERSION = 1
+
+
+def new_id() -> str:
+    """A fresh identifier: hex only, so it is always one word of a routing key."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class WireModel(BaseModel):
+    """Base of every wire object: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class State(StrEnum):
+    """Life cycle shared by partitions, tasks, task requests and jobs."""
+
+    PENDING = "pending"  # accepted, not planned yet
+    QUEUED = "queued"  # planned, waiting for a container
+    DISPATCHED = "dispatched"  # a provisioner accepted it
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"  # the task's own command failed
+    EXCEPTION = "exception"  # the infrastructure failed, retries used up
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # the optimizer decided it need not run
+
+
+FINAL_STATES = frozenset(
+    {State.COMPLETED, State.FAILED, State.EXCEPTION, State.CANCELLED, State.SKIPPED}
+)
+
+
+def is_final(state: str) -> bool:
+    return state in FINAL_STATES
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _single_bootstrapper(value: Any) -> Any:
+    # The design note writes `bootstrapper: ["http://..."]`; a one-element list means that URL.
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError("bootstrapper must be one URL or path (a list of exactly one)")
+        return value[0]
+    return value
+
+
+def _is_word(value: str) -> str:
+    if not value or "." in value or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} must be non-empty, without dots or spaces")
+    return value
+
+
+Tag = Annotated[str, AfterValidator(_is_word)]
+
+
+class TaskDefinition(WireModel):
+    """One task as a task request carries it (the design note's Task object)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    files: list[str] = Field(default_factory=list)
+    container_tag: Annotated[list[Tag], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    bootstrapper: Annotated[str, BeforeValidator(_single_bootstrapper)] = Field(min_length=1)
+    bootstrapper_arguments: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    max_run_time: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600, description="seconds")
+    retries: int = Field(default=2, ge=0, le=20, description="re-runs after an infrastructure loss")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
+    partitions: int | None = Field(default=None, ge=1, le=1000, description="partition count")
+    files_per_partition: int | None = Field(default=None, ge=1)
+    target_wall_time: float | None = Field(
+        default=None, gt=0, description="seconds; the optimizer picks the fewest partitions meeting it"
+    )
+    max_partitions: int = Field(default=64, ge=1, le=1000)
+    paths: list[str] | None = Field(
+        default=None, description="source path globs the task depends on; None means everything"
+    )
+
+
+class TaskRequestSubmission(WireModel):
+    """Body of `POST /api/v1/task-requests`."""
+
+    job_id: str | None = None
+    project: Tag = "default"
+    revision: str | None = None
+    changed_paths: list[str] | None = None
+    tasks: list[TaskDefinition] = Field(min_length=1, max_length=1000)
+
+
+class TaskPartition(WireModel):
+    """A task restricted to a subset of its files; the unit a container runs."""
+
+    id: str
+    task_id: str
+    request_id: str
+    job_id: str | None
+    index: int = Field(description="1-based chunk number, stable for Treeherder symbols")
+    count: int
+    files: list[str]
+    container_type: str
+    state: State
+    run: int = Field(description="0 for the first attempt, +1 for each re-run")
+    priority: int
+    expected_duration: float | None = None
+    exit_code: int | None = None
+    message: str | None = None
+    log_url: str | None = None
+    container_id: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Task(WireModel):
+    id: str
+    request_id: str
+    job_id: str | None
+    name: str
+    state: State
+    message: str | None = None
+    definition: TaskDefinition
+    partitions: list[TaskPartition] = Field(default_factory=list)
+
+
+class TaskRequest(WireModel):
+    id: str
+    job_id: str | None
+    project: str
+    revision: str | None
+    state: State
+    message: str | None = None
+    created_at: datetime
+    tasks: list[Task] = Field(default_factory=list)
+
+
+class ContainerType(WireModel):
+    """A kind of container the provisioner can start, and its rules."""
+
+    name: Tag
+    tags: list[Tag] = Field(min_length=1)
+    providers: list[str] = Field(default_factory=lambda: ["process"], min_length=1)
+    max_concurrent: int = Field(default=4, ge=1)
+    min_warm: int = Field(default=0, ge=0)
+    idle_timeout: float = Field(default=300.0, ge=0, description="seconds an idle container lives")
+    max_partitions: int | None = Field(default=None, ge=1, description="per container, then replaced")
+    max_age: float | None = Field(default=None, gt=0, description="seconds, then replaced")
+    image: str | None = None
+    cpus: float | None = Field(default=None, gt=0)
+    memory: str | None = Field(default=None, description="e.g. 512m")
+    overhead: float = Field(default=0.0, ge=0, description="seconds of start-up per partition")
+
+
+class ContainerState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+class Container(WireModel):
+    id: str
+    type: str
+    provider: str
+    host: str
+    port: int
+    state: ContainerState
+    partitions_run: int = 0
+    created_at: datetime
+    current_run: str | None = None
+
+
+class PlannedPartition(WireModel):
+    index: int
+    files: list[str]
+    expected_duration: float | None = None
+
+
+class PlannedTask(WireModel):
+    """The optimizer's decision for the task at the same position in the request."""
+
+    position: int
+    name: str
+    container_type: str | None
+    skipped: bool = False
+    reason: str | None = None
+    priority: int = 0
+    partitions: list[PlannedPartition] = Field(default_factory=list)
+
+
+class ExecutionPlan(WireModel):
+    tasks: list[PlannedTask]
+    dispatch_order: list[tuple[int, int]] = Field(
+        default_factory=list, description="(task position, partition index) in dispatch order"
+    )
+    expected_makespan: float | None = None
+    explanation: list[str] | None = None
+
+
+class PlanRequest(WireModel):
+    """Body of the optimizer's `POST /api/v1/plans`."""
+
+    project: str = "default"
+    tasks: list[TaskDefinition] = Field(min_length=1)
+    container_types: list[ContainerType]
+    changed_paths: list[str] | None = None
+
+
+class PartitionOffer(WireModel):
+    """What the scheduler offers the provisioner: one run of one partition."""
+
+    run_id: str
+    partition_id: str
+    task_id: str
+    request_id: str
+    job_id: str | None
+    task_name: str
+    index: int
+    count: int
+    run: int
+    container_type: str
+    files: list[str]
+    bootstrapper: str
+    bootstrapper_arguments: list[str]
+    env: dict[str, str]
+    max_run_time: float
+    project: str = "default"
+    revision: str | None = None
+
+
+class OfferAnswer(WireModel):
+    run_id: str
+    accepted: bool
+    reason: str | None = None
+
+
+class ExecutionAssignment(WireModel):
+    """What the provisioner hands the executioner: a run and the container to run it on."""
+
+    offer: PartitionOffer
+    container_id: str
+    host: str
+    port: int
+    secret: str
+
+
+def run_id_of(partition_id: str, run: int) -> str:
+    return f"{partition_id}-{run}"
+
+
+class JobTask(WireModel):
+    id: str
+    name: str
+    state: State
+    message: str | None = None
+
+
+class Job(WireModel):
+    """One revision of one project under test (Treeherder's push / result set)."""
+
+    id: str
+    project: str
+    revision: str
+    repository: str
+    source: str = Field(description="what started it: cli, github, hg, ...")
+    state: State
+    request_id: str | None = None
+    message: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    tasks: list[JobTask] = Field(default_factory=list)
+
+
+class PushSubmission(WireModel):
+    """Body of the job master's `POST /api/v1/pushes`: a revision of a repository to test."""
+
+    repository: str = Field(min_length=1, description="a local path or clone URL")
+    revision: str = Field(default="HEAD", min_length=1)
+    branch: str | None = None

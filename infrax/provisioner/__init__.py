@@ -1,0 +1,1 @@
+"""The provisioner: the interface to container providers."""

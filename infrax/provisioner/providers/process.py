@@ -1,0 +1,123 @@
+"""The `process` provider: a container is an agent process on 127.0.0.1 in its own work directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from infrax.model import ContainerType
+from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
+
+READY = "INFRAX-AGENT-READY "
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+
+
+class ProcessProvider(ContainerProvider):
+    kind = "process"
+
+    def __init__(self, name: str, capacity: int | None = None, options: dict[str, Any] | None = None) -> None:
+        super().__init__(name, capacity, options)
+        self.root = Path(self.options.get("root", ".infrax/containers")).resolve()
+        self.kill_grace = float(self.options.get("kill_grace", 5.0))
+        self.start_timeout = float(self.options.get("start_timeout", 15.0))
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+
+    async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
+        home = self.root / container_id
+        (home / "work").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "INFRAX_AGENT_SECRET": secret, "PYTHONPATH": _PACKAGE_ROOT}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "infrax.agent", "--host", "127.0.0.1", "--port", "0",
+                "--workdir", str(home / "work"), "--kill-grace", str(self.kill_grace),
+                "--parent-pid", str(os.getpid()),
+                stdout=asyncio.subprocess.PIPE, stderr=open(home / "agent.log", "ab"),
+                stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+        except OSError as error:
+            raise ProviderError(f"cannot start agent process: {error}") from error
+        (home / "pid").write_text(str(process.pid))
+        self._processes[container_id] = process
+        try:
+            endpoint = await asyncio.wait_for(self._ready(process), self.start_timeout)
+        except (TimeoutError, ProviderError) as error:
+            await self.destroy(container_id)
+            raise ProviderError(f"agent of container {container_id} did not start: {error or 'timed out'}") from error
+        asyncio.create_task(self._drain(process))
+        return endpoint
+
+    async def _ready(self, process: asyncio.subprocess.Process) -> Endpoint:
+        assert process.stdout is not None
+        while True:
+            line = (await process.stdout.readline()).decode(errors="replace")
+            if not line:
+                raise ProviderError(f"agent exited with code {await process.wait()} before it was ready")
+            if line.startswith(READY):
+                info = json.loads(line[len(READY):])
+                return Endpoint(info["host"], int(info["port"]))
+
+    async def _drain(self, process: asyncio.subprocess.Process) -> None:
+        # Keep reading so the agent never blocks on a full stdout pipe.
+        assert process.stdout is not None
+        while await process.stdout.read(65536):
+            pass
+
+    async def alive(self, container_id: str) -> bool:
+        process = self._processes.get(container_id)
+        if process is not None:
+            return process.returncode is None
+        pid = _read_pid(self.root / container_id)
+        return pid is not None and _is_agent(pid)
+
+    async def destroy(self, container_id: str) -> None:
+        home = self.root / container_id
+        process = self._processes.pop(container_id, None)
+        pid = process.pid if process else _read_pid(home)
+        if pid is not None and (process is not None or _is_agent(pid)):
+            _signal_group(pid, signal.SIGTERM)
+            if process is not None:
+                try:
+                    await asyncio.wait_for(process.wait(), self.kill_grace + 2)
+                except TimeoutError:
+                    _signal_group(pid, signal.SIGKILL)
+                    await process.wait()
+            else:
+                await asyncio.sleep(0.2)
+                _signal_group(pid, signal.SIGKILL)
+        await asyncio.to_thread(shutil.rmtree, home, True)
+
+    async def list(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.destroy(cid) for cid in list(self._processes)), return_exceptions=True)
+
+
+def _read_pid(home: Path) -> int | None:
+    try:
+        return int((home / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_agent(pid: int) -> bool:
+    """Guards against signalling an unrelated process that reused a leaked agent's pid."""
+    try:
+        return b"infrax.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,329 @@
+"""The provisioner: decides which container runs a partition, starts and retires containers.
+
+It answers an offer at once (accepted or rejected with a reason); starting a container and
+handing the run to the executioner happen after the answer, off the scheduler's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from infrax.bus import Bus, topics
+from infrax.bus.messages import ContainerEvent, RunStatus
+from infrax.executioner.client import ExecutionerClient
+from infrax.http import ServiceError
+from infrax.model import (
+    Container,
+    ContainerState,
+    ContainerType,
+    ExecutionAssignment,
+    OfferAnswer,
+    PartitionOffer,
+    new_id,
+    utcnow,
+)
+from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
+
+log = logging.getLogger(__name__)
+
+LIVE = (ContainerState.STARTING, ContainerState.IDLE, ContainerState.BUSY)
+
+
+@dataclass
+class Slot:
+    """A container as the provisioner tracks it."""
+
+    id: str
+    type: ContainerType
+    provider: ContainerProvider
+    secret: str
+    state: ContainerState = ContainerState.STARTING
+    endpoint: Endpoint | None = None
+    run: PartitionOffer | None = None
+    partitions_run: int = 0
+    created_at: float = field(default_factory=time.monotonic)
+    created_wall: object = field(default_factory=utcnow)
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def view(self) -> Container:
+        return Container(
+            id=self.id, type=self.type.name, provider=self.provider.name,
+            host=self.endpoint.host if self.endpoint else "", port=self.endpoint.port if self.endpoint else 0,
+            state=self.state, partitions_run=self.partitions_run, created_at=self.created_wall,  # type: ignore[arg-type]
+            current_run=self.run.run_id if self.run else None,
+        )
+
+
+class Provisioner:
+    def __init__(
+        self,
+        container_types: list[ContainerType],
+        providers: list[ContainerProvider],
+        executioner: ExecutionerClient,
+        bus: Bus,
+        *,
+        maintenance_interval: float = 0.5,
+    ) -> None:
+        self.types = {t.name: t for t in container_types}
+        self.providers = {p.name: p for p in providers}
+        for t in container_types:
+            missing = [p for p in t.providers if p not in self.providers]
+            if missing:
+                raise ValueError(f"container type {t.name} names unknown providers {missing}")
+        self.executioner = executioner
+        self.bus = bus
+        self.maintenance_interval = maintenance_interval
+        self.slots: dict[str, Slot] = {}
+        self.runs: dict[str, str] = {}  # run id -> container id, while the run is ours
+        self.cancelled: set[str] = set()
+        self.counters: Counter[str] = Counter()
+        self._background: set[asyncio.Task[None]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Remove containers a previous provisioner left behind, then keep the pools."""
+        for provider in self.providers.values():
+            leaked = await provider.list()
+            if leaked:
+                log.warning("removing %d leaked containers of %s", len(leaked), provider.name)
+                await asyncio.gather(*(provider.destroy(c) for c in leaked), return_exceptions=True)
+        self._maintenance = asyncio.create_task(self._maintain(), name="provisioner-maintenance")
+
+    async def stop(self) -> None:
+        if self._maintenance:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(s.provider.destroy(s.id) for s in self.slots.values()), return_exceptions=True)
+        for provider in self.providers.values():
+            await provider.close()
+        self.slots.clear()
+
+    # -- offers -----------------------------------------------------------------------------
+
+    def offer(self, offers: list[PartitionOffer]) -> list[OfferAnswer]:
+        answers, ready = [], []
+        for offer in offers:
+            answer, slot = self._place(offer)
+            answers.append(answer)
+            self.counters["accepted" if answer.accepted else "rejected"] += 1
+            if slot is not None and slot.state == ContainerState.BUSY:
+                ready.append(slot)
+        if ready:
+            self._spawn(self._hand_off(ready))
+        return answers
+
+    def _place(self, offer: PartitionOffer) -> tuple[OfferAnswer, Slot | None]:
+        if offer.run_id in self.runs:  # a repeated offer (scheduler retry) is the same run
+            return OfferAnswer(run_id=offer.run_id, accepted=True, reason="already accepted"), None
+        container_type = self.types.get(offer.container_type)
+        if container_type is None:
+            return self._reject(offer, f"unknown container type {offer.container_type!r}")
+        idle = next((s for s in self.slots.values() if s.type.name == container_type.name
+                     and s.state == ContainerState.IDLE), None)
+        if idle is not None:
+            idle.state, idle.run = ContainerState.BUSY, offer
+            self.runs[offer.run_id] = idle.id
+            return OfferAnswer(run_id=offer.run_id, accepted=True), idle
+        live = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
+        if len(live) >= container_type.max_concurrent:
+            return self._reject(offer, f"container type {container_type.name} is at its maximum of "
+                                       f"{container_type.max_concurrent} containers")
+        provider = self._provider_with_room(container_type)
+        if provider is None:
+            return self._reject(offer, f"every provider of {container_type.name} is full "
+                                       f"({self._usage(container_type)})")
+        slot = self._new_slot(container_type, provider, offer)
+        self.runs[offer.run_id] = slot.id
+        return OfferAnswer(run_id=offer.run_id, accepted=True), slot
+
+    def _reject(self, offer: PartitionOffer, reason: str) -> tuple[OfferAnswer, None]:
+        return OfferAnswer(run_id=offer.run_id, accepted=False, reason=reason), None
+
+    def _provider_with_room(self, container_type: ContainerType) -> ContainerProvider | None:
+        """The first provider of the type, in its priority order, with capacity left."""
+        for name in container_type.providers:
+            provider = self.providers[name]
+            used = sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
+            if provider.capacity is None or used < provider.capacity:
+                return provider
+        return None
+
+    def _usage(self, container_type: ContainerType) -> str:
+        parts = []
+        for name in container_type.providers:
+            provider = self.providers[name]
+            used = sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
+            parts.append(f"{name}: {used}/{provider.capacity if provider.capacity is not None else '∞'}")
+        return ", ".join(parts)
+
+    def _new_slot(self, container_type: ContainerType, provider: ContainerProvider,
+                  offer: PartitionOffer | None) -> Slot:
+        slot = Slot(id=f"{container_type.name}-{new_id()[:12]}", type=container_type, provider=provider,
+                    secret=secrets.token_urlsafe(24), run=offer)
+        self.slots[slot.id] = slot
+        self._spawn(self._start_container(slot))
+        return slot
+
+    async def _start_container(self, slot: Slot) -> None:
+        started = time.monotonic()
+        try:
+            slot.endpoint = await slot.provider.create(slot.id, slot.type, slot.secret)
+        except (ProviderError, OSError) as error:
+            log.warning("container %s failed to start: %s", slot.id, error)
+            self.counters["start_failures"] += 1
+            slot.state = ContainerState.DEAD
+            self.slots.pop(slot.id, None)
+            if slot.run is not None:
+                await self._report_lost(slot.run, slot, f"container failed to start: {error}")
+            await self._publish_event("lost", slot)
+            return
+        self.counters["containers_started"] += 1
+        self.counters["start_seconds_total_ms"] += int((time.monotonic() - started) * 1000)
+        await self._publish_event("started", slot)
+        if slot.run is None or slot.run.run_id in self.cancelled:
+            self._become_idle(slot)
+            await self._publish_event("free", slot)
+            return
+        slot.state = ContainerState.BUSY
+        await self._hand_off([slot])
+
+    async def _hand_off(self, slots: list[Slot]) -> None:
+        assignments = [
+            ExecutionAssignment(offer=s.run, container_id=s.id, host=s.endpoint.host, port=s.endpoint.port,
+                                secret=s.secret)
+            for s in slots if s.run is not None and s.endpoint is not None
+        ]
+        try:
+            await self.executioner.execute(assignments)
+        except ServiceError as error:
+            log.warning("executioner did not take %d runs: %s", len(assignments), error)
+            for slot in slots:
+                if slot.run is not None:
+                    await self._report_lost(slot.run, slot, f"executioner did not take the run: {error}")
+                self._become_idle(slot)
+
+    async def _report_lost(self, offer: PartitionOffer, slot: Slot, why: str) -> None:
+        self.runs.pop(offer.run_id, None)
+        status = RunStatus(
+            run_id=offer.run_id, partition_id=offer.partition_id, task_id=offer.task_id,
+            request_id=offer.request_id, job_id=offer.job_id, run=offer.run, container_type=offer.container_type,
+            container_id=slot.id, state="exception", message=why,
+        )
+        await self.bus.publish(
+            topics.RUNS,
+            topics.routing_key(offer.job_id, offer.task_id, offer.partition_id, offer.run, offer.container_type),
+            status.wire(),
+        )
+
+    # -- release, cancel --------------------------------------------------------------------
+
+    async def release(self, container_id: str, run_id: str | None, healthy: bool, reason: str | None = None) -> None:
+        """The executioner is done with a container: reuse it or retire it by the type's rules."""
+        if run_id:
+            self.runs.pop(run_id, None)
+            self.cancelled.discard(run_id)
+        slot = self.slots.get(container_id)
+        if slot is None:
+            return
+        slot.run = None
+        slot.partitions_run += 1
+        rules = slot.type
+        worn_out = (rules.max_partitions is not None and slot.partitions_run >= rules.max_partitions) or (
+            rules.max_age is not None and time.monotonic() - slot.created_at >= rules.max_age)
+        if not healthy or worn_out:
+            if not healthy:
+                log.warning("retiring container %s: %s", container_id, reason or "unhealthy")
+            await self._retire(slot)
+        else:
+            self._become_idle(slot)
+        await self._publish_event("free", slot)
+
+    def cancel(self, run_ids: list[str]) -> list[str]:
+        """Stop runs that were cancelled; returns those already with the executioner."""
+        with_executioner = []
+        for run_id in run_ids:
+            container_id = self.runs.get(run_id)
+            slot = self.slots.get(container_id) if container_id else None
+            if slot is not None and slot.state == ContainerState.STARTING:
+                self.cancelled.add(run_id)
+            elif container_id is not None:
+                with_executioner.append(run_id)
+        if with_executioner:
+            self._spawn(self._cancel_runs(with_executioner))
+        return with_executioner
+
+    async def _cancel_runs(self, run_ids: list[str]) -> None:
+        try:
+            await self.executioner.cancel(run_ids)
+        except ServiceError as error:
+            log.warning("could not cancel %s: %s", run_ids, error)
+
+    def _become_idle(self, slot: Slot) -> None:
+        slot.state, slot.run, slot.idle_since = ContainerState.IDLE, None, time.monotonic()
+
+    async def _retire(self, slot: Slot) -> None:
+        slot.state = ContainerState.STOPPING
+        try:
+            await slot.provider.destroy(slot.id)
+        except (ProviderError, OSError) as error:
+            log.warning("could not destroy %s: %s", slot.id, error)
+        slot.state = ContainerState.DEAD
+        self.slots.pop(slot.id, None)
+
+    # -- pools and health -------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.maintenance_interval)
+            try:
+                await self.maintain_once()
+            except Exception:
+                log.exception("pool maintenance failed")
+
+    async def maintain_once(self) -> None:
+        now = time.monotonic()
+        for container_type in self.types.values():
+            mine = [s for s in self.slots.values() if s.type.name == container_type.name]
+            for slot in [s for s in mine if s.state == ContainerState.IDLE]:
+                if not await slot.provider.alive(slot.id):
+                    log.warning("idle container %s is gone; replacing it", slot.id)
+                    await self._retire(slot)
+                    await self._publish_event("lost", slot)
+            mine = [s for s in self.slots.values() if s.type.name == container_type.name]
+            idle = sorted((s for s in mine if s.state == ContainerState.IDLE), key=lambda s: s.idle_since)
+            spare = len(idle) - container_type.min_warm
+            for slot in idle:
+                too_old = container_type.max_age is not None and now - slot.created_at >= container_type.max_age
+                if too_old or (spare > 0 and now - slot.idle_since >= container_type.idle_timeout):
+                    spare -= 1
+                    await self._retire(slot)
+                    await self._publish_event("stopped", slot)
+            mine = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
+            warm = sum(1 for s in mine if s.state == ContainerState.IDLE or (s.state == ContainerState.STARTING
+                                                                               and s.run is None))
+            while warm < container_type.min_warm and len(mine) < container_type.max_concurrent:
+                provider = self._provider_with_room(container_type)
+                if provider is None:
+                    break
+                mine.append(self._new_slot(container_type, provider, None))
+                warm += 1
+
+    def containers(self) -> list[Container]:
+        return [s.view() for s in self.slots.values()]
+
+    async def _publish_event(self, event: str, slot: Slot) -> None:
+        message = ContainerEvent(event=event, container_type=slot.type.name, container_id=slot.id)  # type: ignore[arg-type]
+        await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=slot.type.name), message.wire())
+
+    def _spawn(self, work: object) -> None:
+        task = asyncio.create_task(work)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

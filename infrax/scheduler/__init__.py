@@ -1,0 +1,1 @@
+"""The scheduler: central dispatcher of task partitions."""

@@ -1,0 +1,30 @@
+"""How other components (and the CLI) call the scheduler."""
+
+from __future__ import annotations
+
+from infrax.http import ServiceClient
+from infrax.model import TaskPartition, TaskRequest, TaskRequestSubmission
+
+
+class SchedulerClient(ServiceClient):
+    service = "scheduler"
+
+    async def submit(self, submission: TaskRequestSubmission) -> TaskRequest:
+        return TaskRequest.model_validate(await self.call("POST", "/api/v1/task-requests", json=submission.wire()))
+
+    async def list_requests(self, job_id: str) -> list[TaskRequest]:
+        body = await self.call("GET", "/api/v1/task-requests", params={"jobId": job_id})
+        return [TaskRequest.model_validate(r) for r in body]
+
+    async def get_request(self, request_id: str) -> TaskRequest:
+        return TaskRequest.model_validate(await self.call("GET", f"/api/v1/task-requests/{request_id}"))
+
+    async def cancel_request(self, request_id: str) -> TaskRequest:
+        return TaskRequest.model_validate(await self.call("POST", f"/api/v1/task-requests/{request_id}/cancel"))
+
+    async def cancel_job(self, job_id: str) -> list[str]:
+        return (await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))["cancelledRequests"]
+
+    async def partitions(self, request_id: str) -> list[TaskPartition]:
+        body = await self.call("GET", "/api/v1/partitions", params={"requestId": request_id})
+        return [TaskPartition.model_validate(p) for p in body]

@@ -1,0 +1,74 @@
+"""Reading the scheduler's tables into wire objects."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from infrax.model import Task, TaskDefinition, TaskPartition, TaskRequest
+from infrax.store import aware
+from infrax.store.tables import partitions, requests, tasks
+
+
+def partition_from_row(row: RowMapping | dict[str, Any]) -> TaskPartition:
+    return TaskPartition(
+        id=row["id"], task_id=row["task_id"], request_id=row["request_id"], job_id=row["job_id"],
+        index=row["idx"], count=row["count"], files=row["files"], container_type=row["container_type"],
+        state=row["state"], run=row["run"], priority=row["priority"],
+        expected_duration=row.get("expected_duration"), exit_code=row.get("exit_code"), message=row.get("message"),
+        log_url=row.get("log_url"), container_id=row.get("container_id"), queued_at=aware(row.get("queued_at")),
+        started_at=aware(row.get("started_at")), finished_at=aware(row.get("finished_at")),
+    )
+
+
+def task_from_row(row: RowMapping, parts: list[TaskPartition] | None = None) -> Task:
+    return Task(
+        id=row["id"], request_id=row["request_id"], job_id=row["job_id"], name=row["name"],
+        state=row["state"], message=row["message"],
+        definition=TaskDefinition.model_validate(row["definition"]), partitions=parts or [],
+    )
+
+
+def request_from_row(row: RowMapping, task_list: list[Task] | None = None) -> TaskRequest:
+    return TaskRequest(
+        id=row["id"], job_id=row["job_id"], project=row["project"], revision=row["revision"],
+        state=row["state"], message=row["message"], created_at=aware(row["created_at"]),
+        tasks=task_list or [],
+    )
+
+
+async def load_request(conn: AsyncConnection, request_id: str) -> TaskRequest | None:
+    row = (await conn.execute(select(requests).where(requests.c.id == request_id))).mappings().first()
+    if row is None:
+        return None
+    task_rows = (
+        await conn.execute(select(tasks).where(tasks.c.request_id == request_id).order_by(tasks.c.position))
+    ).mappings().all()
+    part_rows = (
+        await conn.execute(
+            select(partitions).where(partitions.c.request_id == request_id).order_by(partitions.c.idx)
+        )
+    ).mappings().all()
+    by_task: dict[str, list[TaskPartition]] = defaultdict(list)
+    for part in part_rows:
+        by_task[part["task_id"]].append(partition_from_row(part))
+    return request_from_row(row, [task_from_row(t, by_task[t["id"]]) for t in task_rows])
+
+
+async def load_task(conn: AsyncConnection, task_id: str) -> Task | None:
+    row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings().first()
+    if row is None:
+        return None
+    part_rows = (
+        await conn.execute(select(partitions).where(partitions.c.task_id == task_id).order_by(partitions.c.idx))
+    ).mappings().all()
+    return task_from_row(row, [partition_from_row(p) for p in part_rows])
+
+
+async def load_partition(conn: AsyncConnection, partition_id: str) -> TaskPartition | None:
+    row = (await conn.execute(select(partitions).where(partitions.c.id == partition_id))).mappings().first()
+    return None if row is None else partition_from_row(row)

@@ -1,0 +1,186 @@
+"""Putting components together: all in one process (`infrax up`) or one per process.
+
+In one process the components still talk only through their REST APIs and the bus: their
+clients go through an in-process ASGI transport instead of a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from infrax.bus import Bus, open_bus
+from infrax.config import COMPONENTS, Config
+from infrax.executioner.app import create_app as executioner_app
+from infrax.executioner.client import ExecutionerClient
+from infrax.executioner.service import Executioner
+from infrax.http import tcp_client
+from infrax.jobmaster.app import create_app as jobmaster_app
+from infrax.jobmaster.plugin import load_logic
+from infrax.jobmaster.service import JobMaster
+from infrax.optimizer.app import create_app as optimizer_app
+from infrax.optimizer.planner import Planner
+from infrax.provisioner.app import create_app as provisioner_app
+from infrax.provisioner.client import ProvisionerClient
+from infrax.provisioner.providers import make_provider
+from infrax.provisioner.service import Provisioner
+from infrax.scheduler.app import create_app as scheduler_app
+from infrax.scheduler.client import SchedulerClient
+from infrax.optimizer.client import OptimizerClient
+from infrax.scheduler.service import Scheduler
+from infrax.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class _LateApp:
+    """An ASGI app filled in after the clients that call it are made (components call each other)."""
+
+    def __init__(self) -> None:
+        self.app: FastAPI | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert self.app is not None, "component called before it was built"
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Stack:
+    """The running components of this process, their apps and the sockets they serve on."""
+
+    config: Config
+    components: tuple[str, ...] = COMPONENTS
+    serve: bool = True
+    logic: str = "reference"
+    db: Database | None = None
+    bus: Bus | None = None
+    apps: dict[str, FastAPI] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    _late: dict[str, _LateApp] = field(default_factory=dict)
+    _sockets: dict[str, socket.socket] = field(default_factory=dict)
+    _servers: list[uvicorn.Server] = field(default_factory=list)
+    _serving: list[asyncio.Task[None]] = field(default_factory=list)
+    _clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def client(self, component: str, timeout: float = 60.0) -> httpx.AsyncClient:
+        """An HTTP client for a component: in process when it runs here, over TCP otherwise."""
+        if component in self.components:
+            late = self._late.setdefault(component, _LateApp())
+            made = httpx.AsyncClient(transport=httpx.ASGITransport(app=late), base_url=self.urls[component],
+                                     timeout=timeout)
+        else:
+            made = tcp_client(self.config.url(component), timeout)
+        self._clients.append(made)
+        return made
+
+    async def start(self, *, recover_in_flight: bool | None = None) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.components:
+            if self.serve:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((config.host, config.ports[name]))
+                self._sockets[name] = sock
+                host, port = sock.getsockname()[:2]
+                self.urls[name] = config.urls.get(name) or f"http://{host}:{port}"
+            else:
+                self.urls[name] = f"http://{name}.infrax.invalid"
+        self.db = Database(config.db)
+        await self.db.create_schema()
+        self.bus = open_bus(config.bus)
+        await self.bus.start()
+        # Everything restarting together means runs the executioner never heard of are lost for sure.
+        recover = set(COMPONENTS) <= set(self.components) if recover_in_flight is None else recover_in_flight
+        for name in ("executioner", "provisioner", "optimizer", "scheduler", "jobmaster"):
+            if name in self.components:
+                await self._build(name, recover)
+        for name in self.components:
+            self._late.setdefault(name, _LateApp()).app = self.apps[name]
+        if self.serve:
+            for name in self.components:
+                self._serve(name)
+
+    async def _build(self, name: str, recover: bool) -> None:
+        config, db, bus = self.config, self.db, self.bus
+        assert db is not None and bus is not None
+        if name == "executioner":
+            service: Any = Executioner(db, bus, ProvisionerClient(self.client("provisioner")),
+                                       config.data_dir / "logs", self.urls["executioner"])
+            app = executioner_app(service)
+        elif name == "provisioner":
+            providers = [
+                make_provider(p.kind, p.name, p.capacity,
+                              {"root": str(config.data_dir / "containers" / p.name),
+                               "kill_grace": config.agent_kill_grace, **p.options})
+                for p in config.providers
+            ]
+            service = Provisioner(config.container_types, providers, ExecutionerClient(self.client("executioner")), bus)
+            app = provisioner_app(service)
+        elif name == "optimizer":
+            service = Planner(files_per_partition=config.files_per_partition)
+            app = optimizer_app(service)
+        elif name == "scheduler":
+            service = Scheduler(
+                db, bus, OptimizerClient(self.client("optimizer")), ProvisionerClient(self.client("provisioner")),
+                ExecutionerClient(self.client("executioner")), dispatch_timeout=config.dispatch_timeout,
+                in_flight_check_interval=config.in_flight_check_interval,
+            )
+            app = scheduler_app(service)
+        elif name == "jobmaster":
+            service = JobMaster(db, bus, SchedulerClient(self.client("scheduler")), load_logic(self.logic),
+                                self.urls["jobmaster"])
+            app = jobmaster_app(service)
+        else:
+            raise ValueError(f"unknown component {name!r}")
+        self.services[name] = service
+        self.apps[name] = app
+        # The app must answer before start() runs: recovery may call other components here.
+        self._late.setdefault(name, _LateApp()).app = app
+        if name == "scheduler":
+            await service.start(recover_in_flight=recover)
+        elif hasattr(service, "start"):
+            await service.start()
+
+    def _serve(self, name: str) -> None:
+        server = uvicorn.Server(uvicorn.Config(self.apps[name], log_level="warning", access_log=False,
+                                               lifespan="off"))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._servers.append(server)
+        self._serving.append(asyncio.create_task(server.serve(sockets=[self._sockets[name]]), name=f"serve-{name}"))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.should_exit = True
+        await asyncio.gather(*self._serving, return_exceptions=True)
+        for name in ("jobmaster", "scheduler", "provisioner", "executioner"):
+            service = self.services.get(name)
+            if service is not None:
+                try:
+                    await service.stop()
+                except Exception:
+                    log.exception("stopping %s failed", name)
+        for client in self._clients:
+            await client.aclose()
+        if self.bus:
+            await self.bus.close()
+        if self.db:
+            await self.db.close()
+        for sock in self._sockets.values():
+            sock.close()
+
+
+def only(names: Iterable[str]) -> tuple[str, ...]:
+    unknown = set(names) - set(COMPONENTS)
+    if unknown:
+        raise ValueError(f"unknown components: {', '.join(sorted(unknown))}")
+    return tuple(names)

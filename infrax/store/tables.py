@@ -1,0 +1,131 @@
+"""The schema. Each component owns the tables named after it and touches no other's."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+ID = String(64)
+
+requests = Table(
+    "scheduler_requests",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("job_id", ID, index=True),
+    Column("project", String(200), nullable=False),
+    Column("revision", String(100)),
+    Column("changed_paths", JSON),
+    Column("state", String(20), nullable=False, index=True),
+    Column("message", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+tasks = Table(
+    "scheduler_tasks",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("request_id", ID, nullable=False, index=True),
+    Column("job_id", ID),
+    Column("position", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("message", Text),
+)
+
+partitions = Table(
+    "scheduler_partitions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("task_id", ID, nullable=False, index=True),
+    Column("request_id", ID, nullable=False, index=True),
+    Column("job_id", ID),
+    Column("idx", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("files", JSON, nullable=False),
+    Column("container_type", String(100), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("run", Integer, nullable=False, default=0),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("expected_duration", Float),
+    Column("exit_code", Integer),
+    Column("message", Text),
+    Column("log_url", Text),
+    Column("container_id", String(100)),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("dispatched_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("claimed_by", String(100)),
+    Column("claimed_at", DateTime(timezone=True)),
+    Index("ix_partitions_queue", "state", "container_type", "priority", "seq"),
+)
+
+runs = Table(
+    "executioner_runs",
+    metadata,
+    Column("run_id", String(100), primary_key=True),
+    Column("partition_id", ID, nullable=False, index=True),
+    Column("assignment", JSON, nullable=False),
+    Column("state", String(20), nullable=False, index=True),
+    Column("exit_code", Integer),
+    Column("message", Text),
+    Column("log_path", Text, nullable=False),
+    Column("duration", Float),
+    Column("file_durations", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+jobs = Table(
+    "jobmaster_jobs",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("project", String(200), nullable=False),
+    Column("revision", String(100), nullable=False),
+    Column("repository", Text, nullable=False),
+    Column("source", String(50), nullable=False),
+    Column("state", String(20), nullable=False, index=True),
+    Column("request_id", ID),
+    Column("message", Text),
+    Column("details", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("project", "revision", name="uq_jobs_project_revision"),
+)
+
+job_tasks = Table(
+    "jobmaster_job_tasks",
+    metadata,
+    Column("task_id", ID, primary_key=True),
+    Column("job_id", ID, nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("message", Text),
+)
+
+deliveries = Table(
+    "jobmaster_deliveries",
+    metadata,
+    Column("delivery_id", String(200), primary_key=True),
+    Column("job_id", ID),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+

@@ -1,0 +1,105 @@
+"""A small real git project whose tests are spread over several files, for the demo and the tests."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+BOOTSTRAP = """#!/bin/sh
+# Check out the pushed revision and run the partition's test files.
+set -e
+repository=""; revision=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repository=*) repository="${1#--repository=}"; shift ;;
+    --revision=*) revision="${1#--revision=}"; shift ;;
+    *) break ;;
+  esac
+done
+git clone --quiet --no-checkout "$repository" src
+cd src
+git -c advice.detachedHead=false checkout --quiet "$revision"
+echo "running $# test files at ${revision}"
+exec python3 run_tests.py "$@"
+"""
+
+RUN_TESTS = '''"""Runs the given test files with unittest; exits non-zero when any test fails."""
+import sys
+import unittest
+
+suite = unittest.TestSuite()
+loader = unittest.defaultTestLoader
+for path in sys.argv[1:]:
+    module = path[:-3].replace("/", ".")
+    suite.addTests(loader.loadTestsFromName(module))
+result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
+sys.exit(0 if result.wasSuccessful() else 1)
+'''
+
+CALC = '''def add(a, b):
+    return a + b
+
+
+def mul(a, b):
+    return a * b
+'''
+
+CONFIG = """version: 1
+project: sample
+tasks:
+  - name: unit
+    containerTag: linux_x86_64
+    bootstrapper: ci/bootstrap.sh
+    bootstrapperArguments: ["--repository={repository}", "--revision={revision}"]
+    files: "tests/test_*.py"
+    partitions: 3
+    maxRunTime: 120
+"""
+
+
+def _test_file(n: int) -> str:
+    return f'''import unittest
+
+from calc import add, mul
+
+
+class Test{n}(unittest.TestCase):
+    def test_add_{n}(self):
+        self.assertEqual(add({n}, 1), {n + 1})
+
+    def test_mul_{n}(self):
+        self.assertEqual(mul({n}, 2), {n * 2})
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_sample_repo(path: Path, test_files: int = 6) -> str:
+    """Create the repository with one commit whose tests pass; return that commit's id."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "--quiet", "--initial-branch=main")
+    git(path, "config", "user.email", "demo@infrax.invalid")
+    git(path, "config", "user.name", "infrax demo")
+    (path / "ci").mkdir(exist_ok=True)
+    (path / "ci" / "bootstrap.sh").write_text(BOOTSTRAP)
+    (path / "ci" / "bootstrap.sh").chmod(0o755)
+    (path / "run_tests.py").write_text(RUN_TESTS)
+    (path / "calc.py").write_text(CALC)
+    (path / ".infrax.yml").write_text(CONFIG)
+    (path / "tests").mkdir(exist_ok=True)
+    (path / "tests" / "__init__.py").write_text("")
+    for n in range(1, test_files + 1):
+        (path / "tests" / f"test_{n}.py").write_text(_test_file(n))
+    git(path, "add", "-A")
+    git(path, "commit", "--quiet", "-m", "calc with tests")
+    return git(path, "rev-parse", "HEAD")
+
+
+def break_one_test(path: Path, n: int = 2) -> str:
+    """Commit a change that makes exactly one test of tests/test_{n}.py fail; return the commit id."""
+    test = path / "tests" / f"test_{n}.py"
+    test.write_text(test.read_text().replace(f"mul({n}, 2), {n * 2}", f"mul({n}, 2), {n * 2 + 1}"))
+    git(path, "commit", "--quiet", "-am", f"break test_mul_{n}")
+    return git(path, "rev-parse", "HEAD")
