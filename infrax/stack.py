@@ -101,16 +101,21 @@ class Stack:
         await self.bus.start()
         # Everything restarting together means runs the executioner never heard of are lost for sure.
         recover = set(COMPONENTS) <= set(self.components) if recover_in_flight is None else recover_in_flight
-        for name in ("executioner", "provisioner", "optimizer", "scheduler", "jobmaster"):
-            if name in self.components:
-                await self._build(name, recover)
         for name in self.components:
+            self._build(name)
             self._late.setdefault(name, _LateApp()).app = self.apps[name]
+        # Recovery may call other components, so every app answers before any service starts.
+        for name in ("provisioner", "executioner", "optimizer", "scheduler", "jobmaster"):
+            service = self.services.get(name)
+            if name == "scheduler" and service is not None:
+                await service.start(recover_in_flight=recover)
+            elif hasattr(service, "start"):
+                await service.start()
         if self.serve:
             for name in self.components:
                 self._serve(name)
 
-    async def _build(self, name: str, recover: bool) -> None:
+    def _build(self, name: str) -> None:
         config, db, bus = self.config, self.db, self.bus
         assert db is not None and bus is not None
         if name == "executioner":
@@ -144,12 +149,6 @@ class Stack:
             raise ValueError(f"unknown component {name!r}")
         self.services[name] = service
         self.apps[name] = app
-        # The app must answer before start() runs: recovery may call other components here.
-        self._late.setdefault(name, _LateApp()).app = app
-        if name == "scheduler":
-            await service.start(recover_in_flight=recover)
-        elif hasattr(service, "start"):
-            await service.start()
 
     def _serve(self, name: str) -> None:
         server = uvicorn.Server(uvicorn.Config(self.apps[name], log_level="warning", access_log=False,

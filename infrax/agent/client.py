@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from infrax.agent.protocol import (
     PROTOCOL_VERSION,
@@ -77,9 +77,7 @@ class _Connection:
     async def open(cls, host: str, port: int, secret: str, timeout: float) -> _Connection:
         address = f"{host}:{port}"
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout
-            )
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout)
         except TimeoutError:
             raise AgentUnreachable(f"cannot connect to agent at {address}: timed out after {timeout:g}s") from None
         except OSError as exc:
@@ -109,9 +107,7 @@ class _Connection:
         try:
             message = await asyncio.wait_for(read_message(self.reader), timeout)
         except TimeoutError:
-            raise AgentUnreachable(
-                f"agent at {self.address} sent no {waiting_for} within {timeout:g}s"
-            ) from None
+            raise AgentUnreachable(f"agent at {self.address} sent no {waiting_for} within {timeout:g}s") from None
         except ProtocolError as exc:
             raise AgentError(BAD_RESPONSE, f"agent at {self.address} sent an invalid message: {exc}") from None
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -119,7 +115,9 @@ class _Connection:
                 f"connection to agent at {self.address} lost while waiting for {waiting_for}: {exc or type(exc).__name__}"
             ) from None
         if message is None:
-            raise AgentConnectionLost(f"agent at {self.address} closed the connection while we waited for {waiting_for}")
+            raise AgentConnectionLost(
+                f"agent at {self.address} closed the connection while we waited for {waiting_for}"
+            )
         if message["type"] == MessageType.ERROR:
             code = str(message.get("code", BAD_RESPONSE))
             text = f"agent at {self.address}: {message.get('message', '')}"
@@ -233,7 +231,9 @@ class RunStream(AsyncIterator[dict[str, Any]]):
             message = await self._connection.receive(timeout, waiting_for=f"messages of run {self.run_id!r}")
         except AgentConnectionLost as exc:
             await self._finish()
-            raise AgentConnectionLost(f"{exc}; run {self.run_id!r} had not finished (last seq {self.last_seq})") from None
+            raise AgentConnectionLost(
+                f"{exc}; run {self.run_id!r} had not finished (last seq {self.last_seq})"
+            ) from None
         except BaseException:
             await self._finish()
             raise
@@ -268,7 +268,7 @@ class RunStream(AsyncIterator[dict[str, Any]]):
         """Close the connection without cancelling; the run continues in the agent."""
         await self._finish()
 
-    async def __aenter__(self) -> RunStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

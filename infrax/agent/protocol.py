@@ -188,9 +188,7 @@ def parse_run_request(message: dict[str, Any]) -> RunRequest:
         raise ProtocolError(f"field 'runId' must be at most {MAX_RUN_ID_LENGTH} characters")
     bootstrapper = _check_text(message.get("bootstrapper"), "bootstrapper", allow_empty=False)
     if not bootstrapper.startswith(("http://", "https://", "file://", "/")):
-        raise ProtocolError(
-            "field 'bootstrapper' must be an http://, https:// or file:// URL or an absolute path"
-        )
+        raise ProtocolError("field 'bootstrapper' must be an http://, https:// or file:// URL or an absolute path")
 
     max_run_time = message.get("maxRunTime")
     # bool is an int subclass; "maxRunTime": true is a client bug, not one second.

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Final
 
@@ -187,7 +187,7 @@ class OutputLog:
             await self._changed.wait()
         return self.final
 
-    async def follow(self, start_seq: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
+    async def follow(self, start_seq: int = 0) -> AsyncGenerator[list[dict[str, Any]], None]:
         """Yield batches of messages: ``started``, outputs from ``start_seq`` (or a ``gap``), ``exit``."""
         cursor = start_seq
         started_sent = False
@@ -270,7 +270,7 @@ class Run:
                 extra["fileDurations"] = durations
         except BootstrapError as exc:
             status, exit_code, message = RunStatus.ERROR, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - the exit message must always be sent
+        except Exception as exc:  # the exit message must always be sent
             log.exception("run %s failed inside the agent", self.run_id)
             status, exit_code, message = RunStatus.ERROR, None, f"internal agent error: {exc!r}"
         exit_message: dict[str, Any] = {
@@ -329,8 +329,7 @@ class Run:
                 # With a shebang, ENOENT almost always means the interpreter is missing.
                 via = f" (via {argv[0]!r})" if argv[0] == "/bin/sh" else f" (interpreter line {self._shebang!r})"
                 raise BootstrapError(
-                    f"could not execute bootstrapper {_redact(self.request.bootstrapper)}{via}: "
-                    f"{exc.strerror or exc}"
+                    f"could not execute bootstrapper {_redact(self.request.bootstrapper)}{via}: {exc.strerror or exc}"
                 ) from None
             return await self._supervise(process, stop_wait, deadline)
         finally:

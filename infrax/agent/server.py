@@ -59,10 +59,18 @@ class Agent:
         self.settings = settings
         # The most recent run, running or finished: what attach can reach.
         self._last_run: Run | None = None
-        self._runs_completed = 0
+        # Finished runs before _last_run; derived rather than counted in a done
+        # callback so a heartbeat right after an exit message is already exact.
+        self._earlier_runs = 0
         self._started_at = time.monotonic()
         self._connections: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+
+    @property
+    def runs_completed(self) -> int:
+        """Number of runs that have finished, whatever their status."""
+        last = self._last_run
+        return self._earlier_runs + (1 if last is not None and last.finished else 0)
 
     @property
     def running(self) -> Run | None:
@@ -106,7 +114,7 @@ class Agent:
             await self._serve_connection(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             log.debug("connection from %s dropped", peer)
-        except Exception:  # noqa: BLE001 - one broken connection must not stop the agent
+        except Exception:  # one broken connection must not stop the agent
             log.exception("internal error while serving %s", peer)
             with contextlib.suppress(Exception):
                 await _send(writer, error_message(ErrorCode.INTERNAL, "internal agent error; see agent log"))
@@ -188,7 +196,7 @@ class Agent:
             "busy": running is not None,
             "runId": running.run_id if running else None,
             "uptime": round(time.monotonic() - self._started_at, 3),
-            "runsCompleted": self._runs_completed,
+            "runsCompleted": self.runs_completed,
         }
 
     async def _handle_run(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:
@@ -201,12 +209,16 @@ class Agent:
         if running is not None:
             await _send(
                 writer,
-                error_message(ErrorCode.BUSY, f"agent is busy with run {running.run_id!r}; cannot start {request.run_id!r}"),
+                error_message(
+                    ErrorCode.BUSY, f"agent is busy with run {running.run_id!r}; cannot start {request.run_id!r}"
+                ),
             )
             return
         # No await between the busy check and claiming the slot, so two
         # concurrent run requests cannot both get in.
         run = Run(request, self.settings)
+        if self._last_run is not None:
+            self._earlier_runs += 1
         self._last_run = run
         run.start().add_done_callback(self._on_run_done)
         log.info("run %s accepted (bootstrapper %s)", run.run_id, request.bootstrapper)
@@ -225,9 +237,7 @@ class Agent:
         run = self._last_run
         if run is None or run.run_id != run_id:
             known = f"the most recent run is {run.run_id!r}" if run else "it has not run anything yet"
-            await _send(
-                writer, error_message(ErrorCode.UNKNOWN_RUN, f"this agent has no run {run_id!r}; {known}")
-            )
+            await _send(writer, error_message(ErrorCode.UNKNOWN_RUN, f"this agent has no run {run_id!r}; {known}"))
             return
         log.info("client attached to run %s from seq %d", run_id, from_seq)
         await self._stream(reader, writer, run, from_seq)
@@ -243,7 +253,6 @@ class Agent:
         await _send(writer, {"type": MessageType.CANCELLED, "runId": run_id, "found": found})
 
     def _on_run_done(self, task: asyncio.Task[None]) -> None:
-        self._runs_completed += 1
         if os.getpid() == 1:
             _reap_orphans()
 

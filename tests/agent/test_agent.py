@@ -295,7 +295,7 @@ async def test_protocol_errors(agent: AgentProcess, check: Check) -> None:
 
 async def test_invalid_run_requests_name_the_field(agent: AgentProcess) -> None:
     client = agent.client()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"runId": "r", "bootstrapper": "/bin/true"}, "maxRunTime"),
         ({"runId": "r", "bootstrapper": "relative/path", "maxRunTime": 1}, "bootstrapper"),
         ({"runId": "", "bootstrapper": "/bin/true", "maxRunTime": 1}, "runId"),
@@ -367,7 +367,7 @@ async def test_attach_after_disconnect(agent: AgentProcess, script: Script, chec
 
     # The finished run can still be attached, also from a later seq.
     again = await collect(client.attach("reattach", from_seq=1), check)
-    assert [m["seq"] for m in again if m["type"] == "output"][0] == 1
+    assert next(m["seq"] for m in again if m["type"] == "output") == 1
     assert again[-1] == messages[-1]
 
     with pytest.raises(AgentError) as unknown:
@@ -403,7 +403,7 @@ async def test_attach_reports_dropped_output(start_agent: StartAgent, script: Sc
 
 
 async def test_agent_killed_mid_run(agent: AgentProcess, script: Script) -> None:
-    boot = script("sleep.sh", "#!/bin/sh\necho \"pid $$\"\nexec sleep 1000\n")
+    boot = script("sleep.sh", '#!/bin/sh\necho "pid $$"\nexec sleep 1000\n')
     stream = agent.client().run(run_request("orphaned", boot))
     seen = await read_until(stream, "pid")
     pid = int(re.search(r"pid (\d+)", outputs(seen)).group(1))  # type: ignore[union-attr]

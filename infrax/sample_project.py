@@ -1,4 +1,4 @@
-"""A small real git project whose tests are spread over several files, for the demo and the tests."""
+"""A small real git project whose tests are spread over several files: the demo's and the tests' subject."""
 
 from __future__ import annotations
 

@@ -1,0 +1,30 @@
+# Every target sets up what it needs: a fresh machine only needs `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench bench-optimizer services install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/infrax demo
+
+services:
+	@bash scripts/ensure-services.sh
+
+test: $(STAMP) services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/infrax bench
+
+clean:
+	rm -rf $(VENV) .infrax .pytest_cache

@@ -1,0 +1,228 @@
+"""The `infrax` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from infrax.config import COMPONENTS, Config, ConfigError, load_config
+from infrax.console import Clients, job_table, show_failures, watch_job
+from infrax.executioner.client import ExecutionerClient
+from infrax.http import ServiceError, tcp_client
+from infrax.jobmaster.client import JobMasterClient
+from infrax.model import PushSubmission, is_final, run_id_of
+from infrax.scheduler.client import SchedulerClient
+
+app = typer.Typer(help="infrax: continuous-integration task execution.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+# Piped output (CI logs, `make demo | tee`) still gets tables wide enough to read.
+console = Console(width=None if sys.stdout.isatty() else 160)
+T = TypeVar("T")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (or INFRAX_CONFIG)")
+DbOption = typer.Option(None, "--db", help="database URL: sqlite:///path or postgresql://… (or INFRAX_DB)")
+BusOption = typer.Option(None, "--bus", help="bus URL: memory:// or amqp://… (or INFRAX_BUS)")
+DataDirOption = typer.Option(None, "--data-dir", help="where logs, containers and the SQLite file live")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _config(config: Path | None = None, **overrides: Any) -> Config:
+    try:
+        return load_config(config, **overrides)
+    except ConfigError as error:
+        _fail(str(error))
+        raise AssertionError from None
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; turn every expected failure into one clear line instead of a traceback."""
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except ServiceError as error:
+        _fail(str(error))
+    except (TimeoutError, ConfigError, ValueError, OSError) as error:
+        _fail(str(error) or type(error).__name__)
+    raise AssertionError("unreachable")
+
+
+def _clients(config: Config) -> Clients:
+    return Clients(JobMasterClient(tcp_client(config.url("jobmaster"))),
+                   SchedulerClient(tcp_client(config.url("scheduler"))),
+                   ExecutionerClient(tcp_client(config.url("executioner"))))
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def _serve(components: tuple[str, ...], config: Config, logic: str) -> None:
+    from infrax.stack import Stack
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stack = Stack(config, components=components, logic=logic)
+        try:
+            await stack.start()
+        except OSError as error:
+            raise OSError(f"cannot start {', '.join(components)}: {error}") from error
+        for name in components:
+            console.print(f"[green]{name}[/] listening on {stack.urls[name]}")
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        console.print("stopping…")
+        await stack.stop()
+
+    _run(main)
+
+
+@app.command()
+def up(config: Path | None = ConfigOption, db: str | None = DbOption, bus: str | None = BusOption,
+       data_dir: Path | None = DataDirOption, logic: str = typer.Option("reference", help="job master logic")) -> None:
+    """Run every component in this one process."""
+    _serve(COMPONENTS, _config(config, db=db, bus=bus, data_dir=data_dir), logic)
+
+
+def _component_command(name: str) -> None:
+    def command(config: Path | None = ConfigOption, db: str | None = DbOption, bus: str | None = BusOption,
+                data_dir: Path | None = DataDirOption,
+                logic: str = typer.Option("reference", help="job master logic (jobmaster only)")) -> None:
+        _serve((name,), _config(config, db=db, bus=bus, data_dir=data_dir), logic)
+
+    command.__doc__ = f"Run the {name} alone; it reaches the others at their configured URLs."
+    app.command(name=name)(command)
+
+
+for _name in COMPONENTS:
+    _component_command(_name)
+
+
+# -- using a running system ---------------------------------------------------------------------
+
+
+@app.command()
+def push(repository: Path = typer.Argument(..., help="a local git repository"),
+         revision: str = typer.Argument("HEAD"), branch: str | None = typer.Option(None),
+         wait: bool = typer.Option(True, help="follow the job until it ends"),
+         config: Path | None = ConfigOption) -> None:
+    """Test a revision: the job master makes a job of it and runs its tasks."""
+    cfg = _config(config)
+
+    async def main() -> int:
+        clients = _clients(cfg)
+        job = await clients.jobmaster.push(PushSubmission(repository=str(repository.resolve()), revision=revision,
+                                                          branch=branch))
+        console.print(f"job [bold]{job.id}[/] for {job.project}@{job.revision[:12]}: {job.state}")
+        if not wait:
+            return 0
+        job, request = await watch_job(clients, job.id, console)
+        if request is not None:
+            await show_failures(clients, request, console)
+        return 0 if job.state == "completed" else 2
+
+    raise typer.Exit(_run(main))
+
+
+@app.command()
+def status(job_id: str = typer.Argument(..., help="a job id, or a revision (prefix)"),
+           config: Path | None = ConfigOption) -> None:
+    """Show a job, its tasks and partitions."""
+    cfg = _config(config)
+
+    async def main() -> None:
+        clients = _clients(cfg)
+        try:
+            job = await clients.jobmaster.get(job_id)
+        except ServiceError as error:
+            if error.status != 404:
+                raise
+            found = await clients.jobmaster.find(job_id)
+            if not found:
+                raise ValueError(f"no job or revision {job_id!r}") from None
+            job = found[0]
+        request = await clients.scheduler.get_request(job.request_id) if job.request_id else None
+        console.print(job_table(job, request))
+
+    _run(main)
+
+
+@app.command()
+def logs(partition_id: str = typer.Argument(..., help="a partition id"),
+         run: int | None = typer.Option(None, help="which run (default: the latest)"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the run ends"),
+         config: Path | None = ConfigOption) -> None:
+    """Print the log of a partition's run."""
+    cfg = _config(config)
+
+    async def main() -> None:
+        clients = _clients(cfg)
+        partition = await clients.scheduler.call("GET", f"/api/v1/partitions/{partition_id}")
+        run_id = run_id_of(partition_id, partition["run"] if run is None else run)
+        offset = 0
+        while True:
+            text, offset, complete = await clients.executioner.log(run_id, offset)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if complete or not follow:
+                return
+            await asyncio.sleep(0.5)
+
+    _run(main)
+
+
+@app.command()
+def cancel(job_id: str, config: Path | None = ConfigOption) -> None:
+    """Cancel a job: queued partitions never start, running ones are stopped."""
+    cfg = _config(config)
+
+    async def main() -> None:
+        job = await _clients(cfg).jobmaster.cancel(job_id)
+        console.print(f"job {job.id}: {job.state}")
+
+    _run(main)
+
+
+# -- demo and benchmark -------------------------------------------------------------------------
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, help="keep the demo's folder")) -> None:
+    """Push a passing and then a breaking revision of a sample project through the whole system."""
+    from infrax.demo import run_demo
+
+    raise typer.Exit(_run(lambda: run_demo(console, keep=keep)))
+
+
+@app.command()
+def bench(partitions: int = typer.Option(1000, help="how many trivial partitions"),
+          containers: int = typer.Option(8, help="warm containers"),
+          db: str | None = DbOption, bus: str | None = BusOption) -> None:
+    """Push N trivial partitions through the whole pipeline and print throughput and latency."""
+    from infrax.bench import run_bench
+
+    _run(lambda: run_bench(console, partitions, containers, db=db, bus=bus))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["app", "main", "is_final"]

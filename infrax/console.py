@@ -1,0 +1,101 @@
+"""What the CLI shows a person: live progress of a job and its final table."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from infrax.executioner.client import ExecutionerClient
+from infrax.http import ServiceError
+from infrax.jobmaster.client import JobMasterClient
+from infrax.model import Job, TaskPartition, TaskRequest, is_final, run_id_of
+from infrax.scheduler.client import SchedulerClient
+
+STATE_STYLE = {
+    "pending": "dim", "queued": "yellow", "dispatched": "cyan", "running": "blue", "completed": "green",
+    "failed": "bold red", "exception": "bold magenta", "cancelled": "dim", "skipped": "dim",
+}
+
+
+def styled(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+@dataclass
+class Clients:
+    jobmaster: JobMasterClient
+    scheduler: SchedulerClient
+    executioner: ExecutionerClient
+
+
+def job_table(job: Job, request: TaskRequest | None) -> Table:
+    table = Table(title=f"job {job.id[:12]}  {job.project}@{job.revision[:12]}  ", title_justify="left",
+                  caption=Text.assemble("job: ", styled(job.state), f"  {job.message or ''}"), caption_justify="left")
+    for column in ("task", "partition", "files", "state", "run", "exit", "time", "log"):
+        table.add_column(column, overflow="fold")
+    if request is None:
+        return table
+    for task in request.tasks:
+        if not task.partitions:
+            table.add_row(task.name, "-", "-", styled(task.state), "", "", "", task.message or "")
+        for part in task.partitions:
+            table.add_row(task.name, f"{part.index}/{part.count}", _files(part), styled(part.state), str(part.run),
+                          "" if part.exit_code is None else str(part.exit_code), _elapsed(part), part.log_url or "")
+    return table
+
+
+def _files(part: TaskPartition) -> str:
+    if len(part.files) <= 2:
+        return ", ".join(part.files)
+    return f"{part.files[0]} … ({len(part.files)} files)"
+
+
+def _elapsed(part: TaskPartition) -> str:
+    if part.started_at and part.finished_at:
+        return f"{(part.finished_at - part.started_at).total_seconds():.1f}s"
+    return ""
+
+
+async def watch_job(clients: Clients, job_id: str, console: Console, timeout: float = 600.0,
+                    live: bool = True) -> tuple[Job, TaskRequest | None]:
+    """Follow a job until it ends, redrawing its table; returns the final job and its request."""
+    deadline = time.monotonic() + timeout
+    job, request = await _snapshot(clients, job_id)
+    with Live(job_table(job, request), console=console, refresh_per_second=8, transient=False,
+              auto_refresh=live) as view:
+        while not (is_final(job.state) and (request is None or is_final(request.state))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.state} after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+            job, request = await _snapshot(clients, job_id)
+            view.update(job_table(job, request))
+    console.print()
+    return job, request
+
+
+async def _snapshot(clients: Clients, job_id: str) -> tuple[Job, TaskRequest | None]:
+    job = await clients.jobmaster.get(job_id)
+    request = await clients.scheduler.get_request(job.request_id) if job.request_id else None
+    return job, request
+
+
+async def log_tail(clients: Clients, part: TaskPartition, lines: int = 15) -> str:
+    try:
+        text, _, _ = await clients.executioner.log(run_id_of(part.id, part.run))
+    except ServiceError as error:
+        return f"(log unavailable: {error})"
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+async def show_failures(clients: Clients, request: TaskRequest, console: Console) -> None:
+    for task in request.tasks:
+        for part in task.partitions:
+            if part.state in ("failed", "exception"):
+                console.rule(f"[red]{task.name} {part.index}/{part.count} {part.state}: {part.message or ''}")
+                console.print(await log_tail(clients, part), markup=False, highlight=False)

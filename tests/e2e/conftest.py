@@ -1,0 +1,91 @@
+"""A whole infrax in this process, served on loopback ports, reached over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infrax.config import COMPONENTS, Config
+from infrax.model import ContainerType, TaskRequest, is_final
+from infrax.stack import Stack
+
+
+def make_config(data_dir: Path, **overrides: Any) -> Config:
+    types = overrides.pop("container_types", None) or [
+        ContainerType(name="linux_x86_64", tags=["linux_x86_64", "linux"], max_concurrent=3, idle_timeout=30)
+    ]
+    return Config(data_dir=data_dir, ports={n: 0 for n in COMPONENTS}, container_types=types,
+                  agent_kill_grace=0.5, **overrides)
+
+
+class Running:
+    """A started stack and HTTP clients to each component over TCP."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.http = {name: httpx.AsyncClient(base_url=url, timeout=30) for name, url in stack.urls.items()}
+
+    def __getitem__(self, component: str) -> httpx.AsyncClient:
+        return self.http[component]
+
+    async def submit(self, tasks: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        response = await self["scheduler"].post("/api/v1/task-requests", json={"tasks": tasks, **fields})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def request(self, request_id: str) -> TaskRequest:
+        response = await self["scheduler"].get(f"/api/v1/task-requests/{request_id}")
+        response.raise_for_status()
+        return TaskRequest.model_validate(response.json())
+
+    async def wait_request(self, request_id: str, timeout: float = 60,
+                           until: Callable[[TaskRequest], bool] | None = None) -> TaskRequest:
+        deadline = time.monotonic() + timeout
+        until = until or (lambda r: is_final(r.state))
+        while True:
+            request = await self.request(request_id)
+            if until(request):
+                return request
+            if time.monotonic() > deadline:
+                raise AssertionError(f"request still {request.state} after {timeout}s: {request.model_dump_json()}")
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        for client in self.http.values():
+            await client.aclose()
+        await self.stack.stop()
+
+
+@pytest.fixture
+async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        stack = Stack(make_config(tmp_path / "data", **overrides))
+        await stack.start()
+        running = Running(stack)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.close()
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    """A bootstrapper on disk (the agent accepts a path); returns its path."""
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def task(name: str, bootstrapper: str, files: list[str] | None = None, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "files": files or ["a.py"], "containerTag": ["linux_x86_64"],
+            "bootstrapper": [bootstrapper], "bootstrapperArguments": [], **fields}
