@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench bench-optimizer services install clean
+.PHONY: demo test bench bench-optimizer services image install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 services:
 	@bash scripts/ensure-services.sh
+	@sh scripts/setup-podman.sh
+
+image: $(STAMP) services
+	$(VENV)/bin/infrax image build
 
 test: $(STAMP) services
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -196,6 +196,22 @@ def cancel(job_id: str, config: Path | None = ConfigOption) -> None:
     _run(main)
 
 
+image_app = typer.Typer(help="The agent's container image.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(url: str = typer.Option("unix:///run/infrax-podman.sock", help="Docker Engine API endpoint"),
+                force: bool = typer.Option(False, help="rebuild even when the image exists")) -> None:
+    """Build the agent image locally (no registry needed): a Debian root filesystem plus the agent."""
+    from infrax.provisioner.image import ImageError, build_agent_image
+
+    try:
+        console.print(f"agent image: [bold]{build_agent_image(url, force=force)}[/]")
+    except ImageError as error:
+        _fail(str(error))
+
+
 # -- demo and benchmark -------------------------------------------------------------------------
 
 

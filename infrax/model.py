@@ -214,6 +214,10 @@ class PlannedTask(WireModel):
     reason: str | None = None
     priority: int = 0
     partitions: list[PlannedPartition] = Field(default_factory=list)
+    expected_makespan: float | None = Field(
+        default=None, description="seconds: the longest partition's estimate plus the container type's overhead"
+    )
+    explanation: list[str] | None = Field(default=None, description="why, decision by decision (explain=true)")
 
 
 class ExecutionPlan(WireModel):
@@ -270,6 +274,15 @@ class ExecutionAssignment(WireModel):
     host: str
     port: int
     secret: str
+
+
+class Release(WireModel):
+    """The executioner is done with a container: the provisioner reuses or retires it."""
+
+    container_id: str
+    run_id: str | None = None
+    healthy: bool = True
+    reason: str | None = None
 
 
 def run_id_of(partition_id: str, run: int) -> str:

@@ -132,7 +132,9 @@ class Stack:
             service = Provisioner(config.container_types, providers, ExecutionerClient(self.client("executioner")), bus)
             app = provisioner_app(service)
         elif name == "optimizer":
-            service = Planner(files_per_partition=config.files_per_partition)
+            from infrax.optimizer.service import OptimizerService
+
+            service = OptimizerService(db, bus, files_per_partition=config.files_per_partition)
             app = optimizer_app(service)
         elif name == "scheduler":
             service = Scheduler(
@@ -161,7 +163,7 @@ class Stack:
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._serving, return_exceptions=True)
-        for name in ("jobmaster", "scheduler", "provisioner", "executioner"):
+        for name in ("jobmaster", "scheduler", "optimizer", "provisioner", "executioner"):
             service = self.services.get(name)
             if service is not None:
                 try:

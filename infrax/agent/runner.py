@@ -393,13 +393,13 @@ class Run:
 
     async def _prepare(self) -> tuple[list[str], dict[str, str]]:
         """Create the run directory and fetch the bootstrapper; returns argv and environment."""
-        try:
-            await asyncio.to_thread(self._make_directory)
-        except OSError as exc:
-            raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
         content = await self._fetch_bootstrapper()
         path = self.directory / BOOTSTRAPPER_NAME
-        await asyncio.to_thread(_write_executable, path, content)
+        try:
+            # One trip to a worker thread for all the file work: it is most of a short run's cost.
+            await asyncio.to_thread(self._make_directory, path, content)
+        except OSError as exc:
+            raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
         # Without a shebang execve() fails with ENOEXEC; run such scripts with sh
         # the way a shell would.
         if content.startswith(b"#!"):
@@ -419,7 +419,7 @@ class Run:
         )
         return argv, env
 
-    def _make_directory(self) -> None:
+    def _make_directory(self, bootstrapper: Path, content: bytes) -> None:
         runs_dir = self.settings.runs_dir
         runs_dir.mkdir(parents=True, exist_ok=True)
         # Only the current run's directory is kept so a reused container does not
@@ -433,6 +433,7 @@ class Run:
         (self.directory / REPORT_DIR_NAME).mkdir()
         files_text = "".join(f"{name}\n" for name in self.request.files)
         (self.directory / FILES_LIST_NAME).write_text(files_text, encoding="utf-8")
+        _write_executable(bootstrapper, content)
 
     async def _fetch_bootstrapper(self) -> bytes:
         source = self.request.bootstrapper

@@ -1,8 +1,8 @@
 """The message bus: Pulse-style topic exchanges, in process or on RabbitMQ."""
 
-from infrax.bus.base import Bus, BusError, Handler, Message, Subscription, topic_matches
+from infrax.bus.base import Bus, BusError, DeadLetter, Handler, Message, Subscription, topic_matches
 
-__all__ = ["Bus", "BusError", "Handler", "Message", "Subscription", "topic_matches", "open_bus"]
+__all__ = ["Bus", "BusError", "DeadLetter", "Handler", "Message", "Subscription", "open_bus", "topic_matches"]
 
 
 def open_bus(url: str) -> Bus:
@@ -12,7 +12,7 @@ def open_bus(url: str) -> Bus:
 
         return MemoryBus()
     if url.startswith(("amqp://", "amqps://")):
-        from infrax.bus.rabbitmq import RabbitMQBus  # type: ignore[import-not-found]
+        from infrax.bus.rabbitmq import RabbitMQBus
 
         return RabbitMQBus(url)
     raise ValueError(f"unknown bus URL {url!r}: use memory:// or amqp://user:pass@host:port/vhost")

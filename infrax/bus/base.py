@@ -22,6 +22,17 @@ class Message:
 Handler = Callable[[Message], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery refused on receipt (see `infrax.bus.schemas`): kept aside, never handled."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    data: bytes
+    reason: str
+
+
 class BusError(Exception):
     """The bus could not do what was asked (after its own bounded retries)."""
 
@@ -29,7 +40,10 @@ class BusError(Exception):
 class Subscription(abc.ABC):
     @abc.abstractmethod
     async def cancel(self) -> None:
-        """Stop delivering to this handler; the durable queue keeps collecting messages."""
+        """Stop delivering to this handler; the durable queue keeps collecting messages.
+
+        Messages the handler has not finished with go back to the queue (`redelivered=True`).
+        """
 
 
 class Bus(abc.ABC):
@@ -39,8 +53,12 @@ class Bus(abc.ABC):
     - routing keys are dot-separated words; a binding's `*` matches one word, `#` zero or more;
     - a consumer name owns one durable queue: messages published while it is not consuming
       wait for it, and two handlers on the same name share the queue's messages;
-    - delivery is at least once: a message whose handler raised is delivered again with
-      `redelivered=True`, so handlers are idempotent.
+    - delivery is at least once: a message whose handler raised (or whose consumer went away
+      before the handler returned) is delivered again with `redelivered=True`, so handlers
+      are idempotent;
+    - every body is checked against its exchange's message kinds (`infrax.bus.schemas`) on
+      publish, where a bad one raises `ValueError`, and on receipt, where a bad one is
+      dead-lettered with one log line and the consumer goes on.
     """
 
     @abc.abstractmethod
@@ -50,8 +68,19 @@ class Bus(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def publish(self, exchange: str, routing_key: str, body: dict[str, Any]) -> None:
-        """Publish durably: once this returns the message is routed to every bound queue."""
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: dict[str, Any],
+        *,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish durably: once this returns the message is routed to every bound queue.
+
+        Raises `ValueError` if `body` is not a message `exchange` carries, and `BusError`
+        if the bus could not take it (after retrying for a bounded time).
+        """
 
     @abc.abstractmethod
     async def subscribe(
@@ -63,7 +92,11 @@ class Bus(abc.ABC):
         *,
         prefetch: int = 256,
     ) -> Subscription:
-        """Bind the consumer's durable queue to `exchange` with each key and start delivering."""
+        """Bind the consumer's durable queue to `exchange` with each key and start delivering.
+
+        At most `prefetch` messages are in this handler's hands at once; each is acked
+        when the handler returns and handed back for redelivery when it raises.
+        """
 
 
 def topic_matches(binding_key: str, routing_key: str) -> bool:

@@ -5,19 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infrax.bus.base import Bus, Handler, Message, Subscription, topic_matches
+from infrax.bus import schemas
+from infrax.bus.base import Bus, DeadLetter, Handler, Message, Subscription, topic_matches
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """A message as it waits in a queue: encoded, so each delivery decodes and checks its own copy."""
+
+    exchange: str
+    routing_key: str
+    data: bytes
+    headers: dict[str, Any]
+    redelivered: bool = False
 
 
 @dataclass
 class _Queue:
     name: str
     bindings: set[tuple[str, str]] = field(default_factory=set)
-    messages: deque[Message] = field(default_factory=deque)
+    messages: deque[_Envelope] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -34,12 +46,16 @@ class _MemorySubscription(Subscription):
 
 
 class MemoryBus(Bus):
-    """Queues live as long as the bus object; a message in a handler's hands is requeued on failure."""
+    """Queues live as long as the bus object; a message in a handler's hands is requeued on failure.
+
+    Messages refused on receipt are kept in `dead_letters`, RabbitMQ's dead-letter queue here.
+    """
 
     def __init__(self, redelivery_delay: float = 0.05) -> None:
         self._queues: dict[str, _Queue] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._redelivery_delay = redelivery_delay
+        self.dead_letters: list[DeadLetter] = []
 
     async def start(self) -> None:
         return None
@@ -50,11 +66,25 @@ class MemoryBus(Bus):
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
 
-    async def publish(self, exchange: str, routing_key: str, body: dict[str, Any]) -> None:
-        message = Message(exchange, routing_key, body)
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: dict[str, Any],
+        *,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        self._route(exchange, routing_key, schemas.encode(exchange, body), headers)
+
+    def _route(self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None) -> None:
+        # Unchecked: the tests inject invalid messages here, as a foreign publisher would.
+        envelope = _Envelope(exchange, routing_key, data, dict(headers or {}))
         for queue in self._queues.values():
-            if any(ex == exchange and topic_matches(key, routing_key) for ex, key in queue.bindings):
-                queue.messages.append(message)
+            if any(
+                ex == envelope.exchange and topic_matches(key, envelope.routing_key)
+                for ex, key in queue.bindings
+            ):
+                queue.messages.append(envelope)
                 queue.ready.set()
 
     async def subscribe(
@@ -66,6 +96,7 @@ class MemoryBus(Bus):
         *,
         prefetch: int = 256,
     ) -> Subscription:
+        schemas.allowed_kinds(exchange)  # refuses an unknown exchange
         queue = self._queues.setdefault(consumer, _Queue(consumer))
         queue.bindings.update((exchange, key) for key in binding_keys)
         worker = asyncio.create_task(self._deliver(queue, handler, prefetch), name=f"bus:{consumer}")
@@ -85,17 +116,41 @@ class MemoryBus(Bus):
                 if not queue.messages:  # another handler of the same queue took it
                     slots.release()
                     continue
-                message = queue.messages.popleft()
-                task = asyncio.create_task(self._handle(queue, handler, message, slots))
+                envelope = queue.messages.popleft()
+                try:
+                    body = schemas.decode(envelope.exchange, envelope.data)
+                except ValueError as e:  # schemas.InvalidMessage
+                    slots.release()
+                    self._dead_letter(queue, envelope, str(e))
+                    continue
+                message = Message(
+                    envelope.exchange, envelope.routing_key, body, envelope.redelivered, dict(envelope.headers)
+                )
+                task = asyncio.create_task(self._handle(queue, handler, envelope, message, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
         finally:
-            # A cancelled consumer hands its unacked messages back to the queue.
+            # A cancelled consumer hands its unacked messages back to the queue before it is gone.
             for task in in_flight:
                 task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _dead_letter(self, queue: _Queue, envelope: _Envelope, reason: str) -> None:
+        log.error(
+            "dead-lettered a message of %s on %s %s: %s",
+            queue.name, envelope.exchange, envelope.routing_key, reason,
+        )
+        self.dead_letters.append(
+            DeadLetter(queue.name, envelope.exchange, envelope.routing_key, envelope.data, reason)
+        )
 
     async def _handle(
-        self, queue: _Queue, handler: Handler, message: Message, slots: asyncio.Semaphore
+        self,
+        queue: _Queue,
+        handler: Handler,
+        envelope: _Envelope,
+        message: Message,
+        slots: asyncio.Semaphore,
     ) -> None:
         acked = False
         try:
@@ -109,7 +164,5 @@ class MemoryBus(Bus):
         finally:
             slots.release()
             if not acked:
-                queue.messages.appendleft(
-                    Message(message.exchange, message.routing_key, message.body, True, message.headers)
-                )
+                queue.messages.appendleft(replace(envelope, redelivered=True))
                 queue.ready.set()

@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
 from infrax.batcher import Batcher
 from infrax.bus import Bus, topics
 from infrax.bus.messages import RunStatus
 from infrax.http import ServiceError
-from infrax.model import ExecutionAssignment, PartitionOffer, utcnow
+from infrax.model import ExecutionAssignment, PartitionOffer, Release, utcnow
 from infrax.provisioner.client import ProvisionerClient
 from infrax.store import Database
 from infrax.store.tables import runs
@@ -23,6 +24,9 @@ from infrax.store.tables import runs
 log = logging.getLogger(__name__)
 
 # What the agent's exit status means for the partition.
+_RECORD_FINAL = update(runs).where(runs.c.run_id == bindparam("b_run_id")).values(
+    {c: bindparam(f"b_{c}") for c in ("state", "exit_code", "message", "duration", "file_durations", "finished_at")}
+)
 _AGENT_EXIT = {"completed": "completed", "failed": "failed", "timeout": "failed", "error": "failed",
                "cancelled": "cancelled"}
 
@@ -37,10 +41,12 @@ class Executioner:
         self.active: dict[str, ExecutionAssignment] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finals = Batcher(self._record_finals, max_batch=500)
+        self._releases = Batcher(self._release, max_batch=500)
 
     async def start(self) -> None:
         """Runs that were in flight when the executioner stopped are lost: report them so."""
         self._finals.start()
+        self._releases.start()
         async with self.db.begin() as conn:
             orphans = (await conn.execute(select(runs).where(runs.c.state.in_(["accepted", "running"])))).mappings().all()
         for row in orphans:
@@ -53,6 +59,7 @@ class Executioner:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await self._finals.stop()
+        await self._releases.stop()
 
     # -- taking runs ------------------------------------------------------------------------
 
@@ -61,23 +68,30 @@ class Executioner:
         fresh = [a for a in assignments if a.offer.run_id not in self.active]
         if not fresh:
             return []
-        async with self.db.begin() as conn:
-            known = set((await conn.execute(
-                select(runs.c.run_id).where(runs.c.run_id.in_([a.offer.run_id for a in fresh]))
-            )).scalars())
+        try:
+            await self._insert(fresh)
+        except IntegrityError:  # some were seen before this process started: keep only the new ones
+            async with self.db.begin() as conn:
+                known = set((await conn.execute(
+                    select(runs.c.run_id).where(runs.c.run_id.in_([a.offer.run_id for a in fresh]))
+                )).scalars())
             fresh = [a for a in fresh if a.offer.run_id not in known]
             if fresh:
-                now = utcnow()
-                await conn.execute(insert(runs), [
-                    {"run_id": a.offer.run_id, "partition_id": a.offer.partition_id, "assignment": a.wire(),
-                     "state": "accepted", "log_path": str(self.log_path(a.offer.run_id)), "created_at": now}
-                    for a in fresh
-                ])
+                await self._insert(fresh)
         for assignment in fresh:
             run_id = assignment.offer.run_id
             self.active[run_id] = assignment
             self._tasks[run_id] = asyncio.create_task(self._run(assignment), name=f"run-{run_id}")
         return [a.offer.run_id for a in fresh]
+
+    async def _insert(self, assignments: list[ExecutionAssignment]) -> None:
+        now = utcnow()
+        async with self.db.begin() as conn:
+            await conn.execute(insert(runs), [
+                {"run_id": a.offer.run_id, "partition_id": a.offer.partition_id, "assignment": a.wire(),
+                 "state": "accepted", "log_path": str(self.log_path(a.offer.run_id)), "created_at": now}
+                for a in assignments
+            ])
 
     def log_path(self, run_id: str) -> Path:
         partition_id, _, run = run_id.rpartition("-")
@@ -125,8 +139,6 @@ class Executioner:
                 log_file.flush()
             elif kind == "started":
                 await self._publish(self._status(assignment, "running"))
-                async with self.db.begin() as conn:
-                    await conn.execute(update(runs).where(runs.c.run_id == assignment.offer.run_id).values(state="running"))
             elif kind == "exit":
                 return self._status(
                     assignment, _AGENT_EXIT.get(message["status"], "failed"), exit_code=message.get("exitCode"),
@@ -162,18 +174,23 @@ class Executioner:
         run_id = assignment.offer.run_id
         self.active.pop(run_id, None)
         self._tasks.pop(run_id, None)
+        await self._releases.submit(Release(container_id=assignment.container_id, run_id=run_id, healthy=healthy,
+                                            reason=None if healthy else status.message))
+
+    async def _release(self, releases: list[Release]) -> None:
         try:
-            await self.provisioner.release(assignment.container_id, run_id, healthy, status.message)
+            await self.provisioner.release_many(releases)
         except ServiceError as error:
-            if error.status != 404:
-                log.warning("could not release %s: %s", assignment.container_id, error)
+            # The container is the provisioner's to sort out; the run's outcome is already recorded.
+            log.warning("could not release %d containers: %s", len(releases), error)
 
     async def _record_finals(self, statuses: list[RunStatus]) -> None:
         async with self.db.begin() as conn:
-            for s in statuses:
-                await conn.execute(update(runs).where(runs.c.run_id == s.run_id).values(
-                    state=s.state, exit_code=s.exit_code, message=s.message, duration=s.duration,
-                    file_durations=s.file_durations, finished_at=s.timestamp))
+            await conn.execute(_RECORD_FINAL, [
+                {"b_run_id": s.run_id, "b_state": s.state, "b_exit_code": s.exit_code, "b_message": s.message,
+                 "b_duration": s.duration, "b_file_durations": s.file_durations, "b_finished_at": s.timestamp}
+                for s in statuses
+            ])
 
     async def _publish(self, status: RunStatus) -> None:
         await self.bus.publish(

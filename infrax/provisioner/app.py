@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
-from infrax.model import Container, ContainerType, OfferAnswer, PartitionOffer, WireModel
+from infrax.model import Container, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.provisioner.service import Provisioner
 from infrax.web import add_error_handlers
 
@@ -23,10 +25,14 @@ class CancelRuns(WireModel):
     run_ids: list[str]
 
 
-class Release(WireModel):
+class ReleaseOne(WireModel):
     run_id: str | None = None
     healthy: bool = True
     reason: str | None = None
+
+
+class ReleaseBatch(WireModel):
+    releases: list[Release] = Field(min_length=1, max_length=1000)
 
 
 def create_app(provisioner: Provisioner) -> FastAPI:
@@ -36,6 +42,11 @@ def create_app(provisioner: Provisioner) -> FastAPI:
     @app.get("/api/v1/container-types", response_model=list[ContainerType])
     async def container_types() -> list[ContainerType]:
         return list(provisioner.types.values())
+
+    @app.get("/api/v1/capacity")
+    async def capacity() -> dict[str, dict[str, int]]:
+        """Partitions each container type can take now: a hint, an offer may still be rejected."""
+        return {"free": provisioner.capacity()}
 
     @app.post("/api/v1/partitions", response_model=OfferAnswers)
     async def offer(batch: OfferBatch) -> OfferAnswers:
@@ -51,10 +62,16 @@ def create_app(provisioner: Provisioner) -> FastAPI:
         return provisioner.containers()
 
     @app.post("/api/v1/containers/{container_id}/release", status_code=204)
-    async def release(container_id: str, body: Release) -> None:
+    async def release(container_id: str, body: ReleaseOne) -> None:
         if container_id not in provisioner.slots:
             raise HTTPException(404, f"no container {container_id}")
         await provisioner.release(container_id, body.run_id, body.healthy, body.reason)
+
+    @app.post("/api/v1/containers/release", status_code=204)
+    async def release_many(body: ReleaseBatch) -> None:
+        """Containers the executioner is done with; unknown ones (already retired) are skipped."""
+        for item in body.releases:
+            await provisioner.release(item.container_id, item.run_id, item.healthy, item.reason)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
@@ -62,8 +79,16 @@ def create_app(provisioner: Provisioner) -> FastAPI:
         for outcome in ("accepted", "rejected"):
             lines.append(f'infrax_provisioner_partitions_total{{outcome="{outcome}"}} {provisioner.counters[outcome]}')
         lines.append("# TYPE infrax_provisioner_containers gauge")
-        for view in provisioner.containers():
-            lines.append(f'infrax_provisioner_containers{{type="{view.type}",state="{view.state}"}} 1')
+        by_type_state = Counter((view.type, view.state) for view in provisioner.containers())
+        for (type_name, state), count in sorted(by_type_state.items()):
+            lines.append(f'infrax_provisioner_containers{{type="{type_name}",state="{state}"}} {count}')
+        lines.append("# TYPE infrax_provisioner_container_start_seconds summary")
+        for name, provider in provisioner.providers.items():
+            starts = list(getattr(provider, "start_durations", []))
+            lines.append(f'infrax_provisioner_container_start_seconds_count{{provider="{name}"}} {len(starts)}')
+            lines.append(f'infrax_provisioner_container_start_seconds_sum{{provider="{name}"}} {sum(starts):.3f}')
+        lines.append("# TYPE infrax_provisioner_container_start_failures_total counter")
+        lines.append(f"infrax_provisioner_container_start_failures_total {provisioner.counters['start_failures']}")
         return "\n".join(lines) + "\n"
 
     @app.get("/api/v1/health")

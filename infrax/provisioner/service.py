@@ -88,6 +88,9 @@ class Provisioner:
     async def start(self) -> None:
         """Remove containers a previous provisioner left behind, then keep the pools."""
         for provider in self.providers.values():
+            ensure_image = getattr(provider, "ensure_image", None)
+            if ensure_image is not None:  # building an image must not wait for the first partition
+                await ensure_image()
             leaked = await provider.list()
             if leaked:
                 log.warning("removing %d leaked containers of %s", len(leaked), provider.name)
@@ -315,6 +318,24 @@ class Provisioner:
                     break
                 mine.append(self._new_slot(container_type, provider, None))
                 warm += 1
+
+    def capacity(self) -> dict[str, int]:
+        """How many more partitions each container type can take right now."""
+        free = {}
+        for container_type in self.types.values():
+            mine = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
+            idle = sum(1 for s in mine if s.state == ContainerState.IDLE)
+            room = container_type.max_concurrent - len(mine)
+            startable = 0
+            for name in container_type.providers:
+                provider = self.providers[name]
+                if provider.capacity is None:
+                    startable = room
+                    break
+                used = sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
+                startable += max(0, provider.capacity - used)
+            free[container_type.name] = idle + max(0, min(room, startable))
+        return free
 
     def containers(self) -> list[Container]:
         return [s.view() for s in self.slots.values()]

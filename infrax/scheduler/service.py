@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.bus import Bus, Message, topics
@@ -79,6 +79,9 @@ class Scheduler:
         self._plan_wanted = asyncio.Event()
         self._dispatch_wanted = asyncio.Event()
         self._blocked_types: dict[str, float] = {}  # container type -> when the provisioner said full
+        # What the provisioner can take, kept current by its events so that not every dispatch asks.
+        self._free: dict[str, int] = {}
+        self._free_checked = 0.0
         self._container_types: list[ContainerType] = []
         self._definitions: dict[str, tuple[TaskDefinition, str, str | None]] = {}
         self._status_batcher = Batcher(self._apply_run_statuses, max_batch=500)
@@ -301,32 +304,36 @@ class Scheduler:
                 log.exception("dispatch failed; retrying")
                 await asyncio.sleep(0.5)
 
-    def _unblocked(self) -> list[str]:
-        now = time.monotonic()
-        # A type blocked for long is tried again even without a capacity event, in case one was lost.
-        self._blocked_types = {t: since for t, since in self._blocked_types.items() if now - since < 2.0}
-        return list(self._blocked_types)
-
     async def _dispatch_batch(self) -> bool:
-        blocked = self._unblocked()
-        claimable = (
-            select(partitions.c.id)
-            .where(partitions.c.state == State.QUEUED, partitions.c.claimed_by.is_(None))
-            .order_by(partitions.c.priority.desc(), partitions.c.seq)
-            .limit(DISPATCH_BATCH)
-            .with_for_update(skip_locked=True)
-        )
-        if blocked:
-            claimable = claimable.where(partitions.c.container_type.not_in(blocked))
+        """Offer as many queued partitions as the provisioner says it can take; True if more may follow."""
+        now_mono = time.monotonic()
+        # A type blocked for long is tried again even without a capacity event, in case one was lost.
+        self._blocked_types = {t: since for t, since in self._blocked_types.items() if now_mono - since < 2.0}
+        if now_mono - self._free_checked > 1.0:
+            self._free = await self.provisioner.capacity()
+            self._free_checked = now_mono
+        free = {t: n for t, n in self._free.items() if n > 0 and t not in self._blocked_types}
+        if not free:
+            return False
+        claimed: list[Any] = []
         async with self.db.begin() as conn:
-            claimed = (
-                await conn.execute(
-                    update(partitions)
-                    .where(partitions.c.id.in_(claimable.scalar_subquery()))
-                    .values(claimed_by=self.instance, claimed_at=utcnow())
-                    .returning(*partitions.c)
+            for container_type, room in free.items():
+                claimable = (
+                    select(partitions.c.id)
+                    .where(partitions.c.state == State.QUEUED, partitions.c.claimed_by.is_(None),
+                           partitions.c.container_type == container_type)
+                    .order_by(partitions.c.priority.desc(), partitions.c.seq)
+                    .limit(min(room, DISPATCH_BATCH))
+                    .with_for_update(skip_locked=True)
                 )
-            ).mappings().all()
+                claimed += (
+                    await conn.execute(
+                        update(partitions)
+                        .where(partitions.c.id.in_(claimable.scalar_subquery()))
+                        .values(claimed_by=self.instance, claimed_at=utcnow())
+                        .returning(*partitions.c)
+                    )
+                ).mappings().all()
             if not claimed:
                 return False
             claimed = sorted(claimed, key=lambda p: (-p["priority"], p["seq"]))
@@ -337,35 +344,41 @@ class Scheduler:
             await self._unclaim([p["id"] for p in claimed])
             raise
         accepted = {a.run_id for a in answers if a.accepted}
-        for answer in answers:
+        for answer, offer in zip(answers, offers, strict=True):
+            self._free[offer.container_type] = max(0, self._free.get(offer.container_type, 0) - 1)
             if not answer.accepted:
-                offer = next(o for o in offers if o.run_id == answer.run_id)
+                self._free[offer.container_type] = 0
                 self._blocked_types.setdefault(offer.container_type, time.monotonic())
                 log.debug("provisioner rejected %s: %s", answer.run_id, answer.reason)
-        now = utcnow()
-        events: list[BusMessage] = []
+        accepted_ids = [o.partition_id for o in offers if o.run_id in accepted]
+        rejected_ids = [o.partition_id for o in offers if o.run_id not in accepted]
+        if rejected_ids:
+            await self._unclaim(rejected_ids)
+        if not accepted_ids:
+            return False
         async with self.db.begin() as conn:
-            for part in claimed:
-                run_id = run_id_of(part["id"], part["run"])
-                values: dict[str, Any] = {"claimed_by": None}
-                if run_id in accepted:
-                    values.update(state=State.DISPATCHED, dispatched_at=now)
-                result = await conn.execute(
+            # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
+            dispatched = (
+                await conn.execute(
                     update(partitions)
-                    .where(partitions.c.id == part["id"], partitions.c.run == part["run"],
+                    .where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance,
                            partitions.c.state == State.QUEUED)
-                    .values(**values)
+                    .values(state=State.DISPATCHED, dispatched_at=utcnow(), claimed_by=None)
                     .returning(*partitions.c)
                 )
-                updated = result.mappings().first()
-                if updated is not None and run_id in accepted:
-                    definition, project, revision = self._definitions[part["task_id"]]
-                    events.append(
-                        _partition_status(records.partition_from_row(updated), State.QUEUED, definition.name,
-                                          {"project": project, "revision": revision})
-                    )
+            ).mappings().all()
+            if len(dispatched) < len(accepted_ids):
+                await conn.execute(
+                    update(partitions).where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
+                    .values(claimed_by=None)
+                )
+        events: list[BusMessage] = []
+        for row in dispatched:
+            definition, project, revision = self._definitions[row["task_id"]]
+            events.append(_partition_status(records.partition_from_row(row), State.QUEUED, definition.name,
+                                            {"project": project, "revision": revision}))
         await self._publish(events)
-        return bool(accepted) or len(claimed) == DISPATCH_BATCH
+        return True
 
     async def _unclaim(self, ids: list[str]) -> None:
         async with self.db.begin() as conn:
@@ -400,6 +413,10 @@ class Scheduler:
 
     async def _on_capacity(self, message: Message) -> None:
         event = ContainerEvent.model_validate(message.body)
+        if event.event == "free":
+            self._free[event.container_type] = self._free.get(event.container_type, 0) + 1
+        else:
+            self._free_checked = 0.0  # ask the provisioner again
         if event.event in ("free", "stopped", "lost"):
             self._blocked_types.pop(event.container_type, None)
             self._dispatch_wanted.set()
@@ -431,12 +448,10 @@ class Scheduler:
                 row.update(values)
                 changed[row["id"]] = (row, before)
                 requeued |= row["state"] == State.QUEUED
-            for row, _before in changed.values():
-                await conn.execute(
-                    update(partitions).where(partitions.c.id == row["id"]).values(
-                        {k: row[k] for k in _MUTABLE}
-                    )
-                )
+            if changed:
+                await conn.execute(_UPDATE_PARTITION, [
+                    {"b_id": row["id"], **{f"b_{k}": row[k] for k in _MUTABLE}} for row, _ in changed.values()
+                ])
             events += await self._settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
         for row, before in changed.values():
             definition, project, revision = self._definitions[row["task_id"]]
@@ -453,8 +468,11 @@ class Scheduler:
             return []
         events: list[BusMessage] = []
         part_states: dict[str, list[str]] = {t: [] for t in task_ids}
+        # Which states occur is all that aggregation needs, not how often.
         for task_id, state in (
-            await conn.execute(select(partitions.c.task_id, partitions.c.state).where(partitions.c.task_id.in_(task_ids)))
+            await conn.execute(
+                select(partitions.c.task_id, partitions.c.state).where(partitions.c.task_id.in_(task_ids)).distinct()
+            )
         ).all():
             part_states[task_id].append(state)
         task_rows = (await conn.execute(select(tasks).where(tasks.c.id.in_(task_ids)))).mappings().all()
@@ -570,6 +588,10 @@ class Scheduler:
 _FINAL = {State.COMPLETED, State.FAILED, State.EXCEPTION, State.CANCELLED, State.SKIPPED}
 _MUTABLE = ("state", "run", "exit_code", "message", "log_url", "container_id", "queued_at", "started_at",
             "finished_at", "claimed_by", "dispatched_at")
+# One statement for a whole batch of partition changes (executemany).
+_UPDATE_PARTITION = (
+    update(partitions).where(partitions.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in _MUTABLE})
+)
 
 
 def _transition(row: dict[str, Any], status: RunStatus, retries: int) -> dict[str, Any] | None:

@@ -41,8 +41,10 @@ class Database:
             path = self.url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # One connection: SQLite has one writer anyway, and queueing for the connection in
+            # asyncio is far cheaper than SQLite's busy handler, which sleeps while the file is locked.
             self.engine: AsyncEngine = create_async_engine(
-                self.url, connect_args={"timeout": 30}, pool_size=4, max_overflow=0
+                self.url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=300
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:

@@ -129,3 +129,19 @@ deliveries = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
+
+file_durations = Table(
+    "optimizer_file_durations",
+    metadata,
+    Column("project", String(200), primary_key=True),
+    Column("task_name", String(200), primary_key=True),
+    Column("container_type", String(100), primary_key=True),
+    Column("file", Text, primary_key=True),
+    Column("estimate", Float, nullable=False),  # seconds: the moving average of the samples
+    Column("samples", Integer, nullable=False),
+    Column("last_duration", Float, nullable=False),
+    Column("partition_index", Integer),  # where the file ran last, for stable partitions
+    Column("partition_count", Integer),
+    Column("recent_runs", JSON, nullable=False),  # run ids applied lately: redeliveries count once
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

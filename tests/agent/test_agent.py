@@ -194,7 +194,7 @@ def tree_pids(messages: list[dict[str, Any]]) -> list[int]:
     return [int(pid) for pid in re.findall(r"(?:child|ready) (\d+)", outputs(messages))]
 
 
-async def wait_dead(pids: list[int], timeout: float = 2.0) -> list[int]:
+async def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
     """PIDs still alive after timeout (killed orphans may need a moment to be reaped)."""
     deadline = time.monotonic() + timeout
     while (alive := [pid for pid in pids if process_alive(pid)]) and time.monotonic() < deadline:

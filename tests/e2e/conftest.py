@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from infrax.config import COMPONENTS, Config
 from infrax.model import ContainerType, TaskRequest, is_final
@@ -89,3 +93,45 @@ def script(tmp_path: Path, name: str, body: str) -> str:
 def task(name: str, bootstrapper: str, files: list[str] | None = None, **fields: Any) -> dict[str, Any]:
     return {"name": name, "files": files or ["a.py"], "containerTag": ["linux_x86_64"],
             "bootstrapper": [bootstrapper], "bootstrapperArguments": [], **fields}
+
+
+# -- `infrax up` as a real process -------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_up(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "infrax.cli", "up", "--config", str(config)],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "infrax up exited"
+            try:
+                if (await client.get(f"{url}/api/v1/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+def write_up_config(tmp_path: Path, max_concurrent: int = 2) -> tuple[Path, dict[str, int]]:
+    ports = dict(zip(COMPONENTS, free_ports(len(COMPONENTS)), strict=True))
+    config = tmp_path / "infrax.yml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "ports": ports, "agent_kill_grace": 0.5,
+        "container_types": [{"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}],
+    }))
+    return config, ports

@@ -5,46 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 
-from infrax.config import COMPONENTS
-from tests.e2e.conftest import script, task
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _start_up(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "infrax.cli", "up", "--config", str(config)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-async def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "infrax up exited"
-            try:
-                if (await client.get(f"{url}/api/v1/health")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} never answered")
+from tests.e2e.conftest import script, start_up, task, wait_healthy, write_up_config
 
 
 def _journal(path: Path) -> list[tuple[str, str, int]]:
@@ -54,21 +21,16 @@ def _journal(path: Path) -> list[tuple[str, str, int]]:
 
 
 async def test_kill_and_restart_loses_nothing_and_reruns_nothing_completed(tmp_path: Path) -> None:
-    ports = dict(zip(COMPONENTS, _free_ports(len(COMPONENTS)), strict=True))
-    config = tmp_path / "infrax.yml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"), "ports": ports, "agent_kill_grace": 0.5,
-        "container_types": [{"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": 2}],
-    }))
+    config, ports = write_up_config(tmp_path, max_concurrent=2)
     scheduler = f"http://127.0.0.1:{ports['scheduler']}"
     journal = tmp_path / "journal"
     work = script(tmp_path, "work.sh",
                   f'echo "start $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\nsleep 0.6\n'
                   f'echo "done $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n')
     log = tmp_path / "up.log"
-    process = _start_up(config, log)
+    process = start_up(config, log)
     try:
-        await _wait_healthy(scheduler, process)
+        await wait_healthy(scheduler, process)
         async with httpx.AsyncClient(base_url=scheduler, timeout=30) as client:
             files = [f"f{i}.py" for i in range(10)]
             response = await client.post("/api/v1/task-requests",
@@ -93,8 +55,8 @@ async def test_kill_and_restart_loses_nothing_and_reruns_nothing_completed(tmp_p
             process.wait()
             lines_before_restart = len(_journal(journal))
 
-            process = _start_up(config, log)
-            await _wait_healthy(scheduler, process)
+            process = start_up(config, log)
+            await wait_healthy(scheduler, process)
             for _ in range(600):
                 body = (await client.get(f"/api/v1/task-requests/{request_id}")).json()
                 if body["state"] in ("completed", "failed", "exception"):

@@ -15,7 +15,7 @@ def make_provider(kind: str, name: str, capacity: int | None, options: dict[str,
 
         return ProcessProvider(name, capacity, options)
     if kind == "docker":
-        from infrax.provisioner.providers.docker import DockerProvider  # type: ignore[import-not-found]
+        from infrax.provisioner.providers.docker import DockerProvider
 
         return DockerProvider(name, capacity, options)
     raise ValueError(f"unknown provider kind {kind!r} (known: process, docker)")

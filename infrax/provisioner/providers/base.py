@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ class ContainerProvider(abc.ABC):
         self.name = name
         self.capacity = capacity
         self.options = options or {}
+        self.start_durations: deque[float] = deque(maxlen=256)  # seconds from create to agent ready
 
     @abc.abstractmethod
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:

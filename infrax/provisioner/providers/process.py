@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ class ProcessProvider(ContainerProvider):
         self.kill_grace = float(self.options.get("kill_grace", 5.0))
         self.start_timeout = float(self.options.get("start_timeout", 15.0))
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._drainers: set[asyncio.Task[None]] = set()
 
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
+        started = time.monotonic()
         home = self.root / container_id
         (home / "work").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "INFRAX_AGENT_SECRET": secret, "PYTHONPATH": _PACKAGE_ROOT}
@@ -49,7 +52,8 @@ class ProcessProvider(ContainerProvider):
         except (TimeoutError, ProviderError) as error:
             await self.destroy(container_id)
             raise ProviderError(f"agent of container {container_id} did not start: {error or 'timed out'}") from error
-        asyncio.create_task(self._drain(process))
+        self.start_durations.append(time.monotonic() - started)
+        self._drainers.add(asyncio.create_task(self._drain(process)))
         return endpoint
 
     async def _ready(self, process: asyncio.subprocess.Process) -> Endpoint:
@@ -65,8 +69,11 @@ class ProcessProvider(ContainerProvider):
     async def _drain(self, process: asyncio.subprocess.Process) -> None:
         # Keep reading so the agent never blocks on a full stdout pipe.
         assert process.stdout is not None
-        while await process.stdout.read(65536):
-            pass
+        try:
+            while await process.stdout.read(65536):
+                pass
+        finally:
+            self._drainers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def alive(self, container_id: str) -> bool:
         process = self._processes.get(container_id)

@@ -1,0 +1,275 @@
+"""The bus on RabbitMQ (aio-pika): durable topic exchanges, persistent confirmed publishes, dead letters.
+
+Layout on the broker:
+- each exchange of `infrax.bus.topics` is a durable topic exchange, declared on first use;
+- consumer `<name>` owns the durable queue `infrax.<name>`, bound with its binding keys and
+  dead-lettering to the fanout exchange `infrax.dead-letter`, whose durable queue of the same
+  name keeps every refused message (with RabbitMQ's `x-death` header saying where from).
+
+The connection is aio-pika's robust one: after a broker restart it reconnects and restores
+channels, QoS, declarations, bindings and consumers. Publishing waits for the broker's
+confirm and, while the broker is away, retries with backoff for `retry_for` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.connection import make_url
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AuthenticationError, ChannelPreconditionFailed
+from aiormq.exceptions import ChannelAccessRefused
+from yarl import URL
+
+from infrax.bus import schemas
+from infrax.bus.base import Bus, BusError, Handler, Message, Subscription
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_EXCHANGE = "infrax.dead-letter"
+DEAD_LETTER_QUEUE = "infrax.dead-letter"
+QUEUE_PREFIX = "infrax."
+
+T = TypeVar("T")
+
+# Refusals that no retry will change; everything else a driver raises may be the broker restarting.
+_PERMANENT = (AuthenticationError, ChannelAccessRefused, ChannelPreconditionFailed)
+_TRANSIENT = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
+_FIRST_DELAY, _MAX_DELAY = 0.1, 1.0
+
+
+def queue_name(consumer: str) -> str:
+    """The durable queue that consumer name `consumer` owns."""
+    return f"{QUEUE_PREFIX}{consumer}"
+
+
+class RabbitMQBus(Bus):
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_for: float = 30.0,
+        reconnect_interval: float = 1.0,
+        redelivery_delay: float = 0.05,
+    ) -> None:
+        self._url = url
+        self._retry_for = retry_for
+        self._reconnect_interval = reconnect_interval
+        self._redelivery_delay = redelivery_delay
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None  # publishes, with confirms
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._subscriptions: set[_RabbitSubscription] = set()
+
+    def __repr__(self) -> str:
+        url = URL(self._url)
+        return f"RabbitMQBus({str(url.with_password('***') if url.password else url)!r})"
+
+    async def start(self) -> None:
+        if self._connection is None:
+            self._connection, self._channel = await self._retrying(f"connecting to {self!r}", self._connect)
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        connection, self._connection, self._channel = self._connection, None, None
+        self._exchanges.clear()
+        if connection is not None:
+            await connection.close()
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: dict[str, Any],
+        *,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            schemas.encode(exchange, body),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers or None,
+        )
+        channel = self._started()[1]
+
+        async def attempt() -> None:
+            target = self._exchanges.get(exchange)
+            if target is None:
+                target = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+                self._exchanges[exchange] = target
+            # Returns once the broker confirmed: the message is on disk in every bound queue.
+            await target.publish(message, routing_key=routing_key, mandatory=False)
+
+        await self._retrying(f"publishing to {exchange}", attempt)
+
+    async def subscribe(
+        self,
+        consumer: str,
+        exchange: str,
+        binding_keys: list[str],
+        handler: Handler,
+        *,
+        prefetch: int = 256,
+    ) -> Subscription:
+        schemas.allowed_kinds(exchange)  # refuses an unknown exchange
+        if queue_name(consumer) == DEAD_LETTER_QUEUE:
+            raise ValueError(f"consumer name {consumer!r} is reserved for the dead-letter queue")
+        connection = self._started()[0]
+
+        async def attempt() -> _RabbitSubscription:
+            # A channel per subscription, so its prefetch is its own and closing it hands
+            # its unacked messages back to the queue.
+            channel = await connection.channel(publisher_confirms=False)
+            try:
+                await channel.set_qos(prefetch_count=prefetch)
+                source = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+                queue = await channel.declare_queue(
+                    queue_name(consumer),
+                    durable=True,
+                    arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
+                )
+                for key in binding_keys:
+                    await queue.bind(source, key)
+                subscription = _RabbitSubscription(
+                    channel, queue, handler, self._redelivery_delay, self._subscriptions.discard
+                )
+                await subscription.start()
+            except BaseException:
+                await _close_quietly(channel)
+                raise
+            return subscription
+
+        subscription = await self._retrying(f"subscribing {consumer} to {exchange}", attempt)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def _connect(self) -> tuple[AbstractRobustConnection, AbstractChannel]:
+        connection = aio_pika.RobustConnection(make_url(self._url), reconnect_interval=self._reconnect_interval)
+        try:
+            await connection.connect(timeout=10)
+            channel = await connection.channel(publisher_confirms=True)
+            dead_letters = await channel.declare_exchange(
+                DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
+            await queue.bind(dead_letters)
+        except BaseException:
+            # Also when cancelled: a robust connection left behind would reconnect forever.
+            await asyncio.shield(connection.close())
+            raise
+        return connection, channel
+
+    def _started(self) -> tuple[AbstractRobustConnection, AbstractChannel]:
+        if self._connection is None or self._channel is None:
+            raise BusError(f"{self!r} is not started")
+        return self._connection, self._channel
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` until it succeeds, backing off, for at most `retry_for` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_for
+        delay = _FIRST_DELAY
+        while True:
+            try:
+                return await asyncio.wait_for(attempt(), timeout=max(deadline - loop.time(), 0.01))
+            except _PERMANENT as e:
+                raise BusError(f"{what}: {e!r}") from e
+            except _TRANSIENT as e:
+                if loop.time() + delay >= deadline:
+                    raise BusError(f"{what}: still failing after {self._retry_for:g} s: {e!r}") from e
+                if delay == _FIRST_DELAY:  # one line per outage and caller, not one per attempt
+                    log.warning("%s failed (%r); retrying for up to %g s", what, e, self._retry_for)
+                else:
+                    log.debug("%s failed again (%r); retrying in %.1f s", what, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_DELAY)
+
+
+async def _close_quietly(channel: AbstractChannel) -> None:
+    try:
+        await asyncio.shield(asyncio.wait_for(channel.close(), 5))
+    except _TRANSIENT as e:
+        log.debug("closing a channel: %r", e)
+
+
+class _RabbitSubscription(Subscription):
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        handler: Handler,
+        redelivery_delay: float,
+        forget: Callable[[_RabbitSubscription], None],
+    ) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._handler = handler
+        self._redelivery_delay = redelivery_delay
+        self._forget = forget
+        self._tag: str | None = None
+        self._cancelled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+
+    async def cancel(self) -> None:
+        self._forget(self)
+        self._cancelled = True
+        if self._tag is not None:
+            try:
+                await asyncio.wait_for(self._queue.cancel(self._tag), 5)
+            except _TRANSIENT as e:
+                log.debug("cancelling consumer of %s: %r", self._queue.name, e)
+            self._tag = None
+        # Handlers still running lose their messages to the queue: closing the channel requeues
+        # whatever is unacked, and the next consumer sees it with `redelivered=True`.
+        for task in self._in_flight:
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await _close_quietly(self._channel)
+
+    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
+        if self._cancelled:
+            return  # unacked, so closing the channel hands it back
+        # Our own task, not aio-pika's: a handler is not cancelled by a connection blip; its
+        # ack then fails and the broker redelivers, which at-least-once allows.
+        task = asyncio.create_task(self._handle(incoming))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _handle(self, incoming: AbstractIncomingMessage) -> None:
+        exchange, routing_key = incoming.exchange or "", incoming.routing_key or ""
+        try:
+            body = schemas.decode(exchange, incoming.body)
+        except ValueError as e:
+            log.error("dead-lettered a message of %s on %s %s: %s", self._queue.name, exchange, routing_key, e)
+            await self._settle(incoming.nack(requeue=False), "dead-letter")
+            return
+        message = Message(exchange, routing_key, body, bool(incoming.redelivered), dict(incoming.headers or {}))
+        try:
+            await self._handler(message)
+        except Exception:
+            log.exception("handler of %s failed on %s; redelivering", self._queue.name, routing_key)
+            await asyncio.sleep(self._redelivery_delay)
+            await self._settle(incoming.nack(requeue=True), "nack")
+            return
+        await self._settle(incoming.ack(), "ack")
+
+    async def _settle(self, outcome: Awaitable[None], what: str) -> None:
+        try:
+            await outcome
+        except _TRANSIENT as e:
+            # The channel this came on is gone; the broker requeued the message already.
+            log.info("could not %s a message of %s (%r); it will be redelivered", what, self._queue.name, e)

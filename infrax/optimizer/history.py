@@ -1,0 +1,215 @@
+"""Runtime history: how long each file takes, per project, task name, container type and file.
+
+A finished partition run (completed or failed) is one sample for each of its files:
+
+- files the bootstrapper reported in `$INFRAX_REPORT_DIR/durations.json` (the agent forwards it
+  as the run's `fileDurations`) take the reported seconds;
+- the other files share what is left of the run's duration (duration minus the reported
+  seconds; nothing if that is not positive) in proportion to their current estimates, a file
+  without one counting as the median of the others' estimates, or all equally when none has one.
+
+A file's estimate is the mean of its first samples and then an exponential moving average,
+`estimate += max(1 / samples, ALPHA) * (sample - estimate)`: quick to learn, slow to be
+thrown off by one odd run. Each row remembers the last runs it took, so a redelivered
+message changes nothing, and the partition the file last ran in, so plans can keep it there.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from infrax.model import WireModel, utcnow
+from infrax.store import Database, aware
+from infrax.store.tables import file_durations
+
+ALPHA = 0.3  # weight of a new sample once a file has 1 / ALPHA samples or more
+RECENT_RUNS = 8  # run ids kept per file to recognise redeliveries
+_CHUNK = 500  # files per IN (...) clause: well under SQLite's variable limit
+
+
+class FileHistory(NamedTuple):
+    """What the optimizer knows of one file of one task on one container type."""
+
+    estimate: float
+    samples: int
+    index: int | None = None  # the 1-based partition it last ran in ...
+    count: int | None = None  # ... out of this many
+
+
+HistoryKey = tuple[str, str]  # (task name, container type)
+History = Mapping[HistoryKey, Mapping[str, FileHistory]]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished run of one partition, as the optimizer learns from it."""
+
+    project: str
+    task_name: str
+    container_type: str
+    run_id: str
+    files: list[str]
+    index: int
+    count: int
+    duration: float | None
+    file_durations: dict[str, float] | None = None
+
+
+class FileRuntime(WireModel):
+    """One row of history, as `GET /api/v1/history` shows it."""
+
+    project: str
+    task_name: str
+    container_type: str
+    file: str
+    estimate: float
+    samples: int
+    last_duration: float
+    partition_index: int | None
+    partition_count: int | None
+    updated_at: datetime
+
+
+def spread(
+    files: list[str],
+    duration: float | None,
+    reported: Mapping[str, float] | None,
+    estimates: Mapping[str, float],
+) -> dict[str, float]:
+    """Seconds per file of one run, by the rule in this module's docstring."""
+    reported = reported or {}
+    samples = {f: max(0.0, float(reported[f])) for f in files if f in reported}
+    rest = [f for f in files if f not in samples]
+    if not rest or duration is None:
+        return samples
+    left = duration - sum(samples.values())
+    if left <= 0:
+        return samples
+    known = [estimates[f] for f in rest if f in estimates and estimates[f] > 0]
+    fallback = statistics.median(known) if known else 1.0
+    weights = {f: estimates[f] if estimates.get(f, 0) > 0 else fallback for f in rest}
+    total = sum(weights.values())
+    for f in rest:
+        samples[f] = left * weights[f] / total
+    return samples
+
+
+class RuntimeHistory:
+    """The `optimizer_file_durations` table: read at planning, written from finished runs."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def load(self, project: str, keys: Iterable[HistoryKey]) -> dict[HistoryKey, dict[str, FileHistory]]:
+        wanted = set(keys)
+        found: dict[HistoryKey, dict[str, FileHistory]] = {key: {} for key in wanted}
+        if not wanted:
+            return found
+        t = file_durations
+        query = select(t.c.task_name, t.c.container_type, t.c.file, t.c.estimate, t.c.samples, t.c.partition_index,
+                       t.c.partition_count).where(t.c.project == project,
+                                                  t.c.task_name.in_(sorted({name for name, _ in wanted})))
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(query)).all()
+        for task_name, container_type, file, estimate, samples, index, count in rows:
+            key = (task_name, container_type)
+            if key in found:
+                found[key][file] = FileHistory(estimate, samples, index, count)
+        return found
+
+    async def rows(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
+        t = file_durations
+        query = select(t).where(t.c.project == project, t.c.task_name == task_name).order_by(
+            t.c.container_type, t.c.file)
+        if container_type:
+            query = query.where(t.c.container_type == container_type)
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        fields = set(FileRuntime.model_fields)
+        return [FileRuntime.model_validate({k: v for k, v in row.items() if k in fields} |
+                                           {"updated_at": aware(row["updated_at"])}) for row in rows]
+
+    async def record(self, samples: list[Sample]) -> int:
+        """Apply finished runs in one transaction; returns how many file rows changed."""
+        return await self.db.retrying(lambda: self._record(samples))
+
+    async def _record(self, samples: list[Sample]) -> int:
+        now = utcnow()
+        async with self.db.begin() as conn:
+            rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+            existing: set[tuple[str, str, str, str]] = set()
+            for sample in samples:
+                await self._load_rows(conn, sample, rows, existing)
+            changed: set[tuple[str, str, str, str]] = set()
+            for sample in samples:
+                changed |= _apply(sample, rows, now)
+            inserts = [rows[key] for key in changed if key not in existing]
+            updates = [{f"b_{k}": v for k, v in rows[key].items()} for key in changed if key in existing]
+            if inserts:
+                await conn.execute(insert(file_durations), inserts)
+            if updates:
+                t = file_durations
+                key_matches = and_(*(t.c[c] == bindparam(f"b_{c}") for c in _KEY))
+                await conn.execute(update(t).where(key_matches).values({c: bindparam(f"b_{c}") for c in _MUTABLE}),
+                                   updates)
+        return len(changed)
+
+    async def _load_rows(
+        self,
+        conn: AsyncConnection,
+        sample: Sample,
+        rows: dict[tuple[str, str, str, str], dict[str, Any]],
+        existing: set[tuple[str, str, str, str]],
+    ) -> None:
+        t = file_durations
+        prefix = (sample.project, sample.task_name, sample.container_type)
+        missing = sorted({f for f in sample.files if prefix + (f,) not in rows})
+        for start in range(0, len(missing), _CHUNK):
+            chunk = missing[start:start + _CHUNK]
+            result = await conn.execute(
+                select(t).where(t.c.project == sample.project, t.c.task_name == sample.task_name,
+                                t.c.container_type == sample.container_type, t.c.file.in_(chunk))
+            )
+            for row in result.mappings().all():
+                key = prefix + (row["file"],)
+                rows[key] = dict(row)
+                existing.add(key)
+
+
+_KEY = ("project", "task_name", "container_type", "file")
+_MUTABLE = ("estimate", "samples", "last_duration", "partition_index", "partition_count", "recent_runs",
+            "updated_at")
+
+
+def _apply(sample: Sample, rows: dict[tuple[str, str, str, str], dict[str, Any]], now: datetime) -> set[Any]:
+    """Fold one run into the rows of its files (in memory); the keys of the rows it changed."""
+    prefix = (sample.project, sample.task_name, sample.container_type)
+    fresh = [f for f in dict.fromkeys(sample.files) if sample.run_id not in _runs(rows.get(prefix + (f,)))]
+    estimates = {f: rows[prefix + (f,)]["estimate"] for f in fresh if prefix + (f,) in rows}
+    changed = set()
+    for f, seconds in spread(fresh, sample.duration, sample.file_durations, estimates).items():
+        key = prefix + (f,)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {"project": sample.project, "task_name": sample.task_name,
+                               "container_type": sample.container_type, "file": f, "estimate": seconds,
+                               "samples": 0, "recent_runs": []}
+        samples = row["samples"] + 1
+        row.update(
+            estimate=row["estimate"] + max(1 / samples, ALPHA) * (seconds - row["estimate"]),
+            samples=samples, last_duration=seconds, partition_index=sample.index, partition_count=sample.count,
+            recent_runs=(_runs(row) + [sample.run_id])[-RECENT_RUNS:], updated_at=now,
+        )
+        changed.add(key)
+    return changed
+
+
+def _runs(row: dict[str, Any] | None) -> list[str]:
+    return list(row["recent_runs"] or []) if row is not None else []

@@ -1,0 +1,53 @@
+"""The demo's job (a real git project, three partitions) through every component, on Podman containers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+from infrax.config import COMPONENTS, Config, ProviderConfig
+from infrax.jobmaster.client import JobMasterClient
+from infrax.model import ContainerType, Job, PushSubmission, is_final
+from infrax.sample_project import break_one_test, make_sample_repo
+from infrax.stack import Stack
+
+
+async def _run_job(jobmaster: JobMasterClient, repo: Path, revision: str, timeout: float = 120) -> Job:
+    job = await jobmaster.push(PushSubmission(repository=str(repo), revision=revision))
+    deadline = time.monotonic() + timeout
+    while not is_final(job.state):
+        assert time.monotonic() < deadline, f"job still {job.state} after {timeout}s"
+        await asyncio.sleep(0.2)
+        job = await jobmaster.get(job.id)
+    return job
+
+
+async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, agent_image: str) -> None:
+    repo = tmp_path / "sample"
+    good = make_sample_repo(repo)
+    docker = ProviderConfig("podman", kind="docker", capacity=3, options={
+        "url": docker_url, "image": agent_image, "owner": f"test-{uuid.uuid4().hex[:10]}",
+        # The bootstrapper clones the repository by its host path: mount only that, read-only.
+        "extra_mounts": [str(repo)],
+    })
+    linux = ContainerType(name="linux_x86_64", tags=["linux_x86_64", "linux"], providers=["podman"],
+                          max_concurrent=3, idle_timeout=30, memory="256m", cpus=1)
+    config = Config(data_dir=tmp_path / "data", ports={n: 0 for n in COMPONENTS}, container_types=[linux],
+                    providers=[docker], agent_kill_grace=0.5)
+    stack = Stack(config)
+    await stack.start()
+    try:
+        jobmaster = JobMasterClient(stack.client("jobmaster"))
+        passed = await _run_job(jobmaster, repo, good)
+        failed = await _run_job(jobmaster, repo, break_one_test(repo))
+        provider = stack.services["provisioner"].providers["podman"]
+        started = list(provider.start_durations)
+    finally:
+        await stack.stop()
+
+    assert passed.state == "completed", passed.model_dump_json(indent=1)
+    assert failed.state == "failed", failed.model_dump_json(indent=1)
+    assert started, "no docker container was started"
+    assert await provider.list() == []  # the provisioner removed its containers on stop

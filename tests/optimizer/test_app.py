@@ -1,0 +1,87 @@
+"""The optimizer's REST API and its client, wired together without sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from infrax.bus.memory import MemoryBus
+from infrax.model import ContainerType, PlanRequest, TaskDefinition
+from infrax.optimizer.app import create_app
+from infrax.optimizer.client import OptimizerClient
+from infrax.optimizer.history import Sample
+from infrax.optimizer.service import OptimizerService
+from infrax.store import Database
+
+LINUX = ContainerType(name="linux", tags=["linux"], overhead=10.0)
+
+
+@pytest.fixture
+async def service(db: Database, bus: MemoryBus) -> AsyncIterator[OptimizerService]:
+    optimizer = OptimizerService(db, bus, files_per_partition=2)
+    await optimizer.start()
+    yield optimizer
+    await optimizer.stop()
+
+
+@pytest.fixture
+async def http(service: OptimizerService) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://optimizer.test") as client:
+        yield client
+
+
+def plan_request() -> PlanRequest:
+    return PlanRequest(
+        project="p",
+        tasks=[
+            TaskDefinition(name="unit", files=["a.py", "b.py", "c.py", "d.py"], container_tag="linux",
+                           bootstrapper="run.sh", target_wall_time=30.0),
+            TaskDefinition(name="docs", files=["index.md"], container_tag="linux", bootstrapper="run.sh",
+                           paths=["docs/"]),
+        ],
+        container_types=[LINUX],
+        changed_paths=["src/a.py"],
+    )
+
+
+async def test_explain_returns_the_reasons_and_the_expected_makespan(
+    service: OptimizerService, http: httpx.AsyncClient
+) -> None:
+    await service.history.record([Sample("p", "unit", "linux", "r1", ["a.py", "b.py", "c.py", "d.py"], 1, 1, None,
+                                         {"a.py": 20.0, "b.py": 10.0, "c.py": 5.0, "d.py": 5.0})])
+    response = await http.post("/api/v1/plans", params={"explain": "true"}, json=plan_request().wire())
+    assert response.status_code == 200
+    body = response.json()
+    unit, docs = body["tasks"]
+    assert [p["files"] for p in unit["partitions"]] == [["a.py"], ["b.py", "c.py", "d.py"]]  # 20 s each + 10 s
+    assert unit["expectedMakespan"] == 30.0 and body["expectedMakespan"] == 30.0
+    assert any("the fewest whose longest partition" in line for line in unit["explanation"])
+    assert docs["skipped"] and docs["reason"].startswith("skipped:") and docs["explanation"]
+    assert body["explanation"] and body["dispatchOrder"] == [[0, 1], [0, 2]]
+
+    plain = (await http.post("/api/v1/plans", json=plan_request().wire())).json()
+    assert plain["tasks"][0]["explanation"] is None and plain["explanation"] is None
+    assert plain["tasks"][0]["partitions"] == unit["partitions"]
+
+
+async def test_the_client_plans_and_shows_history(service: OptimizerService, http: httpx.AsyncClient) -> None:
+    client = OptimizerClient(http)
+    plan = await client.plan(plan_request())
+    assert plan.tasks[0].explanation is None
+    # No history: the target cannot be aimed at, so files_per_partition (2 here) decides.
+    assert [p.files for p in plan.tasks[0].partitions] == [["a.py", "b.py"], ["c.py", "d.py"]]
+    explained = await client.plan(plan_request(), explain=True)
+    assert explained.tasks[0].explanation and any("no history" in line for line in explained.tasks[0].explanation)
+    assert await client.history("p", "unit") == []
+    await service.history.record([Sample("p", "unit", "linux", "r1", ["a.py"], 1, 1, 4.0, None)])
+    rows = await client.history("p", "unit", "linux")
+    assert [(r.file, r.estimate, r.samples, r.partition_index) for r in rows] == [("a.py", 4.0, 1, 1)]
+    assert await client.history("p", "unit", "mac") == []
+
+
+async def test_a_bad_request_says_what_is_wrong(http: httpx.AsyncClient) -> None:
+    response = await http.post("/api/v1/plans", json={"project": "p", "tasks": [], "containerTypes": []})
+    assert response.status_code == 422 and "tasks" in response.json()["detail"]

@@ -1,0 +1,238 @@
+"""Runtime history: the spreading rule, the store, and learning from the bus changes the next plan."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from infrax.bus import topics
+from infrax.bus.memory import MemoryBus
+from infrax.bus.messages import PartitionStatus, RunStatus
+from infrax.model import (
+    ContainerType,
+    ExecutionPlan,
+    PlanRequest,
+    State,
+    TaskDefinition,
+    TaskPartition,
+    run_id_of,
+    utcnow,
+)
+from infrax.optimizer.history import RuntimeHistory, Sample, spread
+from infrax.optimizer.service import OptimizerService
+from infrax.store import Database
+from infrax.store.tables import file_durations
+
+LINUX = ContainerType(name="linux", tags=["linux"], max_concurrent=8)
+# The true durations of the files: one slow file among quick ones.
+TRUE = {f"tests/test_{i:02d}.py": 2.0 for i in range(12)} | {"tests/test_00.py": 20.0, "tests/test_01.py": 9.0}
+
+
+def sample(files: list[str], run_id: str = "p1-0", duration: float | None = None,
+           reported: dict[str, float] | None = None, index: int = 1, count: int = 2) -> Sample:
+    return Sample(project="p", task_name="unit", container_type="linux", run_id=run_id, files=files, index=index,
+                  count=count, duration=duration, file_durations=reported)
+
+
+# -- the spreading rule -------------------------------------------------------------------------
+
+
+def test_reported_durations_are_taken_as_they_are() -> None:
+    assert spread(["a", "b"], 100.0, {"a": 3.0, "b": 4.0, "other": 9.0}, {}) == {"a": 3.0, "b": 4.0}
+
+
+def test_the_rest_of_the_duration_is_spread_by_the_current_estimates() -> None:
+    assert spread(["a", "b", "c"], 10.0, {"a": 4.0}, {"b": 1.0, "c": 2.0}) == {"a": 4.0, "b": 2.0, "c": 4.0}
+
+
+def test_without_estimates_the_duration_is_spread_equally() -> None:
+    assert spread(["a", "b"], 10.0, None, {}) == {"a": 5.0, "b": 5.0}
+
+
+def test_a_file_without_an_estimate_counts_as_the_median() -> None:
+    shares = spread(["a", "b", "c"], 12.0, None, {"a": 2.0, "b": 4.0})  # c counts as 3: 12 s over 2 + 4 + 3
+    assert shares == pytest.approx({"a": 8 / 3, "b": 16 / 3, "c": 4.0})
+
+
+def test_nothing_is_learned_of_unreported_files_when_no_time_is_left() -> None:
+    assert spread(["a", "b"], 3.0, {"a": 5.0}, {}) == {"a": 5.0}
+    assert spread(["a", "b"], None, None, {}) == {}
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+async def test_samples_average_then_move_and_count_once(db: Database) -> None:
+    history = RuntimeHistory(db)
+    await history.record([sample(["a"], "r1", reported={"a": 10.0})])
+    await history.record([sample(["a"], "r2", reported={"a": 20.0})])
+    await history.record([sample(["a"], "r2", reported={"a": 20.0})])  # redelivered: no change
+    rows = await history.rows("p", "unit")
+    assert [(r.file, r.estimate, r.samples) for r in rows] == [("a", 15.0, 2)]
+    for i in range(3, 10):
+        await history.record([sample(["a"], f"r{i}", reported={"a": 100.0})])
+    (row,) = await history.rows("p", "unit")
+    assert row.samples == 9 and 80.0 < row.estimate < 100.0  # an average that moves toward recent runs
+    await history.record([sample(["a"], "r4", reported={"a": 100.0})])  # an older run again: still known
+    assert (await history.rows("p", "unit"))[0].samples == 9
+
+
+async def test_history_is_kept_per_project_task_type_and_file(db: Database) -> None:
+    history = RuntimeHistory(db)
+    await history.record([
+        sample(["a", "b"], "r1", reported={"a": 1.0, "b": 2.0}, index=2, count=3),
+        Sample("p", "unit", "mac", "r2", ["a"], 1, 1, None, {"a": 7.0}),
+        Sample("q", "unit", "linux", "r3", ["a"], 1, 1, None, {"a": 9.0}),
+    ])
+    loaded = await history.load("p", [("unit", "linux"), ("unit", "mac"), ("other", "linux")])
+    assert {f: (h.estimate, h.index, h.count) for f, h in loaded[("unit", "linux")].items()} == {
+        "a": (1.0, 2, 3), "b": (2.0, 2, 3)}
+    assert loaded[("unit", "mac")]["a"].estimate == 7.0
+    assert loaded[("other", "linux")] == {}
+    async with db.begin() as conn:
+        assert len((await conn.execute(select(file_durations))).all()) == 4
+
+
+async def test_one_batch_may_hold_many_runs_of_the_same_file(db: Database) -> None:
+    history = RuntimeHistory(db)
+    await history.record([sample(["a"], "r1", reported={"a": 10.0}), sample(["a"], "r2", reported={"a": 20.0}),
+                          sample(["a"], "r1", reported={"a": 10.0})])
+    (row,) = await history.rows("p", "unit")
+    assert (row.estimate, row.samples) == (15.0, 2)
+
+
+# -- learning from the bus --------------------------------------------------------------------------
+
+
+def plan_request(files: list[str], count: int = 2) -> PlanRequest:
+    task = TaskDefinition(name="unit", files=files, container_tag=["linux"], bootstrapper="run.sh", partitions=count)
+    return PlanRequest(project="p", tasks=[task], container_types=[LINUX])
+
+
+def true_makespan(plan: ExecutionPlan, truth: dict[str, float] = TRUE) -> float:
+    return max(sum(truth[f] for f in part.files) for part in plan.tasks[0].partitions)
+
+
+async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, send_run_status: bool = True,
+                 request_id: str = "req1", truth: dict[str, float] = TRUE) -> None:
+    """What the executioner and the scheduler publish when every partition of the plan completes."""
+    now = utcnow()
+    for part in plan.tasks[0].partitions:
+        partition_id = f"{request_id}p{part.index}"
+        seconds = sum(truth[f] for f in part.files)
+        run = RunStatus(run_id=run_id_of(partition_id, 0), partition_id=partition_id, task_id="t1",
+                        request_id=request_id, job_id=None, run=0, container_type="linux", state="completed",
+                        exit_code=0, duration=seconds,
+                        file_durations={f: truth[f] for f in part.files} if report_files else None)
+        status = PartitionStatus(
+            previous_state=State.RUNNING, task_name="unit", project="p", revision=None,
+            partition=TaskPartition(
+                id=partition_id, task_id="t1", request_id=request_id, job_id=None, index=part.index,
+                count=len(plan.tasks[0].partitions), files=part.files, container_type="linux",
+                state=State.COMPLETED, run=0, priority=0, started_at=now - timedelta(seconds=seconds),
+                finished_at=now,
+            ),
+        )
+        key = topics.routing_key(None, "t1", partition_id, 0, "linux")
+        if send_run_status:
+            await bus.publish(topics.RUNS, key, run.wire())
+        await bus.publish(topics.PARTITIONS, key, status.wire())
+
+
+async def learned(service: OptimizerService, files: int, samples: int = 1) -> None:
+    for _ in range(200):
+        rows = await service.file_history("p", "unit")
+        if len(rows) >= files and all(r.samples >= samples for r in rows):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"history not learned: {rows}")
+
+
+async def test_history_learned_from_the_bus_makes_the_next_plan_even(db: Database, bus: MemoryBus) -> None:
+    service = OptimizerService(db, bus)
+    await service.start()
+    try:
+        files = sorted(TRUE)
+        first = await service.plan(plan_request(files))
+        # No history: equal counts in file order, and the slow files land together.
+        assert [len(p.files) for p in first.tasks[0].partitions] == [6, 6]
+        await finish(bus, first, report_files=True)
+        await learned(service, len(files))
+        rows = {r.file: r for r in await service.file_history("p", "unit")}
+        assert {f: r.estimate for f, r in rows.items()} == TRUE
+        second = await service.plan(plan_request(files))
+        assert true_makespan(first) == 37.0  # 20 + 9 + 4 x 2 s against 6 x 2 s
+        assert true_makespan(second) == 25.0  # the best possible: 9 + 8 x 2 s against 20 + 2 x 2 s
+        # Learned where each file ran: the next plan with the same history is the same, numbers included.
+        assert (await service.plan(plan_request(files))).tasks[0].partitions == second.tasks[0].partitions
+        # At-least-once delivery: the same messages again change nothing.
+        await finish(bus, first, report_files=True)
+        await asyncio.sleep(0.3)
+        assert all(r.samples == 1 for r in await service.file_history("p", "unit"))
+    finally:
+        await service.stop()
+
+
+async def test_without_per_file_durations_the_partition_time_is_spread(db: Database, bus: MemoryBus) -> None:
+    service = OptimizerService(db, bus)
+    await service.start()
+    try:
+        files = sorted(TRUE)
+        first = await service.plan(plan_request(files))
+        await finish(bus, first, report_files=False)
+        await learned(service, len(files))
+        estimates = {r.file: r.estimate for r in await service.file_history("p", "unit")}
+        for part in first.tasks[0].partitions:
+            total = sum(TRUE[f] for f in part.files)
+            assert all(estimates[f] == pytest.approx(total / len(part.files)) for f in part.files)
+    finally:
+        await service.stop()
+
+
+async def test_partition_times_alone_even_out_slow_and_quick_groups(db: Database, bus: MemoryBus) -> None:
+    # Without per-file durations only the partitions' totals are known: enough when whole groups of
+    # files differ (here the first half is slow), not to tell apart files that ran together.
+    slow_first = {f"tests/test_{i:02d}.py": 5.0 if i < 6 else 1.0 for i in range(12)}
+    service = OptimizerService(db, bus)
+    await service.start()
+    try:
+        first = await service.plan(plan_request(sorted(slow_first)))
+        await finish(bus, first, report_files=False, truth=slow_first)
+        await learned(service, len(slow_first))
+        second = await service.plan(plan_request(sorted(slow_first)))
+        assert true_makespan(first, slow_first) == 30.0 and true_makespan(second, slow_first) == 18.0
+    finally:
+        await service.stop()
+
+
+async def test_without_a_run_status_the_partition_times_give_the_duration(db: Database, bus: MemoryBus) -> None:
+    service = OptimizerService(db, bus)
+    await service.start()
+    try:
+        plan = await service.plan(plan_request(["tests/test_00.py", "tests/test_02.py"], count=1))
+        await finish(bus, plan, report_files=False, send_run_status=False)
+        await learned(service, 2)
+        estimates = {r.file: r.estimate for r in await service.file_history("p", "unit")}
+        assert estimates == pytest.approx({"tests/test_00.py": 11.0, "tests/test_02.py": 11.0}, rel=1e-3)
+    finally:
+        await service.stop()
+
+
+async def test_cancelled_and_lost_runs_teach_nothing(db: Database, bus: MemoryBus) -> None:
+    service = OptimizerService(db, bus)
+    await service.start()
+    try:
+        status = PartitionStatus(
+            previous_state=State.RUNNING, task_name="unit", project="p", revision=None,
+            partition=TaskPartition(id="x", task_id="t", request_id="r", job_id=None, index=1, count=1,
+                                    files=["a"], container_type="linux", state=State.CANCELLED, run=0, priority=0,
+                                    started_at=utcnow(), finished_at=utcnow()),
+        )
+        await bus.publish(topics.PARTITIONS, topics.routing_key(None, "t", "x", 0, "linux"), status.wire())
+        await asyncio.sleep(0.1)
+        assert await service.file_history("p", "unit") == []
+    finally:
+        await service.stop()
