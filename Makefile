@@ -30,5 +30,8 @@ test: $(STAMP) services
 bench: $(STAMP)
 	$(VENV)/bin/infrax bench
 
+bench-optimizer: $(STAMP)
+	$(PY) benchmarks/optimizer.py
+
 clean:
 	rm -rf $(VENV) .infrax .pytest_cache

@@ -20,6 +20,7 @@ from infrax.http import ServiceError, tcp_client
 from infrax.jobmaster.client import JobMasterClient
 from infrax.model import PushSubmission, is_final, run_id_of
 from infrax.scheduler.client import SchedulerClient
+from infrax.store import StoreError
 
 app = typer.Typer(help="infrax: continuous-integration task execution.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -52,7 +53,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(work())  # type: ignore[arg-type]
     except ServiceError as error:
         _fail(str(error))
-    except (TimeoutError, ConfigError, ValueError, OSError) as error:
+    except (TimeoutError, ConfigError, ValueError, OSError, StoreError) as error:
         _fail(str(error) or type(error).__name__)
     raise AssertionError("unreachable")
 
@@ -100,8 +101,9 @@ def up(config: Path | None = ConfigOption, db: str | None = DbOption, bus: str |
 def _component_command(name: str) -> None:
     def command(config: Path | None = ConfigOption, db: str | None = DbOption, bus: str | None = BusOption,
                 data_dir: Path | None = DataDirOption,
+                instance: str | None = typer.Option(None, "--name", help="instance name, stable across restarts"),
                 logic: str = typer.Option("reference", help="job master logic (jobmaster only)")) -> None:
-        _serve((name,), _config(config, db=db, bus=bus, data_dir=data_dir), logic)
+        _serve((name,), _config(config, db=db, bus=bus, data_dir=data_dir, name=instance), logic)
 
     command.__doc__ = f"Run the {name} alone; it reaches the others at their configured URLs."
     app.command(name=name)(command)
@@ -192,6 +194,29 @@ def cancel(job_id: str, config: Path | None = ConfigOption) -> None:
     async def main() -> None:
         job = await _clients(cfg).jobmaster.cancel(job_id)
         console.print(f"job {job.id}: {job.state}")
+
+    _run(main)
+
+
+db_app = typer.Typer(help="The database's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Path | None = ConfigOption, db: str | None = DbOption) -> None:
+    """Migrate the database to the newest schema (components also do this when they start)."""
+    from infrax.store import Database, migrate
+
+    cfg = _config(config, db=db)
+
+    async def main() -> None:
+        database = Database(cfg.db)
+        try:
+            await database.create_schema()
+            async with database.begin() as conn:
+                console.print(f"database at revision [bold]{await migrate.current(conn)}[/] (head {migrate.head()})")
+        finally:
+            await database.close()
 
     _run(main)
 

@@ -47,6 +47,8 @@ class Config:
     urls: dict[str, str] = field(default_factory=dict)  # overrides, e.g. scheduler: http://ci-1:7312
     container_types: list[ContainerType] = field(default_factory=default_container_types)
     providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig("process")])
+    executioners: list[str] = field(default_factory=list)  # URLs; default: the one executioner's URL
+    name: str = ""  # this process's instance name, e.g. executioner-2; it must stay the same across restarts
     files_per_partition: int = 10  # when a task gives neither a partition count nor a target
     agent_kill_grace: float = 5.0
     in_flight_check_interval: float = 10.0
@@ -59,6 +61,9 @@ class Config:
 
     def url(self, component: str) -> str:
         return self.urls.get(component) or f"http://{self.host}:{self.ports[component]}"
+
+    def executioner_urls(self) -> list[str]:
+        return self.executioners or [self.url("executioner")]
 
     def container_type(self, name: str) -> ContainerType | None:
         return next((t for t in self.container_types if t.name == name), None)

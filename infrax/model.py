@@ -196,6 +196,9 @@ class Container(WireModel):
     partitions_run: int = 0
     created_at: datetime
     current_run: str | None = None
+    age: float = Field(default=0.0, description="seconds since the container was asked for")
+    last_heartbeat: datetime | None = Field(default=None, description="when its agent last answered a heartbeat")
+    heartbeat_failures: int = Field(default=0, description="heartbeats failed in a row since then")
 
 
 class PlannedPartition(WireModel):

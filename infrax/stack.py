@@ -20,14 +20,13 @@ from fastapi import FastAPI
 from infrax.bus import Bus, open_bus
 from infrax.config import COMPONENTS, Config
 from infrax.executioner.app import create_app as executioner_app
-from infrax.executioner.client import ExecutionerClient
+from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.executioner.service import Executioner
 from infrax.http import tcp_client
 from infrax.jobmaster.app import create_app as jobmaster_app
 from infrax.jobmaster.plugin import load_logic
 from infrax.jobmaster.service import JobMaster
 from infrax.optimizer.app import create_app as optimizer_app
-from infrax.optimizer.planner import Planner
 from infrax.provisioner.app import create_app as provisioner_app
 from infrax.provisioner.client import ProvisionerClient
 from infrax.provisioner.providers import make_provider
@@ -120,7 +119,8 @@ class Stack:
         assert db is not None and bus is not None
         if name == "executioner":
             service: Any = Executioner(db, bus, ProvisionerClient(self.client("provisioner")),
-                                       config.data_dir / "logs", self.urls["executioner"])
+                                       config.data_dir / "logs", self.urls["executioner"],
+                                       name=config.name or "executioner")
             app = executioner_app(service)
         elif name == "provisioner":
             providers = [
@@ -129,7 +129,7 @@ class Stack:
                                "kill_grace": config.agent_kill_grace, **p.options})
                 for p in config.providers
             ]
-            service = Provisioner(config.container_types, providers, ExecutionerClient(self.client("executioner")), bus)
+            service = Provisioner(config.container_types, providers, self._executioners(), bus)
             app = provisioner_app(service)
         elif name == "optimizer":
             from infrax.optimizer.service import OptimizerService
@@ -139,7 +139,7 @@ class Stack:
         elif name == "scheduler":
             service = Scheduler(
                 db, bus, OptimizerClient(self.client("optimizer")), ProvisionerClient(self.client("provisioner")),
-                ExecutionerClient(self.client("executioner")), dispatch_timeout=config.dispatch_timeout,
+                self._executioners(), dispatch_timeout=config.dispatch_timeout,
                 in_flight_check_interval=config.in_flight_check_interval,
             )
             app = scheduler_app(service)
@@ -151,6 +151,16 @@ class Stack:
             raise ValueError(f"unknown component {name!r}")
         self.services[name] = service
         self.apps[name] = app
+
+    def _executioners(self) -> ExecutionerPool:
+        if "executioner" in self.components or not self.config.executioners:
+            return ExecutionerPool([ExecutionerClient(self.client("executioner"))])
+        clients = []
+        for url in self.config.executioners:
+            made = tcp_client(url)
+            self._clients.append(made)
+            clients.append(ExecutionerClient(made))
+        return ExecutionerPool(clients)
 
     def _serve(self, name: str) -> None:
         server = uvicorn.Server(uvicorn.Config(self.apps[name], log_level="warning", access_log=False,

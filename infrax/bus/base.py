@@ -91,11 +91,15 @@ class Bus(abc.ABC):
         handler: Handler,
         *,
         prefetch: int = 256,
+        ephemeral: bool = False,
     ) -> Subscription:
         """Bind the consumer's durable queue to `exchange` with each key and start delivering.
 
         At most `prefetch` messages are in this handler's hands at once; each is acked
         when the handler returns and handed back for redelivery when it raises.
+
+        `ephemeral` queues are for hints one process wants for itself (capacity freed, say):
+        they go away when the subscription does, instead of collecting messages forever.
         """
 
 

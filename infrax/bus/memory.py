@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import logging
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -34,8 +35,9 @@ class _Queue:
 
 
 class _MemorySubscription(Subscription):
-    def __init__(self, worker: asyncio.Task[None]) -> None:
+    def __init__(self, worker: asyncio.Task[None], on_cancel: Callable[[], None] | None = None) -> None:
         self._worker = worker
+        self._on_cancel = on_cancel
 
     async def cancel(self) -> None:
         self._worker.cancel()
@@ -43,6 +45,8 @@ class _MemorySubscription(Subscription):
             await self._worker
         except asyncio.CancelledError:
             pass
+        if self._on_cancel is not None:
+            self._on_cancel()
 
 
 class MemoryBus(Bus):
@@ -95,6 +99,7 @@ class MemoryBus(Bus):
         handler: Handler,
         *,
         prefetch: int = 256,
+        ephemeral: bool = False,
     ) -> Subscription:
         schemas.allowed_kinds(exchange)  # refuses an unknown exchange
         queue = self._queues.setdefault(consumer, _Queue(consumer))
@@ -102,7 +107,8 @@ class MemoryBus(Bus):
         worker = asyncio.create_task(self._deliver(queue, handler, prefetch), name=f"bus:{consumer}")
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
-        return _MemorySubscription(worker)
+        forget = (lambda: self._queues.pop(consumer, None)) if ephemeral else None
+        return _MemorySubscription(worker, forget)
 
     async def _deliver(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
         in_flight: set[asyncio.Task[None]] = set()

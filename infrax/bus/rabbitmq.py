@@ -121,6 +121,7 @@ class RabbitMQBus(Bus):
         handler: Handler,
         *,
         prefetch: int = 256,
+        ephemeral: bool = False,
     ) -> Subscription:
         schemas.allowed_kinds(exchange)  # refuses an unknown exchange
         if queue_name(consumer) == DEAD_LETTER_QUEUE:
@@ -136,7 +137,8 @@ class RabbitMQBus(Bus):
                 source = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
                 queue = await channel.declare_queue(
                     queue_name(consumer),
-                    durable=True,
+                    durable=not ephemeral,
+                    auto_delete=ephemeral,
                     arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
                 )
                 for key in binding_keys:

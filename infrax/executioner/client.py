@@ -32,3 +32,44 @@ class ExecutionerClient(ServiceClient):
             raise ServiceError(self.service, response.status_code, response.text)
         return (response.text, int(response.headers["X-Log-Offset"]),
                 response.headers.get("X-Log-Complete") == "true")
+
+
+class ExecutionerPool:
+    """Several executioners behind the one executioner interface: runs spread, questions go to all."""
+
+    def __init__(self, clients: list[ExecutionerClient]) -> None:
+        if not clients:
+            raise ValueError("an executioner pool needs at least one executioner")
+        self.clients = clients
+        self._next = 0
+
+    async def execute(self, assignments: list[ExecutionAssignment]) -> list[str]:
+        # Round robin by batch, and on to the next executioner when one does not answer.
+        last_error: ServiceError | None = None
+        for _ in range(len(self.clients)):
+            client = self.clients[self._next % len(self.clients)]
+            self._next += 1
+            try:
+                return await client.execute(assignments)
+            except ServiceError as error:
+                if error.status is not None and error.status < 500:
+                    raise
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    async def cancel(self, run_ids: list[str]) -> list[str]:
+        cancelled: list[str] = []
+        for client in self.clients:
+            try:
+                cancelled += await client.cancel(run_ids)
+            except ServiceError:
+                continue
+        return cancelled
+
+    async def get_run(self, run_id: str) -> RunStatus | None:
+        for client in self.clients:
+            run = await client.get_run(run_id)
+            if run is not None:
+                return run
+        return None

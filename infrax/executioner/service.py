@@ -32,7 +32,9 @@ _AGENT_EXIT = {"completed": "completed", "failed": "failed", "timeout": "failed"
 
 
 class Executioner:
-    def __init__(self, db: Database, bus: Bus, provisioner: ProvisionerClient, log_dir: Path, public_url: str) -> None:
+    def __init__(self, db: Database, bus: Bus, provisioner: ProvisionerClient, log_dir: Path, public_url: str,
+                 name: str = "executioner") -> None:
+        self.name = name
         self.db = db
         self.bus = bus
         self.provisioner = provisioner
@@ -48,7 +50,8 @@ class Executioner:
         self._finals.start()
         self._releases.start()
         async with self.db.begin() as conn:
-            orphans = (await conn.execute(select(runs).where(runs.c.state.in_(["accepted", "running"])))).mappings().all()
+            orphans = (await conn.execute(select(runs).where(
+                runs.c.state.in_(["accepted", "running"]), runs.c.executioner == self.name))).mappings().all()
         for row in orphans:
             assignment = ExecutionAssignment.model_validate(row["assignment"])
             status = self._status(assignment, "exception", message="the executioner restarted while the run was in flight")
@@ -88,7 +91,8 @@ class Executioner:
         now = utcnow()
         async with self.db.begin() as conn:
             await conn.execute(insert(runs), [
-                {"run_id": a.offer.run_id, "partition_id": a.offer.partition_id, "assignment": a.wire(),
+                {"run_id": a.offer.run_id, "partition_id": a.offer.partition_id, "executioner": self.name,
+                 "assignment": a.wire(),
                  "state": "accepted", "log_path": str(self.log_path(a.offer.run_id)), "created_at": now}
                 for a in assignments
             ])

@@ -39,8 +39,8 @@ class FileHistory(NamedTuple):
 
     estimate: float
     samples: int
-    index: int | None = None  # the 1-based partition it last ran in ...
-    count: int | None = None  # ... out of this many
+    last_index: int | None = None  # the 1-based partition it last ran in ...
+    last_count: int | None = None  # ... out of this many
 
 
 HistoryKey = tuple[str, str]  # (task name, container type)

@@ -86,7 +86,7 @@ class Planner:
         known = history.get((task.name, container_type.name), {})
         durations = self._estimates(files, known, why)
         count, chosen = self._count(task, files, durations, known, container_type, why)
-        previous = {f: h.index for f in files if (h := known.get(f)) and h.count == count and h.index}
+        previous = {f: h.last_index for f in files if (h := known.get(f)) and h.last_count == count and h.last_index}
         ceiling = None
         if chosen is not None and task.target_wall_time:
             goal = max(task.target_wall_time - container_type.overhead, max(durations))

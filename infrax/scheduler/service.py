@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timedelta
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import BusMessage, ContainerEvent, PartitionStatus, RequestStatus, RunStatus, TaskStatus
-from infrax.executioner.client import ExecutionerClient
+from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
 from infrax.model import (
     ContainerType,
@@ -45,6 +46,7 @@ from infrax.store.tables import partitions, requests, tasks
 log = logging.getLogger(__name__)
 
 DISPATCH_BATCH = 64
+CLAIM_TIMEOUT = 30.0  # seconds; a claim is held only while offering, a few milliseconds
 IN_FLIGHT = (State.DISPATCHED, State.RUNNING)
 
 
@@ -63,7 +65,7 @@ class Scheduler:
         bus: Bus,
         optimizer: OptimizerClient,
         provisioner: ProvisionerClient,
-        executioner: ExecutionerClient,
+        executioner: ExecutionerClient | ExecutionerPool,
         *,
         dispatch_timeout: float = 120.0,
         in_flight_check_interval: float = 10.0,
@@ -96,14 +98,14 @@ class Scheduler:
         `recover_in_flight` is for a restart of the whole system (``infrax up``): runs that the
         executioner never heard of are then known to be lost, without waiting for the timeout.
         """
-        async with self.db.begin() as conn:
-            await conn.execute(update(partitions).where(partitions.c.claimed_by.is_not(None)).values(claimed_by=None))
+        await self.release_stale_claims(everything=recover_in_flight)
         self._status_batcher.start()
         self._subscriptions.append(
             await self.bus.subscribe("scheduler", topics.RUNS, ["#"], self._on_run_status)
         )
         self._subscriptions.append(
-            await self.bus.subscribe(f"scheduler-capacity-{self.instance}", topics.CONTAINERS, ["#"], self._on_capacity)
+            await self.bus.subscribe(f"scheduler-capacity-{self.instance}", topics.CONTAINERS, ["#"], self._on_capacity,
+                                   ephemeral=True)
         )
         if recover_in_flight:
             await self.check_in_flight(grace=0.0)
@@ -251,8 +253,10 @@ class Scheduler:
         events: list[BusMessage] = []
         part_rows: list[dict[str, Any]] = []
         async with self.db.begin() as conn:
-            current = (await conn.execute(select(requests.c.state).where(requests.c.id == row["id"]))).scalar()
-            if current != State.PENDING:  # cancelled while we were planning
+            # Locked: another scheduler may have planned it meanwhile, or a cancel come in.
+            current = (await conn.execute(
+                select(requests.c.state).where(requests.c.id == row["id"]).with_for_update())).scalar()
+            if current != State.PENDING:
                 return True
             task_states: list[str] = []
             for task_row, planned in zip(task_rows, plan.tasks, strict=True):
@@ -431,9 +435,12 @@ class Scheduler:
         requeued = False
         async with self.db.begin() as conn:
             ids = list({s.partition_id for s in statuses})
+            # Locked in id order: schedulers applying news of the same partitions take turns, never deadlock.
             rows = {
                 r["id"]: dict(r)
-                for r in (await conn.execute(select(partitions).where(partitions.c.id.in_(ids)))).mappings().all()
+                for r in (await conn.execute(
+                    select(partitions).where(partitions.c.id.in_(ids)).order_by(partitions.c.id).with_for_update()
+                )).mappings().all()
             }
             changed: dict[str, tuple[dict[str, Any], str]] = {}
             for status in statuses:
@@ -467,6 +474,9 @@ class Scheduler:
         if not task_ids:
             return []
         events: list[BusMessage] = []
+        task_rows = (await conn.execute(
+            select(tasks).where(tasks.c.id.in_(task_ids)).order_by(tasks.c.id).with_for_update()
+        )).mappings().all()
         part_states: dict[str, list[str]] = {t: [] for t in task_ids}
         # Which states occur is all that aggregation needs, not how often.
         for task_id, state in (
@@ -475,7 +485,6 @@ class Scheduler:
             )
         ).all():
             part_states[task_id].append(state)
-        task_rows = (await conn.execute(select(tasks).where(tasks.c.id.in_(task_ids)))).mappings().all()
         request_ids = set()
         for task_row in task_rows:
             if is_final(task_row["state"]) and task_row["state"] == State.CANCELLED:
@@ -490,7 +499,8 @@ class Scheduler:
         return events
 
     async def _settle_request(self, conn: AsyncConnection, request_id: str) -> list[BusMessage]:
-        row = (await conn.execute(select(requests).where(requests.c.id == request_id))).mappings().one()
+        row = (await conn.execute(
+            select(requests).where(requests.c.id == request_id).with_for_update())).mappings().one()
         states = (await conn.execute(select(tasks.c.state).where(tasks.c.request_id == request_id))).scalars().all()
         state = _request_state(states)
         if state == row["state"] or row["state"] == State.CANCELLED:
@@ -504,9 +514,25 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.in_flight_check_interval)
             try:
+                await self.release_stale_claims()
                 await self.check_in_flight(grace=self.dispatch_timeout)
             except Exception:
                 log.exception("in-flight check failed")
+
+    async def release_stale_claims(self, everything: bool = False) -> None:
+        """Claims of a scheduler that died between claiming and offering go back to the queue.
+
+        Re-offering such a partition is safe: the offer carries the same run id, and a run the
+        provisioner already took is answered "already accepted".
+        """
+        stale = partitions.c.claimed_by.is_not(None)
+        if not everything:
+            stale = stale & (partitions.c.claimed_at < utcnow() - timedelta(seconds=CLAIM_TIMEOUT))
+        async with self.db.begin() as conn:
+            released = (await conn.execute(update(partitions).where(stale).values(claimed_by=None))).rowcount
+        if released:
+            log.warning("released %d stale claims", released)
+            self._dispatch_wanted.set()
 
     async def check_in_flight(self, grace: float) -> None:
         """Ask the executioner about runs we have heard nothing of; a run it never got is lost."""

@@ -10,11 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from infrax.store.tables import metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,8 +50,16 @@ class Database:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=10)
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Bring the schema to the newest migration (one transaction; a no-op when it is there)."""
+        from infrax.store import migrate
+
+        async with self.begin() as conn:
+            if self.is_sqlite:
+                await migrate.upgrade(conn)
+            else:
+                # Several components may start at once against one PostgreSQL: one migrates, the rest wait.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7310)"))
+                await migrate.upgrade(conn)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -83,6 +83,7 @@ runs = Table(
     metadata,
     Column("run_id", String(100), primary_key=True),
     Column("partition_id", ID, nullable=False, index=True),
+    Column("executioner", String(100), nullable=False, index=True),  # which executioner has the run
     Column("assignment", JSON, nullable=False),
     Column("state", String(20), nullable=False, index=True),
     Column("exit_code", Integer),

@@ -37,9 +37,9 @@ def plan_request() -> PlanRequest:
     return PlanRequest(
         project="p",
         tasks=[
-            TaskDefinition(name="unit", files=["a.py", "b.py", "c.py", "d.py"], container_tag="linux",
+            TaskDefinition(name="unit", files=["a.py", "b.py", "c.py", "d.py"], container_tag=["linux"],
                            bootstrapper="run.sh", target_wall_time=30.0),
-            TaskDefinition(name="docs", files=["index.md"], container_tag="linux", bootstrapper="run.sh",
+            TaskDefinition(name="docs", files=["index.md"], container_tag=["linux"], bootstrapper="run.sh",
                            paths=["docs/"]),
         ],
         container_types=[LINUX],

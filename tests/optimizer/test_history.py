@@ -88,7 +88,7 @@ async def test_history_is_kept_per_project_task_type_and_file(db: Database) -> N
         Sample("q", "unit", "linux", "r3", ["a"], 1, 1, None, {"a": 9.0}),
     ])
     loaded = await history.load("p", [("unit", "linux"), ("unit", "mac"), ("other", "linux")])
-    assert {f: (h.estimate, h.index, h.count) for f, h in loaded[("unit", "linux")].items()} == {
+    assert {f: (h.estimate, h.last_index, h.last_count) for f, h in loaded[("unit", "linux")].items()} == {
         "a": (1.0, 2, 3), "b": (2.0, 2, 3)}
     assert loaded[("unit", "mac")]["a"].estimate == 7.0
     assert loaded[("other", "linux")] == {}

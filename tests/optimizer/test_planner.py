@@ -144,7 +144,7 @@ def test_unknown_files_are_estimated_at_the_median_of_the_known_ones() -> None:
     history = known({"a": 1.0, "b": 3.0, "c": 100.0})
     plan = Planner().plan(request(task(files=["a", "b", "c", "new1", "new2"], partitions=2)), history, explain=True)
     parts = plan.tasks[0].partitions
-    assert sorted(p.expected_duration for p in parts) == [10.0, 100.0]  # a 1 + b 3 + two new ones at 3 s
+    assert sorted(p.expected_duration or 0.0 for p in parts) == [10.0, 100.0]  # a 1 + b 3 + two new ones at 3 s
     assert any("2 estimated at 3 s" in line for line in plan.tasks[0].explanation or [])
 
 

@@ -88,6 +88,8 @@ class ProcessProvider(ContainerProvider):
         pid = process.pid if process else _read_pid(home)
         if pid is not None and (process is not None or _is_agent(pid)):
             _signal_group(pid, signal.SIGTERM)
+            # A stopped agent (one that stopped answering heartbeats) must wake up to see the TERM.
+            _signal_group(pid, signal.SIGCONT)
             if process is not None:
                 try:
                     await asyncio.wait_for(process.wait(), self.kill_grace + 2)
