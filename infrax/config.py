@@ -53,6 +53,16 @@ class Config:
     agent_kill_grace: float = 5.0
     in_flight_check_interval: float = 10.0
     dispatch_timeout: float = 120.0  # a dispatched run unknown to the executioner after this is lost
+    # -- job master: code hosts and Treeherder (docs/code-hosts.md) --
+    github_secrets: dict[str, str] = field(default_factory=dict)  # "owner/name" (or "*") -> webhook secret
+    github_api_url: str = "https://api.github.com"  # where commit statuses are posted
+    github_token: str | None = None  # sent as a bearer token with commit statuses
+    url_rewrites: list[dict[str, str]] = field(default_factory=list)  # [{prefix, replacement}], like insteadOf
+    mirror_dir: Path | None = None  # bare mirrors of fetched repositories; None: data_dir/mirrors
+    hg_poll: list[str] = field(default_factory=list)  # Mercurial repositories (paths or URLs) polled for pushes
+    hg_poll_interval: float = 30.0  # seconds between polls
+    treeherder: bool = True  # publish Treeherder pulse job messages for every partition change
+    treeherder_build_system: str = "infrax"  # their buildSystem
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
+import asyncpg
 import pytest
+from yarl import URL
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -18,3 +26,57 @@ def shared_path(*parts: str) -> Path:
             pytest.fail(f"{path} is missing: CI always has ../shared beside the repository")
         pytest.skip(f"{path} is absent (the ../shared reference folder is not beside this checkout)")
     return path
+
+
+# -- the real services: RabbitMQ and PostgreSQL ------------------------------------------------
+
+AMQP_URL = os.environ.get("INFRAX_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the real service is required)")
+    pytest.skip(reason)
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    url = URL(AMQP_URL)
+    try:
+        socket.create_connection((url.host or "127.0.0.1", url.port or 5672), timeout=2).close()
+    except OSError as e:
+        unavailable(
+            f"RabbitMQ is not reachable at {url.host}:{url.port} ({e}); start it with `rabbitmq-server -detached`"
+        )
+    if shutil.which("rabbitmqctl") is None:
+        yield AMQP_URL
+        return
+    vhost = f"infrax-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, url.user or "guest", ".*", ".*", ".*")
+        yield str(url.with_path("/" + vhost, encoded=False))
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+POSTGRES = os.environ.get("INFRAX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+async def fresh_postgres_url() -> AsyncIterator[str]:
+    """A database of its own for one test, dropped afterwards; skip (fail in CI) without a server."""
+    name = f"infrax_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(f"{POSTGRES}/postgres", timeout=5)
+    except (OSError, asyncpg.PostgresError) as error:
+        unavailable(f"PostgreSQL at {POSTGRES} is not reachable: {error}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{POSTGRES}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -48,9 +48,9 @@ _TRANSIENT = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
 _FIRST_DELAY, _MAX_DELAY = 0.1, 1.0
 
 
-def queue_name(consumer: str) -> str:
+def queue_name(consumer: str, prefix: str = QUEUE_PREFIX) -> str:
     """The durable queue that consumer name `consumer` owns."""
-    return f"{QUEUE_PREFIX}{consumer}"
+    return f"{prefix}{consumer}"
 
 
 class RabbitMQBus(Bus):
@@ -62,7 +62,10 @@ class RabbitMQBus(Bus):
         reconnect_interval: float = 1.0,
         redelivery_delay: float = 0.05,
     ) -> None:
-        self._url = url
+        # `?queue_prefix=…` in the URL lets several installations (or test runs) share a vhost.
+        parsed = URL(url)
+        self._queue_prefix = parsed.query.get("queue_prefix", QUEUE_PREFIX)
+        self._url = str(parsed.without_query_params("queue_prefix")) if "queue_prefix" in parsed.query else url
         self._retry_for = retry_for
         self._reconnect_interval = reconnect_interval
         self._redelivery_delay = redelivery_delay
@@ -124,7 +127,7 @@ class RabbitMQBus(Bus):
         ephemeral: bool = False,
     ) -> Subscription:
         schemas.allowed_kinds(exchange)  # refuses an unknown exchange
-        if queue_name(consumer) == DEAD_LETTER_QUEUE:
+        if queue_name(consumer, self._queue_prefix) == DEAD_LETTER_QUEUE:
             raise ValueError(f"consumer name {consumer!r} is reserved for the dead-letter queue")
         connection = self._started()[0]
 
@@ -136,7 +139,7 @@ class RabbitMQBus(Bus):
                 await channel.set_qos(prefetch_count=prefetch)
                 source = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
                 queue = await channel.declare_queue(
-                    queue_name(consumer),
+                    queue_name(consumer, self._queue_prefix),
                     durable=not ephemeral,
                     auto_delete=ephemeral,
                     arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},

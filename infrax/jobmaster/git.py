@@ -1,8 +1,14 @@
-"""Reading a git repository at a revision, without a work tree."""
+"""Reading a git repository at a revision, without a work tree, and fetching into a bare mirror."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+
+ZERO = "0" * 40
+# Fetching from a URL a webhook named: never prompt for credentials, never run a transport helper.
+_SAFE = ("-c", "protocol.ext.allow=never", "-c", "core.askPass=true")
+_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
 
 
 class GitError(Exception):
@@ -11,8 +17,8 @@ class GitError(Exception):
 
 async def git(repository: str, *args: str) -> bytes:
     process = await asyncio.create_subprocess_exec(
-        "git", "-C", repository, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        "git", *_SAFE, "-C", repository, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=_ENV,
     )
     out, err = await process.communicate()
     if process.returncode != 0:
@@ -25,6 +31,14 @@ async def resolve(repository: str, revision: str) -> str:
         return (await git(repository, "rev-parse", "--verify", "--end-of-options", f"{revision}^{{commit}}")).decode().strip()
     except GitError as error:
         raise GitError(f"{repository}: no revision {revision!r} ({error})") from error
+
+
+async def has_commit(repository: str, revision: str) -> bool:
+    try:
+        await git(repository, "cat-file", "-e", f"{revision}^{{commit}}")
+    except GitError:
+        return False
+    return True
 
 
 async def read_file(repository: str, revision: str, path: str) -> bytes | None:
@@ -43,3 +57,30 @@ async def changed_paths(repository: str, revision: str) -> list[str]:
     out = await git(repository, "diff-tree", "--no-commit-id", "--name-only", "-r", "-z", "--root", "-m",
                     "--first-parent", revision)
     return sorted(set(out.decode().split("\0")[:-1]))
+
+
+async def changed_between(repository: str, base: str, head: str) -> list[str]:
+    """Paths `head` changed since `base`: what a push or pull request brings."""
+    out = await git(repository, "diff", "--name-only", "-z", "--no-renames", base, head, "--")
+    return sorted(set(out.decode().split("\0")[:-1]))
+
+
+async def merge_base(repository: str, one: str, other: str) -> str | None:
+    try:
+        return (await git(repository, "merge-base", one, other)).decode().strip() or None
+    except GitError:
+        return None
+
+
+async def init_mirror(path: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "git", "init", "--quiet", "--bare", path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    _, err = await process.communicate()
+    if process.returncode != 0:
+        raise GitError(f"cannot create mirror {path}: {err.decode(errors='replace').strip()}")
+
+
+async def fetch(mirror: str, url: str, *refspecs: str) -> None:
+    """Fetch into a bare mirror: only what it lacks travels."""
+    await git(mirror, "fetch", "--quiet", "--no-write-fetch-head", "--end-of-options", url, *refspecs)

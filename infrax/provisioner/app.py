@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from infrax.model import Container, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
+from infrax.provisioner.metrics import render as render_metrics
 from infrax.provisioner.service import Provisioner
 from infrax.web import add_error_handlers
 
@@ -59,6 +58,7 @@ def create_app(provisioner: Provisioner) -> FastAPI:
 
     @app.get("/api/v1/containers", response_model=list[Container])
     async def containers() -> list[Container]:
+        """Every container: type, provider, state, current run, age and its last heartbeat."""
         return provisioner.containers()
 
     @app.post("/api/v1/containers/{container_id}/release", status_code=204)
@@ -75,21 +75,8 @@ def create_app(provisioner: Provisioner) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
-        lines = ["# TYPE infrax_provisioner_partitions_total counter"]
-        for outcome in ("accepted", "rejected"):
-            lines.append(f'infrax_provisioner_partitions_total{{outcome="{outcome}"}} {provisioner.counters[outcome]}')
-        lines.append("# TYPE infrax_provisioner_containers gauge")
-        by_type_state = Counter((view.type, view.state) for view in provisioner.containers())
-        for (type_name, state), count in sorted(by_type_state.items()):
-            lines.append(f'infrax_provisioner_containers{{type="{type_name}",state="{state}"}} {count}')
-        lines.append("# TYPE infrax_provisioner_container_start_seconds summary")
-        for name, provider in provisioner.providers.items():
-            starts = list(getattr(provider, "start_durations", []))
-            lines.append(f'infrax_provisioner_container_start_seconds_count{{provider="{name}"}} {len(starts)}')
-            lines.append(f'infrax_provisioner_container_start_seconds_sum{{provider="{name}"}} {sum(starts):.3f}')
-        lines.append("# TYPE infrax_provisioner_container_start_failures_total counter")
-        lines.append(f"infrax_provisioner_container_start_failures_total {provisioner.counters['start_failures']}")
-        return "\n".join(lines) + "\n"
+        """Prometheus text: containers by type, provider and state; offers; start times; health."""
+        return render_metrics(provisioner)
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

@@ -1,11 +1,13 @@
 """Health of containers (their agents' heartbeats) and of providers (a rest after a failed start).
 
 Every idle or busy container is heartbeated every `heartbeat_interval` seconds of its provider
-(default 2), each heartbeat given `heartbeat_timeout` (1.5). A failed heartbeat asks the provider
-whether the container still runs: if not, the container is lost at once; if it runs but its agent
-does not answer, it is lost after `heartbeat_failures` (3) failures in a row. A container that
-stops answering is thus found within interval × (failures − 1) + timeout + one tick: 5.75 s with
-the defaults, and a container that is gone within interval + timeout + tick (≈ 3.75 s).
+(default 1.5), each heartbeat given `heartbeat_timeout` (1). A failed heartbeat asks the provider
+whether the container still runs (`alive`): if not, the container is lost at once; if it runs but
+its agent does not answer, it is lost after `heartbeat_failures` (3) failures in a row. Counted
+from the last answer, a container that stops answering is lost within
+interval × failures + timeout + one tick of 0.25 s (5.75 s with the defaults), and one that is
+gone (killed, removed) within interval + tick + the provider's `alive` call (about 2 s).
+Then the provisioner reports its run lost, destroys it and keeps the warm pool.
 """
 
 from __future__ import annotations

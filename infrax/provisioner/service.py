@@ -1,7 +1,14 @@
-"""The provisioner: decides which container runs a partition, starts and retires containers.
+"""The provisioner: decides which container runs a partition, starts, watches and retires containers.
 
 It answers an offer at once (accepted or rejected with a reason); starting a container and
 handing the run to the executioner happen after the answer, off the scheduler's path.
+
+Which container: an idle one of the type (of the provider earliest in the type's list first),
+else a new one from the first provider in the type's list that has room and is not resting after
+failed starts. A start that fails puts that provider to rest (`health.ProviderHealth`) and the
+partition moves on to the next provider; only when none is left is the run reported lost.
+Containers are heartbeated (`health.HealthMonitor`); a lost one is destroyed, its run reported
+lost (the scheduler re-queues it while retries last) and the warm pool refilled.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from infrax.bus import Bus, topics
 from infrax.bus.messages import ContainerEvent, RunStatus
-from infrax.executioner.client import ExecutionerClient
+from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
 from infrax.model import (
     Container,
@@ -27,6 +36,8 @@ from infrax.model import (
     new_id,
     utcnow,
 )
+from infrax.provisioner.health import HealthMonitor, ProviderHealth
+from infrax.provisioner.metrics import Histogram
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
 
 log = logging.getLogger(__name__)
@@ -47,15 +58,22 @@ class Slot:
     run: PartitionOffer | None = None
     partitions_run: int = 0
     created_at: float = field(default_factory=time.monotonic)
-    created_wall: object = field(default_factory=utcnow)
+    created_wall: datetime = field(default_factory=utcnow)
     idle_since: float = field(default_factory=time.monotonic)
+    # Health: the health monitor's bookkeeping.
+    last_heartbeat: datetime | None = None
+    heartbeat_failures: int = 0
+    next_probe: float = 0.0
+    probing: bool = False
+    agent: dict[str, Any] = field(default_factory=dict)  # its last heartbeat answer
 
     def view(self) -> Container:
         return Container(
             id=self.id, type=self.type.name, provider=self.provider.name,
             host=self.endpoint.host if self.endpoint else "", port=self.endpoint.port if self.endpoint else 0,
-            state=self.state, partitions_run=self.partitions_run, created_at=self.created_wall,  # type: ignore[arg-type]
-            current_run=self.run.run_id if self.run else None,
+            state=self.state, partitions_run=self.partitions_run, created_at=self.created_wall,
+            current_run=self.run.run_id if self.run else None, age=round(time.monotonic() - self.created_at, 3),
+            last_heartbeat=self.last_heartbeat, heartbeat_failures=self.heartbeat_failures,
         )
 
 
@@ -64,10 +82,11 @@ class Provisioner:
         self,
         container_types: list[ContainerType],
         providers: list[ContainerProvider],
-        executioner: ExecutionerClient,
+        executioner: ExecutionerClient | ExecutionerPool,
         bus: Bus,
         *,
         maintenance_interval: float = 0.5,
+        health_tick: float = 0.25,
     ) -> None:
         self.types = {t.name: t for t in container_types}
         self.providers = {p.name: p for p in providers}
@@ -82,8 +101,15 @@ class Provisioner:
         self.runs: dict[str, str] = {}  # run id -> container id, while the run is ours
         self.cancelled: set[str] = set()
         self.counters: Counter[str] = Counter()
+        self.offers: Counter[tuple[str, str]] = Counter()  # (type, accepted | rejected)
+        self.rejections: Counter[tuple[str, str]] = Counter()  # (type, why)
+        self.lost: Counter[tuple[str, str]] = Counter()  # (provider, gone | unresponsive)
+        self.start_seconds = {name: Histogram() for name in self.providers}
+        self.provider_health = {name: ProviderHealth(p) for name, p in self.providers.items()}
+        self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick)
         self._background: set[asyncio.Task[None]] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Remove containers a previous provisioner left behind, then keep the pools."""
@@ -96,11 +122,13 @@ class Provisioner:
                 log.warning("removing %d leaked containers of %s", len(leaked), provider.name)
                 await asyncio.gather(*(provider.destroy(c) for c in leaked), return_exceptions=True)
         self._maintenance = asyncio.create_task(self._maintain(), name="provisioner-maintenance")
+        self._health = asyncio.create_task(self.health.run(), name="provisioner-health")
 
     async def stop(self) -> None:
-        if self._maintenance:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
+        for loop in (self._maintenance, self._health):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -116,7 +144,9 @@ class Provisioner:
         for offer in offers:
             answer, slot = self._place(offer)
             answers.append(answer)
-            self.counters["accepted" if answer.accepted else "rejected"] += 1
+            outcome = "accepted" if answer.accepted else "rejected"
+            self.counters[outcome] += 1
+            self.offers[(offer.container_type, outcome)] += 1
             if slot is not None and slot.state == ContainerState.BUSY:
                 ready.append(slot)
         if ready:
@@ -128,44 +158,58 @@ class Provisioner:
             return OfferAnswer(run_id=offer.run_id, accepted=True, reason="already accepted"), None
         container_type = self.types.get(offer.container_type)
         if container_type is None:
-            return self._reject(offer, f"unknown container type {offer.container_type!r}")
-        idle = next((s for s in self.slots.values() if s.type.name == container_type.name
-                     and s.state == ContainerState.IDLE), None)
+            return self._reject(offer, "unknown_type", f"unknown container type {offer.container_type!r}")
+        idle = self._idle_slot(container_type)
         if idle is not None:
             idle.state, idle.run = ContainerState.BUSY, offer
             self.runs[offer.run_id] = idle.id
             return OfferAnswer(run_id=offer.run_id, accepted=True), idle
         live = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
         if len(live) >= container_type.max_concurrent:
-            return self._reject(offer, f"container type {container_type.name} is at its maximum of "
-                                       f"{container_type.max_concurrent} containers")
+            return self._reject(offer, "max_concurrent", f"container type {container_type.name} is at its "
+                                                         f"maximum of {container_type.max_concurrent} containers")
         provider = self._provider_with_room(container_type)
         if provider is None:
-            return self._reject(offer, f"every provider of {container_type.name} is full "
-                                       f"({self._usage(container_type)})")
+            return self._reject(offer, "providers_full", f"every provider of {container_type.name} is full or "
+                                                         f"failing ({self._usage(container_type)})")
         slot = self._new_slot(container_type, provider, offer)
         self.runs[offer.run_id] = slot.id
         return OfferAnswer(run_id=offer.run_id, accepted=True), slot
 
-    def _reject(self, offer: PartitionOffer, reason: str) -> tuple[OfferAnswer, None]:
+    def _reject(self, offer: PartitionOffer, why: str, reason: str) -> tuple[OfferAnswer, None]:
+        self.rejections[(offer.container_type, why)] += 1
         return OfferAnswer(run_id=offer.run_id, accepted=False, reason=reason), None
 
-    def _provider_with_room(self, container_type: ContainerType) -> ContainerProvider | None:
-        """The first provider of the type, in its priority order, with capacity left."""
+    def _idle_slot(self, container_type: ContainerType) -> Slot | None:
+        """An idle container of the type: of the provider earliest in its list, then the one idle longest."""
+        rank = {name: i for i, name in enumerate(container_type.providers)}
+        idle = [s for s in self.slots.values() if s.type.name == container_type.name and s.state == ContainerState.IDLE]
+        return min(idle, key=lambda s: (rank.get(s.provider.name, len(rank)), s.idle_since), default=None)
+
+    def used(self, provider: ContainerProvider) -> int:
+        """Containers the provider holds now (starting, idle or busy), of every type."""
+        return sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
+
+    def _provider_with_room(self, container_type: ContainerType,
+                            exclude: tuple[str, ...] = ()) -> ContainerProvider | None:
+        """The first provider of the type, in its priority order, with capacity left and not resting."""
+        now = time.monotonic()
         for name in container_type.providers:
             provider = self.providers[name]
-            used = sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
-            if provider.capacity is None or used < provider.capacity:
+            if name in exclude or not self.provider_health[name].usable(now):
+                continue
+            if provider.capacity is None or self.used(provider) < provider.capacity:
                 return provider
         return None
 
     def _usage(self, container_type: ContainerType) -> str:
         parts = []
+        now = time.monotonic()
         for name in container_type.providers:
-            provider = self.providers[name]
-            used = sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
-            parts.append(f"{name}: {used}/{provider.capacity if provider.capacity is not None else '∞'}")
-        return ", ".join(parts)
+            provider, health = self.providers[name], self.provider_health[name]
+            used = f"{self.used(provider)}/{provider.capacity if provider.capacity is not None else '∞'}"
+            parts.append(f"{name}: {used}" + ("" if health.usable(now) else f", {health.describe(now)}"))
+        return "; ".join(parts)
 
     def _new_slot(self, container_type: ContainerType, provider: ContainerProvider,
                   offer: PartitionOffer | None) -> Slot:
@@ -176,20 +220,38 @@ class Provisioner:
         return slot
 
     async def _start_container(self, slot: Slot) -> None:
-        started = time.monotonic()
-        try:
-            slot.endpoint = await slot.provider.create(slot.id, slot.type, slot.secret)
-        except (ProviderError, OSError) as error:
-            log.warning("container %s failed to start: %s", slot.id, error)
-            self.counters["start_failures"] += 1
-            slot.state = ContainerState.DEAD
-            self.slots.pop(slot.id, None)
-            if slot.run is not None:
-                await self._report_lost(slot.run, slot, f"container failed to start: {error}")
-            await self._publish_event("lost", slot)
-            return
+        failures: list[str] = []
+        tried: list[str] = []
+        while True:
+            started = time.monotonic()
+            try:
+                slot.endpoint = await slot.provider.create(slot.id, slot.type, slot.secret)
+                break
+            except (ProviderError, OSError) as error:
+                rest = self.provider_health[slot.provider.name].failed(error)
+                self.counters["start_failures"] += 1
+                failures.append(f"{slot.provider.name}: {error}")
+                tried.append(slot.provider.name)
+                log.warning("container %s failed to start on %s (provider rests %.0fs): %s", slot.id,
+                            slot.provider.name, rest, error)
+            # A partition waiting for this container moves on to the next provider with room.
+            following = None
+            if slot.run is not None and slot.run.run_id not in self.cancelled:
+                following = self._provider_with_room(slot.type, exclude=tuple(tried))
+            if following is None:
+                slot.state = ContainerState.DEAD
+                self.slots.pop(slot.id, None)
+                if slot.run is not None:
+                    await self._report_lost(slot.run, slot, "container failed to start: " + "; ".join(failures))
+                await self._publish_event("lost", slot)
+                return
+            self._move(slot, following)
+        self.provider_health[slot.provider.name].succeeded()
+        self.start_seconds[slot.provider.name].observe(time.monotonic() - started)
         self.counters["containers_started"] += 1
-        self.counters["start_seconds_total_ms"] += int((time.monotonic() - started) * 1000)
+        slot.next_probe = time.monotonic() + slot.provider.heartbeat_interval
+        if self.slots.get(slot.id) is not slot:  # the provisioner stopped meanwhile
+            return
         await self._publish_event("started", slot)
         if slot.run is None or slot.run.run_id in self.cancelled:
             self._become_idle(slot)
@@ -197,6 +259,15 @@ class Provisioner:
             return
         slot.state = ContainerState.BUSY
         await self._hand_off([slot])
+
+    def _move(self, slot: Slot, provider: ContainerProvider) -> None:
+        """Start the slot on another provider, under a new id (the failed one may linger a while)."""
+        self.slots.pop(slot.id, None)
+        slot.id, slot.provider = f"{slot.type.name}-{new_id()[:12]}", provider
+        slot.created_at, slot.created_wall = time.monotonic(), utcnow()
+        self.slots[slot.id] = slot
+        if slot.run is not None:
+            self.runs[slot.run.run_id] = slot.id
 
     async def _hand_off(self, slots: list[Slot]) -> None:
         assignments = [
@@ -234,8 +305,8 @@ class Provisioner:
             self.runs.pop(run_id, None)
             self.cancelled.discard(run_id)
         slot = self.slots.get(container_id)
-        if slot is None:
-            return
+        if slot is None or slot.state not in LIVE:
+            return  # already lost or being retired
         slot.run = None
         slot.partitions_run += 1
         rules = slot.type
@@ -272,6 +343,21 @@ class Provisioner:
     def _become_idle(self, slot: Slot) -> None:
         slot.state, slot.run, slot.idle_since = ContainerState.IDLE, None, time.monotonic()
 
+    async def _lose(self, slot: Slot, why: str, message: str) -> None:
+        """A container the health checks found dead: report its run lost, destroy it; the pool refills."""
+        if self.slots.get(slot.id) is not slot or slot.state not in LIVE:
+            return
+        log.warning("%s; destroying it", message)
+        self.lost[(slot.provider.name, why)] += 1
+        run = slot.run
+        slot.state = ContainerState.STOPPING
+        # Reported before the destroy: the executioner's own news of this run (its connection
+        # breaks, or the agent ends the run as it stops) then comes second and is ignored.
+        if run is not None and self.runs.get(run.run_id) == slot.id:
+            await self._report_lost(run, slot, message)
+        await self._retire(slot)
+        await self._publish_event("lost", slot)  # the maintenance loop starts its replacement
+
     async def _retire(self, slot: Slot) -> None:
         slot.state = ContainerState.STOPPING
         try:
@@ -293,17 +379,14 @@ class Provisioner:
 
     async def maintain_once(self) -> None:
         now = time.monotonic()
+        # Dead containers are the health monitor's: this keeps the pools' sizes and ages.
         for container_type in self.types.values():
-            mine = [s for s in self.slots.values() if s.type.name == container_type.name]
-            for slot in [s for s in mine if s.state == ContainerState.IDLE]:
-                if not await slot.provider.alive(slot.id):
-                    log.warning("idle container %s is gone; replacing it", slot.id)
-                    await self._retire(slot)
-                    await self._publish_event("lost", slot)
             mine = [s for s in self.slots.values() if s.type.name == container_type.name]
             idle = sorted((s for s in mine if s.state == ContainerState.IDLE), key=lambda s: s.idle_since)
             spare = len(idle) - container_type.min_warm
             for slot in idle:
+                if slot.state != ContainerState.IDLE:
+                    continue  # taken or retired while we awaited
                 too_old = container_type.max_age is not None and now - slot.created_at >= container_type.max_age
                 if too_old or (spare > 0 and now - slot.idle_since >= container_type.idle_timeout):
                     spare -= 1
@@ -327,13 +410,15 @@ class Provisioner:
             idle = sum(1 for s in mine if s.state == ContainerState.IDLE)
             room = container_type.max_concurrent - len(mine)
             startable = 0
+            now = time.monotonic()
             for name in container_type.providers:
                 provider = self.providers[name]
+                if not self.provider_health[name].usable(now):
+                    continue
                 if provider.capacity is None:
                     startable = room
                     break
-                used = sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
-                startable += max(0, provider.capacity - used)
+                startable += max(0, provider.capacity - self.used(provider))
             free[container_type.name] = idle + max(0, min(room, startable))
         return free
 

@@ -146,3 +146,42 @@ file_durations = Table(
     Column("recent_runs", JSON, nullable=False),  # run ids applied lately: redeliveries count once
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+
+# -- job master: where jobs came from (code hosts) --------------------------------------------
+
+job_origins = Table(
+    "jobmaster_job_origins",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("host", String(20), primary_key=True),  # github | hg
+    Column("repository", String(400), primary_key=True),  # owner/name on GitHub; the hg repository's path or URL
+    Column("ref", String(400), primary_key=True),  # pull/<number> | refs/heads/<branch> | push/<pushId>
+    Column("pull_request", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_jobmaster_job_origins_pull_request", "host", "repository", "pull_request"),
+)
+
+hg_repositories = Table(
+    "jobmaster_hg_repositories",
+    metadata,
+    Column("repository", String(1000), primary_key=True),
+    Column("baseline", JSON, nullable=False),  # nodes of its heads when first seen: history, not pushes
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+hg_pushes = Table(
+    "jobmaster_hg_pushes",
+    metadata,
+    Column("repository", String(1000), primary_key=True),
+    Column("push_id", Integer, primary_key=True),  # 1, 2, ... per repository, as the pushlog numbers them
+    Column("tip", String(40), nullable=False),  # the push's last changeset: the revision its job tests
+    Column("changesets", JSON, nullable=False),  # json-pushes v2 full=1 changeset objects, tip last
+    Column("pusher", String(200), nullable=False),
+    Column("date", BigInteger, nullable=False),  # seconds since the epoch
+    Column("source", String(20), nullable=False),  # hook | poll
+    Column("job_id", ID),
+    Column("message", Text),  # why it has no job
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("repository", "tip", name="uq_jobmaster_hg_pushes_repository_tip"),
+)

@@ -25,40 +25,6 @@ from infrax.bus import Bus, Message
 from infrax.bus.memory import MemoryBus
 from infrax.bus.rabbitmq import DEAD_LETTER_QUEUE, RabbitMQBus
 
-AMQP_URL = os.environ.get("INFRAX_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so the real broker is required)")
-    pytest.skip(reason)
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> Iterator[str]:
-    url = URL(AMQP_URL)
-    try:
-        socket.create_connection((url.host or "127.0.0.1", url.port or 5672), timeout=2).close()
-    except OSError as e:
-        unavailable(
-            f"RabbitMQ is not reachable at {url.host}:{url.port} ({e}); start it with `rabbitmq-server -detached`"
-        )
-    if shutil.which("rabbitmqctl") is None:
-        yield AMQP_URL
-        return
-    vhost = f"infrax-test-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, url.user or "guest", ".*", ".*", ".*")
-        yield str(url.with_path("/" + vhost, encoded=False))
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
-
-
 @pytest.fixture(params=["memory", "rabbitmq"])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     bus: Bus

@@ -17,7 +17,8 @@ from infrax.bus.memory import MemoryBus
 from infrax.bus.messages import RunStatus
 from infrax.bus.rabbitmq import RabbitMQBus
 
-from .conftest import Inbox, Raw, event, rabbitmqctl, unavailable
+from tests.bus.conftest import Inbox, Raw, event
+from tests.conftest import rabbitmqctl, unavailable
 
 EX = topics.CONTAINERS
 Name = Callable[[str], str]

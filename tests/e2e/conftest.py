@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from yarl import URL
 
 from infrax.config import COMPONENTS, Config
 from infrax.model import ContainerType, TaskRequest, is_final
 from infrax.stack import Stack
+from tests.conftest import fresh_postgres_url
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
@@ -66,12 +69,27 @@ class Running:
         await self.stack.stop()
 
 
+BACKENDS = ["embedded", "postgresql+rabbitmq"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The store and bus URLs: SQLite and the in-process bus, or PostgreSQL and RabbitMQ."""
+    if request.param == "embedded":
+        yield {}
+        return
+    amqp = URL(request.getfixturevalue("rabbitmq_url"))
+    async for db in fresh_postgres_url():
+        # Queues of its own, so no test sees another's leftovers on the session's vhost.
+        yield {"db": db, "bus": str(amqp.update_query(queue_prefix=f"t{uuid.uuid4().hex[:8]}."))}
+
+
 @pytest.fixture
-async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def start_stack(tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[Callable[..., Any]]:
     started: list[Running] = []
 
     async def start(**overrides: Any) -> Running:
-        stack = Stack(make_config(tmp_path / "data", **overrides))
+        stack = Stack(make_config(tmp_path / "data", **{**backend, **overrides}))
         await stack.start()
         running = Running(stack)
         started.append(running)

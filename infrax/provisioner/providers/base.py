@@ -32,8 +32,8 @@ class ContainerProvider(abc.ABC):
 
     Options every kind understands (the provisioner reads them; defaults in brackets):
 
-        heartbeat_interval   seconds between heartbeats of each container [2]
-        heartbeat_timeout    seconds a heartbeat may take before it counts as failed [1.5]
+        heartbeat_interval   seconds between heartbeats of each container [1.5]
+        heartbeat_timeout    seconds a heartbeat may take before it counts as failed [1]
         heartbeat_failures   failed heartbeats in a row that make a container lost [3]; one is
                              enough when `alive` then says the container no longer runs
         failure_backoff      seconds the provisioner leaves the provider alone after a `create`
@@ -49,8 +49,8 @@ class ContainerProvider(abc.ABC):
         self.options = options or {}
         self.start_durations: deque[float] = deque(maxlen=256)  # seconds from create to agent ready
         o = self.options
-        self.heartbeat_interval = float(o.get("heartbeat_interval", 2.0))
-        self.heartbeat_timeout = float(o.get("heartbeat_timeout", 1.5))
+        self.heartbeat_interval = float(o.get("heartbeat_interval", 1.5))
+        self.heartbeat_timeout = float(o.get("heartbeat_timeout", 1.0))
         self.heartbeat_failures = int(o.get("heartbeat_failures", 3))
         self.failure_backoff = float(o.get("failure_backoff", 5.0))
         self.failure_backoff_max = float(o.get("failure_backoff_max", 120.0))
