@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench bench-optimizer services image install clean
+.PHONY: demo test bench bench-optimizer bench-containers services image install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -27,8 +27,11 @@ image: $(STAMP) services
 test: $(STAMP) services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(VENV)/bin/infrax bench
+bench: $(STAMP) services
+	$(VENV)/bin/infrax bench --backend embedded --backend production
+
+bench-containers: $(STAMP) services
+	$(PY) benchmarks/containers.py
 
 bench-optimizer: $(STAMP)
 	$(PY) benchmarks/optimizer.py

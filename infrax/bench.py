@@ -7,6 +7,7 @@ import resource
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +20,25 @@ from infrax.scheduler.client import SchedulerClient
 from infrax.stack import Stack
 
 TRIVIAL = "#!/bin/sh\nexit 0\n"
+
+
+async def run_bench_on(console: Console, backend: str, partitions: int, containers: int, postgres: str,
+                       amqp: str) -> dict[str, float]:
+    if backend == "embedded":
+        return await run_bench(console, partitions, containers)
+    if backend != "production":
+        raise ValueError(f"unknown backend {backend!r}: embedded or production")
+    import asyncpg
+
+    name = f"infrax_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"{postgres}/postgres")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        bus = f"{amqp}{'&' if '?' in amqp else '?'}queue_prefix=bench-{name}."
+        return await run_bench(console, partitions, containers, db=f"{postgres}/{name}", bus=bus)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def run_bench(console: Console, partitions: int, containers: int, db: str | None = None,

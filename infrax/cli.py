@@ -251,11 +251,14 @@ def demo(keep: bool = typer.Option(False, help="keep the demo's folder")) -> Non
 @app.command()
 def bench(partitions: int = typer.Option(1000, help="how many trivial partitions"),
           containers: int = typer.Option(8, help="warm containers"),
-          db: str | None = DbOption, bus: str | None = BusOption) -> None:
+          backend: list[str] = typer.Option(["embedded"], help="embedded, production (PostgreSQL + RabbitMQ)"),
+          postgres: str = typer.Option("postgresql://postgres@127.0.0.1:5432", help="server for 'production'"),
+          amqp: str = typer.Option("amqp://guest:guest@127.0.0.1:5672/", help="broker for 'production'")) -> None:
     """Push N trivial partitions through the whole pipeline and print throughput and latency."""
-    from infrax.bench import run_bench
+    from infrax.bench import run_bench_on
 
-    _run(lambda: run_bench(console, partitions, containers, db=db, bus=bus))
+    for name in backend:
+        _run(lambda name=name: run_bench_on(console, name, partitions, containers, postgres, amqp))
 
 
 def main() -> None:

@@ -289,8 +289,8 @@ class Scheduler:
             _partition_status(records.partition_from_row(p), None, task_names[p["task_id"]], row) for p in part_rows
         ]
         events.append(_request_status(row["id"], row["job_id"], request_state, State.PENDING))
-        await self._publish(events)
         self._dispatch_wanted.set()
+        await self._publish(events)
         return True
 
     # -- dispatching ------------------------------------------------------------------------

@@ -21,6 +21,8 @@ Options (the provider's `options` in configuration):
     pids_limit     optional cap on processes per container
     threads        worker threads for the (blocking) Docker SDK (default 8)
 
+and the options of every provider kind (heartbeats, back-off after failed starts): see base.py.
+
 The Docker SDK is synchronous; every call runs in this provider's own thread pool so a slow
 engine never starves the event loop's default executor (which DNS look-ups also use).
 """
