@@ -144,8 +144,10 @@ class Stack:
             )
             app = scheduler_app(service)
         elif name == "jobmaster":
+            from infrax.jobmaster.settings import JobMasterSettings
+
             service = JobMaster(db, bus, SchedulerClient(self.client("scheduler")), load_logic(self.logic),
-                                self.urls["jobmaster"])
+                                self.urls["jobmaster"], settings=JobMasterSettings.from_config(config))
             app = jobmaster_app(service)
         else:
             raise ValueError(f"unknown component {name!r}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from infrax.jobmaster.github import WebhookError
+from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
+from infrax.jobmaster.pushlog import HgPushNotice, push_view
 from infrax.jobmaster.service import JobMaster, JobNotFound
 from infrax.model import Job, PushSubmission
 from infrax.web import add_error_handlers
@@ -22,6 +27,14 @@ def create_app(jobmaster: JobMaster) -> FastAPI:
     @app.exception_handler(PushRejected)
     async def rejected(_request: Request, error: PushRejected) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(error)})
+
+    @app.exception_handler(WebhookError)
+    async def webhook_refused(_request: Request, error: WebhookError) -> JSONResponse:
+        return JSONResponse(status_code=error.status, content={"detail": error.detail})
+
+    @app.exception_handler(MirrorError)
+    async def unfetchable(_request: Request, error: MirrorError) -> JSONResponse:
+        return JSONResponse(status_code=502, content={"detail": str(error)})
 
     @app.post("/api/v1/pushes", response_model=Job, status_code=201)
     async def push(submission: PushSubmission, response: Response) -> Job:
@@ -49,6 +62,36 @@ def create_app(jobmaster: JobMaster) -> FastAPI:
         if content is None:
             raise HTTPException(404, f"no file {path!r} at the revision of job {job_id}")
         return Response(content, media_type="application/octet-stream")
+
+    @app.post("/api/v1/github/webhook", status_code=202)
+    async def github_webhook(request: Request) -> JSONResponse:
+        """A GitHub webhook delivery (see docs/code-hosts.md): signed, deduplicated by delivery id."""
+        answer = await jobmaster.github.handle(request.headers, await request.body())
+        return JSONResponse(status_code=answer.status, content=answer.body)
+
+    @app.post("/api/v1/hg/pushes", status_code=201)
+    async def hg_push(notice: HgPushNotice, response: Response) -> dict[str, Any]:
+        """What a changegroup hook reports: the push is recorded once and its tip run as a job."""
+        row, created = await jobmaster.hg.notify(notice)
+        if not created:
+            response.status_code = 200
+        return {**push_view(row), "created": created}
+
+    @app.post("/api/v1/hg/poll")
+    async def hg_poll() -> list[dict[str, Any]]:
+        """Poll the configured Mercurial repositories now; the pushes found."""
+        return [push_view(row) for row in await jobmaster.hg.poll_once()]
+
+    @app.get("/api/v1/hg/json-pushes")
+    async def hg_json_pushes(
+        repository: str = Query(min_length=1, description="the repository's path or URL"),
+        start_id: int | None = Query(None, alias="startID", ge=0),
+        end_id: int | None = Query(None, alias="endID", ge=0),
+        full: bool = False,
+        version: int = Query(2, ge=2, le=2),
+    ) -> dict[str, Any]:
+        """The recorded pushes, as hg.mozilla.org's `json-pushes?version=2` shows them."""
+        return await jobmaster.hg.json_pushes(repository, start_id, end_id, full)
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

@@ -22,6 +22,10 @@ class MirrorError(Exception):
     """The repository could not be fetched; the message says from where and why."""
 
 
+class RevisionMissing(MirrorError):
+    """The repository was fetched, but it has no such revision."""
+
+
 @dataclass(frozen=True)
 class UrlRewrite:
     prefix: str
@@ -40,7 +44,7 @@ def check_url(url: str) -> None:
     """A fetchable URL or absolute local path; never an option or a transport helper (`ext::`)."""
     if url.startswith(_ALLOWED_SCHEMES) or (url.startswith("/") and not url.startswith("//")):
         return
-    if re.match(r"^[\w.-]+@[\w.-]+:[^:]", url):  # scp-like ssh: git@github.com:owner/repo.git
+    if re.match(r"^\w[\w.-]*@[\w.-]+:[^:]", url):  # scp-like ssh: git@github.com:owner/repo.git
         return
     raise MirrorError(f"cannot fetch from {url!r}: not an http(s), ssh, git or file URL, nor an absolute path")
 
@@ -88,7 +92,7 @@ class Mirrors:
                 except git.GitError:
                     continue
                 return mirror
-            raise MirrorError(f"revision {revision} is not in {head_url or url}")
+            raise RevisionMissing(f"revision {revision} is not in {head_url or url}")
 
     async def hg(self, url: str) -> str:
         """A local repository to read `url` from: itself when local, else a pulled mirror."""

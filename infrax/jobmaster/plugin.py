@@ -5,8 +5,9 @@ A project plugs its own logic in through the Python entry point group `infrax.jo
     [project.entry-points."infrax.jobmasters"]
     my-project = "my_package.ci:MyProjectLogic"
 
-and the job master is started with `--logic my-project`. infrax ships `reference`, which reads
-`.infrax.yml` from the repository at the pushed revision.
+and the job master is started with `--logic my-project` (or `--logic my_package.ci:MyProjectLogic`).
+infrax ships `reference`, which reads `.infrax.yml` from the repository at the pushed revision,
+and `skip-docs` (`infrax.jobmaster.examples`), which decides in code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import import_module
 from importlib.metadata import entry_points
 
 from infrax.model import TaskDefinition
@@ -57,12 +59,28 @@ class ProjectLogic(abc.ABC):
 
 
 def load_logic(name: str) -> ProjectLogic:
+    """The logic registered as `name` in the entry point group, or a `module:Class` to import."""
     if name == "reference":
         from infrax.jobmaster.reference import InfraxYamlLogic
 
         return InfraxYamlLogic()
+    if ":" in name:
+        module, _, attribute = name.partition(":")
+        try:
+            logic = getattr(import_module(module), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"cannot load job master logic {name!r}: {error}") from error
+        return _instance(logic, name)
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         known = sorted({"reference", *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
         raise ValueError(f"no job master logic {name!r}; installed: {', '.join(known)}")
-    return found[0].load()()
+    return _instance(found[0].load(), name)
+
+
+def _instance(factory: object, name: str) -> ProjectLogic:
+    """A ProjectLogic subclass (or a factory of one) made into the instance the job master uses."""
+    made = factory() if callable(factory) else factory
+    if not isinstance(made, ProjectLogic):
+        raise ValueError(f"job master logic {name!r} is not a ProjectLogic (it made a {type(made).__name__})")
+    return made

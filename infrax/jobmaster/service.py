@@ -1,24 +1,41 @@
-"""The job master: a push becomes a job; the job follows its task request on the bus."""
+"""The job master: a push becomes a job; the job follows its task request on the bus.
+
+Pushes come from the CLI (`POST /api/v1/pushes`), from GitHub webhooks (`github.py`) and
+from Mercurial pushes (`pushlog.py`); each trigger resolves its revision into a `Checkout`
+and calls `start_job`. Reporting back goes to GitHub (`statuses.py`) and Treeherder
+(`treeherder.py`), both driven by the bus.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import JobStatus, RequestStatus, TaskStatus
 from infrax.http import ServiceError
-from infrax.jobmaster import git
+from infrax.jobmaster.checkout import Checkout, Origin
+from infrax.jobmaster.github import GitHubWebhooks
+from infrax.jobmaster.mirrors import MirrorError, Mirrors
 from infrax.jobmaster.plugin import ProjectLogic, Push, PushRejected
+from infrax.jobmaster.pushlog import HgPushes
+from infrax.jobmaster.records import insert_once
+from infrax.jobmaster.settings import JobMasterSettings
+from infrax.jobmaster.statuses import CommitStatuses
+from infrax.jobmaster.treeherder import TreeherderReporter
+from infrax.jobmaster.vcs import Source, VcsError
 from infrax.model import Job, JobTask, PushSubmission, State, TaskDefinition, TaskRequestSubmission, is_final, new_id, utcnow
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
-from infrax.store.tables import job_tasks, jobs
+from infrax.store.tables import job_origins, job_tasks, jobs
 
 log = logging.getLogger(__name__)
+
+_SCP_URL = re.compile(r"^[\w.-]+@[\w.-]+:")
 
 
 class JobNotFound(Exception):
@@ -26,61 +43,132 @@ class JobNotFound(Exception):
 
 
 class JobMaster:
-    def __init__(self, db: Database, bus: Bus, scheduler: SchedulerClient, logic: ProjectLogic, public_url: str) -> None:
+    def __init__(self, db: Database, bus: Bus, scheduler: SchedulerClient, logic: ProjectLogic, public_url: str,
+                 settings: JobMasterSettings | None = None) -> None:
         self.db = db
         self.bus = bus
         self.scheduler = scheduler
         self.logic = logic
         self.public_url = public_url.rstrip("/")
+        self.settings = settings or JobMasterSettings()
+        self.mirrors = Mirrors(self.settings.mirrors, self.settings.url_rewrites)
+        self.github = GitHubWebhooks(self, self.settings.github_secrets)
+        self.statuses = CommitStatuses(self, self.settings.github_api_url, self.settings.github_token)
+        self.hg = HgPushes(self, self.settings.hg_poll, self.settings.hg_poll_interval)
+        self.treeherder = TreeherderReporter(self, self.settings.treeherder_build_system)
         self._subscriptions: list[Any] = []
 
     async def start(self) -> None:
         self._subscriptions = [
             await self.bus.subscribe("jobmaster", topics.REQUESTS, ["#"], self._on_request_status),
             await self.bus.subscribe("jobmaster-tasks", topics.TASKS, ["#"], self._on_task_status),
+            await self.statuses.subscribe(),
         ]
+        if self.settings.treeherder:
+            self._subscriptions.append(await self.treeherder.subscribe())
         await self._submit_unsubmitted()
+        self.hg.start()
 
     async def stop(self) -> None:
+        await self.hg.stop()
         for sub in self._subscriptions:
             await sub.cancel()
+        await self.statuses.close()
 
     # -- pushes -----------------------------------------------------------------------------
 
     async def push(self, submission: PushSubmission, source: str = "cli") -> tuple[Job, bool]:
-        """The job for this revision, created (True) or the one that already exists (False)."""
+        """The job for a revision of a local repository (git or hg) or of a git clone URL."""
+        repository, revision = submission.repository, submission.revision
         try:
-            revision = await git.resolve(submission.repository, submission.revision)
-            changed = await git.changed_paths(submission.repository, revision)
-        except git.GitError as error:
+            if "://" in repository or _SCP_URL.match(repository):
+                repository = self.mirrors.rewrite(repository)
+                reader = Source("git", await self.mirrors.git(repository))
+            else:
+                reader = Source.detect(repository)
+                if reader.vcs == "hg" and revision == "HEAD":
+                    revision = "tip"
+            resolved = await reader.resolve(revision)
+            changed = await reader.changed_paths(resolved)
+        except (VcsError, MirrorError) as error:
             raise PushRejected(str(error)) from error
+        return await self.start_job(Checkout(reader, repository, resolved, submission.branch, changed, source))
+
+    async def start_job(self, checkout: Checkout) -> tuple[Job, bool]:
+        """The job for this revision: created or run again after a cancel (True), or the existing one (False).
+
+        One job per project and revision: a revision pushed again returns its job (adding the new
+        origin to it), except a cancelled job, which runs again (a pull request closed and reopened).
+        """
         job_id = new_id()
-        repo = submission.repository
+        reader, revision = checkout.source, checkout.revision
         push = Push(
-            repository=repo, revision=revision, branch=submission.branch, changed_paths=changed, source=source,
-            read_file=lambda path: git.read_file(repo, revision, path),
-            list_files=lambda: git.list_files(repo, revision),
+            repository=checkout.repository, revision=revision, branch=checkout.branch,
+            changed_paths=checkout.changed_paths, source=checkout.trigger,
+            read_file=lambda path: reader.read_file(revision, path),
+            list_files=lambda: reader.list_files(revision),
             file_url=lambda path: f"{self.public_url}/api/v1/jobs/{job_id}/files/{path}",
         )
-        plan = await self.logic.plan(push)
+        try:
+            plan = await self.logic.plan(push)
+        except VcsError as error:
+            raise PushRejected(str(error)) from error
         existing = await self._find(plan.project, revision)
         if existing is not None:
-            return existing, False
+            return await self._again(existing, checkout.origin)
         now = utcnow()
-        details = {"branch": submission.branch, "changedPaths": changed,
-                   "tasks": [t.wire() for t in plan.tasks]}
-        try:
-            async with self.db.begin() as conn:
-                await conn.execute(insert(jobs).values(
-                    id=job_id, project=plan.project, revision=revision, repository=repo, source=source,
-                    state=State.PENDING, details=details, created_at=now, updated_at=now))
-        except IntegrityError:  # the same revision pushed twice at once
+        details: dict[str, Any] = {"branch": checkout.branch, "changedPaths": checkout.changed_paths,
+                                   "tasks": [t.wire() for t in plan.tasks], "vcs": reader.vcs}
+        if reader.path != checkout.repository:
+            details["readFrom"] = reader.path
+        if checkout.origin is not None:
+            details["origin"] = _origin_details(checkout.origin)
+        async with self.db.begin() as conn:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(jobs).values(
+                        id=job_id, project=plan.project, revision=revision, repository=checkout.repository,
+                        source=checkout.trigger, state=State.PENDING, details=details, created_at=now,
+                        updated_at=now))
+                    if checkout.origin is not None:
+                        await conn.execute(insert(job_origins).values(_origin_row(job_id, checkout.origin)))
+                created = True
+            except IntegrityError:  # the same revision pushed twice at once
+                created = False
+        if not created:
             existing = await self._find(plan.project, revision)
             assert existing is not None
-            return existing, False
+            return await self._again(existing, checkout.origin)
         await self._publish(job_id, plan.project, revision, State.PENDING, None)
         await self._submit(job_id)
         return await self.get(job_id), True
+
+    async def _again(self, job: Job, origin: Origin | None) -> tuple[Job, bool]:
+        added = origin is not None and await self._add_origin(job.id, origin)
+        if job.state == State.CANCELLED:
+            await self._rerun(job.id)
+            return await self.get(job.id), True
+        if added and origin is not None and origin.host == "github":
+            self.statuses.report_soon(job.id)  # the new pull request shows the job's state at once
+        return job, False
+
+    async def _add_origin(self, job_id: str, origin: Origin) -> bool:
+        return await insert_once(self.db, job_origins, _origin_row(job_id, origin))
+
+    async def _rerun(self, job_id: str) -> None:
+        async with self.db.begin() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update())).mappings().one()
+            if row["state"] != State.CANCELLED:
+                return
+            details = dict(row["details"] or {})
+            details["previousRequests"] = [*details.get("previousRequests", []),
+                                           *([row["request_id"]] if row["request_id"] else [])]
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+                state=State.PENDING, request_id=None, message=None, details=details, updated_at=utcnow()))
+            await conn.execute(delete(job_tasks).where(job_tasks.c.job_id == job_id))
+        await self._publish(job_id, row["project"], row["revision"], State.PENDING, State.CANCELLED,
+                            "pushed again after it was cancelled: running again")
+        await self._submit(job_id)
 
     async def _submit(self, job_id: str) -> None:
         """Send the job's task request; a job whose request did not get through is retried at start."""
@@ -90,7 +178,8 @@ class JobMaster:
         if not definitions:
             await self._set_state(row, State.COMPLETED, "no tasks to run")
             return
-        existing = await self.scheduler.list_requests(job_id)
+        previous = set(row["details"].get("previousRequests", []))
+        existing = [r for r in await self.scheduler.list_requests(job_id) if r.id not in previous]
         if existing:
             request_id = existing[0].id
         else:
@@ -120,19 +209,26 @@ class JobMaster:
 
     # -- following --------------------------------------------------------------------------
 
+    async def _current(self, job_id: str, request_id: str) -> Any:
+        """The job's row, or None when this news is of a request the job no longer follows."""
+        async with self.db.begin() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
+        if row is None or request_id in (row["details"] or {}).get("previousRequests", []):
+            return None
+        return row
+
     async def _on_request_status(self, message: Message) -> None:
         status = RequestStatus.model_validate(message.body)
         if status.job_id is None:
             return
-        async with self.db.begin() as conn:
-            row = (await conn.execute(select(jobs).where(jobs.c.id == status.job_id))).mappings().first()
+        row = await self._current(status.job_id, status.request_id)
         if row is None or row["state"] == status.state or is_final(row["state"]):
             return  # news of a job we finished already arrives late, or twice
         await self._set_state(row, State(status.state), status.message, request_id=status.request_id)
 
     async def _on_task_status(self, message: Message) -> None:
         status = TaskStatus.model_validate(message.body)
-        if status.job_id is None:
+        if status.job_id is None or await self._current(status.job_id, status.request_id) is None:
             return
         values = {"job_id": status.job_id, "name": status.name, "state": status.state, "message": status.message}
         async with self.db.begin() as conn:
@@ -183,6 +279,13 @@ class JobMaster:
             rows = (await conn.execute(query)).mappings().all()
         return [_job(r, []) for r in rows]
 
+    async def origins(self, job_id: str, host: str | None = None) -> list[dict[str, Any]]:
+        query = select(job_origins).where(job_origins.c.job_id == job_id)
+        if host:
+            query = query.where(job_origins.c.host == host)
+        async with self.db.begin() as conn:
+            return [dict(r) for r in (await conn.execute(query.order_by(job_origins.c.created_at))).mappings().all()]
+
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)
         if job.request_id:
@@ -193,9 +296,38 @@ class JobMaster:
             await self._set_state(row, State.CANCELLED, "cancelled before its tasks were submitted")
         return await self.get(job_id)
 
+    async def cancel_pull_request(self, repository: str, number: int) -> list[Job]:
+        """Cancel the unfinished jobs of a closed pull request, except those a branch push also asked for."""
+        ref = f"pull/{number}"
+        async with self.db.begin() as conn:
+            job_ids = (await conn.execute(select(job_origins.c.job_id).where(
+                job_origins.c.host == "github", job_origins.c.repository == repository,
+                job_origins.c.pull_request == number))).scalars().all()
+        cancelled = []
+        for job_id in dict.fromkeys(job_ids):
+            job = await self.get(job_id)
+            others = [o for o in await self.origins(job_id) if not (o["host"] == "github" and o["ref"] == ref)]
+            if is_final(job.state) or any(o["pull_request"] is None for o in others):
+                continue
+            cancelled.append(await self.cancel(job_id))
+        return cancelled
+
     async def file_at_revision(self, job_id: str, path: str) -> bytes | None:
         job = await self.get(job_id)
-        return await git.read_file(job.repository, job.revision, path)
+        async with self.db.begin() as conn:
+            details = (await conn.execute(select(jobs.c.details).where(jobs.c.id == job_id))).scalar() or {}
+        reader = Source(details.get("vcs", "git"), details.get("readFrom", job.repository))
+        return await reader.read_file(job.revision, path)
+
+
+def _origin_row(job_id: str, origin: Origin) -> dict[str, Any]:
+    return {"job_id": job_id, "host": origin.host, "repository": origin.repository, "ref": origin.ref,
+            "pull_request": origin.pull_request, "created_at": utcnow()}
+
+
+def _origin_details(origin: Origin) -> dict[str, Any]:
+    return {"host": origin.host, "repository": origin.repository, "ref": origin.ref,
+            **({"pullRequest": origin.pull_request} if origin.pull_request is not None else {}), **origin.info}
 
 
 def _job(row: Any, task_list: list[JobTask]) -> Job:

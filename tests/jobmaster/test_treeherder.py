@@ -1,0 +1,198 @@
+"""Treeherder: every partition change of a job is a pulse job message that Treeherder's schema accepts."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from infrax.bus import Message, topics
+from infrax.bus.messages import PartitionStatus
+from infrax.jobmaster.treeherder import pulse_jobs
+from infrax.model import TaskPartition
+from infrax.sample_project import break_one_test, make_sample_repo
+from tests.jobmaster.conftest import commit, git, job_in, pulse_job_schema, wait_for
+
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/\d+$")
+
+
+@pytest.fixture
+def validator() -> jsonschema.Draft6Validator:
+    schema = pulse_job_schema()
+    jsonschema.Draft6Validator.check_schema(schema)
+    return jsonschema.Draft6Validator(schema, format_checker=jsonschema.Draft6Validator.FORMAT_CHECKER)
+
+
+async def collecting(infrax: Any) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+
+    async def collect(message: Message) -> None:
+        messages.append(message.body)
+
+    await infrax.stack.bus.subscribe("test-treeherder", topics.TREEHERDER, ["#"], collect)
+    return messages
+
+
+def by_run(messages: list[dict[str, Any]], revision: str) -> dict[str, list[tuple[str, str]]]:
+    runs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for m in messages:
+        if m["origin"]["revision"] == revision:
+            runs[m["taskId"]].append((m["state"], m["result"]))
+    return runs
+
+
+async def test_every_message_of_a_demo_job_validates_and_a_failing_partition_fails(
+        start_stack, tmp_path: Path, validator: jsonschema.Draft6Validator) -> None:
+    infrax = await start_stack()
+    messages = await collecting(infrax)
+    jobmaster = infrax["jobmaster"]
+    repo = tmp_path / "sample"
+    good = make_sample_repo(repo)
+
+    pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": good})
+    assert pushed.status_code == 201, pushed.text
+    assert (await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception"))["state"] == "completed"
+
+    async def all_completed() -> bool:
+        runs = by_run(messages, good)
+        return len(runs) == 3 and all(states[-1][0] == "completed" for states in runs.values())
+
+    await wait_for(all_completed, 10, "a final message for each of the 3 partitions")
+    for message in messages:
+        validator.validate(message)
+        assert GUID.match(message["taskId"]) and message["retryId"] == 0
+        assert message["display"]["groupSymbol"] == "unit" and message["origin"]["project"] == "sample"
+        if message["state"] in ("running", "completed"):
+            assert message["logs"][0]["url"].startswith(str(infrax["executioner"].base_url))
+    for states in by_run(messages, good).values():
+        assert states[0] == ("pending", "unknown") and ("running", "unknown") in states
+        assert states[-1] == ("completed", "success")
+    final = next(m for m in messages if m["state"] == "completed")
+    log = (await infrax["executioner"].get(final["logs"][0]["url"])).text
+    assert "running 2 test files at " + good in log
+
+    bad = break_one_test(repo)
+    pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": bad})
+    assert (await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception"))["state"] == "failed"
+
+    async def bad_completed() -> dict[str, list[tuple[str, str]]] | None:
+        runs = by_run(messages, bad)
+        return runs if len(runs) == 3 and all(s[-1][0] == "completed" for s in runs.values()) else None
+
+    runs = await wait_for(bad_completed, 10, "the failing job's final messages")
+    assert sorted(states[-1][1] for states in runs.values()) == ["fail", "success", "success"]
+    failed = next(m for m in messages if m["origin"]["revision"] == bad and m.get("result") == "fail")
+    validator.validate(failed)
+    assert "AssertionError: 4 != 5" in (await infrax["executioner"].get(failed["logs"][0]["url"])).text
+    assert failed["jobInfo"]["summary"]
+
+
+async def test_an_agent_loss_is_a_retry_and_then_an_exception(start_stack, tmp_path: Path,
+                                                               validator: jsonschema.Draft6Validator) -> None:
+    infrax = await start_stack()
+    messages = await collecting(infrax)
+    agents = tmp_path / "agents"
+    doomed = tmp_path / "doomed.sh"
+    doomed.write_text(f"#!/bin/sh\necho $PPID >> {agents}\nsleep 60\n")
+    doomed.chmod(0o755)
+    repo = tmp_path / "doomed"
+    repo.mkdir()
+    git(repo, "init", "--quiet")
+    git(repo, "config", "user.email", "a@infrax.invalid")
+    git(repo, "config", "user.name", "a")
+    revision = commit(repo, {".infrax.yml": f"""version: 1
+project: doomed
+tasks:
+  - {{name: doomed, containerTag: linux_x86_64, bootstrapper: {doomed}, files: [a.py], retries: 1}}
+"""}, "doomed")
+
+    pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
+    assert pushed.status_code == 201, pushed.text
+    for attempt in (1, 2):
+        await wait_for(lambda: _started(agents, attempt), 20, f"run {attempt - 1} to start")
+        os.kill(int(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
+    job = await job_in(infrax["jobmaster"], pushed.json()["id"], "exception", "completed", "failed", timeout=30)
+    assert job["state"] == "exception"
+
+    async def exception_reported() -> bool:
+        return any(m.get("result") == "exception" for m in messages)
+
+    await wait_for(exception_reported, 10, "the exception message")
+    for message in messages:
+        validator.validate(message)
+    runs = by_run(messages, revision)
+    (first, second), = [sorted(g) for g in _by_partition(runs).values()]
+    assert first.endswith("/0") and second.endswith("/1")
+    assert runs[first][-1] == ("completed", "retry")
+    assert runs[second][0] == ("pending", "unknown") and runs[second][-1] == ("completed", "exception")
+    retry = next(m for m in messages if m["taskId"] == first and m["result"] == "retry")
+    assert retry["isRetried"] is True and retry["retryId"] == 0 and retry["logs"]
+
+
+async def _started(agents: Path, count: int) -> bool:
+    return agents.exists() and len(agents.read_text().split()) >= count
+
+
+def _by_partition(runs: dict[str, Any]) -> dict[str, list[str]]:
+    partitions: dict[str, list[str]] = defaultdict(list)
+    for guid in runs:
+        partitions[guid.split("/")[0]].append(guid)
+    return partitions
+
+
+# -- the mapping alone ----------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+def status(state: str, run: int = 0, previous: str | None = "running", **fields: Any) -> PartitionStatus:
+    partition = TaskPartition(
+        id="0123456789abcdef0123456789abcdef", task_id="t", request_id="r", job_id="j", index=2, count=4,
+        files=["a.py"], container_type="linux_x86_64", state=state, run=run, priority=0, queued_at=NOW,
+        log_url="http://127.0.0.1:7314/api/v1/runs/0123456789abcdef0123456789abcdef-0/log", **fields)
+    return PartitionStatus(previous_state=previous, task_name="mochitest-browser-chrome-with-a-long-name",
+                           project="my.project", revision="a" * 40, partition=partition)
+
+
+JOB = {"project": "my.project", "url": "http://127.0.0.1:7310/api/v1/jobs/j", "id": 7, "owner": "octocat"}
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    ("queued", [("pending", "unknown")]), ("dispatched", [("pending", "unknown")]),
+    ("running", [("running", "unknown")]), ("completed", [("completed", "success")]),
+    ("failed", [("completed", "fail")]), ("exception", [("completed", "exception")]),
+    ("cancelled", [("completed", "canceled")]), ("skipped", []),
+])
+def test_states_map_to_treeherder_states_and_results(state: str, expected: list[tuple[str, str]],
+                                                     validator: jsonschema.Draft6Validator) -> None:
+    made = pulse_jobs(status(state, started_at=NOW, finished_at=NOW, message="why"), JOB)
+    assert [(m["state"], m["result"]) for m in made] == expected
+    for message in made:
+        validator.validate(message)
+        assert message["taskId"] == "01234567-89ab-cdef-0123-456789abcdef/0"
+        assert message["origin"] == {"project": "my-project", "revision": "a" * 40, "id": 7}
+        assert message["display"]["groupSymbol"] == "mochitest-browser-chrome-"  # 25 characters
+        assert (message["display"]["chunkId"], message["display"]["chunkCount"]) == (2, 4)
+
+
+def test_a_requeued_partition_retries_the_lost_run_and_is_pending_as_the_next(
+        validator: jsonschema.Draft6Validator) -> None:
+    retry, pending = pulse_jobs(status("queued", run=1, previous="running"), JOB)
+    assert (retry["taskId"].endswith("/0"), retry["state"], retry["result"], retry["isRetried"]) == (
+        True, "completed", "retry", True)
+    assert (pending["taskId"].endswith("/1"), pending["state"], pending["retryId"]) == (True, "pending", 1)
+    assert "logs" not in pending
+    for message in (retry, pending):
+        validator.validate(message)
+
+
+def test_partitions_without_a_job_revision_are_not_reported() -> None:
+    assert pulse_jobs(status("running").model_copy(update={"revision": None}), JOB) == []
+    assert pulse_jobs(status("running").model_copy(update={"revision": "abc"}), JOB) == []
