@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import signal
 import time
 import urllib.error
@@ -56,6 +57,7 @@ MAX_DURATIONS_BYTES: Final = 16 * 1024 * 1024
 PIPE_DRAIN_TIMEOUT: Final = 2.0
 
 BOOTSTRAPPER_NAME: Final = "bootstrapper"
+TRASH_DIR_NAME: Final = ".trash"  # beside runs/: old run directories on their way out
 FILES_LIST_NAME: Final = "files.txt"
 REPORT_DIR_NAME: Final = "report"
 DURATIONS_NAME: Final = "durations.json"
@@ -396,8 +398,9 @@ class Run:
         content = await self._fetch_bootstrapper()
         path = self.directory / BOOTSTRAPPER_NAME
         try:
-            # One trip to a worker thread for all the file work: it is most of a short run's cost.
-            await asyncio.to_thread(self._make_directory, path, content)
+            # A few small local writes: cheaper here than a trip to a worker thread, which was most
+            # of a short run's cost. Removing old checkouts, which can be large, happens elsewhere.
+            self._make_directory(path, content)
         except OSError as exc:
             raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
         # Without a shebang execve() fails with ENOEXEC; run such scripts with sh
@@ -422,13 +425,18 @@ class Run:
     def _make_directory(self, bootstrapper: Path, content: bytes) -> None:
         runs_dir = self.settings.runs_dir
         runs_dir.mkdir(parents=True, exist_ok=True)
-        # Only the current run's directory is kept so a reused container does not
-        # fill its disk with old checkouts.
+        # Only the current run's directory is kept so a reused container does not fill its disk
+        # with old checkouts. Renaming is instant; the removal goes on in a thread of its own.
+        trash = self.settings.workdir / TRASH_DIR_NAME
+        trash.mkdir(exist_ok=True)
         for entry in runs_dir.iterdir():
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+                entry.rename(trash / f"{entry.name}-{time.monotonic_ns()}")
             else:
                 entry.unlink(missing_ok=True)
+        if any(trash.iterdir()):
+            threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True},
+                             daemon=True).start()
         self.directory.mkdir()
         (self.directory / REPORT_DIR_NAME).mkdir()
         files_text = "".join(f"{name}\n" for name in self.request.files)

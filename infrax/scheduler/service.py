@@ -46,6 +46,7 @@ from infrax.store.tables import partitions, requests, tasks
 log = logging.getLogger(__name__)
 
 DISPATCH_BATCH = 64
+DISPATCH_LINGER = 0.002
 CLAIM_TIMEOUT = 30.0  # seconds; a claim is held only while offering, a few milliseconds
 IN_FLIGHT = (State.DISPATCHED, State.RUNNING)
 
@@ -85,6 +86,7 @@ class Scheduler:
         self._free: dict[str, int] = {}
         self._free_checked = 0.0
         self._container_types: list[ContainerType] = []
+        self._types_fetched = 0.0
         self._definitions: dict[str, tuple[TaskDefinition, str, str | None]] = {}
         self._status_batcher = Batcher(self._apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
@@ -162,6 +164,7 @@ class Scheduler:
         for refresh in (False, True):
             if refresh or not self._container_types:
                 self._container_types = await self.provisioner.container_types()
+                self._types_fetched = time.monotonic()
             unknown = [t for t in definitions if pick_container_type(t.container_tag, self._container_types) is None]
             if not unknown:
                 return
@@ -240,7 +243,9 @@ class Scheduler:
                 await conn.execute(select(tasks).where(tasks.c.request_id == row["id"]).order_by(tasks.c.position))
             ).mappings().all()
         definitions = [TaskDefinition.model_validate(t["definition"]) for t in task_rows]
-        self._container_types = await self.provisioner.container_types()
+        if not self._container_types or time.monotonic() - self._types_fetched > 10.0:
+            self._container_types = await self.provisioner.container_types()
+            self._types_fetched = time.monotonic()
         plan = await self.optimizer.plan(
             PlanRequest(
                 project=row["project"], tasks=definitions, container_types=self._container_types,
@@ -298,6 +303,7 @@ class Scheduler:
     async def _dispatch_loop(self) -> None:
         while True:
             await _wait(self._dispatch_wanted, 1.0)
+            await asyncio.sleep(DISPATCH_LINGER)  # see Batcher: a few more freed containers per round
             try:
                 while await self._dispatch_batch():
                     pass
