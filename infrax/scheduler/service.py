@@ -613,8 +613,8 @@ class Scheduler:
     # -- publishing -------------------------------------------------------------------------
 
     async def _publish(self, events: list[BusMessage]) -> None:
-        for event in events:
-            await self.bus.publish(*_address(event), event.wire())
+        # Sent in order on one channel; only the broker's confirms are awaited together.
+        await asyncio.gather(*(self.bus.publish(*_address(event), event.wire()) for event in events))
 
 
 _FINAL = {State.COMPLETED, State.FAILED, State.EXCEPTION, State.CANCELLED, State.SKIPPED}
