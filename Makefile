@@ -29,6 +29,7 @@ test: $(STAMP) services
 
 bench: $(STAMP) services
 	$(VENV)/bin/infrax bench --backend embedded --backend production
+	$(PY) benchmarks/containers.py
 
 bench-containers: $(STAMP) services
 	$(PY) benchmarks/containers.py

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -112,8 +112,10 @@ class Scheduler:
         if recover_in_flight:
             await self.check_in_flight(grace=0.0)
         self._loops = [
-            asyncio.create_task(self._plan_loop(), name="scheduler-plan"),
-            asyncio.create_task(self._dispatch_loop(), name="scheduler-dispatch"),
+            asyncio.create_task(self._keep_doing(self._plan_wanted, self._plan_next, "planning", 1.0),
+                                name="scheduler-plan"),
+            asyncio.create_task(self._keep_doing(self._dispatch_wanted, self._dispatch_batch, "dispatch", 0.5,
+                                                 DISPATCH_LINGER), name="scheduler-dispatch"),
             asyncio.create_task(self._in_flight_loop(), name="scheduler-in-flight"),
         ]
         self._plan_wanted.set()
@@ -217,18 +219,22 @@ class Scheduler:
 
     # -- planning ---------------------------------------------------------------------------
 
-    async def _plan_loop(self) -> None:
+    async def _keep_doing(self, wanted: asyncio.Event, step: Callable[[], Awaitable[bool]], what: str,
+                          backoff: float, linger: float = 0.0) -> None:
+        """Run `step` while it says there is more, whenever `wanted` is set (or every second)."""
         while True:
-            await _wait(self._plan_wanted, 1.0)
+            await _wait(wanted, 1.0)
+            if linger:
+                await asyncio.sleep(linger)  # see Batcher: a few more freed containers per round
             try:
-                while await self._plan_next():
+                while await step():
                     pass
             except ServiceError as error:
-                log.warning("planning postponed: %s", error)
-                await asyncio.sleep(1.0)
+                log.warning("%s postponed: %s", what, error)
+                await asyncio.sleep(backoff)
             except Exception:
-                log.exception("planning failed; retrying")
-                await asyncio.sleep(1.0)
+                log.exception("%s failed; retrying", what)
+                await asyncio.sleep(backoff)
 
     async def _plan_next(self) -> bool:
         async with self.db.begin() as conn:
@@ -299,20 +305,6 @@ class Scheduler:
         return True
 
     # -- dispatching ------------------------------------------------------------------------
-
-    async def _dispatch_loop(self) -> None:
-        while True:
-            await _wait(self._dispatch_wanted, 1.0)
-            await asyncio.sleep(DISPATCH_LINGER)  # see Batcher: a few more freed containers per round
-            try:
-                while await self._dispatch_batch():
-                    pass
-            except ServiceError as error:
-                log.warning("dispatch postponed: %s", error)
-                await asyncio.sleep(0.5)
-            except Exception:
-                log.exception("dispatch failed; retrying")
-                await asyncio.sleep(0.5)
 
     async def _dispatch_batch(self) -> bool:
         """Offer as many queued partitions as the provisioner says it can take; True if more may follow."""

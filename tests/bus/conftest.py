@@ -9,17 +9,12 @@ An unreachable broker skips the RabbitMQ tests, except under `CI`, where it fail
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aio_pika
 import pytest
-from yarl import URL
 
 from infrax.bus import Bus, Message
 from infrax.bus.memory import MemoryBus

@@ -20,7 +20,7 @@ from yarl import URL
 
 from infrax.model import is_final
 from tests.conftest import fresh_postgres_url
-from tests.e2e.conftest import free_ports
+from tests.e2e.conftest import free_ports, wait_healthy
 
 
 class Cluster:
@@ -67,18 +67,10 @@ class Cluster:
         await asyncio.gather(*(self.wait_healthy(name) for name in self.names))
 
     async def wait_healthy(self, name: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                if self.processes[name].poll() is not None:
-                    raise AssertionError(f"{name} exited:\n{self.log(name)}")
-                try:
-                    if (await client.get(f"{self.url(name)}/api/v1/health")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{name} never answered:\n{self.log(name)}")
+        try:
+            await wait_healthy(self.url(name), self.processes[name], timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}\n{self.log(name)}") from None
 
     def kill(self, name: str) -> None:
         os.killpg(self.processes[name].pid, signal.SIGKILL)
