@@ -34,6 +34,15 @@ BusOption = typer.Option(None, "--bus", help="bus URL: memory:// or amqp://… (
 DataDirOption = typer.Option(None, "--data-dir", help="where logs, containers and the SQLite file live")
 
 
+def run_event_loop(main: Awaitable[T]) -> T:
+    """uvloop when installed: every component spends much of its time in the event loop itself."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[arg-type]
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(1)
@@ -50,7 +59,7 @@ def _config(config: Path | None = None, **overrides: Any) -> Config:
 def _run(work: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; turn every expected failure into one clear line instead of a traceback."""
     try:
-        return asyncio.run(work())  # type: ignore[arg-type]
+        return run_event_loop(work())
     except ServiceError as error:
         _fail(str(error))
     except (TimeoutError, ConfigError, ValueError, OSError, StoreError) as error:
