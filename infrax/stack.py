@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,10 +189,3 @@ class Stack:
             await self.db.close()
         for sock in self._sockets.values():
             sock.close()
-
-
-def only(names: Iterable[str]) -> tuple[str, ...]:
-    unknown = set(names) - set(COMPONENTS)
-    if unknown:
-        raise ValueError(f"unknown components: {', '.join(sorted(unknown))}")
-    return tuple(names)
