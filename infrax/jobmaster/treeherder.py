@@ -60,6 +60,8 @@ class TreeherderReporter:
                                                   self._on_partition_status, prefetch=1)
 
     async def _on_partition_status(self, message: Message) -> None:
+        if message.body["partition"].get("jobId") is None:  # the bus checked the shape; no job, no push
+            return
         status = PartitionStatus.model_validate(message.body)
         part = status.partition
         if part.job_id is None:

@@ -76,6 +76,8 @@ class OptimizerService:
     # -- learning ---------------------------------------------------------------------------
 
     async def _on_run_status(self, message: Message) -> None:
+        if message.body["state"] not in LEARNED_STATES:  # the bus checked the shape: skip cheaply
+            return
         status = RunStatus.model_validate(message.body)
         if status.state in LEARNED_STATES:
             self._measured[status.run_id] = (status.duration, status.file_durations)
@@ -84,6 +86,8 @@ class OptimizerService:
                 self._measured.popitem(last=False)
 
     async def _on_partition_status(self, message: Message) -> None:
+        if message.body["partition"]["state"] not in LEARNED_STATES:
+            return
         status = PartitionStatus.model_validate(message.body)
         part = status.partition
         if part.state not in LEARNED_STATES:
