@@ -42,6 +42,9 @@ class PartitionStatus(BusMessage):
     project: str
     revision: str | None
     partition: TaskPartition
+    # On a final state, what the run measured: its own time and the bootstrapper's per-file times.
+    duration: float | None = None
+    file_durations: dict[str, float] | None = None
 
 
 class TaskStatus(BusMessage):

@@ -441,6 +441,7 @@ class Scheduler:
                 )).mappings().all()
             }
             changed: dict[str, tuple[dict[str, Any], str]] = {}
+            measured: dict[str, RunStatus] = {}
             for status in statuses:
                 row = rows.get(status.partition_id)
                 if row is None or row["run"] != status.run or is_final(row["state"]):
@@ -452,6 +453,8 @@ class Scheduler:
                 before = changed.get(row["id"], (row, row["state"]))[1]
                 row.update(values)
                 changed[row["id"]] = (row, before)
+                if is_final(row["state"]):
+                    measured[row["id"]] = status
                 requeued |= row["state"] == State.QUEUED
             if changed:
                 await conn.execute(_UPDATE_PARTITION, [
@@ -460,8 +463,12 @@ class Scheduler:
             events += await self._settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
         for row, before in changed.values():
             definition, project, revision = self._definitions[row["task_id"]]
-            events.insert(0, _partition_status(records.partition_from_row(row), before, definition.name,
-                                               {"project": project, "revision": revision}))
+            event = _partition_status(records.partition_from_row(row), before, definition.name,
+                                      {"project": project, "revision": revision})
+            if row["id"] in measured:
+                event.duration = measured[row["id"]].duration
+                event.file_durations = measured[row["id"]].file_durations
+            events.insert(0, event)
         await self._publish(events)
         if requeued:
             self._dispatch_wanted.set()

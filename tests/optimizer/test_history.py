@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from infrax.bus import topics
 from infrax.bus.memory import MemoryBus
-from infrax.bus.messages import PartitionStatus, RunStatus
+from infrax.bus.messages import PartitionStatus
 from infrax.model import (
     ContainerType,
     ExecutionPlan,
@@ -18,7 +18,6 @@ from infrax.model import (
     State,
     TaskDefinition,
     TaskPartition,
-    run_id_of,
     utcnow,
 )
 from infrax.optimizer.history import RuntimeHistory, Sample, spread
@@ -116,18 +115,16 @@ def true_makespan(plan: ExecutionPlan, truth: dict[str, float] = TRUE) -> float:
     return max(sum(truth[f] for f in part.files) for part in plan.tasks[0].partitions)
 
 
-async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, send_run_status: bool = True,
+async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, measured: bool = True,
                  request_id: str = "req1", truth: dict[str, float] = TRUE) -> None:
-    """What the executioner and the scheduler publish when every partition of the plan completes."""
+    """What the scheduler publishes when every partition of the plan completes."""
     now = utcnow()
     for part in plan.tasks[0].partitions:
         partition_id = f"{request_id}p{part.index}"
         seconds = sum(truth[f] for f in part.files)
-        run = RunStatus(run_id=run_id_of(partition_id, 0), partition_id=partition_id, task_id="t1",
-                        request_id=request_id, job_id=None, run=0, container_type="linux", state="completed",
-                        exit_code=0, duration=seconds,
-                        file_durations={f: truth[f] for f in part.files} if report_files else None)
         status = PartitionStatus(
+            duration=seconds if measured else None,
+            file_durations={f: truth[f] for f in part.files} if report_files and measured else None,
             previous_state=State.RUNNING, task_name="unit", project="p", revision=None,
             partition=TaskPartition(
                 id=partition_id, task_id="t1", request_id=request_id, job_id=None, index=part.index,
@@ -137,8 +134,6 @@ async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, sen
             ),
         )
         key = topics.routing_key(None, "t1", partition_id, 0, "linux")
-        if send_run_status:
-            await bus.publish(topics.RUNS, key, run.wire())
         await bus.publish(topics.PARTITIONS, key, status.wire())
 
 
@@ -208,12 +203,12 @@ async def test_partition_times_alone_even_out_slow_and_quick_groups(db: Database
         await service.stop()
 
 
-async def test_without_a_run_status_the_partition_times_give_the_duration(db: Database, bus: MemoryBus) -> None:
+async def test_without_a_measured_duration_the_partition_times_give_it(db: Database, bus: MemoryBus) -> None:
     service = OptimizerService(db, bus)
     await service.start()
     try:
         plan = await service.plan(plan_request(["tests/test_00.py", "tests/test_02.py"], count=1))
-        await finish(bus, plan, report_files=False, send_run_status=False)
+        await finish(bus, plan, report_files=False, measured=False)
         await learned(service, 2)
         estimates = {r.file: r.estimate for r in await service.file_history("p", "unit")}
         assert estimates == pytest.approx({"tests/test_00.py": 11.0, "tests/test_02.py": 11.0}, rel=1e-3)
