@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import shutil
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from yarl import URL
 
 from infrax.bus import Message, topics
 from infrax.config import COMPONENTS, Config, ProviderConfig
@@ -37,11 +41,34 @@ async def run_bench_on(console: Console, backend: str, partitions: int, containe
     admin = await asyncpg.connect(f"{postgres}/postgres")
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        bus = f"{amqp}{'&' if '?' in amqp else '?'}queue_prefix=bench-{name}."
-        return await run_bench(console, partitions, containers, db=f"{postgres}/{name}", bus=bus)
+        async with _throwaway_vhost(amqp, name) as bus:
+            return await run_bench(console, partitions, containers, db=f"{postgres}/{name}", bus=bus)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@asynccontextmanager
+async def _throwaway_vhost(amqp: str, name: str) -> AsyncIterator[str]:
+    """A vhost of the run's own, deleted after: durable queues left bound to `#` by earlier runs
+    would otherwise take a copy of every message, and the broker's work grows run by run."""
+    if shutil.which("rabbitmqctl") is None:
+        raise RuntimeError("the production benchmark needs rabbitmqctl to make a throwaway vhost")
+    url = URL(amqp)
+
+    async def ctl(*args: str) -> None:
+        process = await asyncio.create_subprocess_exec("rabbitmqctl", *args, stdout=asyncio.subprocess.DEVNULL,
+                                                       stderr=asyncio.subprocess.PIPE)
+        _, err = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {err.decode(errors='replace').strip()}")
+
+    await ctl("add_vhost", name)
+    try:
+        await ctl("set_permissions", "-p", name, url.user or "guest", ".*", ".*", ".*")
+        yield str(url.with_path("/" + name, encoded=False))
+    finally:
+        await ctl("delete_vhost", name)
 
 
 async def run_bench(console: Console, partitions: int, containers: int, db: str | None = None,
