@@ -221,7 +221,8 @@ async def test_cancel_on_same_connection(agent: AgentProcess, script: Script, ch
     boot = script("tree.sh", TREE_SCRIPT)
     async with agent.client().run(run_request("cancel-me", boot)) as stream:
         seen = await read_until(stream, "ready")
-        seen += await read_until(stream, "grandchild")
+        if "grandchild" not in outputs(seen):  # the subshell may print before or after the script
+            seen += await read_until(stream, "grandchild")
         await stream.cancel()
         seen += await collect(stream, check)
     exit_message = seen[-1]
