@@ -57,7 +57,8 @@ fi
 say "starting podman system service on $SOCKET (log: $LOG)"
 rm -f "$SOCKET"
 # setsid + nohup: the service must outlive the shell (and the test session) that started it.
-setsid nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 </dev/null &
+# Started from /: conmon leaves files (an `oom` marker, say) in its working directory.
+(cd / && setsid nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 </dev/null &)
 
 tries=0
 until answers; do
