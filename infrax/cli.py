@@ -18,7 +18,7 @@ from infrax.console import Clients, job_table, show_failures, watch_job
 from infrax.executioner.client import ExecutionerClient
 from infrax.http import ServiceError, tcp_client
 from infrax.jobmaster.client import JobMasterClient
-from infrax.model import PushSubmission, is_final, run_id_of
+from infrax.model import PushSubmission, run_id_of
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import StoreError
 
@@ -277,5 +277,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["app", "main", "is_final"]

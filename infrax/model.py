@@ -178,6 +178,12 @@ class ContainerType(WireModel):
     overhead: float = Field(default=0.0, ge=0, description="seconds of start-up per partition")
 
 
+def pick_container_type(tags: list[str], types: list[ContainerType]) -> ContainerType | None:
+    """The first configured type carrying every requested tag (or named like the one tag asked for)."""
+    wanted = set(tags)
+    return next((t for t in types if wanted <= set(t.tags) or wanted == {t.name}), None)
+
+
 class ContainerState(StrEnum):
     STARTING = "starting"
     IDLE = "idle"

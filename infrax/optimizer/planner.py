@@ -17,7 +17,15 @@ import statistics
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
-from infrax.model import ContainerType, ExecutionPlan, PlannedPartition, PlannedTask, PlanRequest, TaskDefinition
+from infrax.model import (
+    ContainerType,
+    ExecutionPlan,
+    PlannedPartition,
+    PlannedTask,
+    PlanRequest,
+    TaskDefinition,
+    pick_container_type,
+)
 from infrax.optimizer.history import FileHistory, History
 from infrax.optimizer.partitioning import Partitioning, lower_bound, partition, split_evenly
 
@@ -233,12 +241,6 @@ def _simulate(
         heapq.heappush(free, finish)
         end = max(end, finish)
     return end
-
-
-def pick_container_type(tags: list[str], types: list[ContainerType]) -> ContainerType | None:
-    """The first configured type carrying every requested tag."""
-    wanted = set(tags)
-    return next((t for t in types if wanted <= set(t.tags) or wanted == {t.name}), None)
 
 
 def path_matches(path: str, pattern: str) -> bool:

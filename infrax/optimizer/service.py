@@ -14,9 +14,9 @@ from typing import Any
 from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import PartitionStatus
-from infrax.model import ExecutionPlan, PlanRequest, State, run_id_of
+from infrax.model import ExecutionPlan, PlanRequest, State, pick_container_type, run_id_of
 from infrax.optimizer.history import FileRuntime, RuntimeHistory, Sample
-from infrax.optimizer.planner import Planner, pick_container_type
+from infrax.optimizer.planner import Planner
 from infrax.store import Database
 
 log = logging.getLogger(__name__)

@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import BusMessage, ContainerEvent, PartitionStatus, RequestStatus, RunStatus, TaskStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
 from infrax.model import (
+    FINAL_STATES,
     ContainerType,
     PartitionOffer,
     PlanRequest,
@@ -32,6 +35,7 @@ from infrax.model import (
     TaskRequestSubmission,
     is_final,
     new_id,
+    pick_container_type,
     run_id_of,
     utcnow,
 )
@@ -39,7 +43,6 @@ from infrax.optimizer.client import OptimizerClient
 from infrax.provisioner.client import ProvisionerClient
 from infrax.scheduler import records
 from infrax.scheduler.aggregate import aggregate
-from infrax.batcher import Batcher
 from infrax.store import Database, aware
 from infrax.store.tables import partitions, requests, tasks
 
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 
 DISPATCH_BATCH = 64
 DISPATCH_LINGER = 0.002
-CLAIM_TIMEOUT = 30.0  # seconds; a claim is held only while offering, a few milliseconds
+CLAIM_TIMEOUT = 30.0
+DEFINITIONS_KEPT = 10_000  # seconds; a claim is held only while offering, a few milliseconds
 IN_FLIGHT = (State.DISPATCHED, State.RUNNING)
 
 
@@ -87,7 +91,8 @@ class Scheduler:
         self._free_checked = 0.0
         self._container_types: list[ContainerType] = []
         self._types_fetched = 0.0
-        self._definitions: dict[str, tuple[TaskDefinition, str, str | None]] = {}
+        # Task definitions by task id, with their project and revision: read once per task, not per run.
+        self._definitions: OrderedDict[str, tuple[TaskDefinition, str, str | None]] = OrderedDict()
         self._status_batcher = Batcher(self._apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
         self._subscriptions: list[Any] = []
@@ -161,8 +166,6 @@ class Scheduler:
         return request
 
     async def _check_container_tags(self, definitions: list[TaskDefinition]) -> None:
-        from infrax.optimizer.planner import pick_container_type
-
         for refresh in (False, True):
             if refresh or not self._container_types:
                 self._container_types = await self.provisioner.container_types()
@@ -374,11 +377,12 @@ class Scheduler:
                     update(partitions).where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
                     .values(claimed_by=None)
                 )
-        events: list[BusMessage] = []
-        for row in dispatched:
-            definition, project, revision = self._definitions[row["task_id"]]
-            events.append(_partition_status(records.partition_from_row(row), State.QUEUED, definition.name,
-                                            {"project": project, "revision": revision}))
+        offered = {o.partition_id: o for o in offers}
+        events: list[BusMessage] = [
+            _partition_status(records.partition_from_row(row), State.QUEUED, offered[row["id"]].task_name,
+                              {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision})
+            for row in dispatched
+        ]
         await self._publish(events)
         return True
 
@@ -391,7 +395,9 @@ class Scheduler:
 
     async def _definition(self, conn: AsyncConnection, task_id: str) -> tuple[TaskDefinition, str, str | None]:
         cached = self._definitions.get(task_id)
-        if cached is None:
+        if cached is not None:
+            self._definitions.move_to_end(task_id)
+        else:
             row = (
                 await conn.execute(
                     select(tasks.c.definition, requests.c.project, requests.c.revision)
@@ -401,6 +407,8 @@ class Scheduler:
             ).one()
             cached = (TaskDefinition.model_validate(row.definition), row.project, row.revision)
             self._definitions[task_id] = cached
+            if len(self._definitions) > DEFINITIONS_KEPT:
+                self._definitions.popitem(last=False)
         return cached
 
     async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
@@ -442,12 +450,13 @@ class Scheduler:
             }
             changed: dict[str, tuple[dict[str, Any], str]] = {}
             measured: dict[str, RunStatus] = {}
+            known: dict[str, tuple[TaskDefinition, str, str | None]] = {}
             for status in statuses:
                 row = rows.get(status.partition_id)
                 if row is None or row["run"] != status.run or is_final(row["state"]):
                     continue  # a duplicate, or news of a run already replaced or finished
-                definition, _, _ = await self._definition(conn, row["task_id"])
-                values = _transition(row, status, definition.retries)
+                known[row["task_id"]] = await self._definition(conn, row["task_id"])
+                values = _transition(row, status, known[row["task_id"]][0].retries)
                 if values is None:
                     continue
                 before = changed.get(row["id"], (row, row["state"]))[1]
@@ -462,7 +471,7 @@ class Scheduler:
                 ])
             events += await self._settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
         for row, before in changed.values():
-            definition, project, revision = self._definitions[row["task_id"]]
+            definition, project, revision = known[row["task_id"]]
             event = _partition_status(records.partition_from_row(row), before, definition.name,
                                       {"project": project, "revision": revision})
             if row["id"] in measured:
@@ -580,7 +589,7 @@ class Scheduler:
                 raise NotFound("no such task request or job")
             parts = (
                 await conn.execute(
-                    select(partitions).where(partition_clause, partitions.c.state.not_in(list(_FINAL)))
+                    select(partitions).where(partition_clause, partitions.c.state.not_in(list(FINAL_STATES)))
                 )
             ).mappings().all()
             in_flight = [run_id_of(p["id"], p["run"]) for p in parts if p["state"] in IN_FLIGHT]
@@ -592,7 +601,7 @@ class Scheduler:
                 events.append(_partition_status(records.partition_from_row(row), part["state"], definition.name,
                                                 {"project": project, "revision": revision}))
             for task_row in (
-                await conn.execute(select(tasks).where(task_clause, tasks.c.state.not_in(list(_FINAL))))
+                await conn.execute(select(tasks).where(task_clause, tasks.c.state.not_in(list(FINAL_STATES))))
             ).mappings().all():
                 await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=State.CANCELLED))
                 events.append(_task_status(task_row, State.CANCELLED, task_row["state"]))
@@ -616,7 +625,6 @@ class Scheduler:
         await asyncio.gather(*(self.bus.publish(*_address(event), event.wire()) for event in events))
 
 
-_FINAL = {State.COMPLETED, State.FAILED, State.EXCEPTION, State.CANCELLED, State.SKIPPED}
 _MUTABLE = ("state", "run", "exit_code", "message", "log_url", "container_id", "queued_at", "started_at",
             "finished_at", "claimed_by", "dispatched_at")
 # One statement for a whole batch of partition changes (executemany).
