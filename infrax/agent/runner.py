@@ -81,11 +81,63 @@ class RunSettings:
         self.kill_grace = kill_grace
         self.max_buffered_messages = max_buffered_messages
         self.max_buffered_bytes = max_buffered_bytes
+        self.bootstrappers = LocalFileCache()
+        self.trash = TrashCollector(workdir / TRASH_DIR_NAME)
 
     @property
     def runs_dir(self) -> Path:
         """Directory that holds the run directories."""
         return self.workdir / "runs"
+
+
+class LocalFileCache:
+    """Local bootstrappers by path, read again only when the file changed.
+
+    A container runs the same bootstrapper partition after partition; on a short partition,
+    reading it in a worker thread every time cost more than the rest of the preparation.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+
+    def get(self, path: str) -> bytes | None:
+        stamp = _stamp(path)
+        cached = self._files.get(path)
+        return cached[1] if cached is not None and stamp is not None and cached[0] == stamp else None
+
+    def put(self, path: str, stamp: tuple[int, int, int] | None, content: bytes) -> None:
+        if stamp is not None:
+            self._files[path] = (stamp, content)
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class TrashCollector:
+    """Removes old run directories in one background thread, so a run never waits for it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def empty_soon(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="trash", daemon=True)
+            self._thread.start()
+        self._wanted.set()
+
+    def _work(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            for entry in list(self.directory.iterdir()) if self.directory.is_dir() else []:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def sanitize_run_id(run_id: str) -> str:
@@ -427,16 +479,17 @@ class Run:
         runs_dir.mkdir(parents=True, exist_ok=True)
         # Only the current run's directory is kept so a reused container does not fill its disk
         # with old checkouts. Renaming is instant; the removal goes on in a thread of its own.
-        trash = self.settings.workdir / TRASH_DIR_NAME
+        trash = self.settings.trash.directory
         trash.mkdir(exist_ok=True)
+        moved = False
         for entry in runs_dir.iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 entry.rename(trash / f"{entry.name}-{time.monotonic_ns()}")
+                moved = True
             else:
                 entry.unlink(missing_ok=True)
-        if any(trash.iterdir()):
-            threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True},
-                             daemon=True).start()
+        if moved:
+            self.settings.trash.empty_soon()
         self.directory.mkdir()
         (self.directory / REPORT_DIR_NAME).mkdir()
         files_text = "".join(f"{name}\n" for name in self.request.files)
@@ -451,8 +504,17 @@ class Run:
             parts = urllib.parse.urlsplit(source)
             if parts.netloc not in ("", "localhost"):
                 raise BootstrapError(f"bootstrapper {source}: file:// URLs must not name a remote host")
-            return await asyncio.to_thread(_read_file, urllib.request.url2pathname(parts.path))
-        return await asyncio.to_thread(_read_file, source)
+            return await self._read_local(urllib.request.url2pathname(parts.path))
+        return await self._read_local(source)
+
+    async def _read_local(self, path: str) -> bytes:
+        cache = self.settings.bootstrappers
+        content = cache.get(path)
+        if content is None:
+            stamp = _stamp(path)
+            content = await asyncio.to_thread(_read_file, path)
+            cache.put(path, stamp, content)
+        return content
 
     def _read_durations(self) -> dict[str, float] | None:
         """Read the optional ``durations.json`` a bootstrapper left in the report directory."""

@@ -71,7 +71,9 @@ class ContainerEvent(BusMessage):
     kind: Literal["container-event"] = "container-event"
     event: Literal["free", "started", "stopped", "lost"]
     container_type: str
-    container_id: str | None = None
+    container_id: str | None = None  # the container, when the event is about one
+    # How many containers of the type the event is about: "free" events are coalesced.
+    count: int = Field(default=1, ge=1)
 
 
 class JobStatus(BusMessage):

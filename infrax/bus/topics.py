@@ -1,13 +1,18 @@
 """Every exchange name and routing key of infrax, in one place.
 
-Routing keys always have five words, `_` standing for a missing one:
+Routing keys always have six words, `_` standing for a missing one:
 
-    <jobId>.<taskId>.<partitionId>.<run>.<containerType>
+    <jobId>.<taskId>.<partitionId>.<run>.<containerType>.<state>
 
-so a consumer can bind e.g. `<jobId>.#` for one job or `*.*.*.*.linux_x86_64` for one type.
+so a consumer can bind e.g. `<jobId>.#` for one job, `*.*.*.*.linux_x86_64.*` for one type, or
+`#.completed` for one state. The last word is the state the message reports (a container
+event's `event`), so a consumer that wants only some states never receives the others: the
+broker, not the consumer, drops them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 PREFIX = "exchange/infrax/v1"
 RUNS = f"{PREFIX}/partition-runs"  # executioner/provisioner -> scheduler: what happened to a run
@@ -29,6 +34,12 @@ def routing_key(
     partition_id: str | None = None,
     run: int | None = None,
     container_type: str | None = None,
+    state: str | None = None,
 ) -> str:
-    words = (job_id, task_id, partition_id, None if run is None else str(run), container_type)
+    words = (job_id, task_id, partition_id, None if run is None else str(run), container_type, state)
     return ".".join(word or MISSING for word in words)
+
+
+def state_bindings(states: Iterable[str]) -> list[str]:
+    """Binding keys for every message whose state (the last word) is one of `states`."""
+    return [f"*.*.*.*.*.{state}" for state in sorted(states)]

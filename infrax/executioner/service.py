@@ -199,7 +199,8 @@ class Executioner:
     async def _publish(self, status: RunStatus) -> None:
         await self.bus.publish(
             topics.RUNS,
-            topics.routing_key(status.job_id, status.task_id, status.partition_id, status.run, status.container_type),
+            topics.routing_key(status.job_id, status.task_id, status.partition_id, status.run, status.container_type,
+                               status.state),
             status.wire(),
         )
 

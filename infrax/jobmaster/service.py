@@ -250,7 +250,7 @@ class JobMaster:
                        message: str | None = None) -> None:
         status = JobStatus(job_id=job_id, project=project, revision=revision, state=state, previous_state=previous,
                            message=message)
-        await self.bus.publish(topics.JOBS, topics.routing_key(job_id), status.wire())
+        await self.bus.publish(topics.JOBS, topics.routing_key(job_id, state=state), status.wire())
 
     # -- queries ----------------------------------------------------------------------------
 

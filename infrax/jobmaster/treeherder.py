@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = {State.COMPLETED: "success", State.FAILED: "fail", State.EXCEPTION: "exception",
            State.CANCELLED: "canceled"}
+REPORTED_STATES = frozenset({State.PENDING, State.QUEUED, State.RUNNING, *RESULTS})
 LOG_NAME = "live_backing_log"  # the name Treeherder's log parser looks for
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _OS = ("linux", "windows", "macosx", "macos", "osx", "android", "freebsd")
@@ -55,8 +56,10 @@ class TreeherderReporter:
         self._jobs: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
     async def subscribe(self) -> Subscription:
-        # One at a time, so a run's messages go out in the order its states changed.
-        return await self.jobmaster.bus.subscribe("jobmaster-treeherder", topics.PARTITIONS, ["#"],
+        # One at a time, so a run's messages go out in the order its states changed. `dispatched`
+        # would only repeat `pending`, so the broker keeps it from us.
+        return await self.jobmaster.bus.subscribe("jobmaster-treeherder", topics.PARTITIONS,
+                                                  topics.state_bindings(REPORTED_STATES),
                                                   self._on_partition_status, prefetch=1)
 
     async def _on_partition_status(self, message: Message) -> None:
@@ -72,7 +75,8 @@ class TreeherderReporter:
         for body in pulse_jobs(status, job, self.build_system):
             await self.jobmaster.bus.publish(
                 topics.TREEHERDER,
-                topics.routing_key(part.job_id, part.task_id, part.id, body["retryId"], part.container_type), body)
+                topics.routing_key(part.job_id, part.task_id, part.id, body["retryId"], part.container_type,
+                                   body["state"]), body)
 
     async def _job(self, job_id: str) -> dict[str, Any] | None:
         """What Treeherder needs of the job: project, push id or pull request, owner, URL (cached)."""

@@ -145,8 +145,7 @@ class RuntimeHistory:
         async with self.db.begin() as conn:
             rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
             existing: set[tuple[str, str, str, str]] = set()
-            for sample in samples:
-                await self._load_rows(conn, sample, rows, existing)
+            await self._load_rows(conn, samples, rows, existing)
             changed: set[tuple[str, str, str, str]] = set()
             for sample in samples:
                 changed |= _apply(sample, rows, now)
@@ -164,23 +163,28 @@ class RuntimeHistory:
     async def _load_rows(
         self,
         conn: AsyncConnection,
-        sample: Sample,
+        samples: list[Sample],
         rows: dict[tuple[str, str, str, str], dict[str, Any]],
         existing: set[tuple[str, str, str, str]],
     ) -> None:
+        """The stored rows of every file of `samples`: one query per task and container type, not per run."""
         t = file_durations
-        prefix = (sample.project, sample.task_name, sample.container_type)
-        missing = sorted({f for f in sample.files if prefix + (f,) not in rows})
-        for start in range(0, len(missing), _CHUNK):
-            chunk = missing[start:start + _CHUNK]
-            result = await conn.execute(
-                select(t).where(t.c.project == sample.project, t.c.task_name == sample.task_name,
-                                t.c.container_type == sample.container_type, t.c.file.in_(chunk))
-            )
-            for row in result.mappings().all():
-                key = prefix + (row["file"],)
-                rows[key] = dict(row)
-                existing.add(key)
+        wanted: dict[tuple[str, str, str], set[str]] = {}
+        for sample in samples:
+            wanted.setdefault((sample.project, sample.task_name, sample.container_type), set()).update(sample.files)
+        for prefix, files in wanted.items():
+            project, task_name, container_type = prefix
+            missing = sorted(files)
+            for start in range(0, len(missing), _CHUNK):
+                chunk = missing[start:start + _CHUNK]
+                result = await conn.execute(
+                    select(t).where(t.c.project == project, t.c.task_name == task_name,
+                                    t.c.container_type == container_type, t.c.file.in_(chunk))
+                )
+                for row in result.mappings().all():
+                    key = prefix + (row["file"],)
+                    rows[key] = dict(row)
+                    existing.add(key)
 
 
 _KEY = ("project", "task_name", "container_type", "file")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from infrax.bus import Bus, topics
+from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import ContainerEvent, RunStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
@@ -108,6 +108,8 @@ class Provisioner:
         self.provider_health = {name: ProviderHealth(p) for name, p in self.providers.items()}
         self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick)
         self._background: set[asyncio.Task[None]] = set()
+        self._free_unannounced: dict[str, int] = {}  # container type -> freed since the last event
+        self._announcer: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
 
@@ -255,7 +257,7 @@ class Provisioner:
         await self._publish_event("started", slot)
         if slot.run is None or slot.run.run_id in self.cancelled:
             self._become_idle(slot)
-            await self._publish_event("free", slot)
+            self._announce_free(slot)
             return
         slot.state = ContainerState.BUSY
         await self._hand_off([slot])
@@ -293,7 +295,8 @@ class Provisioner:
         )
         await self.bus.publish(
             topics.RUNS,
-            topics.routing_key(offer.job_id, offer.task_id, offer.partition_id, offer.run, offer.container_type),
+            topics.routing_key(offer.job_id, offer.task_id, offer.partition_id, offer.run, offer.container_type,
+                               status.state),
             status.wire(),
         )
 
@@ -318,7 +321,7 @@ class Provisioner:
             await self._retire(slot)
         else:
             self._become_idle(slot)
-        await self._publish_event("free", slot)
+        self._announce_free(slot)
 
     def cancel(self, run_ids: list[str]) -> list[str]:
         """Stop runs that were cancelled; returns those already with the executioner."""
@@ -425,9 +428,35 @@ class Provisioner:
     def containers(self) -> list[Container]:
         return [s.view() for s in self.slots.values()]
 
+    def _announce_free(self, slot: Slot) -> None:
+        """Say on the bus that a container of this type is free, in one event with any others.
+
+        While one announcement waits for the broker's confirm, the next ones are counted into a
+        single event per type: under load a few events a round instead of one per partition,
+        which the scheduler answers with one dispatch of several partitions.
+        """
+        self._free_unannounced[slot.type.name] = self._free_unannounced.get(slot.type.name, 0) + 1
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._announce(), name="provisioner-free-events")
+            self._background.add(self._announcer)
+            self._announcer.add_done_callback(self._background.discard)
+
+    async def _announce(self) -> None:
+        while self._free_unannounced:
+            counts, self._free_unannounced = self._free_unannounced, {}
+            for type_name, count in counts.items():
+                message = ContainerEvent(event="free", container_type=type_name, count=count)
+                try:
+                    await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=type_name, state="free"),
+                                           message.wire())
+                except BusError as error:
+                    # A hint only: the scheduler also asks for capacity on its own every few seconds.
+                    log.warning("could not announce %d free %s containers: %s", count, type_name, error)
+
     async def _publish_event(self, event: str, slot: Slot) -> None:
         message = ContainerEvent(event=event, container_type=slot.type.name, container_id=slot.id)  # type: ignore[arg-type]
-        await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=slot.type.name), message.wire())
+        await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=slot.type.name, state=event),
+                               message.wire())
 
     def _spawn(self, work: object) -> None:
         task = asyncio.create_task(work)  # type: ignore[arg-type]

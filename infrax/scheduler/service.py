@@ -424,7 +424,7 @@ class Scheduler:
     async def _on_capacity(self, message: Message) -> None:
         event = ContainerEvent.model_validate(message.body)
         if event.event == "free":
-            self._free[event.container_type] = self._free.get(event.container_type, 0) + 1
+            self._free[event.container_type] = self._free.get(event.container_type, 0) + event.count
         else:
             self._free_checked = 0.0  # ask the provisioner again
         if event.event in ("free", "stopped", "lost"):
@@ -684,11 +684,11 @@ def _partition_status(part: TaskPartition, previous: State | str | None, task_na
 def _address(event: BusMessage) -> tuple[str, str]:
     if isinstance(event, PartitionStatus):
         p = event.partition
-        return topics.PARTITIONS, topics.routing_key(p.job_id, p.task_id, p.id, p.run, p.container_type)
+        return topics.PARTITIONS, topics.routing_key(p.job_id, p.task_id, p.id, p.run, p.container_type, p.state)
     if isinstance(event, TaskStatus):
-        return topics.TASKS, topics.routing_key(event.job_id, event.task_id)
+        return topics.TASKS, topics.routing_key(event.job_id, event.task_id, state=event.state)
     if isinstance(event, RequestStatus):
-        return topics.REQUESTS, topics.routing_key(event.job_id)
+        return topics.REQUESTS, topics.routing_key(event.job_id, state=event.state)
     raise TypeError(f"the scheduler does not publish {type(event).__name__}")
 
 

@@ -137,6 +137,20 @@ async def test_failing_run(agent: AgentProcess, script: Script, check: Check) ->
     assert outputs(messages) == "failing\n"
 
 
+async def test_a_changed_bootstrapper_is_read_again(agent: AgentProcess, script: Script) -> None:
+    boot = script("changes.sh", "echo first\n")
+    assert outputs(await collect(agent.client().run(run_request("changes-1", boot)))) == "first\n"
+    assert outputs(await collect(agent.client().run(run_request("changes-2", boot)))) == "first\n"
+    boot.write_text("echo second, longer\n")  # the agent keeps local bootstrappers until they change
+    assert outputs(await collect(agent.client().run(run_request("changes-3", boot)))) == "second, longer\n"
+    replacement = boot.with_name("replacement.sh")
+    replacement.write_text("echo third, sameish\n")
+    assert replacement.stat().st_size == boot.stat().st_size
+    os.utime(replacement, ns=(boot.stat().st_atime_ns, boot.stat().st_mtime_ns))
+    replacement.replace(boot)  # another file in its place, as `git checkout` does: same size and time
+    assert outputs(await collect(agent.client().run(run_request("changes-4", boot)))) == "third, sameish\n"
+
+
 async def test_killed_by_sigkill_hints_at_oom(agent: AgentProcess, script: Script, check: Check) -> None:
     boot = script("oom.sh", "#!/bin/sh\nkill -9 $$\n")
     exit_message = (await collect(agent.client().run(run_request("oom", boot)), check))[-1]

@@ -133,7 +133,7 @@ async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, mea
                 finished_at=now,
             ),
         )
-        key = topics.routing_key(None, "t1", partition_id, 0, "linux")
+        key = topics.routing_key(None, "t1", partition_id, 0, "linux", State.COMPLETED)
         await bus.publish(topics.PARTITIONS, key, status.wire())
 
 
@@ -226,7 +226,8 @@ async def test_cancelled_and_lost_runs_teach_nothing(db: Database, bus: MemoryBu
                                     files=["a"], container_type="linux", state=State.CANCELLED, run=0, priority=0,
                                     started_at=utcnow(), finished_at=utcnow()),
         )
-        await bus.publish(topics.PARTITIONS, topics.routing_key(None, "t", "x", 0, "linux"), status.wire())
+        await bus.publish(topics.PARTITIONS, topics.routing_key(None, "t", "x", 0, "linux", State.CANCELLED),
+                          status.wire())
         await asyncio.sleep(0.1)
         assert await service.file_history("p", "unit") == []
     finally:
