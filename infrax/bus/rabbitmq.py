@@ -110,9 +110,14 @@ class RabbitMQBus(Bus):
                 self._exchanges[exchange] = await channel.declare_exchange(
                     exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             # Straight to the driver's channel: aio-pika's Message object cost more than the publish.
-            # Returns once the broker confirmed: the message is on disk in every bound queue.
+            # `wait=False`: the driver otherwise holds the channel's lock until its writer task has
+            # flushed the frame, so publishes queue behind each other one event-loop turn apiece;
+            # under load that, not the broker, took ~100 ms per message. Frames still go out in order,
+            # and this still returns only once the broker confirmed: the message is on disk in every
+            # bound queue.
             underlay = await channel.get_underlay_channel()
-            await underlay.basic_publish(data, exchange=exchange, routing_key=routing_key, properties=properties)
+            await underlay.basic_publish(data, exchange=exchange, routing_key=routing_key, properties=properties,
+                                         wait=False)
 
         await self._retrying(f"publishing to {exchange}", attempt)
 

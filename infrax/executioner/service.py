@@ -42,6 +42,7 @@ class Executioner:
         self.public_url = public_url.rstrip("/")
         self.active: dict[str, ExecutionAssignment] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running_published: dict[str, asyncio.Task[None]] = {}  # run id -> its `running` going out
         self._finals = Batcher(self._record_finals, max_batch=500)
         self._releases = Batcher(self._release, max_batch=500)
 
@@ -142,7 +143,10 @@ class Executioner:
                 log_file.write(message["data"])
                 log_file.flush()
             elif kind == "started":
-                await self._publish(self._status(assignment, "running"))
+                # Not awaited: the broker's confirm (tens of ms under load) would hold up reading the
+                # run's output, and a short run's end. `_finish` waits for it before the final status.
+                self._running_published[assignment.offer.run_id] = asyncio.create_task(
+                    self._publish(self._status(assignment, "running")))
             elif kind == "exit":
                 return self._status(
                     assignment, _AGENT_EXIT.get(message["status"], "failed"), exit_code=message.get("exitCode"),
@@ -174,12 +178,24 @@ class Executioner:
     async def _finish(self, assignment: ExecutionAssignment, status: RunStatus, healthy: bool) -> None:
         # The store first: a crash after this still knows the outcome and the scheduler asks for it.
         await self._finals.submit(status)
-        await self._publish(status)
         run_id = assignment.offer.run_id
-        self.active.pop(run_id, None)
-        self._tasks.pop(run_id, None)
-        await self._releases.submit(Release(container_id=assignment.container_id, run_id=run_id, healthy=healthy,
-                                            reason=None if healthy else status.message))
+        release = Release(container_id=assignment.container_id, run_id=run_id, healthy=healthy,
+                          reason=None if healthy else status.message)
+        # The outcome is stored: the container can go back while the bus confirms the news.
+        try:
+            await asyncio.gather(self._publish_final(status), self._releases.submit(release))
+        finally:
+            self.active.pop(run_id, None)
+            self._tasks.pop(run_id, None)
+
+    async def _publish_final(self, status: RunStatus) -> None:
+        running = self._running_published.pop(status.run_id, None)
+        if running is not None:
+            try:
+                await running  # `running` first, so nobody sees a run end before it began
+            except Exception as error:  # noqa: BLE001 - the final status still has to go out
+                log.warning("could not publish that run %s started: %s", status.run_id, error)
+        await self._publish(status)
 
     async def _release(self, releases: list[Release]) -> None:
         try:

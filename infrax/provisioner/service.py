@@ -109,7 +109,6 @@ class Provisioner:
         self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick)
         self._background: set[asyncio.Task[None]] = set()
         self._free_unannounced: dict[str, int] = {}  # container type -> freed since the last event
-        self._announcer: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
 
@@ -312,6 +311,11 @@ class Provisioner:
             return  # already lost or being retired
         slot.run = None
         slot.partitions_run += 1
+        if healthy:
+            # The agent just reported the run's end: as good as a heartbeat, and under load a container
+            # that runs partition after partition then needs no probing at all.
+            slot.last_heartbeat, slot.heartbeat_failures = utcnow(), 0
+            slot.next_probe = max(slot.next_probe, time.monotonic() + slot.provider.heartbeat_interval)
         rules = slot.type
         worn_out = (rules.max_partitions is not None and slot.partitions_run >= rules.max_partitions) or (
             rules.max_age is not None and time.monotonic() - slot.created_at >= rules.max_age)
@@ -431,27 +435,26 @@ class Provisioner:
     def _announce_free(self, slot: Slot) -> None:
         """Say on the bus that a container of this type is free, in one event with any others.
 
-        While one announcement waits for the broker's confirm, the next ones are counted into a
-        single event per type: under load a few events a round instead of one per partition,
-        which the scheduler answers with one dispatch of several partitions.
+        Containers freed in the same turn of the event loop (a batch of releases) make one event
+        per type. The publish is not awaited here: the broker confirms persistent messages tens
+        of milliseconds later under load, and the scheduler should hear of free capacity now.
         """
+        if not self._free_unannounced:
+            asyncio.get_running_loop().call_soon(self._announce)
         self._free_unannounced[slot.type.name] = self._free_unannounced.get(slot.type.name, 0) + 1
-        if self._announcer is None or self._announcer.done():
-            self._announcer = asyncio.create_task(self._announce(), name="provisioner-free-events")
-            self._background.add(self._announcer)
-            self._announcer.add_done_callback(self._background.discard)
 
-    async def _announce(self) -> None:
-        while self._free_unannounced:
-            counts, self._free_unannounced = self._free_unannounced, {}
-            for type_name, count in counts.items():
-                message = ContainerEvent(event="free", container_type=type_name, count=count)
-                try:
-                    await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=type_name, state="free"),
-                                           message.wire())
-                except BusError as error:
-                    # A hint only: the scheduler also asks for capacity on its own every few seconds.
-                    log.warning("could not announce %d free %s containers: %s", count, type_name, error)
+    def _announce(self) -> None:
+        counts, self._free_unannounced = self._free_unannounced, {}
+        for type_name, count in counts.items():
+            message = ContainerEvent(event="free", container_type=type_name, count=count)
+            self._spawn(self._publish_hint(topics.routing_key(container_type=type_name, state="free"), message))
+
+    async def _publish_hint(self, routing_key: str, message: ContainerEvent) -> None:
+        try:
+            await self.bus.publish(topics.CONTAINERS, routing_key, message.wire())
+        except BusError as error:
+            # A hint only: the scheduler also asks for capacity on its own every few seconds.
+            log.warning("could not announce %d free %s containers: %s", message.count, message.container_type, error)
 
     async def _publish_event(self, event: str, slot: Slot) -> None:
         message = ContainerEvent(event=event, container_type=slot.type.name, container_id=slot.id)  # type: ignore[arg-type]
