@@ -119,6 +119,32 @@ async def test_a_message_whose_consumer_left_before_acking_is_delivered_again(bu
     assert started.messages[0].redelivered is False
 
 
+async def test_acks_never_cover_a_message_still_being_handled(bus: Bus, name: Name) -> None:
+    # RabbitMQ acks handled messages together (`multiple`) where it can: never past one in hand.
+    slow_started, handled = Inbox(), Inbox()
+
+    async def handler(message: Message) -> None:
+        if message.body["containerId"] == "slow":
+            slow_started.record(message)
+            await asyncio.Event().wait()  # the process dies before this one's effect is committed
+        await handled(message)
+
+    subscription = await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], handler, prefetch=16)
+    fast = [f"fast-{i}" for i in range(5)]
+    for tag in ["slow", *fast]:
+        await bus.publish(EX, f"{name('w')}.{tag}", event(tag))
+    await slow_started.wait_for_tag("slow")
+    for tag in fast:
+        await handled.wait_for_tag(tag)
+    await asyncio.sleep(0.3)  # the acks of the handled ones go out
+    await subscription.cancel()
+    again = Inbox()
+    await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], again)
+    await again.wait_for_tag("slow")
+    await asyncio.sleep(0.3)
+    assert [(m.body["containerId"], m.redelivered) for m in again.messages] == [("slow", True)]
+
+
 async def test_a_message_carries_its_body_key_exchange_and_headers(bus: Bus, name: Name) -> None:
     inbox = Inbox()
     await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], inbox)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -196,3 +197,35 @@ def test_a_requeued_partition_retries_the_lost_run_and_is_pending_as_the_next(
 def test_partitions_without_a_job_revision_are_not_reported() -> None:
     assert pulse_jobs(status("running").model_copy(update={"revision": None}), JOB) == []
     assert pulse_jobs(status("running").model_copy(update={"revision": "abc"}), JOB) == []
+
+
+async def test_reports_of_one_partition_keep_their_order_while_others_go_ahead() -> None:
+    from infrax.jobmaster.treeherder import TreeherderReporter
+
+    reporter = TreeherderReporter(jobmaster=None)  # type: ignore[arg-type]  # _report is replaced below
+    reported: list[tuple[str, str]] = []
+    first_may_finish = asyncio.Event()
+
+    async def report(message: Message) -> None:
+        partition = message.body["partition"]
+        if (partition["id"], partition["state"]) == ("p1", "queued"):
+            await first_may_finish.wait()  # a slow report, e.g. the job master's database
+        reported.append((partition["id"], partition["state"]))
+
+    reporter._report = report  # type: ignore[method-assign]
+
+    def news(partition_id: str, state: str) -> Message:
+        return Message(topics.PARTITIONS, "k", {"partition": {"id": partition_id, "state": state}}, False, {})
+
+    # As the bus starts handlers: in queue order, all at once (prefetch > 1).
+    handlers = [asyncio.create_task(reporter._on_partition_status(news(p, s)))
+                for p, s in [("p1", "queued"), ("p1", "running"), ("p2", "queued"), ("p1", "completed")]]
+    async def p2_reported() -> bool:
+        return ("p2", "queued") in reported
+
+    await wait_for(p2_reported, timeout=5, what="p2's report")
+    assert reported == [("p2", "queued")]  # p1's later news waits for its first
+    first_may_finish.set()
+    await asyncio.gather(*handlers)
+    assert [r for r in reported if r[0] == "p1"] == [("p1", "queued"), ("p1", "running"), ("p1", "completed")]
+    assert reporter._reporting == {}

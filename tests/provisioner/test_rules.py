@@ -166,3 +166,26 @@ async def test_when_every_provider_fails_the_run_is_lost_and_offers_are_rejected
     assert not answer.accepted
     assert "one: 0/∞, failing, resting" in (answer.reason or "") and "two: 0/∞, failing" in (answer.reason or "")
     assert made.provisioner.capacity() == {"linux": 0}
+
+
+async def test_containers_freed_together_are_announced_in_one_event(harness: MakeHarness) -> None:
+    linux = ContainerType(name="linux", tags=["linux"], max_concurrent=3)
+    made = await harness([linux])
+    offers = [make_offer() for _ in range(3)]
+    assert all(a.accepted for a in made.provisioner.offer(offers))
+    containers = [await _busy(made, o) for o in offers]
+
+    # One batch of releases from the executioner, as its release batcher sends them.
+    for container_id, offer in zip(containers, offers, strict=True):
+        await made.provisioner.release(container_id, offer.run_id, healthy=True)
+    free = await wait_for(lambda: [e for e in made.events if e.event == "free"], what="a free event")
+    await asyncio.sleep(0.2)
+    assert [(e.container_type, e.count) for e in made.events if e.event == "free"] == [("linux", 3)]
+    assert free[0].container_id is None
+
+    # One more later: an event of its own.
+    offer = make_offer()
+    assert made.provisioner.offer([offer])[0].accepted
+    await made.provisioner.release(await _busy(made, offer), offer.run_id, healthy=True)
+    await wait_for(lambda: len([e for e in made.events if e.event == "free"]) == 2, what="a second free event")
+    assert [e.count for e in made.events if e.event == "free"] == [3, 1]
