@@ -41,6 +41,7 @@ READY_PREFIX: Final = "INFRAX-AGENT-READY"
 # An idle, unauthenticated connection must not stay open forever.
 HELLO_TIMEOUT: Final = 10.0
 REQUEST_TIMEOUT: Final = 10.0
+REFUSAL_LINGER: Final = 1.0  # seconds a refused client has to read the refusal and hang up
 # On shutdown, connections still streaming get this long to flush the exit message.
 SHUTDOWN_FLUSH_TIMEOUT: Final = 1.0
 PARENT_CHECK_INTERVAL: Final = 1.0
@@ -132,6 +133,11 @@ class Agent:
         if refusal is not None:
             log.warning("refused connection from %s: %s", writer.get_extra_info("peername"), refusal["message"])
             await _send(writer, refusal)
+            # A client may have sent its request behind the hello. Closing with it unread would
+            # reset the connection, and the client might lose the refusal: let it hang up first.
+            with contextlib.suppress(Exception):
+                writer.write_eof()
+                await asyncio.wait_for(reader.read(), REFUSAL_LINGER)
             return
         running = self.running
         await _send(
@@ -163,7 +169,8 @@ class Agent:
     async def _receive(self, reader: Reader, writer: Writer, what: str, timeout: float) -> dict[str, Any] | None:
         """Read one message; answers and returns None on timeout, bad input or EOF."""
         try:
-            return await asyncio.wait_for(read_message(reader), timeout)
+            async with asyncio.timeout(timeout):
+                return await read_message(reader)
         except TimeoutError:
             await _send(writer, error_message(ErrorCode.BAD_REQUEST, f"no {what} received within {timeout:g}s"))
         except ProtocolError as exc:
