@@ -80,9 +80,10 @@ class _Connection:
         write: the agent reads it only once the hello is accepted, and a round trip is saved."""
         address = f"{host}:{port}"
         try:
-            # asyncio.timeout rather than wait_for: no extra task, so no extra turn of a busy event loop.
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
+            # wait_for, not asyncio.timeout: callers bound the whole call with their own timeout, and
+            # on Python 3.11 two nested asyncio.timeout blocks that expire together leave a stray
+            # cancellation behind that hits the caller's next await.
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout)
         except TimeoutError:
             raise AgentUnreachable(f"cannot connect to agent at {address}: timed out after {timeout:g}s") from None
         except OSError as exc:
@@ -111,8 +112,7 @@ class _Connection:
     async def receive(self, timeout: float | None = None, *, waiting_for: str = "an answer") -> dict[str, Any]:
         """Next message; ``error`` messages are raised as AgentError."""
         try:
-            async with asyncio.timeout(timeout):
-                message = await read_message(self.reader)
+            message = await asyncio.wait_for(read_message(self.reader), timeout)  # see `open`
         except TimeoutError:
             raise AgentUnreachable(f"agent at {self.address} sent no {waiting_for} within {timeout:g}s") from None
         except ProtocolError as exc:

@@ -169,8 +169,7 @@ class Agent:
     async def _receive(self, reader: Reader, writer: Writer, what: str, timeout: float) -> dict[str, Any] | None:
         """Read one message; answers and returns None on timeout, bad input or EOF."""
         try:
-            async with asyncio.timeout(timeout):
-                return await read_message(reader)
+            return await asyncio.wait_for(read_message(reader), timeout)
         except TimeoutError:
             await _send(writer, error_message(ErrorCode.BAD_REQUEST, f"no {what} received within {timeout:g}s"))
         except ProtocolError as exc:

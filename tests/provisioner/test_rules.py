@@ -49,6 +49,9 @@ async def test_idle_timeout_retires_spare_idle_containers_down_to_min_warm(harne
 
     await wait_for(lambda: len(made.provisioner.slots) == 1, timeout=10, what="spare idle containers retired")
     assert [s.state for s in made.provisioner.slots.values()] == [ContainerState.IDLE]
+    # A retired container leaves the pool first, then its "stopped" event goes out.
+    await wait_for(lambda: sum(e.event == "stopped" for e in made.events) == 2, timeout=5, what="two stopped events")
+    await asyncio.sleep(0.2)
     assert sum(e.event == "stopped" for e in made.events) == 2
 
 
