@@ -8,8 +8,10 @@ and calls `start_job`. Reporting back goes to GitHub (`statuses.py`) and Treeher
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -28,7 +30,7 @@ from infrax.jobmaster.settings import JobMasterSettings
 from infrax.jobmaster.statuses import CommitStatuses
 from infrax.jobmaster.treeherder import TreeherderReporter
 from infrax.jobmaster.vcs import Source, VcsError
-from infrax.model import Job, JobTask, PushSubmission, State, TaskDefinition, TaskRequestSubmission, is_final, new_id, utcnow
+from infrax.model import FINAL_STATES, Job, JobTask, PushSubmission, State, TaskDefinition, TaskRequestSubmission, is_final, new_id, utcnow
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
 from infrax.store.tables import job_origins, job_tasks, jobs
@@ -57,6 +59,7 @@ class JobMaster:
         self.hg = HgPushes(self, self.settings.hg_poll, self.settings.hg_poll_interval)
         self.treeherder = TreeherderReporter(self, self.settings.treeherder_build_system)
         self._subscriptions: list[Any] = []
+        self._reconciler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._subscriptions = [
@@ -68,8 +71,12 @@ class JobMaster:
             self._subscriptions.append(await self.treeherder.subscribe())
         await self._submit_unsubmitted()
         self.hg.start()
+        self._reconciler = asyncio.create_task(self._keep_reconciling(), name="jobmaster-reconcile")
 
     async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
         await self.hg.stop()
         for sub in self._subscriptions:
             await sub.cancel()
@@ -216,6 +223,48 @@ class JobMaster:
         if row is None or request_id in (row["details"] or {}).get("previousRequests", []):
             return None
         return row
+
+    async def _keep_reconciling(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                caught_up = await self.reconcile(older_than=self.settings.reconcile_interval)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("checking unfinished jobs against the scheduler failed")
+            else:
+                if caught_up:
+                    log.warning("%d jobs had missed their request's final status on the bus; caught up", caught_up)
+
+    async def reconcile(self, older_than: float = 0.0) -> int:
+        """Give each unfinished job the final state its task request has, if the bus never said so.
+
+        The scheduler commits a change and then publishes it: a crash in between loses the message,
+        never the state. Asking for the requests of jobs unchanged for `older_than` seconds closes
+        that gap. Returns how many jobs caught up.
+        """
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(
+                select(jobs.c.id, jobs.c.request_id, jobs.c.updated_at)
+                .where(jobs.c.state.not_in([str(s) for s in FINAL_STATES]), jobs.c.request_id.is_not(None))
+            )).all()
+        caught_up = 0
+        for job_id, request_id, updated_at in rows:
+            if aware(updated_at) > cutoff:
+                continue
+            try:
+                request = await self.scheduler.get_request(request_id)
+            except ServiceError as error:
+                log.debug("could not check request %s of job %s: %s", request_id, job_id, error)
+                continue
+            if not is_final(request.state):
+                continue
+            row = await self._current(job_id, request_id)
+            if row is None or row["request_id"] != request_id or is_final(row["state"]):
+                continue
+            await self._set_state(row, State(request.state), request.message, request_id=request_id)
+            caught_up += 1
+        return caught_up
 
     async def _on_request_status(self, message: Message) -> None:
         status = RequestStatus.model_validate(message.body)

@@ -19,6 +19,8 @@ class JobMasterSettings:
     mirror_dir: Path | None = None
     hg_poll: list[str] = field(default_factory=list)
     hg_poll_interval: float = 30.0
+    # How often unfinished jobs are checked against the scheduler, for news the bus never brought.
+    reconcile_interval: float = 30.0
     treeherder: bool = True
     treeherder_build_system: str = "infrax"
 
