@@ -100,8 +100,7 @@ class LocalFileCache:
     def __init__(self) -> None:
         self._files: dict[str, tuple[tuple[int, int, int], bytes]] = {}
 
-    def get(self, path: str) -> bytes | None:
-        stamp = _stamp(path)
+    def get(self, path: str, stamp: tuple[int, int, int] | None) -> bytes | None:
         cached = self._files.get(path)
         return cached[1] if cached is not None and stamp is not None and cached[0] == stamp else None
 
@@ -509,9 +508,9 @@ class Run:
 
     async def _read_local(self, path: str) -> bytes:
         cache = self.settings.bootstrappers
-        content = cache.get(path)
+        stamp = _stamp(path)
+        content = cache.get(path, stamp)
         if content is None:
-            stamp = _stamp(path)
             content = await asyncio.to_thread(_read_file, path)
             cache.put(path, stamp, content)
         return content

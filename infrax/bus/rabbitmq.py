@@ -34,6 +34,7 @@ from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 from yarl import URL
 
+from infrax.background import BackgroundTasks
 from infrax.bus import schemas
 from infrax.bus.base import Bus, BusError, Handler, Message, Subscription
 
@@ -267,21 +268,21 @@ class _RabbitSubscription(Subscription):
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         if self._cancelled:
             return  # unacked, so closing the channel hands it back
-        self._acks.received(incoming)
+        channel = self._acks.received(incoming)
         # Our own task, not aio-pika's: a handler is not cancelled by a connection blip; its
         # ack then fails and the broker redelivers, which at-least-once allows.
-        task = asyncio.create_task(self._handle(incoming))
+        task = asyncio.create_task(self._handle(incoming, channel))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _handle(self, incoming: AbstractIncomingMessage) -> None:
+    async def _handle(self, incoming: AbstractIncomingMessage, channel: Any) -> None:
         exchange, routing_key = incoming.exchange or "", incoming.routing_key or ""
         try:
             body = schemas.decode(exchange, incoming.body)
         except ValueError as e:
             log.error("dead-lettered a message of %s on %s %s: %s", self._queue.name, exchange, routing_key, e)
             await _settle(incoming.nack(requeue=False), "dead-letter", self._queue.name)
-            self._acks.forget(incoming)  # only now: until the nack is out, no ack may cover it
+            self._acks.forget(channel, incoming.delivery_tag)  # only now: no ack may cover it before the nack
             return
         message = Message(exchange, routing_key, body, bool(incoming.redelivered), dict(incoming.headers or {}))
         try:
@@ -290,10 +291,10 @@ class _RabbitSubscription(Subscription):
             log.exception("handler of %s failed on %s; redelivering", self._queue.name, routing_key)
             await asyncio.sleep(self._redelivery_delay)
             await _settle(incoming.nack(requeue=True), "nack", self._queue.name)
-            self._acks.forget(incoming)
+            self._acks.forget(channel, incoming.delivery_tag)
             return
         if not self._cancelled:
-            self._acks.handled(incoming)
+            self._acks.handled(channel, incoming.delivery_tag)
 
 
 class _AckBatcher:
@@ -311,26 +312,25 @@ class _AckBatcher:
         # Per driver channel (a new one after a reconnect, with tags from 1 again):
         # delivery tag -> handled yet?, in the order received.
         self._pending: dict[Any, dict[int, bool]] = {}
-        self._channel_of: dict[int, Any] = {}  # id(message) -> its driver channel, until settled
         self._flush_scheduled = False
-        self._sending: set[asyncio.Future[None]] = set()
+        self._sending = BackgroundTasks()
 
-    def received(self, incoming: AbstractIncomingMessage) -> None:
-        channel = incoming.channel  # raises once the channel is closed, so kept from here on
-        self._channel_of[id(incoming)] = channel
+    def received(self, incoming: AbstractIncomingMessage) -> Any:
+        """Track a delivery; returns its driver channel, to name it by later (`incoming.channel`
+        raises once that channel is closed)."""
+        channel = incoming.channel
         self._pending.setdefault(channel, {})[incoming.delivery_tag] = False  # type: ignore[index]
+        return channel
 
-    def forget(self, incoming: AbstractIncomingMessage) -> None:
+    def forget(self, channel: Any, tag: int) -> None:
         """A message settled otherwise (nack, dead letter): no ack may cover it."""
-        tags = self._pending.get(self._channel_of.pop(id(incoming), None))
-        if tags is not None:
-            tags.pop(incoming.delivery_tag, None)  # type: ignore[arg-type]
+        self._pending.get(channel, {}).pop(tag, None)
 
-    def handled(self, incoming: AbstractIncomingMessage) -> None:
-        tags = self._pending.get(self._channel_of.pop(id(incoming), None))
-        if tags is None or incoming.delivery_tag not in tags:
+    def handled(self, channel: Any, tag: int) -> None:
+        tags = self._pending.get(channel)
+        if tags is None or tag not in tags:
             return
-        tags[incoming.delivery_tag] = True  # type: ignore[index]
+        tags[tag] = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -356,9 +356,7 @@ class _AckBatcher:
                 self._send(channel.basic_ack(tag))
 
     def _send(self, ack: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(_settle(ack, "ack", self._queue_name))
-        self._sending.add(task)  # the loop keeps only a weak reference
-        task.add_done_callback(self._sending.discard)
+        self._sending.spawn(_settle(ack, "ack", self._queue_name))
 
 
 async def _settle(outcome: Awaitable[Any], what: str, queue_name: str) -> None:

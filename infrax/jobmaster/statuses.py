@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from infrax.background import BackgroundTasks
 from infrax.bus import Message, Subscription, topics
 from infrax.bus.messages import JobStatus
 from infrax.model import Job, State
@@ -57,7 +58,7 @@ class CommitStatuses:
         self.attempts = attempts
         self._sent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
 
     async def subscribe(self) -> Subscription:
         # One at a time, so a job's statuses reach GitHub in the order its states changed.
@@ -65,16 +66,12 @@ class CommitStatuses:
                                                   self._on_job_status, prefetch=1)
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.cancel()
         await self.http.aclose()
 
     def report_soon(self, job_id: str) -> None:
         """`report` without making the caller (a webhook answer) wait for GitHub."""
-        task = asyncio.create_task(self._report_logged(job_id), name=f"github-status-{job_id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(self._report_logged(job_id), name=f"github-status-{job_id}")
 
     async def _report_logged(self, job_id: str) -> None:
         try:

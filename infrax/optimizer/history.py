@@ -174,9 +174,9 @@ class RuntimeHistory:
             wanted.setdefault((sample.project, sample.task_name, sample.container_type), set()).update(sample.files)
         for prefix, files in wanted.items():
             project, task_name, container_type = prefix
-            missing = sorted(files)
-            for start in range(0, len(missing), _CHUNK):
-                chunk = missing[start:start + _CHUNK]
+            names = sorted(files)
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start:start + _CHUNK]
                 result = await conn.execute(
                     select(t).where(t.c.project == project, t.c.task_name == task_name,
                                     t.c.container_type == container_type, t.c.file.in_(chunk))

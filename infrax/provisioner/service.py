@@ -18,10 +18,12 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from infrax.background import BackgroundTasks
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import ContainerEvent, RunStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
@@ -107,7 +109,7 @@ class Provisioner:
         self.start_seconds = {name: Histogram() for name in self.providers}
         self.provider_health = {name: ProviderHealth(p) for name, p in self.providers.items()}
         self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         self._free_unannounced: dict[str, int] = {}  # container type -> freed since the last event
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
@@ -130,9 +132,7 @@ class Provisioner:
             if loop is not None:
                 loop.cancel()
                 await asyncio.gather(loop, return_exceptions=True)
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.cancel()
         await asyncio.gather(*(s.provider.destroy(s.id) for s in self.slots.values()), return_exceptions=True)
         for provider in self.providers.values():
             await provider.close()
@@ -461,7 +461,5 @@ class Provisioner:
         await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=slot.type.name, state=event),
                                message.wire())
 
-    def _spawn(self, work: object) -> None:
-        task = asyncio.create_task(work)  # type: ignore[arg-type]
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._background.spawn(work)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from infrax.background import BackgroundTasks
 from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import BusMessage, ContainerEvent, PartitionStatus, RequestStatus, RunStatus, TaskStatus
@@ -95,7 +96,7 @@ class Scheduler:
         self._definitions: OrderedDict[str, tuple[TaskDefinition, str, str | None]] = OrderedDict()
         self._status_batcher = Batcher(self._apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
-        self._publishing: set[asyncio.Task[None]] = set()
+        self._publishing = BackgroundTasks()
         self._subscriptions: list[Any] = []
 
     # -- life cycle -------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class Scheduler:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._status_batcher.stop()
-        await asyncio.gather(*self._publishing, return_exceptions=True)
+        await self._publishing.wait()
 
     # -- submission and queries ---------------------------------------------------------------
 
@@ -635,14 +636,13 @@ class Scheduler:
         in order), so a partition's `dispatched` is never overtaken by its `running`.
         """
         if events:
-            task = asyncio.create_task(self._publish(events), name="scheduler-publish")
-            self._publishing.add(task)
-            task.add_done_callback(self._published)
+            self._publishing.spawn(self._publish_logged(events), name="scheduler-publish")
 
-    def _published(self, task: asyncio.Task[None]) -> None:
-        self._publishing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("could not publish status changes: %s", task.exception())
+    async def _publish_logged(self, events: list[BusMessage]) -> None:
+        try:
+            await self._publish(events)
+        except Exception:  # noqa: BLE001 - nobody awaits this; say it here
+            log.exception("could not publish status changes")
 
 
 _MUTABLE = ("state", "run", "exit_code", "message", "log_url", "container_id", "queued_at", "started_at",

@@ -38,7 +38,7 @@ import logging
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +47,7 @@ import docker
 import docker.errors
 import requests
 
+from infrax.background import BackgroundTasks
 from infrax.model import ContainerType
 from infrax.provisioner import image as agent_image
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
@@ -91,7 +92,7 @@ class DockerProvider(ContainerProvider):
         self._image_lock = asyncio.Lock()
         self._built_image: str | None = None
         self._mine: set[str] = set()
-        self._background: set[asyncio.Future[None]] = set()
+        self._background = BackgroundTasks()
         # Seconds from `create` to a ready agent: the provisioner's start-time metric reads these.
         self.start_durations: collections.deque[float] = collections.deque(maxlen=256)
         self.last_start_duration: float | None = None
@@ -185,7 +186,7 @@ class DockerProvider(ContainerProvider):
         return sorted(c["Labels"][LABEL_ID] for c in found if (c.get("Labels") or {}).get(LABEL_ID))
 
     async def close(self) -> None:
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.wait()
         await asyncio.gather(*(self.destroy(c) for c in list(self._mine)), return_exceptions=True)
         # Closed, yet usable again: threads and connections come back on the next call.
         if self._pool is not None:
@@ -230,12 +231,7 @@ class DockerProvider(ContainerProvider):
     def _remove_after(self, start: asyncio.Future[Any], container_id: str) -> None:
         if not start.cancelled():
             start.exception()  # retrieved: a failed start is no news to anyone now
-        self._spawn(self.destroy(container_id))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(self.destroy(container_id))
 
     async def _image_for(self, container_type: ContainerType) -> str:
         return str(container_type.image) if container_type.image else await self.ensure_image()
