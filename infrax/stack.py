@@ -37,6 +37,7 @@ from infrax.scheduler.service import Scheduler
 from infrax.store import Database
 
 log = logging.getLogger(__name__)
+STOP_TIMEOUT = 20.0  # seconds each component has to stop
 
 
 class _LateApp:
@@ -177,10 +178,7 @@ class Stack:
         for name in ("jobmaster", "scheduler", "optimizer", "provisioner", "executioner"):
             service = self.services.get(name)
             if service is not None:
-                try:
-                    await service.stop()
-                except Exception:
-                    log.exception("stopping %s failed", name)
+                await _stop_within(name, service.stop(), STOP_TIMEOUT)
         for client in self._clients:
             await client.aclose()
         if self.bus:
@@ -189,3 +187,16 @@ class Stack:
             await self.db.close()
         for sock in self._sockets.values():
             sock.close()
+
+
+async def _stop_within(name: str, stopping: Any, timeout: float) -> None:
+    """Stop one component, giving up after `timeout`: a component that hangs must not keep the
+    others (and their containers) from stopping. `asyncio.wait`, not `wait_for`, which would wait
+    again for the cancelled stop to end."""
+    task = asyncio.ensure_future(stopping)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.error("stopping %s took more than %g s; going on without it", name, timeout)
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("stopping %s failed", name, exc_info=task.exception())
