@@ -18,8 +18,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import threading
 import signal
 import time
 import urllib.error
@@ -37,6 +35,7 @@ from infrax.agent.protocol import (
     RunStatus,
     encode,
 )
+from infrax.agent.workspace import BOOTSTRAPPER_NAME, FILES_LIST_NAME, REPORT_DIR_NAME, Workspace
 
 __all__ = ["BootstrapError", "OutputLog", "Run", "RunSettings", "sanitize_run_id"]
 
@@ -56,10 +55,6 @@ MAX_DURATIONS_BYTES: Final = 16 * 1024 * 1024
 # keep the output pipes open forever; stop reading this long after the exit.
 PIPE_DRAIN_TIMEOUT: Final = 2.0
 
-BOOTSTRAPPER_NAME: Final = "bootstrapper"
-TRASH_DIR_NAME: Final = ".trash"  # beside runs/: old run directories on their way out
-FILES_LIST_NAME: Final = "files.txt"
-REPORT_DIR_NAME: Final = "report"
 DURATIONS_NAME: Final = "durations.json"
 
 
@@ -82,12 +77,12 @@ class RunSettings:
         self.max_buffered_messages = max_buffered_messages
         self.max_buffered_bytes = max_buffered_bytes
         self.bootstrappers = LocalFileCache()
-        self.trash = TrashCollector(workdir / TRASH_DIR_NAME)
+        self.workspace = Workspace(workdir)
 
     @property
     def runs_dir(self) -> Path:
         """Directory that holds the run directories."""
-        return self.workdir / "runs"
+        return self.workspace.runs_dir
 
 
 class LocalFileCache:
@@ -115,28 +110,6 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return info.st_ino, info.st_size, info.st_mtime_ns
-
-
-class TrashCollector:
-    """Removes old run directories in one background thread, so a run never waits for it."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._wanted = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def empty_soon(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="trash", daemon=True)
-            self._thread.start()
-        self._wanted.set()
-
-    def _work(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            for entry in list(self.directory.iterdir()) if self.directory.is_dir() else []:
-                shutil.rmtree(entry, ignore_errors=True)
 
 
 def sanitize_run_id(run_id: str) -> str:
@@ -451,7 +424,7 @@ class Run:
         try:
             # A few small local writes: cheaper here than a trip to a worker thread, which was most
             # of a short run's cost. Removing old checkouts, which can be large, happens elsewhere.
-            self._make_directory(path, content)
+            self.settings.workspace.prepare(self.directory.name, content, self.request.files)
         except OSError as exc:
             raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
         # Without a shebang execve() fails with ENOEXEC; run such scripts with sh
@@ -472,28 +445,6 @@ class Run:
             INFRAX_REPORT_DIR=str(self.directory / REPORT_DIR_NAME),
         )
         return argv, env
-
-    def _make_directory(self, bootstrapper: Path, content: bytes) -> None:
-        runs_dir = self.settings.runs_dir
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        # Only the current run's directory is kept so a reused container does not fill its disk
-        # with old checkouts. Renaming is instant; the removal goes on in a thread of its own.
-        trash = self.settings.trash.directory
-        trash.mkdir(exist_ok=True)
-        moved = False
-        for entry in runs_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                entry.rename(trash / f"{entry.name}-{time.monotonic_ns()}")
-                moved = True
-            else:
-                entry.unlink(missing_ok=True)
-        if moved:
-            self.settings.trash.empty_soon()
-        self.directory.mkdir()
-        (self.directory / REPORT_DIR_NAME).mkdir()
-        files_text = "".join(f"{name}\n" for name in self.request.files)
-        (self.directory / FILES_LIST_NAME).write_text(files_text, encoding="utf-8")
-        _write_executable(bootstrapper, content)
 
     async def _fetch_bootstrapper(self) -> bytes:
         source = self.request.bootstrapper
@@ -581,11 +532,6 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         # Group already empty (or, for PermissionError, taken over by a setuid
         # program we may not signal): nothing more we can do.
         pass
-
-
-def _write_executable(path: Path, content: bytes) -> None:
-    path.write_bytes(content)
-    path.chmod(0o755)
 
 
 def _fetch_url(url: str) -> bytes:

@@ -14,13 +14,11 @@ confirm and, while the broker is away, retries with backoff for `retry_for` seco
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -35,7 +33,7 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from infrax.background import BackgroundTasks
-from infrax.bus import schemas
+from infrax.bus import amqp_driver, schemas
 from infrax.bus.base import Bus, BusError, Handler, Message, Subscription
 
 log = logging.getLogger(__name__)
@@ -51,15 +49,9 @@ _PERMANENT = (AuthenticationError, ChannelAccessRefused, ChannelPreconditionFail
 _TRANSIENT = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
 _FIRST_DELAY, _MAX_DELAY = 0.1, 1.0
 PERSISTENT = 2  # AMQP delivery mode
+CLOSE_FLUSH_TIMEOUT = 5.0
 
-# aiormq queues at most 10 frames per connection going out, and per channel coming in. The
-# connection's one reader waits whenever any channel's queue is full, so one busy consumer held
-# up every other channel's deliveries and every publish's confirm, and frames moved one event-loop
-# iteration at a time: under load, not the broker, that made each message wait ~60 ms.
-FRAME_BUFFER_SIZE = 1024
-aiormq.Connection.FRAME_BUFFER_SIZE = max(aiormq.Connection.FRAME_BUFFER_SIZE, FRAME_BUFFER_SIZE)
-_open_channel = aiormq.Connection.channel
-aiormq.Connection.channel = functools.partialmethod(_open_channel, frame_buffer_size=FRAME_BUFFER_SIZE)  # type: ignore[method-assign,assignment]
+amqp_driver.apply()
 
 
 def queue_name(consumer: str, prefix: str = QUEUE_PREFIX) -> str:
@@ -87,6 +79,8 @@ class RabbitMQBus(Bus):
         self._channel: AbstractChannel | None = None  # publishes, with confirms
         self._exchanges: dict[str, AbstractExchange] = {}
         self._subscriptions: set[_RabbitSubscription] = set()
+        self._outbox: list[tuple[amqp_driver.Outgoing, asyncio.Future[None]]] = []
+        self._sending = BackgroundTasks()
 
     def __repr__(self) -> str:
         url = URL(self._url)
@@ -99,6 +93,11 @@ class RabbitMQBus(Bus):
     async def close(self) -> None:
         for subscription in list(self._subscriptions):
             await subscription.cancel()
+        self._send_outbox()
+        try:  # what was published before the close still goes out, if the broker answers soon
+            await asyncio.wait_for(self._sending.wait(), CLOSE_FLUSH_TIMEOUT)
+        except TimeoutError:
+            await self._sending.cancel()
         connection, self._connection, self._channel = self._connection, None, None
         self._exchanges.clear()
         if connection is not None:
@@ -115,23 +114,46 @@ class RabbitMQBus(Bus):
         data = schemas.encode(exchange, body)
         properties = Basic.Properties(content_type="application/json", delivery_mode=PERSISTENT,
                                       headers=headers or None)
-        channel = self._started()[1]
+        self._started()
+        confirmed = asyncio.get_running_loop().create_future()
+        # Whatever is published in one turn of the event loop goes to the broker together (see
+        # `amqp_driver.publish_confirmed`), in the order published; each caller still returns
+        # only once the broker confirmed its own message: it is on disk in every bound queue.
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send_outbox)
+        self._outbox.append((amqp_driver.Outgoing(exchange, routing_key, data, properties), confirmed))
+        await confirmed
+
+    def _send_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if batch:
+            self._sending.spawn(self._send(batch), name="bus-publish")
+
+    async def _send(self, batch: list[tuple[amqp_driver.Outgoing, asyncio.Future[None]]]) -> None:
+        channel = self._channel
+        messages = [message for message, _ in batch]
 
         async def attempt() -> None:
-            if exchange not in self._exchanges:
+            if channel is None:
+                raise BusError(f"{self!r} closed before the messages went out")
+            for exchange in {m.exchange for m in messages} - self._exchanges.keys():
                 self._exchanges[exchange] = await channel.declare_exchange(
                     exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            # Straight to the driver's channel: aio-pika's Message object cost more than the publish.
-            # `wait=False`: the driver otherwise holds the channel's lock until its writer task has
-            # flushed the frame, so publishes queue behind each other one event-loop turn apiece;
-            # under load that, not the broker, took ~100 ms per message. Frames still go out in order,
-            # and this still returns only once the broker confirmed: the message is on disk in every
-            # bound queue.
-            underlay = await channel.get_underlay_channel()
-            await underlay.basic_publish(data, exchange=exchange, routing_key=routing_key, properties=properties,
-                                         wait=False)
+            await amqp_driver.publish_confirmed(await channel.get_underlay_channel(), messages)
 
-        await self._retrying(f"publishing to {exchange}", attempt)
+        exchanges = ", ".join(sorted({m.exchange for m in messages}))
+        try:
+            await self._retrying(f"publishing {len(messages)} messages to {exchanges}", attempt)
+        except BaseException as error:
+            for _, confirmed in batch:
+                if not confirmed.done():
+                    confirmed.set_exception(error if isinstance(error, Exception) else BusError(repr(error)))
+            if not isinstance(error, Exception):
+                raise
+        else:
+            for _, confirmed in batch:
+                if not confirmed.done():
+                    confirmed.set_result(None)
 
     async def subscribe(
         self,

@@ -212,6 +212,20 @@ async def test_publishing_an_invalid_body_raises(bus: Bus, exchange: str, body: 
         await bus.publish(exchange, "a.b", body)
 
 
+async def test_publishes_at_once_arrive_in_order_and_a_bad_one_fails_alone(bus: Bus, name: Name) -> None:
+    # RabbitMQ sends what is published in one event-loop turn as one batch: it must keep the order,
+    # and one invalid body must not take the others down with it.
+    word, inbox = name("w"), Inbox()
+    await bus.subscribe(name("c"), EX, [f"{word}.#"], inbox, prefetch=1)
+    bodies = [event(str(i)) if i != 50 else {**event("bad"), "version": 2} for i in range(300)]
+    results = await asyncio.gather(*(bus.publish(EX, f"{word}.{i}", body) for i, body in enumerate(bodies)),
+                                   return_exceptions=True)
+    assert isinstance(results[50], ValueError)
+    assert [r for i, r in enumerate(results) if i != 50] == [None] * 299
+    await inbox.wait(lambda inbox: len(inbox.messages) == 299)
+    assert inbox.tags == [str(i) for i in range(300) if i != 50]
+
+
 async def test_the_treeherder_exchange_takes_any_object(bus: Bus, name: Name) -> None:
     inbox = Inbox()
     await bus.subscribe(name("c"), topics.TREEHERDER, [f"{name('w')}.#"], inbox)
