@@ -116,11 +116,18 @@ class TrashCollector:
 
 
 def _write(path: Path, content: bytes, mode: int) -> None:
-    # O_NOFOLLOW: a file a run replaced with a symlink is never written through.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    # O_NOFOLLOW: a file a run replaced with a symlink is never written through. Overwritten in
+    # place and cut only where the old content was longer, and the mode set only where it differs
+    # (the umask may have narrowed it): truncating and chmod-ing are journal work for the disk.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as file:
+        info = os.fstat(fd)
         file.write(content)
-        os.fchmod(fd, mode)  # the umask may have narrowed the mode `open` gave a new file
+        file.flush()
+        if info.st_size > len(content):
+            os.ftruncate(fd, len(content))
+        if info.st_mode & 0o7777 != mode:
+            os.fchmod(fd, mode)
 
 
 def _holds(path: Path, content: bytes, mode: int) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from infrax.bus import schemas
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,18 @@ class Bus(abc.ABC):
         Raises `ValueError` if `body` is not a message `exchange` carries, and `BusError`
         if the bus could not take it (after retrying for a bounded time).
         """
+
+    async def publish_all(self, messages: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Publish each `(exchange, routing_key, body)` in order, as `publish` does; returns once all are.
+
+        Every body is checked before any goes out: one that is not a message its exchange
+        carries raises `ValueError` and none is published.
+        """
+        messages = list(messages)
+        for exchange, _, body in messages:
+            schemas.encode(exchange, body)
+        for exchange, routing_key, body in messages:
+            await self.publish(exchange, routing_key, body)
 
     @abc.abstractmethod
     async def subscribe(

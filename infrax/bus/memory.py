@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 import logging
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -81,6 +81,11 @@ class MemoryBus(Bus):
         headers: dict[str, Any] | None = None,
     ) -> None:
         self._route(exchange, routing_key, schemas.encode(exchange, body), headers, checked=True)
+
+    async def publish_all(self, messages: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        encoded = [(exchange, key, schemas.encode(exchange, body)) for exchange, key, body in messages]
+        for exchange, key, data in encoded:
+            self._route(exchange, key, data, checked=True)
 
     def _route(self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None,
                checked: bool = False) -> None:

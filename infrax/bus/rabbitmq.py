@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import aio_pika
@@ -111,18 +111,28 @@ class RabbitMQBus(Bus):
         *,
         headers: dict[str, Any] | None = None,
     ) -> None:
-        data = schemas.encode(exchange, body)
+        await self._enqueue(exchange, routing_key, schemas.encode(exchange, body), headers)
+
+    async def publish_all(self, messages: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        encoded = [(exchange, key, schemas.encode(exchange, body)) for exchange, key, body in messages]
+        await asyncio.gather(*(self._enqueue(exchange, key, data) for exchange, key, data in encoded))
+
+    def _enqueue(self, exchange: str, routing_key: str, data: bytes,
+                 headers: dict[str, Any] | None = None) -> asyncio.Future[None]:
+        """Queue a checked message for the broker; the future is done once the broker confirmed it.
+
+        Whatever is queued in one turn of the event loop goes to the broker together (see
+        `amqp_driver.publish_confirmed`), in the order queued. Confirmed means on disk in every
+        bound queue.
+        """
+        self._started()
         properties = Basic.Properties(content_type="application/json", delivery_mode=PERSISTENT,
                                       headers=headers or None)
-        self._started()
         confirmed = asyncio.get_running_loop().create_future()
-        # Whatever is published in one turn of the event loop goes to the broker together (see
-        # `amqp_driver.publish_confirmed`), in the order published; each caller still returns
-        # only once the broker confirmed its own message: it is on disk in every bound queue.
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._send_outbox)
         self._outbox.append((amqp_driver.Outgoing(exchange, routing_key, data, properties), confirmed))
-        await confirmed
+        return confirmed
 
     def _send_outbox(self) -> None:
         batch, self._outbox = self._outbox, []

@@ -51,6 +51,7 @@ class Database:
             self._turn = asyncio.Lock()
         else:
             self.engine: AsyncEngine = create_async_engine(self.url, pool_size=10, max_overflow=10)
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def create_schema(self) -> None:
         """Bring the schema to the newest migration (one transaction; a no-op when it is there)."""
@@ -80,6 +81,22 @@ class Database:
                         yield _InLoopConnection(sync)  # type: ignore[misc]
             else:
                 async with self.engine.begin() as conn:
+                    yield conn
+        except (OperationalError, DBAPIError) as error:
+            raise StoreError(f"database error: {error.orig or error}") from error
+
+    @asynccontextmanager
+    async def each_alone(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement commits by itself, for work of statements that each
+        stand alone: on PostgreSQL that spares the BEGIN and COMMIT round trips of a transaction,
+        a third of a short one's cost. On SQLite it is `begin()`."""
+        try:
+            if self.is_sqlite:
+                async with self._turn:
+                    with self._sqlite.begin() as sync:
+                        yield _InLoopConnection(sync)  # type: ignore[misc]
+            else:
+                async with self._autocommit.connect() as conn:
                     yield conn
         except (OperationalError, DBAPIError) as error:
             raise StoreError(f"database error: {error.orig or error}") from error

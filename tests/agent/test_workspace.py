@@ -95,7 +95,7 @@ def test_the_same_run_again_gets_its_directory_back_clean(tmp_path: Path) -> Non
     assert contents(again) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}
 
 
-@pytest.mark.parametrize("change", ["rewritten, same size", "mode changed", "files.txt edited"])
+@pytest.mark.parametrize("change", ["rewritten, same size", "mode changed", "files.txt edited", "files.txt longer"])
 def test_a_handed_on_directory_gets_its_files_written_again_where_they_differ(tmp_path: Path, change: str) -> None:
     workspace = Workspace(tmp_path)
     first = workspace.prepare("run-1", BOOT, ["a"])
@@ -104,8 +104,10 @@ def test_a_handed_on_directory_gets_its_files_written_again_where_they_differ(tm
         (first / "bootstrapper").write_bytes(BOOT.replace(b"0", b"1"))
     elif change == "mode changed":
         (first / "bootstrapper").chmod(0o700)
-    else:
+    elif change == "files.txt edited":
         (first / "files.txt").write_text("z\n")
+    else:
+        (first / "files.txt").write_text("a much longer list\nof files\n")
     second = workspace.prepare("run-2", BOOT, ["a"])
     assert second.stat().st_ino == inode
     assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}

@@ -226,6 +226,16 @@ async def test_publishes_at_once_arrive_in_order_and_a_bad_one_fails_alone(bus: 
     assert inbox.tags == [str(i) for i in range(300) if i != 50]
 
 
+async def test_publish_all_sends_in_order_or_nothing_when_one_is_bad(bus: Bus, name: Name) -> None:
+    word, inbox = name("w"), Inbox()
+    await bus.subscribe(name("c"), EX, [f"{word}.#"], inbox, prefetch=1)
+    with pytest.raises(ValueError):
+        await bus.publish_all([(EX, f"{word}.ok", event("ok")), (EX, f"{word}.bad", {**event("bad"), "version": 2})])
+    await bus.publish_all((EX, f"{word}.{i}", event(str(i))) for i in range(100))
+    await inbox.wait(lambda inbox: len(inbox.messages) == 100)
+    assert inbox.tags == [str(i) for i in range(100)]
+
+
 async def test_the_treeherder_exchange_takes_any_object(bus: Bus, name: Name) -> None:
     inbox = Inbox()
     await bus.subscribe(name("c"), topics.TREEHERDER, [f"{name('w')}.#"], inbox)

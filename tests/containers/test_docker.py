@@ -157,12 +157,19 @@ async def test_start_and_removal_times(
 async def test_cancelled_create_leaves_no_container(
     docker: DockerProvider, container_type: ContainerType, new_id: Callable[[], str]
 ) -> None:
-    for delay in (0.0, 0.05, 0.3):
-        task = asyncio.create_task(docker.create(new_id(), container_type, SECRET))
+    cancelled = 0
+    for delay in (0.0, 0.05, 0.15, 0.3):
+        container_id = new_id()
+        task = asyncio.create_task(docker.create(container_id, container_type, SECRET))
         await asyncio.sleep(delay)
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            cancelled += 1
+        else:  # a warm engine can start one in less than the longest delay: then it is ours to remove
+            await docker.destroy(container_id)
+    assert cancelled >= 2, "the cancels came too late to test anything"
 
     async with asyncio.timeout(15):
         while await docker.list():
