@@ -129,6 +129,9 @@ class RabbitMQBus(Bus):
         properties = Basic.Properties(content_type="application/json", delivery_mode=PERSISTENT,
                                       headers=headers or None)
         confirmed = asyncio.get_running_loop().create_future()
+        # Read once here: `publish_all` raises the first failure of a batch, and asyncio would
+        # otherwise log the others, all the same failure, as never retrieved.
+        confirmed.add_done_callback(_retrieve_exception)
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._send_outbox)
         self._outbox.append((amqp_driver.Outgoing(exchange, routing_key, data, properties), confirmed))
@@ -250,6 +253,11 @@ class RabbitMQBus(Bus):
                     log.debug("%s failed again (%r); retrying in %.1f s", what, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_DELAY)
+
+
+def _retrieve_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:
