@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import shutil
 import statistics
@@ -117,11 +118,14 @@ async def _measure(console: Console, stack: Stack, bootstrapper: str, partitions
                        partitions=min(per_task, partitions - i), max_partitions=1000)
         for i in range(0, partitions, per_task)
     ]
+    agent_ids = [c.id for c in provisioner.containers()]
+    cpu_before = _own_cpu_seconds(), _agents_cpu_seconds(agent_ids, stack)
     t0 = time.monotonic()
     request = await scheduler.submit(TaskRequestSubmission(tasks=tasks))
     request_ids.add(request.id)
     await asyncio.wait_for(finished.wait(), timeout=max(120, partitions / 10))
     elapsed = time.monotonic() - t0
+    cpu_after = _own_cpu_seconds(), _agents_cpu_seconds(agent_ids, stack)
     await subscription.cancel()
 
     parts = await scheduler.partitions(request.id)
@@ -137,6 +141,8 @@ async def _measure(console: Console, stack: Stack, bootstrapper: str, partitions
         "p95_ms": _percentile(latencies, 95),
         "p99_ms": _percentile(latencies, 99),
         "burst_queue_p50_ms": _percentile(queue_waits, 50),
+        "infrax_cpu_ms": (cpu_after[0] - cpu_before[0]) * 1000 / len(parts),
+        "agents_cpu_ms": (cpu_after[1] - cpu_before[1]) * 1000 / len(parts),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "agent_peak_rss_mb": agent_peak_kb / 1024,
     }
@@ -152,6 +158,10 @@ async def _measure(console: Console, stack: Stack, bootstrapper: str, partitions
                       f"{figures[f'p{p}_ms']:.1f} ms")
     table.add_row("time queued in the burst, p50 (waiting for a container)",
                   f"{figures['burst_queue_p50_ms']:.0f} ms")
+    table.add_row("CPU per partition in the burst, infrax process", f"{figures['infrax_cpu_ms']:.2f} ms")
+    if figures["agents_cpu_ms"] > 0:
+        table.add_row("CPU per partition in the burst, agents and their bootstrappers",
+                      f"{figures['agents_cpu_ms']:.2f} ms")
     table.add_row("peak memory, infrax process", f"{figures['peak_rss_mb']:.0f} MB")
     table.add_row("peak memory, one agent", f"{figures['agent_peak_rss_mb']:.0f} MB")
     console.print(table)
@@ -189,6 +199,25 @@ def _percentile(values: list[float], p: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _agents_cpu_seconds(container_ids: list[str], stack: Stack) -> float:
+    """CPU time of the process containers' agents, with the bootstrappers they ran and reaped (Linux)."""
+    ticks = 0
+    for container_id in container_ids:
+        pid_file = stack.config.data_dir / "containers" / "process" / container_id / "pid"
+        try:
+            stat = Path(f"/proc/{pid_file.read_text().strip()}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_kb(container_id: str, stack: Stack) -> int:

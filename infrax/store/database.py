@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,32 +71,25 @@ class Database:
         else:
             await self.engine.dispose()
 
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A transaction: committed when the block ends, rolled back when it raises."""
-        try:
-            if self.is_sqlite:
-                async with self._turn:
-                    with self._sqlite.begin() as sync:
-                        yield _InLoopConnection(sync)  # type: ignore[misc]
-            else:
-                async with self.engine.begin() as conn:
-                    yield conn
-        except (OperationalError, DBAPIError) as error:
-            raise StoreError(f"database error: {error.orig or error}") from error
+        return self._connection(autocommit=False)
 
-    @asynccontextmanager
-    async def each_alone(self) -> AsyncIterator[AsyncConnection]:
+    def each_alone(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection whose every statement commits by itself, for work of statements that each
         stand alone: on PostgreSQL that spares the BEGIN and COMMIT round trips of a transaction,
         a third of a short one's cost. On SQLite it is `begin()`."""
+        return self._connection(autocommit=True)
+
+    @asynccontextmanager
+    async def _connection(self, autocommit: bool) -> AsyncIterator[AsyncConnection]:
         try:
             if self.is_sqlite:
                 async with self._turn:
                     with self._sqlite.begin() as sync:
                         yield _InLoopConnection(sync)  # type: ignore[misc]
             else:
-                async with self._autocommit.connect() as conn:
+                async with self._autocommit.connect() if autocommit else self.engine.begin() as conn:
                     yield conn
         except (OperationalError, DBAPIError) as error:
             raise StoreError(f"database error: {error.orig or error}") from error
