@@ -250,7 +250,7 @@ async def test_subscribing_to_an_unknown_exchange_raises(bus: Bus, name: Name) -
         await bus.subscribe(name("c"), "exchange/infrax/v1/no-such-thing", ["#"], Inbox())
 
 
-@pytest.mark.parametrize("method", ["start", "close", "publish", "subscribe"])
+@pytest.mark.parametrize("method", ["start", "close", "publish", "publish_all", "subscribe"])
 def test_implementations_have_the_interface_signatures(method: str) -> None:
     expected = inspect.signature(getattr(Bus, method))
     for implementation in (MemoryBus, RabbitMQBus):
