@@ -210,22 +210,24 @@ def _agents_cpu_seconds(container_ids: list[str], stack: Stack) -> float:
     """CPU time of the process containers' agents, with the bootstrappers they ran and reaped (Linux)."""
     ticks = 0
     for container_id in container_ids:
-        pid_file = stack.config.data_dir / "containers" / "process" / container_id / "pid"
-        try:
-            stat = Path(f"/proc/{pid_file.read_text().strip()}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        stat = _agent_proc(container_id, stack, "stat")
+        if stat is not None:
+            fields = stat.rpartition(")")[2].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_kb(container_id: str, stack: Stack) -> int:
     """VmHWM of a process container's agent (0 for other providers)."""
-    pid_file = stack.config.data_dir / "containers" / "process" / container_id / "pid"
-    try:
-        status = Path(f"/proc/{pid_file.read_text().strip()}/status").read_text()
-    except OSError:
-        return 0
+    status = _agent_proc(container_id, stack, "status") or ""
     line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
     return int(line.split()[1])
+
+
+def _agent_proc(container_id: str, stack: Stack, name: str) -> str | None:
+    """`/proc/<pid>/<name>` of a process container's agent; None for other providers or a gone agent."""
+    pid_file = stack.config.data_dir / "containers" / "process" / container_id / "pid"
+    try:
+        return Path(f"/proc/{pid_file.read_text().strip()}/{name}").read_text()
+    except OSError:
+        return None

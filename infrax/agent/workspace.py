@@ -43,7 +43,8 @@ class Workspace:
         files_text = "".join(f"{file}\n" for file in files).encode()
         reusable = self._reusable()
         self._handed = None
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        if reusable is None:  # else runs/ holds it
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._clear(keep=reusable)
         if reusable is not None:
             if reusable != directory:
@@ -79,17 +80,18 @@ class Workspace:
 
     def _clear(self, keep: Path | None) -> None:
         """Every entry of `runs/` but the one handed on goes: directories to the trash, the rest unlinked."""
-        moved = False
         with os.scandir(self.runs_dir) as scan:
             entries = [entry for entry in scan if keep is None or entry.path != str(keep)]
+        directories = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                self.trash.directory.mkdir(exist_ok=True)
-                os.rename(entry.path, self.trash.directory / f"{entry.name}-{time.monotonic_ns()}")
-                moved = True
+                directories.append(entry)
             else:
                 Path(entry.path).unlink(missing_ok=True)
-        if moved:
+        if directories:
+            self.trash.directory.mkdir(exist_ok=True)
+            for entry in directories:
+                os.rename(entry.path, self.trash.directory / f"{entry.name}-{time.monotonic_ns()}")
             self.trash.empty_soon()
 
 

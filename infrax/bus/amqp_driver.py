@@ -8,7 +8,6 @@
 - One socket write per event-loop turn. The driver wrote every queued publish, ack and method
   with a `write()` of its own: a system call each, and each wakes the broker. Frames queued
   while the writer waited now go out together in one write, still in order.
-
 - Publishing many messages at once (`publish_confirmed`): one lock, one frame write and one
   timeout for all, where `basic_publish` took each of those per message and cost ~0.2 ms of CPU
   a message, more than anything else on the bus.

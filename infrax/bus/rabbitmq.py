@@ -51,6 +51,13 @@ _FIRST_DELAY, _MAX_DELAY = 0.1, 1.0
 PERSISTENT = 2  # AMQP delivery mode
 CLOSE_FLUSH_TIMEOUT = 5.0
 
+
+def _properties(headers: dict[str, Any] | None = None) -> Basic.Properties:
+    return Basic.Properties(content_type="application/json", delivery_mode=PERSISTENT, headers=headers)
+
+
+_PLAIN = _properties()  # shared by every message without headers: marshalling only reads it
+
 amqp_driver.apply()
 
 
@@ -126,8 +133,7 @@ class RabbitMQBus(Bus):
         bound queue.
         """
         self._started()
-        properties = Basic.Properties(content_type="application/json", delivery_mode=PERSISTENT,
-                                      headers=headers or None)
+        properties = _properties(headers) if headers else _PLAIN
         confirmed = asyncio.get_running_loop().create_future()
         # Read once here: `publish_all` raises the first failure of a batch, and asyncio would
         # otherwise log the others, all the same failure, as never retrieved.
@@ -145,18 +151,18 @@ class RabbitMQBus(Bus):
     async def _send(self, batch: list[tuple[amqp_driver.Outgoing, asyncio.Future[None]]]) -> None:
         channel = self._channel
         messages = [message for message, _ in batch]
+        exchanges = {m.exchange for m in messages}
 
         async def attempt() -> None:
             if channel is None:
                 raise BusError(f"{self!r} closed before the messages went out")
-            for exchange in {m.exchange for m in messages} - self._exchanges.keys():
+            for exchange in exchanges - self._exchanges.keys():
                 self._exchanges[exchange] = await channel.declare_exchange(
                     exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             await amqp_driver.publish_confirmed(await channel.get_underlay_channel(), messages)
 
-        exchanges = ", ".join(sorted({m.exchange for m in messages}))
         try:
-            await self._retrying(f"publishing {len(messages)} messages to {exchanges}", attempt)
+            await self._retrying(f"publishing {len(messages)} messages to {', '.join(sorted(exchanges))}", attempt)
         except BaseException as error:
             for _, confirmed in batch:
                 if not confirmed.done():

@@ -22,7 +22,6 @@ not reported: Treeherder files every job under a push.
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import re
 import uuid
