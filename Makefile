@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench bench-optimizer bench-containers services image install clean
+.PHONY: demo test check bench bench-optimizer bench-containers services image install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,15 @@ services:
 image: $(STAMP) services
 	$(VENV)/bin/infrax image build
 
-test: $(STAMP) services
+# Static checks first: they take seconds and say exactly where.
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# In random order (pytest-randomly): the seed is printed at the top; PYTEST_ARGS=--randomly-seed=N
+# repeats that order, PYTEST_ARGS="-p no:randomly" runs in file order.
+test: check services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) services

@@ -33,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infrax.config import COMPONENTS, Config, ProviderConfig  # noqa: E402
-from infrax.model import ContainerState, ContainerType, TaskDefinition, TaskRequestSubmission, is_final  # noqa: E402
-from infrax.provisioner.providers import ContainerProvider, ProviderError, make_provider  # noqa: E402
-from infrax.scheduler.client import SchedulerClient  # noqa: E402
-from infrax.stack import Stack  # noqa: E402
+from infrax.config import COMPONENTS, Config, ProviderConfig
+from infrax.model import ContainerState, ContainerType, TaskDefinition, TaskRequestSubmission, is_final
+from infrax.provisioner.providers import ContainerProvider, ProviderError, make_provider
+from infrax.scheduler.client import SchedulerClient
+from infrax.stack import Stack
 
 DOCKER_URL = os.environ.get("INFRAX_DOCKER_URL", "unix:///run/infrax-podman.sock")
 TYPE = ContainerType(name="bench", tags=["bench"], memory="256m", cpus=1)
@@ -52,16 +52,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def figures(values: list[float]) -> str:
-    return (f"median {statistics.median(values):.3f}s  p95 {percentile(values, 95):.3f}s  "
-            f"min {min(values):.3f}s  max {max(values):.3f}s  (n={len(values)})")
+    return (
+        f"median {statistics.median(values):.3f}s  p95 {percentile(values, 95):.3f}s  "
+        f"min {min(values):.3f}s  max {max(values):.3f}s  (n={len(values)})"
+    )
 
 
 def provider_options(kind: str, root: Path, owner: str, mounts: list[str]) -> dict[str, Any]:
     if kind == "docker":
         from infrax.provisioner.image import ensure_agent_image
 
-        return {"url": DOCKER_URL, "image": ensure_agent_image(DOCKER_URL), "owner": owner,
-                "extra_mounts": mounts, "kill_grace": 0.5}
+        return {
+            "url": DOCKER_URL,
+            "image": ensure_agent_image(DOCKER_URL),
+            "owner": owner,
+            "extra_mounts": mounts,
+            "kill_grace": 0.5,
+        }
     return {"root": str(root / "containers" / kind), "kill_grace": 0.5}
 
 
@@ -101,12 +108,22 @@ async def measure_dispatch(kind: str, requests: int, warm: int, root: Path, owne
     trivial = scripts / "trivial.sh"
     trivial.write_text("#!/bin/sh\nexit 0\n")
     trivial.chmod(0o755)
-    pool = TYPE.model_copy(update={"providers": [kind], "min_warm": 0 if cold else warm, "max_concurrent": warm,
-                                   "idle_timeout": 3600, "max_partitions": 1 if cold else None})
-    config = Config(data_dir=root / f"data-{kind}-{'cold' if cold else 'warm'}", ports={n: 0 for n in COMPONENTS}, container_types=[pool],
-                    providers=[ProviderConfig(kind, kind=kind, options=provider_options(kind, root, owner,
-                                                                                        [str(scripts)]))],
-                    agent_kill_grace=0.5)
+    pool = TYPE.model_copy(
+        update={
+            "providers": [kind],
+            "min_warm": 0 if cold else warm,
+            "max_concurrent": warm,
+            "idle_timeout": 3600,
+            "max_partitions": 1 if cold else None,
+        }
+    )
+    config = Config(
+        data_dir=root / f"data-{kind}-{'cold' if cold else 'warm'}",
+        ports={n: 0 for n in COMPONENTS},
+        container_types=[pool],
+        providers=[ProviderConfig(kind, kind=kind, options=provider_options(kind, root, owner, [str(scripts)]))],
+        agent_kill_grace=0.5,
+    )
     stack = Stack(config, serve=False)
     await stack.start()
     try:
@@ -117,8 +134,9 @@ async def measure_dispatch(kind: str, requests: int, warm: int, root: Path, owne
                 raise RuntimeError(f"the warm pool of {warm} {kind} containers never filled")
             await asyncio.sleep(0.05)
         scheduler = SchedulerClient(stack.client("scheduler"))
-        definition = TaskDefinition(name="trivial", files=["a"], container_tag=["bench"], bootstrapper=str(trivial),
-                                    partitions=1)
+        definition = TaskDefinition(
+            name="trivial", files=["a"], container_tag=["bench"], bootstrapper=str(trivial), partitions=1
+        )
         submitted: dict[str, datetime] = {}
         for _ in range(requests):
             before = datetime.now().astimezone()
@@ -163,8 +181,10 @@ async def main() -> int:
                 await measure_starts(kind, args.starts, root, owner)
             except ProviderError as error:
                 print(f"  {kind}: failed: {error}")
-        print(f"Dispatch latency on a warm pool of {args.warm} containers, {args.requests} single-partition "
-              f"requests, one every {PACE}s:")
+        print(
+            f"Dispatch latency on a warm pool of {args.warm} containers, {args.requests} single-partition "
+            f"requests, one every {PACE}s:"
+        )
         for kind in kinds:
             await measure_dispatch(kind, args.requests, args.warm, root, owner)
         print("The same without a warm pool (min_warm 0, max_partitions 1: a fresh container per partition):")

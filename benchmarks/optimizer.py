@@ -49,19 +49,24 @@ def load_suites(folder: Path = DATA) -> dict[str, dict[str, float]]:
     return {name: items for name, items in suites.items() if len(items) >= MIN_ITEMS}
 
 
-def plan(planner: Planner, name: str, durations: dict[str, float], count: int,
-         previous: dict[str, int] | None = None) -> ExecutionPlan:
+def plan(
+    planner: Planner, name: str, durations: dict[str, float], count: int, previous: dict[str, int] | None = None
+) -> ExecutionPlan:
     """The optimizer's plan for one task whose history is `durations` (and `previous` partitions)."""
     return planner.plan(*request(name, durations, count, previous))
 
 
-def request(name: str, durations: dict[str, float], count: int,
-            previous: dict[str, int] | None = None) -> tuple[PlanRequest, History]:
+def request(
+    name: str, durations: dict[str, float], count: int, previous: dict[str, int] | None = None
+) -> tuple[PlanRequest, History]:
     """What the optimizer service hands its planner: the request, and the history it loaded."""
-    task = TaskDefinition(name=name, files=sorted(durations), container_tag=["bench"], bootstrapper="-",
-                          partitions=count)
-    known = {f: FileHistory(d, 1, (previous or {}).get(f), count if previous and f in previous else None)
-             for f, d in durations.items()}
+    task = TaskDefinition(
+        name=name, files=sorted(durations), container_tag=["bench"], bootstrapper="-", partitions=count
+    )
+    known = {
+        f: FileHistory(d, 1, (previous or {}).get(f), count if previous and f in previous else None)
+        for f, d in durations.items()
+    }
     return PlanRequest(project="bench", tasks=[task], container_types=[TYPE]), {(name, TYPE.name): known}
 
 
@@ -103,13 +108,17 @@ def main() -> int:
             naive.append(naive_ratio)
             cases.append((name, count))
             print(f"{name:44} {len(files):5} {count:3} {bound:10.1f} s {ratio:10.4f} {naive_ratio:8.4f}")
-    print(f"{'worst ratio':66} {max(ours):10.4f} {max(naive):8.4f}   "
-          f"(target: optimizer <= 1.005: {_verdict(max(ours) <= 1.005)})")
+    print(
+        f"{'worst ratio':66} {max(ours):10.4f} {max(naive):8.4f}   "
+        f"(target: optimizer <= 1.005: {_verdict(max(ours) <= 1.005)})"
+    )
     print(f"{'mean ratio':66} {statistics.mean(ours):10.4f} {statistics.mean(naive):8.4f}")
 
     print("\nStability: share of the files kept that change partition, previous partitions known from history")
-    for label, change in (("5% of files removed, 5% added at the median", _add_remove),
-                          ("every duration drifts by a factor in [0.8, 1.2]", _drift)):
+    for label, change in (
+        ("5% of files removed, 5% added at the median", _add_remove),
+        ("every duration drifts by a factor in [0.8, 1.2]", _drift),
+    ):
         churns, ratios = [], []
         for name, count in cases:
             durations = suites[name]
@@ -119,8 +128,10 @@ def main() -> int:
             churns.append(churn(before, assignment(after_plan)))
             parts = [p.files for p in after_plan.tasks[0].partitions]
             ratios.append(makespan(parts, changed) / lower_bound(list(changed.values()), count))
-        print(f"  {label}: churn worst {max(churns):.1%}, mean {statistics.mean(churns):.1%}; "
-              f"ratio worst {max(ratios):.4f}, mean {statistics.mean(ratios):.4f}")
+        print(
+            f"  {label}: churn worst {max(churns):.1%}, mean {statistics.mean(churns):.1%}; "
+            f"ratio worst {max(ratios):.4f}, mean {statistics.mean(ratios):.4f}"
+        )
         if change is _add_remove:
             met = max(churns) <= 0.15 and max(ratios) <= 1.02
             print(f"    (target: churn <= 15% at a worst ratio <= 1.02: {_verdict(met)})")
@@ -151,11 +162,22 @@ async def _service_ms(durations: dict[str, float], previous: dict[str, int]) -> 
             by_partition: dict[int, list[str]] = defaultdict(list)
             for f, index in previous.items():
                 by_partition[index].append(f)
-            await service.history.record([
-                Sample("bench", "big", TYPE.name, f"run-{index}", files, index, 32, None,
-                       {f: durations[f] for f in files})
-                for index, files in sorted(by_partition.items())
-            ])
+            await service.history.record(
+                [
+                    Sample(
+                        "bench",
+                        "big",
+                        TYPE.name,
+                        f"run-{index}",
+                        files,
+                        index,
+                        32,
+                        None,
+                        {f: durations[f] for f in files},
+                    )
+                    for index, files in sorted(by_partition.items())
+                ]
+            )
             plan_request, _ = request("big", durations, 32)
             times = []
             for _ in range(5):

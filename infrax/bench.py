@@ -30,8 +30,9 @@ TRIVIAL = "#!/bin/sh\nexit 0\n"
 PACED_RATE = 20
 
 
-async def run_bench_on(console: Console, backend: str, partitions: int, containers: int, postgres: str,
-                       amqp: str) -> dict[str, float]:
+async def run_bench_on(
+    console: Console, backend: str, partitions: int, containers: int, postgres: str, amqp: str
+) -> dict[str, float]:
     if backend == "embedded":
         return await run_bench(console, partitions, containers)
     if backend != "production":
@@ -58,8 +59,9 @@ async def _throwaway_vhost(amqp: str, name: str) -> AsyncIterator[str]:
     url = URL(amqp)
 
     async def ctl(*args: str) -> None:
-        process = await asyncio.create_subprocess_exec("rabbitmqctl", *args, stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.PIPE)
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
         _, err = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {err.decode(errors='replace').strip()}")
@@ -72,16 +74,23 @@ async def _throwaway_vhost(amqp: str, name: str) -> AsyncIterator[str]:
         await ctl("delete_vhost", name)
 
 
-async def run_bench(console: Console, partitions: int, containers: int, db: str | None = None,
-                    bus: str | None = None) -> dict[str, float]:
+async def run_bench(
+    console: Console, partitions: int, containers: int, db: str | None = None, bus: str | None = None
+) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="infrax-bench-"))
     bootstrapper = root / "trivial.sh"
     bootstrapper.write_text(TRIVIAL)
     bootstrapper.chmod(0o755)
     config = Config(
-        data_dir=root / "data", db=db or "", bus=bus or "memory://", ports={n: 0 for n in COMPONENTS},
-        container_types=[ContainerType(name="bench", tags=["bench"], max_concurrent=containers, min_warm=containers,
-                                       idle_timeout=3600)],
+        data_dir=root / "data",
+        db=db or "",
+        bus=bus or "memory://",
+        ports={n: 0 for n in COMPONENTS},
+        container_types=[
+            ContainerType(
+                name="bench", tags=["bench"], max_concurrent=containers, min_warm=containers, idle_timeout=3600
+            )
+        ],
         providers=[ProviderConfig("process")],
     )
     stack = Stack(config, serve=False)
@@ -92,12 +101,13 @@ async def run_bench(console: Console, partitions: int, containers: int, db: str 
         await stack.stop()
 
 
-async def _measure(console: Console, stack: Stack, bootstrapper: str, partitions: int,
-                   containers: int) -> dict[str, float]:
+async def _measure(
+    console: Console, stack: Stack, bootstrapper: str, partitions: int, containers: int
+) -> dict[str, float]:
     provisioner = stack.services["provisioner"]
     started = time.monotonic()
-    while sum(1 for c in provisioner.containers() if c.state == "idle") < containers:
-        await asyncio.sleep(0.05)
+    while sum(1 for c in provisioner.containers() if c.state == "idle") < containers:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # the provisioner announces no "pool full": polled, only before measuring
     warm_seconds = time.monotonic() - started
     console.print(f"{containers} warm containers ready in {warm_seconds:.2f}s")
 
@@ -113,9 +123,14 @@ async def _measure(console: Console, stack: Stack, bootstrapper: str, partitions
     scheduler = SchedulerClient(stack.client("scheduler"))
     per_task = 1000
     tasks = [
-        TaskDefinition(name=f"trivial-{i // per_task}", files=[f"f{j}" for j in range(i, min(i + per_task, partitions))],
-                       container_tag=["bench"], bootstrapper=bootstrapper,
-                       partitions=min(per_task, partitions - i), max_partitions=1000)
+        TaskDefinition(
+            name=f"trivial-{i // per_task}",
+            files=[f"f{j}" for j in range(i, min(i + per_task, partitions))],
+            container_tag=["bench"],
+            bootstrapper=bootstrapper,
+            partitions=min(per_task, partitions - i),
+            max_partitions=1000,
+        )
         for i in range(0, partitions, per_task)
     ]
     agent_ids = [c.id for c in provisioner.containers()]
@@ -146,22 +161,27 @@ async def _measure(console: Console, stack: Stack, bootstrapper: str, partitions
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "agent_peak_rss_mb": agent_peak_kb / 1024,
     }
-    table = Table(title=f"infrax bench: {len(parts)} trivial partitions, {containers} warm containers "
-                        f"({stack.config.db.split(':')[0]}, {stack.config.bus.split(':')[0]})", title_justify="left")
+    table = Table(
+        title=f"infrax bench: {len(parts)} trivial partitions, {containers} warm containers "
+        f"({stack.config.db.split(':')[0]}, {stack.config.bus.split(':')[0]})",
+        title_justify="left",
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("all partitions final", ", ".join(sorted(states)))
     table.add_row("wall time", f"{elapsed:.2f} s")
     table.add_row("throughput", f"{figures['throughput']:.0f} partitions/s")
     for p in (50, 95, 99):
-        table.add_row(f"dispatch latency p{p} (queued → running; warm pool, {PACED_RATE} requests/s)",
-                      f"{figures[f'p{p}_ms']:.1f} ms")
-    table.add_row("time queued in the burst, p50 (waiting for a container)",
-                  f"{figures['burst_queue_p50_ms']:.0f} ms")
+        table.add_row(
+            f"dispatch latency p{p} (queued → running; warm pool, {PACED_RATE} requests/s)",
+            f"{figures[f'p{p}_ms']:.1f} ms",
+        )
+    table.add_row("time queued in the burst, p50 (waiting for a container)", f"{figures['burst_queue_p50_ms']:.0f} ms")
     table.add_row("CPU per partition in the burst, infrax process", f"{figures['infrax_cpu_ms']:.2f} ms")
     if figures["agents_cpu_ms"] > 0:
-        table.add_row("CPU per partition in the burst, agents and their bootstrappers",
-                      f"{figures['agents_cpu_ms']:.2f} ms")
+        table.add_row(
+            "CPU per partition in the burst, agents and their bootstrappers", f"{figures['agents_cpu_ms']:.2f} ms"
+        )
     table.add_row("peak memory, infrax process", f"{figures['peak_rss_mb']:.0f} MB")
     table.add_row("peak memory, one agent", f"{figures['agent_peak_rss_mb']:.0f} MB")
     console.print(table)
@@ -174,8 +194,7 @@ def _latencies(parts: list[TaskPartition]) -> list[float]:
     return sorted((p.started_at - p.queued_at).total_seconds() * 1000 for p in parts if p.started_at and p.queued_at)
 
 
-async def _paced_latencies(scheduler: SchedulerClient, bootstrapper: str, count: int,
-                           per_second: float) -> list[float]:
+async def _paced_latencies(scheduler: SchedulerClient, bootstrapper: str, count: int, per_second: float) -> list[float]:
     """Single-partition requests at a steady rate below capacity: what one push waits for a warm container."""
     task = TaskDefinition(name="paced", files=["f"], container_tag=["bench"], bootstrapper=bootstrapper)
     request_ids = []

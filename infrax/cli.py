@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -22,8 +23,12 @@ from infrax.model import PushSubmission, run_id_of
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import StoreError
 
-app = typer.Typer(help="infrax: continuous-integration task execution.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="infrax: continuous-integration task execution.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 # Piped output (CI logs, `make demo | tee`) still gets tables wide enough to read.
 console = Console(width=None if sys.stdout.isatty() else 160)
 T = TypeVar("T")
@@ -68,9 +73,11 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
 
 
 def _clients(config: Config) -> Clients:
-    return Clients(JobMasterClient(tcp_client(config.url("jobmaster"))),
-                   SchedulerClient(tcp_client(config.url("scheduler"))),
-                   ExecutionerClient(tcp_client(config.url("executioner"))))
+    return Clients(
+        JobMasterClient(tcp_client(config.url("jobmaster"))),
+        SchedulerClient(tcp_client(config.url("scheduler"))),
+        ExecutionerClient(tcp_client(config.url("executioner"))),
+    )
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -101,17 +108,26 @@ def _serve(components: tuple[str, ...], config: Config, logic: str) -> None:
 
 
 @app.command()
-def up(config: Path | None = ConfigOption, db: str | None = DbOption, bus: str | None = BusOption,
-       data_dir: Path | None = DataDirOption, logic: str = typer.Option("reference", help="job master logic")) -> None:
+def up(
+    config: Path | None = ConfigOption,
+    db: str | None = DbOption,
+    bus: str | None = BusOption,
+    data_dir: Path | None = DataDirOption,
+    logic: str = typer.Option("reference", help="job master logic"),
+) -> None:
     """Run every component in this one process."""
     _serve(COMPONENTS, _config(config, db=db, bus=bus, data_dir=data_dir), logic)
 
 
 def _component_command(name: str) -> None:
-    def command(config: Path | None = ConfigOption, db: str | None = DbOption, bus: str | None = BusOption,
-                data_dir: Path | None = DataDirOption,
-                instance: str | None = typer.Option(None, "--name", help="instance name, stable across restarts"),
-                logic: str = typer.Option("reference", help="job master logic (jobmaster only)")) -> None:
+    def command(
+        config: Path | None = ConfigOption,
+        db: str | None = DbOption,
+        bus: str | None = BusOption,
+        data_dir: Path | None = DataDirOption,
+        instance: str | None = typer.Option(None, "--name", help="instance name, stable across restarts"),
+        logic: str = typer.Option("reference", help="job master logic (jobmaster only)"),
+    ) -> None:
         _serve((name,), _config(config, db=db, bus=bus, data_dir=data_dir, name=instance), logic)
 
     command.__doc__ = f"Run the {name} alone; it reaches the others at their configured URLs."
@@ -126,17 +142,20 @@ for _name in COMPONENTS:
 
 
 @app.command()
-def push(repository: Path = typer.Argument(..., help="a local git repository"),
-         revision: str = typer.Argument("HEAD"), branch: str | None = typer.Option(None),
-         wait: bool = typer.Option(True, help="follow the job until it ends"),
-         config: Path | None = ConfigOption) -> None:
+def push(
+    repository: Path = typer.Argument(..., help="a local git repository"),
+    revision: str = typer.Argument("HEAD"),
+    branch: str | None = typer.Option(None),
+    wait: bool = typer.Option(True, help="follow the job until it ends"),
+    config: Path | None = ConfigOption,
+) -> None:
     """Test a revision: the job master makes a job of it and runs its tasks."""
     cfg = _config(config)
+    repository_path = str(repository.resolve())
 
     async def main() -> int:
         clients = _clients(cfg)
-        job = await clients.jobmaster.push(PushSubmission(repository=str(repository.resolve()), revision=revision,
-                                                          branch=branch))
+        job = await clients.jobmaster.push(PushSubmission(repository=repository_path, revision=revision, branch=branch))
         console.print(f"job [bold]{job.id}[/] for {job.project}@{job.revision[:12]}: {job.state}")
         if not wait:
             return 0
@@ -149,8 +168,9 @@ def push(repository: Path = typer.Argument(..., help="a local git repository"),
 
 
 @app.command()
-def status(job_id: str = typer.Argument(..., help="a job id, or a revision (prefix)"),
-           config: Path | None = ConfigOption) -> None:
+def status(
+    job_id: str = typer.Argument(..., help="a job id, or a revision (prefix)"), config: Path | None = ConfigOption
+) -> None:
     """Show a job, its tasks and partitions."""
     cfg = _config(config)
 
@@ -172,10 +192,12 @@ def status(job_id: str = typer.Argument(..., help="a job id, or a revision (pref
 
 
 @app.command()
-def logs(partition_id: str = typer.Argument(..., help="a partition id"),
-         run: int | None = typer.Option(None, help="which run (default: the latest)"),
-         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the run ends"),
-         config: Path | None = ConfigOption) -> None:
+def logs(
+    partition_id: str = typer.Argument(..., help="a partition id"),
+    run: int | None = typer.Option(None, help="which run (default: the latest)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the run ends"),
+    config: Path | None = ConfigOption,
+) -> None:
     """Print the log of a partition's run."""
     cfg = _config(config)
 
@@ -235,8 +257,10 @@ app.add_typer(image_app, name="image")
 
 
 @image_app.command("build")
-def image_build(url: str = typer.Option("unix:///run/infrax-podman.sock", help="Docker Engine API endpoint"),
-                force: bool = typer.Option(False, help="rebuild even when the image exists")) -> None:
+def image_build(
+    url: str = typer.Option("unix:///run/infrax-podman.sock", help="Docker Engine API endpoint"),
+    force: bool = typer.Option(False, help="rebuild even when the image exists"),
+) -> None:
     """Build the agent image locally (no registry needed): a Debian root filesystem plus the agent."""
     from infrax.provisioner.image import ImageError, build_agent_image
 
@@ -258,17 +282,19 @@ def demo(keep: bool = typer.Option(False, help="keep the demo's folder")) -> Non
 
 
 @app.command()
-def bench(partitions: int = typer.Option(1000, help="how many trivial partitions"),
-          # 48: of 24, 32, 48, 64 and 96 warm process containers, 48 moved the most partitions on 2 cores.
-          containers: int = typer.Option(48, help="warm containers"),
-          backend: list[str] = typer.Option(["embedded"], help="embedded, production (PostgreSQL + RabbitMQ)"),
-          postgres: str = typer.Option("postgresql://postgres@127.0.0.1:5432", help="server for 'production'"),
-          amqp: str = typer.Option("amqp://guest:guest@127.0.0.1:5672/", help="broker for 'production'")) -> None:
+def bench(
+    partitions: int = typer.Option(1000, help="how many trivial partitions"),
+    # 48: of 24, 32, 48, 64 and 96 warm process containers, 48 moved the most partitions on 2 cores.
+    containers: int = typer.Option(48, help="warm containers"),
+    backend: list[str] = typer.Option(["embedded"], help="embedded, production (PostgreSQL + RabbitMQ)"),
+    postgres: str = typer.Option("postgresql://postgres@127.0.0.1:5432", help="server for 'production'"),
+    amqp: str = typer.Option("amqp://guest:guest@127.0.0.1:5672/", help="broker for 'production'"),
+) -> None:
     """Push N trivial partitions through the whole pipeline and print throughput and latency."""
     from infrax.bench import run_bench_on
 
     for name in backend:
-        _run(lambda name=name: run_bench_on(console, name, partitions, containers, postgres, amqp))
+        _run(functools.partial(run_bench_on, console, name, partitions, containers, postgres, amqp))
 
 
 def main() -> None:
@@ -277,4 +303,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -23,8 +23,12 @@ class ConfigError(Exception):
 def default_container_types() -> list[ContainerType]:
     return [
         ContainerType(
-            name="linux_x86_64", tags=["linux_x86_64", "linux"], providers=["process"],
-            max_concurrent=max(2, os.cpu_count() or 2), min_warm=0, idle_timeout=60.0,
+            name="linux_x86_64",
+            tags=["linux_x86_64", "linux"],
+            providers=["process"],
+            max_concurrent=max(2, os.cpu_count() or 2),
+            min_warm=0,
+            idle_timeout=60.0,
         )
     ]
 

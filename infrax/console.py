@@ -18,8 +18,15 @@ from infrax.model import Job, TaskPartition, TaskRequest, is_final, run_id_of
 from infrax.scheduler.client import SchedulerClient
 
 STATE_STYLE = {
-    "pending": "dim", "queued": "yellow", "dispatched": "cyan", "running": "blue", "completed": "green",
-    "failed": "bold red", "exception": "bold magenta", "cancelled": "dim", "skipped": "dim",
+    "pending": "dim",
+    "queued": "yellow",
+    "dispatched": "cyan",
+    "running": "blue",
+    "completed": "green",
+    "failed": "bold red",
+    "exception": "bold magenta",
+    "cancelled": "dim",
+    "skipped": "dim",
 }
 
 
@@ -35,8 +42,12 @@ class Clients:
 
 
 def job_table(job: Job, request: TaskRequest | None) -> Table:
-    table = Table(title=f"job {job.id[:12]}  {job.project}@{job.revision[:12]}  ", title_justify="left",
-                  caption=Text.assemble("job: ", styled(job.state), f"  {job.message or ''}"), caption_justify="left")
+    table = Table(
+        title=f"job {job.id[:12]}  {job.project}@{job.revision[:12]}  ",
+        title_justify="left",
+        caption=Text.assemble("job: ", styled(job.state), f"  {job.message or ''}"),
+        caption_justify="left",
+    )
     for column in ("task", "partition", "files", "state", "run", "exit", "time", "log"):
         table.add_column(column, overflow="fold")
     if request is None:
@@ -45,8 +56,16 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
         if not task.partitions:
             table.add_row(task.name, "-", "-", styled(task.state), "", "", "", task.message or "")
         for part in task.partitions:
-            table.add_row(task.name, f"{part.index}/{part.count}", _files(part), styled(part.state), str(part.run),
-                          "" if part.exit_code is None else str(part.exit_code), _elapsed(part), part.log_url or "")
+            table.add_row(
+                task.name,
+                f"{part.index}/{part.count}",
+                _files(part),
+                styled(part.state),
+                str(part.run),
+                "" if part.exit_code is None else str(part.exit_code),
+                _elapsed(part),
+                part.log_url or "",
+            )
     return table
 
 
@@ -62,13 +81,15 @@ def _elapsed(part: TaskPartition) -> str:
     return ""
 
 
-async def watch_job(clients: Clients, job_id: str, console: Console, timeout: float = 600.0,
-                    live: bool = True) -> tuple[Job, TaskRequest | None]:
+async def watch_job(
+    clients: Clients, job_id: str, console: Console, timeout: float = 600.0, live: bool = True
+) -> tuple[Job, TaskRequest | None]:
     """Follow a job until it ends, redrawing its table; returns the final job and its request."""
     deadline = time.monotonic() + timeout
     job, request = await _snapshot(clients, job_id)
-    with Live(job_table(job, request), console=console, refresh_per_second=8, transient=False,
-              auto_refresh=live) as view:
+    with Live(
+        job_table(job, request), console=console, refresh_per_second=8, transient=False, auto_refresh=live
+    ) as view:
         while not (is_final(job.state) and (request is None or is_final(request.state))):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.state} after {timeout:.0f}s")

@@ -27,8 +27,11 @@ async def run_demo(console: Console, keep: bool = False) -> int:
     config = Config(data_dir=root / "data", ports={name: 0 for name in COMPONENTS})
     stack = Stack(config)
     await stack.start()
-    clients = Clients(JobMasterClient(stack.client("jobmaster")), SchedulerClient(stack.client("scheduler")),
-                      ExecutionerClient(stack.client("executioner")))
+    clients = Clients(
+        JobMasterClient(stack.client("jobmaster")),
+        SchedulerClient(stack.client("scheduler")),
+        ExecutionerClient(stack.client("executioner")),
+    )
     try:
         console.rule("[bold]push 1: all tests pass")
         first = await _push_and_watch(clients, console, repo, good)
@@ -41,8 +44,7 @@ async def run_demo(console: Console, keep: bool = False) -> int:
             shutil.rmtree(root, ignore_errors=True)
     ok = first == "completed" and second == "failed"
     verdict = "[bold green]as expected" if ok else "[bold red]NOT as expected"
-    console.print(f"{verdict}[/]: first push {first}, second push {second}"
-                  + (f"; kept in {root}" if keep else ""))
+    console.print(f"{verdict}[/]: first push {first}, second push {second}" + (f"; kept in {root}" if keep else ""))
     return 0 if ok else 1
 
 

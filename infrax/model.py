@@ -7,14 +7,14 @@ Field names are camelCase on the wire (the design note's `containerTag`,
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-WIRE_VERSION = 1
+WIRE_VERSION: Final = 1
 
 
 def new_id() -> str:
@@ -23,15 +23,13 @@ def new_id() -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class WireModel(BaseModel):
     """Base of every wire object: camelCase aliases, unknown fields refused."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True)
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -51,9 +49,7 @@ class State(StrEnum):
     SKIPPED = "skipped"  # the optimizer decided it need not run
 
 
-FINAL_STATES = frozenset(
-    {State.COMPLETED, State.FAILED, State.EXCEPTION, State.CANCELLED, State.SKIPPED}
-)
+FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.EXCEPTION, State.CANCELLED, State.SKIPPED})
 
 
 def is_final(state: str) -> bool:

@@ -36,13 +36,13 @@ result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
 sys.exit(0 if result.wasSuccessful() else 1)
 '''
 
-CALC = '''def add(a, b):
+CALC = """def add(a, b):
     return a + b
 
 
 def mul(a, b):
     return a * b
-'''
+"""
 
 CONFIG = """version: 1
 project: sample
@@ -58,7 +58,7 @@ tasks:
 
 
 def _test_file(n: int) -> str:
-    return f'''import unittest
+    return f"""import unittest
 
 from calc import add, mul
 
@@ -69,7 +69,7 @@ class Test{n}(unittest.TestCase):
 
     def test_mul_{n}(self):
         self.assertEqual(mul({n}, 2), {n * 2})
-'''
+"""
 
 
 def git(repo: Path, *args: str) -> str:

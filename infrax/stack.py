@@ -7,8 +7,10 @@ clients go through an in-process ASGI transport instead of a socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +28,13 @@ from infrax.jobmaster.app import create_app as jobmaster_app
 from infrax.jobmaster.plugin import load_logic
 from infrax.jobmaster.service import JobMaster
 from infrax.optimizer.app import create_app as optimizer_app
+from infrax.optimizer.client import OptimizerClient
 from infrax.provisioner.app import create_app as provisioner_app
 from infrax.provisioner.client import ProvisionerClient
 from infrax.provisioner.providers import make_provider
 from infrax.provisioner.service import Provisioner
 from infrax.scheduler.app import create_app as scheduler_app
 from infrax.scheduler.client import SchedulerClient
-from infrax.optimizer.client import OptimizerClient
 from infrax.scheduler.service import Scheduler
 from infrax.store import Database
 
@@ -74,8 +76,9 @@ class Stack:
         """An HTTP client for a component: in process when it runs here, over TCP otherwise."""
         if component in self.components:
             late = self._late.setdefault(component, _LateApp())
-            made = httpx.AsyncClient(transport=httpx.ASGITransport(app=late), base_url=self.urls[component],
-                                     timeout=timeout)
+            made = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=late), base_url=self.urls[component], timeout=timeout
+            )
         else:
             made = tcp_client(self.config.url(component), timeout)
         self._clients.append(made)
@@ -108,7 +111,7 @@ class Stack:
             service = self.services.get(name)
             if name == "scheduler" and service is not None:
                 await service.start(recover_in_flight=recover)
-            elif hasattr(service, "start"):
+            elif service is not None and hasattr(service, "start"):
                 await service.start()
         if self.serve:
             for name in self.components:
@@ -118,15 +121,27 @@ class Stack:
         config, db, bus = self.config, self.db, self.bus
         assert db is not None and bus is not None
         if name == "executioner":
-            service: Any = Executioner(db, bus, ProvisionerClient(self.client("provisioner")),
-                                       config.data_dir / "logs", self.urls["executioner"],
-                                       name=config.name or "executioner")
+            service: Any = Executioner(
+                db,
+                bus,
+                ProvisionerClient(self.client("provisioner")),
+                config.data_dir / "logs",
+                self.urls["executioner"],
+                name=config.name or "executioner",
+            )
             app = executioner_app(service)
         elif name == "provisioner":
             providers = [
-                make_provider(p.kind, p.name, p.capacity,
-                              {"root": str(config.data_dir / "containers" / p.name),
-                               "kill_grace": config.agent_kill_grace, **p.options})
+                make_provider(
+                    p.kind,
+                    p.name,
+                    p.capacity,
+                    {
+                        "root": str(config.data_dir / "containers" / p.name),
+                        "kill_grace": config.agent_kill_grace,
+                        **p.options,
+                    },
+                )
                 for p in config.providers
             ]
             service = Provisioner(config.container_types, providers, self._executioners(), bus)
@@ -138,16 +153,26 @@ class Stack:
             app = optimizer_app(service)
         elif name == "scheduler":
             service = Scheduler(
-                db, bus, OptimizerClient(self.client("optimizer")), ProvisionerClient(self.client("provisioner")),
-                self._executioners(), dispatch_timeout=config.dispatch_timeout,
+                db,
+                bus,
+                OptimizerClient(self.client("optimizer")),
+                ProvisionerClient(self.client("provisioner")),
+                self._executioners(),
+                dispatch_timeout=config.dispatch_timeout,
                 in_flight_check_interval=config.in_flight_check_interval,
             )
             app = scheduler_app(service)
         elif name == "jobmaster":
             from infrax.jobmaster.settings import JobMasterSettings
 
-            service = JobMaster(db, bus, SchedulerClient(self.client("scheduler")), load_logic(self.logic),
-                                self.urls["jobmaster"], settings=JobMasterSettings.from_config(config))
+            service = JobMaster(
+                db,
+                bus,
+                SchedulerClient(self.client("scheduler")),
+                load_logic(self.logic),
+                self.urls["jobmaster"],
+                settings=JobMasterSettings.from_config(config),
+            )
             app = jobmaster_app(service)
         else:
             raise ValueError(f"unknown component {name!r}")
@@ -165,9 +190,7 @@ class Stack:
         return ExecutionerPool(clients)
 
     def _serve(self, name: str) -> None:
-        server = uvicorn.Server(uvicorn.Config(self.apps[name], log_level="warning", access_log=False,
-                                               lifespan="off"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _EmbeddedServer(uvicorn.Config(self.apps[name], log_level="warning", access_log=False, lifespan="off"))
         self._servers.append(server)
         self._serving.append(asyncio.create_task(server.serve(sockets=[self._sockets[name]]), name=f"serve-{name}"))
 
@@ -200,3 +223,12 @@ async def _stop_within(name: str, stopping: Any, timeout: float) -> None:
         task.cancel()
     elif not task.cancelled() and task.exception() is not None:
         log.error("stopping %s failed", name, exc_info=task.exception())
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """One of several servers in this process: signals stay the process's own (`infrax up` stops the
+    whole stack on SIGTERM), instead of each server taking them over while it serves."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

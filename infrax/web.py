@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from infrax.http import ServiceError
-from infrax.store import StoreError
+from infrax.store import Conflict, InvalidData, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +31,11 @@ def add_error_handlers(app: FastAPI) -> None:
     async def store_failed(_request: Request, error: StoreError) -> JSONResponse:
         log.error("store failed: %s", error)
         return JSONResponse(status_code=503, content={"detail": f"storage unavailable, retry: {error}"})
+
+    @app.exception_handler(Conflict)
+    async def conflict(_request: Request, error: Conflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": f"conflicts with what is stored: {error}"})
+
+    @app.exception_handler(InvalidData)
+    async def invalid_data(_request: Request, error: InvalidData) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": f"the store refused the values: {error}"})

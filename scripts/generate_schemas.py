@@ -27,7 +27,9 @@ def rest_models() -> dict[str, type[WireModel]]:
     return {
         name: value
         for name, value in vars(model).items()
-        if isinstance(value, type) and issubclass(value, WireModel) and value is not WireModel
+        if isinstance(value, type)
+        and issubclass(value, WireModel)
+        and value is not WireModel
         and value.__module__ == model.__name__
     }
 
@@ -57,8 +59,7 @@ def stale(root: Path = SCHEMA_DIR) -> list[str]:
     files = generated()
     present = {str(p.relative_to(root)) for d in GENERATED_DIRS for p in (root / d).glob("*.json")}
     differing = [
-        path for path, text in files.items()
-        if not (root / path).is_file() or (root / path).read_text() != text
+        path for path, text in files.items() if not (root / path).is_file() or (root / path).read_text() != text
     ]
     return sorted(set(differing) | (present - set(files)))
 

@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 from yarl import URL
 
+from infrax.store import Database
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -80,3 +82,17 @@ async def fresh_postgres_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A fresh, empty database per test, on each backend: SQLite in a temporary folder, a new PostgreSQL one."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'infrax.db'}")
+        yield db
+        await db.close()
+        return
+    async for url in fresh_postgres_url():
+        db = Database(url)
+        yield db
+        await db.close()

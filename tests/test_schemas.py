@@ -60,27 +60,56 @@ def test_every_exchange_says_what_it_carries_and_every_kind_has_an_exchange() ->
 
 
 PARTITION = TaskPartition(
-    id="p", task_id="t", request_id="r", job_id="j", index=1, count=2, files=["a.py"],
-    container_type="linux", state=State.QUEUED, run=0, priority=0,
+    id="p",
+    task_id="t",
+    request_id="r",
+    job_id="j",
+    index=1,
+    count=2,
+    files=["a.py"],
+    container_type="linux",
+    state=State.QUEUED,
+    run=0,
+    priority=0,
 )
 EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
-    "run-status": (topics.RUNS, RunStatus(
-        run_id="p-0", partition_id="p", task_id="t", request_id="r", job_id=None, run=0,
-        container_type="linux", state="completed", exit_code=0, duration=1.5, file_durations={"a.py": 1},
-    ).wire()),
-    "partition-status": (topics.PARTITIONS, PartitionStatus(
-        previous_state=None, task_name="lint", project="demo", revision="abc", partition=PARTITION
-    ).wire()),
-    "task-status": (topics.TASKS, TaskStatus(
-        task_id="t", request_id="r", job_id="j", name="lint", state=State.RUNNING, previous_state=State.QUEUED
-    ).wire()),
-    "task-request-status": (topics.REQUESTS, RequestStatus(
-        request_id="r", job_id=None, state=State.COMPLETED, previous_state=State.RUNNING
-    ).wire()),
+    "run-status": (
+        topics.RUNS,
+        RunStatus(
+            run_id="p-0",
+            partition_id="p",
+            task_id="t",
+            request_id="r",
+            job_id=None,
+            run=0,
+            container_type="linux",
+            state="completed",
+            exit_code=0,
+            duration=1.5,
+            file_durations={"a.py": 1},
+        ).wire(),
+    ),
+    "partition-status": (
+        topics.PARTITIONS,
+        PartitionStatus(
+            previous_state=None, task_name="lint", project="demo", revision="abc", partition=PARTITION
+        ).wire(),
+    ),
+    "task-status": (
+        topics.TASKS,
+        TaskStatus(
+            task_id="t", request_id="r", job_id="j", name="lint", state=State.RUNNING, previous_state=State.QUEUED
+        ).wire(),
+    ),
+    "task-request-status": (
+        topics.REQUESTS,
+        RequestStatus(request_id="r", job_id=None, state=State.COMPLETED, previous_state=State.RUNNING).wire(),
+    ),
     "container-event": (topics.CONTAINERS, ContainerEvent(event="lost", container_type="linux").wire()),
-    "job-status": (topics.JOBS, JobStatus(
-        job_id="j", project="demo", revision="abc", state=State.PENDING, previous_state=None
-    ).wire()),
+    "job-status": (
+        topics.JOBS,
+        JobStatus(job_id="j", project="demo", revision="abc", state=State.PENDING, previous_state=None).wire(),
+    ),
 }
 
 

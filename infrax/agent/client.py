@@ -74,8 +74,9 @@ class _Connection:
         self.welcome: dict[str, Any] = {}
 
     @classmethod
-    async def open(cls, host: str, port: int, secret: str, timeout: float,
-                   request: dict[str, Any] | None = None) -> _Connection:
+    async def open(
+        cls, host: str, port: int, secret: str, timeout: float, request: dict[str, Any] | None = None
+    ) -> _Connection:
         """Connect and authenticate. `request`, if given, goes out with the `hello`, in the same
         write: the agent reads it only once the hello is accepted, and a round trip is saved."""
         address = f"{host}:{port}"
@@ -118,8 +119,9 @@ class _Connection:
         except ProtocolError as exc:
             raise AgentError(BAD_RESPONSE, f"agent at {self.address} sent an invalid message: {exc}") from None
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            what = exc or type(exc).__name__
             raise AgentConnectionLost(
-                f"connection to agent at {self.address} lost while waiting for {waiting_for}: {exc or type(exc).__name__}"
+                f"connection to agent at {self.address} lost while waiting for {waiting_for}: {what}"
             ) from None
         if message is None:
             raise AgentConnectionLost(

@@ -424,7 +424,7 @@ class Run:
         try:
             # A few small local writes: cheaper here than a trip to a worker thread, which was most
             # of a short run's cost. Removing old checkouts, which can be large, happens elsewhere.
-            self.settings.workspace.prepare(self.directory.name, content, self.request.files)
+            self.settings.workspace.prepare(self.directory.name, content, list(self.request.files))
         except OSError as exc:
             raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
         # Without a shebang execve() fails with ENOEXEC; run such scripts with sh

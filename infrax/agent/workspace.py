@@ -67,9 +67,12 @@ class Workspace:
         try:
             with os.scandir(self._handed) as scan:
                 entries = {entry.name: entry for entry in scan}
-            if (entries.keys() != _ENTRIES or not entries[REPORT_DIR_NAME].is_dir(follow_symlinks=False)
-                    or not entries[BOOTSTRAPPER_NAME].is_file(follow_symlinks=False)
-                    or not entries[FILES_LIST_NAME].is_file(follow_symlinks=False)):
+            if (
+                entries.keys() != _ENTRIES
+                or not entries[REPORT_DIR_NAME].is_dir(follow_symlinks=False)
+                or not entries[BOOTSTRAPPER_NAME].is_file(follow_symlinks=False)
+                or not entries[FILES_LIST_NAME].is_file(follow_symlinks=False)
+            ):
                 return None
             with os.scandir(entries[REPORT_DIR_NAME].path) as report:
                 if next(report, None) is not None:

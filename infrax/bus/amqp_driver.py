@@ -59,8 +59,9 @@ class _CoalescingFrameGenerator(aiormq.connection.FrameGenerator):
             parts.append(frame)
             if frame.should_close:  # the writer stops after it: nothing may follow in the same write
                 break
-        return _Frames(payload=b"".join(p.payload for p in parts), should_close=parts[-1].should_close,
-                       parts=tuple(parts))
+        return _Frames(
+            payload=b"".join(p.payload for p in parts), should_close=parts[-1].should_close, parts=tuple(parts)
+        )
 
 
 def apply() -> None:
@@ -69,7 +70,8 @@ def apply() -> None:
     aiormq.Connection.FRAME_BUFFER_SIZE = max(aiormq.Connection.FRAME_BUFFER_SIZE, FRAME_BUFFER_SIZE)
     open_channel = aiormq.Connection.channel
     aiormq.Connection.channel = functools.partialmethod(  # type: ignore[method-assign,assignment]
-        open_channel, frame_buffer_size=FRAME_BUFFER_SIZE)
+        open_channel, frame_buffer_size=FRAME_BUFFER_SIZE
+    )
     aiormq.connection.FrameGenerator = _CoalescingFrameGenerator  # type: ignore[misc]
     aiormq.connection._infrax_tuned = True  # type: ignore[attr-defined]
 

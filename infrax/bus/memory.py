@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
 import logging
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,15 +87,13 @@ class MemoryBus(Bus):
         for exchange, key, data in encoded:
             self._route(exchange, key, data, checked=True)
 
-    def _route(self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None,
-               checked: bool = False) -> None:
+    def _route(
+        self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None, checked: bool = False
+    ) -> None:
         # Unchecked by default: the tests inject invalid messages here, as a foreign publisher would.
         envelope = _Envelope(exchange, routing_key, data, dict(headers or {}), checked=checked)
         for queue in self._queues.values():
-            if any(
-                ex == envelope.exchange and topic_matches(key, envelope.routing_key)
-                for ex, key in queue.bindings
-            ):
+            if any(ex == envelope.exchange and topic_matches(key, envelope.routing_key) for ex, key in queue.bindings):
                 queue.messages.append(envelope)
                 queue.ready.set()
 
@@ -115,8 +113,11 @@ class MemoryBus(Bus):
         worker = asyncio.create_task(self._deliver(queue, handler, prefetch), name=f"bus:{consumer}")
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
-        forget = (lambda: self._queues.pop(consumer, None)) if ephemeral else None
-        return _MemorySubscription(worker, forget)
+
+        def forget() -> None:
+            self._queues.pop(consumer, None)
+
+        return _MemorySubscription(worker, forget if ephemeral else None)
 
     async def _deliver(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
         in_flight: set[asyncio.Task[None]] = set()
@@ -133,8 +134,11 @@ class MemoryBus(Bus):
                 envelope = queue.messages.popleft()
                 try:
                     # What publish() checked never left this process: parsing gives each consumer its copy.
-                    body = (json.loads(envelope.data) if envelope.checked
-                            else schemas.decode(envelope.exchange, envelope.data))
+                    body = (
+                        json.loads(envelope.data)
+                        if envelope.checked
+                        else schemas.decode(envelope.exchange, envelope.data)
+                    )
                 except ValueError as e:  # schemas.InvalidMessage
                     slots.release()
                     self._dead_letter(queue, envelope, str(e))
@@ -154,11 +158,12 @@ class MemoryBus(Bus):
     def _dead_letter(self, queue: _Queue, envelope: _Envelope, reason: str) -> None:
         log.error(
             "dead-lettered a message of %s on %s %s: %s",
-            queue.name, envelope.exchange, envelope.routing_key, reason,
+            queue.name,
+            envelope.exchange,
+            envelope.routing_key,
+            reason,
         )
-        self.dead_letters.append(
-            DeadLetter(queue.name, envelope.exchange, envelope.routing_key, envelope.data, reason)
-        )
+        self.dead_letters.append(DeadLetter(queue.name, envelope.exchange, envelope.routing_key, envelope.data, reason))
 
     async def _handle(
         self,

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -124,8 +125,9 @@ class RabbitMQBus(Bus):
         encoded = [(exchange, key, schemas.encode(exchange, body)) for exchange, key, body in messages]
         await asyncio.gather(*(self._enqueue(exchange, key, data) for exchange, key, data in encoded))
 
-    def _enqueue(self, exchange: str, routing_key: str, data: bytes,
-                 headers: dict[str, Any] | None = None) -> asyncio.Future[None]:
+    def _enqueue(
+        self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None
+    ) -> asyncio.Future[None]:
         """Queue a checked message for the broker; the future is done once the broker confirmed it.
 
         Whatever is queued in one turn of the event loop goes to the broker together (see
@@ -158,8 +160,10 @@ class RabbitMQBus(Bus):
                 raise BusError(f"{self!r} closed before the messages went out")
             for exchange in exchanges - self._exchanges.keys():
                 self._exchanges[exchange] = await channel.declare_exchange(
-                    exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            await amqp_driver.publish_confirmed(await channel.get_underlay_channel(), messages)
+                    exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            await amqp_driver.publish_confirmed(underlay, messages)
 
         try:
             await self._retrying(f"publishing {len(messages)} messages to {', '.join(sorted(exchanges))}", attempt)
@@ -309,6 +313,8 @@ class _RabbitSubscription(Subscription):
         for task in self._in_flight:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
+        # Handled messages are acked before the channel closes; else the broker requeues them too.
+        await self._acks.drain()
         await _close_quietly(self._channel)
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
@@ -323,12 +329,14 @@ class _RabbitSubscription(Subscription):
 
     async def _handle(self, incoming: AbstractIncomingMessage, channel: Any) -> None:
         exchange, routing_key = incoming.exchange or "", incoming.routing_key or ""
+        tag = incoming.delivery_tag
+        assert tag is not None  # set on every delivery to a consumer
         try:
             body = schemas.decode(exchange, incoming.body)
         except ValueError as e:
             log.error("dead-lettered a message of %s on %s %s: %s", self._queue.name, exchange, routing_key, e)
             await _settle(incoming.nack(requeue=False), "dead-letter", self._queue.name)
-            self._acks.forget(channel, incoming.delivery_tag)  # only now: no ack may cover it before the nack
+            self._acks.forget(channel, tag)  # only now: no ack may cover it before the nack
             return
         message = Message(exchange, routing_key, body, bool(incoming.redelivered), dict(incoming.headers or {}))
         try:
@@ -337,10 +345,10 @@ class _RabbitSubscription(Subscription):
             log.exception("handler of %s failed on %s; redelivering", self._queue.name, routing_key)
             await asyncio.sleep(self._redelivery_delay)
             await _settle(incoming.nack(requeue=True), "nack", self._queue.name)
-            self._acks.forget(channel, incoming.delivery_tag)
+            self._acks.forget(channel, tag)
             return
         if not self._cancelled:
-            self._acks.handled(channel, incoming.delivery_tag)
+            self._acks.handled(channel, tag)
 
 
 class _AckBatcher:
@@ -400,6 +408,11 @@ class _AckBatcher:
                 self._send(channel.basic_ack(upto, multiple=True))
             for tag in singles:
                 self._send(channel.basic_ack(tag))
+
+    async def drain(self) -> None:
+        """Send every ack that is due now and wait until they are written."""
+        self._flush()
+        await self._sending.wait()
 
     def _send(self, ack: Awaitable[None]) -> None:
         self._sending.spawn(_settle(ack, "ack", self._queue_name))

@@ -56,8 +56,11 @@ def create_app(executioner: Executioner) -> FastAPI:
         status, path = found
         content = await asyncio.to_thread(_read_from, path, offset)
         complete = status.state != "running"
-        return Response(content, media_type="text/plain; charset=utf-8",
-                        headers={"X-Log-Complete": str(complete).lower(), "X-Log-Offset": str(offset + len(content))})
+        return Response(
+            content,
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Log-Complete": str(complete).lower(), "X-Log-Offset": str(offset + len(content))},
+        )
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

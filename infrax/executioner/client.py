@@ -30,8 +30,7 @@ class ExecutionerClient(ServiceClient):
         response = await self.http.get(f"/api/v1/runs/{run_id}/log", params={"offset": offset})
         if response.status_code >= 400:
             raise ServiceError(self.service, response.status_code, response.text)
-        return (response.text, int(response.headers["X-Log-Offset"]),
-                response.headers.get("X-Log-Complete") == "true")
+        return (response.text, int(response.headers["X-Log-Offset"]), response.headers.get("X-Log-Complete") == "true")
 
 
 class ExecutionerPool:

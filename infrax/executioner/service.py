@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
 from infrax.batcher import Batcher
@@ -18,22 +17,38 @@ from infrax.bus.messages import RunStatus
 from infrax.http import ServiceError
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, utcnow
 from infrax.provisioner.client import ProvisionerClient
-from infrax.store import Database
+from infrax.store import Conflict, Database
 from infrax.store.tables import runs
 
 log = logging.getLogger(__name__)
 
 # What the agent's exit status means for the partition.
-_RECORD_FINAL = update(runs).where(runs.c.run_id == bindparam("b_run_id")).values(
-    {c: bindparam(f"b_{c}") for c in ("state", "exit_code", "message", "duration", "file_durations", "finished_at")}
+_RECORD_FINAL = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("b_run_id"))
+    .values(
+        {c: bindparam(f"b_{c}") for c in ("state", "exit_code", "message", "duration", "file_durations", "finished_at")}
+    )
 )
-_AGENT_EXIT = {"completed": "completed", "failed": "failed", "timeout": "failed", "error": "failed",
-               "cancelled": "cancelled"}
+_AGENT_EXIT = {
+    "completed": "completed",
+    "failed": "failed",
+    "timeout": "failed",
+    "error": "failed",
+    "cancelled": "cancelled",
+}
 
 
 class Executioner:
-    def __init__(self, db: Database, bus: Bus, provisioner: ProvisionerClient, log_dir: Path, public_url: str,
-                 name: str = "executioner") -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        provisioner: ProvisionerClient,
+        log_dir: Path,
+        public_url: str,
+        name: str = "executioner",
+    ) -> None:
         self.name = name
         self.db = db
         self.bus = bus
@@ -51,11 +66,20 @@ class Executioner:
         self._finals.start()
         self._releases.start()
         async with self.db.begin() as conn:
-            orphans = (await conn.execute(select(runs).where(
-                runs.c.state.in_(["accepted", "running"]), runs.c.executioner == self.name))).mappings().all()
+            orphans = (
+                (
+                    await conn.execute(
+                        select(runs).where(runs.c.state.in_(["accepted", "running"]), runs.c.executioner == self.name)
+                    )
+                )
+                .mappings()
+                .all()
+            )
         for row in orphans:
             assignment = ExecutionAssignment.model_validate(row["assignment"])
-            status = self._status(assignment, "exception", message="the executioner restarted while the run was in flight")
+            status = self._status(
+                assignment, "exception", message="the executioner restarted while the run was in flight"
+            )
             await self._finish(assignment, status, healthy=False)
 
     async def stop(self) -> None:
@@ -69,16 +93,21 @@ class Executioner:
 
     async def execute(self, assignments: list[ExecutionAssignment]) -> list[str]:
         """Start each run not seen before; a repeated assignment of a known run is ignored."""
-        fresh = [a for a in assignments if a.offer.run_id not in self.active]
+        # Once each: the same run twice in one batch is one run.
+        fresh = list({a.offer.run_id: a for a in assignments if a.offer.run_id not in self.active}.values())
         if not fresh:
             return []
         try:
             await self._insert(fresh)
-        except IntegrityError:  # some were seen before this process started: keep only the new ones
+        except Conflict:  # some were seen before this process started: keep only the new ones
             async with self.db.begin() as conn:
-                known = set((await conn.execute(
-                    select(runs.c.run_id).where(runs.c.run_id.in_([a.offer.run_id for a in fresh]))
-                )).scalars())
+                known = set(
+                    (
+                        await conn.execute(
+                            select(runs.c.run_id).where(runs.c.run_id.in_([a.offer.run_id for a in fresh]))
+                        )
+                    ).scalars()
+                )
             fresh = [a for a in fresh if a.offer.run_id not in known]
             if fresh:
                 await self._insert(fresh)
@@ -91,12 +120,21 @@ class Executioner:
     async def _insert(self, assignments: list[ExecutionAssignment]) -> None:
         now = utcnow()
         async with self.db.each_alone() as conn:  # one INSERT of all rows: all or none
-            await conn.execute(insert(runs), [
-                {"run_id": a.offer.run_id, "partition_id": a.offer.partition_id, "executioner": self.name,
-                 "assignment": a.wire(),
-                 "state": "accepted", "log_path": str(self.log_path(a.offer.run_id)), "created_at": now}
-                for a in assignments
-            ])
+            await conn.execute(
+                insert(runs),
+                [
+                    {
+                        "run_id": a.offer.run_id,
+                        "partition_id": a.offer.partition_id,
+                        "executioner": self.name,
+                        "assignment": a.wire(),
+                        "state": "accepted",
+                        "log_path": str(self.log_path(a.offer.run_id)),
+                        "created_at": now,
+                    }
+                    for a in assignments
+                ],
+            )
 
     def log_path(self, run_id: str) -> Path:
         # 256 directories by the id's first two characters, made when first missing, rather than one
@@ -113,8 +151,10 @@ class Executioner:
         started = time.monotonic()
         healthy = True
         with _open_log(path) as log_file:
-            log_file.write(f"[infrax] run {offer.run_id}: {offer.task_name} {offer.index}/{offer.count} "
-                           f"on {assignment.container_id} ({assignment.host}:{assignment.port})\n")
+            log_file.write(
+                f"[infrax] run {offer.run_id}: {offer.task_name} {offer.index}/{offer.count} "
+                f"on {assignment.container_id} ({assignment.host}:{assignment.port})\n"
+            )
             try:
                 final = await self._stream(client, assignment, log_file)
             except (AgentConnectionLost, AgentUnreachable) as error:
@@ -125,15 +165,17 @@ class Executioner:
                 final = self._status(assignment, "exception", message=f"agent refused the run ({error.code}): {error}")
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # noqa: BLE001 - any surprise still has to end the run
+            except Exception as error:  # any surprise still has to end the run
                 log.exception("run %s failed in the executioner", offer.run_id)
                 healthy = False
                 final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
             if final.duration is None:
                 final.duration = round(time.monotonic() - started, 3)
-            log_file.write(f"[infrax] {final.state}"
-                           f"{'' if final.exit_code is None else f' (exit code {final.exit_code})'}"
-                           f"{'' if not final.message else f': {final.message}'}\n")
+            log_file.write(
+                f"[infrax] {final.state}"
+                f"{'' if final.exit_code is None else f' (exit code {final.exit_code})'}"
+                f"{'' if not final.message else f': {final.message}'}\n"
+            )
         await self._finish(assignment, final, healthy)
 
     async def _stream(self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any) -> RunStatus:
@@ -146,32 +188,54 @@ class Executioner:
                 # Not awaited: the broker's confirm (tens of ms under load) would hold up reading the
                 # run's output, and a short run's end. `_finish` waits for it before the final status.
                 self._running_published[assignment.offer.run_id] = asyncio.create_task(
-                    self._publish(self._status(assignment, "running")))
+                    self._publish(self._status(assignment, "running"))
+                )
             elif kind == "exit":
                 return self._status(
-                    assignment, _AGENT_EXIT.get(message["status"], "failed"), exit_code=message.get("exitCode"),
-                    message=message.get("message") or None, duration=message.get("duration"),
+                    assignment,
+                    _AGENT_EXIT.get(message["status"], "failed"),
+                    exit_code=message.get("exitCode"),
+                    message=message.get("message") or None,
+                    duration=message.get("duration"),
                     file_durations=message.get("fileDurations"),
                 )
         raise AgentConnectionLost("the agent closed the stream without an exit status")
 
     def _agent_request(self, offer: PartitionOffer) -> dict[str, Any]:
         env = {
-            **offer.env, "INFRAX_PARTITION_ID": offer.partition_id, "INFRAX_TASK_ID": offer.task_id,
-            "INFRAX_TASK_NAME": offer.task_name, "INFRAX_CHUNK": str(offer.index),
-            "INFRAX_TOTAL_CHUNKS": str(offer.count), "INFRAX_RUN": str(offer.run),
-            "INFRAX_PROJECT": offer.project, "INFRAX_REVISION": offer.revision or "",
+            **offer.env,
+            "INFRAX_PARTITION_ID": offer.partition_id,
+            "INFRAX_TASK_ID": offer.task_id,
+            "INFRAX_TASK_NAME": offer.task_name,
+            "INFRAX_CHUNK": str(offer.index),
+            "INFRAX_TOTAL_CHUNKS": str(offer.count),
+            "INFRAX_RUN": str(offer.run),
+            "INFRAX_PROJECT": offer.project,
+            "INFRAX_REVISION": offer.revision or "",
         }
-        return {"type": "run", "runId": offer.run_id, "bootstrapper": offer.bootstrapper,
-                "bootstrapperArguments": offer.bootstrapper_arguments, "files": offer.files, "env": env,
-                "maxRunTime": offer.max_run_time}
+        return {
+            "type": "run",
+            "runId": offer.run_id,
+            "bootstrapper": offer.bootstrapper,
+            "bootstrapperArguments": offer.bootstrapper_arguments,
+            "files": offer.files,
+            "env": env,
+            "maxRunTime": offer.max_run_time,
+        }
 
     def _status(self, assignment: ExecutionAssignment, state: str, **fields: Any) -> RunStatus:
         offer = assignment.offer
         return RunStatus(
-            run_id=offer.run_id, partition_id=offer.partition_id, task_id=offer.task_id,
-            request_id=offer.request_id, job_id=offer.job_id, run=offer.run, container_type=offer.container_type,
-            container_id=assignment.container_id, state=state, log_url=self.log_url(offer.run_id),  # type: ignore[arg-type]
+            run_id=offer.run_id,
+            partition_id=offer.partition_id,
+            task_id=offer.task_id,
+            request_id=offer.request_id,
+            job_id=offer.job_id,
+            run=offer.run,
+            container_type=offer.container_type,
+            container_id=assignment.container_id,
+            state=state,  # type: ignore[arg-type]  # one of RunStatus's states, by every caller
+            log_url=self.log_url(offer.run_id),
             **fields,
         )
 
@@ -179,8 +243,12 @@ class Executioner:
         # The store first: a crash after this still knows the outcome and the scheduler asks for it.
         await self._finals.submit(status)
         run_id = assignment.offer.run_id
-        release = Release(container_id=assignment.container_id, run_id=run_id, healthy=healthy,
-                          reason=None if healthy else status.message)
+        release = Release(
+            container_id=assignment.container_id,
+            run_id=run_id,
+            healthy=healthy,
+            reason=None if healthy else status.message,
+        )
         # The outcome is stored: the container can go back while the bus confirms the news.
         try:
             await asyncio.gather(self._publish_final(status), self._releases.submit(release))
@@ -206,19 +274,36 @@ class Executioner:
 
     async def _record_finals(self, statuses: list[RunStatus]) -> None:
         async with self.db.each_alone() as conn:  # each run's row alone: a retry just writes it again
-            await conn.execute(_RECORD_FINAL, [
-                {"b_run_id": s.run_id, "b_state": s.state, "b_exit_code": s.exit_code, "b_message": s.message,
-                 "b_duration": s.duration, "b_file_durations": s.file_durations, "b_finished_at": s.timestamp}
-                for s in statuses
-            ])
+            await conn.execute(
+                _RECORD_FINAL,
+                [
+                    {
+                        "b_run_id": s.run_id,
+                        "b_state": s.state,
+                        "b_exit_code": s.exit_code,
+                        "b_message": s.message,
+                        "b_duration": s.duration,
+                        "b_file_durations": s.file_durations,
+                        "b_finished_at": s.timestamp,
+                    }
+                    for s in statuses
+                ],
+            )
 
     async def _publish(self, status: RunStatus) -> None:
         await self.bus.publish(
             topics.RUNS,
-            topics.routing_key(status.job_id, status.task_id, status.partition_id, status.run, status.container_type,
-                               status.state),
+            topics.routing_key(
+                status.job_id, status.task_id, status.partition_id, status.run, status.container_type, status.state
+            ),
             status.wire(),
         )
+
+    async def finished(self, run_id: str) -> None:
+        """Until this process is done with the run: its end stored and published, its container released."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.shield(task)
 
     # -- queries and cancel -----------------------------------------------------------------
 
@@ -229,8 +314,14 @@ class Executioner:
             return None
         assignment = ExecutionAssignment.model_validate(row["assignment"])
         state = {"accepted": "running"}.get(row["state"], row["state"])
-        status = self._status(assignment, state, exit_code=row["exit_code"], message=row["message"],
-                              duration=row["duration"], file_durations=row["file_durations"])
+        status = self._status(
+            assignment,
+            state,
+            exit_code=row["exit_code"],
+            message=row["message"],
+            duration=row["duration"],
+            file_durations=row["file_durations"],
+        )
         return status, Path(row["log_path"])
 
     async def cancel(self, run_ids: list[str]) -> list[str]:

@@ -45,7 +45,7 @@ def create_app(jobmaster: JobMaster) -> FastAPI:
 
     @app.get("/api/v1/jobs", response_model=list[Job])
     async def list_jobs(project: str | None = None, revision: str | None = None) -> list[Job]:
-        return await jobmaster.list(project, revision)
+        return await jobmaster.list_jobs(project, revision)
 
     @app.get("/api/v1/jobs/{job_id}", response_model=Job)
     async def get_job(job_id: str) -> Job:

@@ -28,7 +28,16 @@ class SkipDocsOnlyLogic(ProjectLogic):
         tests = sorted(f for f in await push.list_files() if fnmatchcase(f, "tests/test_*.py"))
         if not tests:
             raise PushRejected(f"no tests/test_*.py at revision {push.revision[:12]}")
-        return Plan(project=project, tasks=[TaskDefinition(
-            name="tests", files=tests, container_tag=["linux_x86_64"], bootstrapper=push.file_url("ci/bootstrap.sh"),
-            bootstrapper_arguments=[f"--repository={push.repository}", f"--revision={push.revision}"],
-            partitions=min(3, len(tests)))])
+        return Plan(
+            project=project,
+            tasks=[
+                TaskDefinition(
+                    name="tests",
+                    files=tests,
+                    container_tag=["linux_x86_64"],
+                    bootstrapper=push.file_url("ci/bootstrap.sh"),
+                    bootstrapper_arguments=[f"--repository={push.repository}", f"--revision={push.revision}"],
+                    partitions=min(3, len(tests)),
+                )
+            ],
+        )

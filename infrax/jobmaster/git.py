@@ -17,18 +17,31 @@ class GitError(Exception):
 
 async def git(repository: str, *args: str) -> bytes:
     process = await asyncio.create_subprocess_exec(
-        "git", *_SAFE, "-C", repository, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=_ENV,
+        "git",
+        *_SAFE,
+        "-C",
+        repository,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=_ENV,
     )
     out, err = await process.communicate()
     if process.returncode != 0:
-        raise GitError(err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"git {args[0]} failed")
+        raise GitError(
+            err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"git {args[0]} failed"
+        )
     return out
 
 
 async def resolve(repository: str, revision: str) -> str:
     try:
-        return (await git(repository, "rev-parse", "--verify", "--end-of-options", f"{revision}^{{commit}}")).decode().strip()
+        return (
+            (await git(repository, "rev-parse", "--verify", "--end-of-options", f"{revision}^{{commit}}"))
+            .decode()
+            .strip()
+        )
     except GitError as error:
         raise GitError(f"{repository}: no revision {revision!r} ({error})") from error
 
@@ -54,8 +67,9 @@ async def list_files(repository: str, revision: str) -> list[str]:
 
 async def changed_paths(repository: str, revision: str) -> list[str]:
     """Paths the revision changed against its first parent (every path for a root commit)."""
-    out = await git(repository, "diff-tree", "--no-commit-id", "--name-only", "-r", "-z", "--root", "-m",
-                    "--first-parent", revision)
+    out = await git(
+        repository, "diff-tree", "--no-commit-id", "--name-only", "-r", "-z", "--root", "-m", "--first-parent", revision
+    )
     return sorted(set(out.decode().split("\0")[:-1]))
 
 
@@ -74,8 +88,15 @@ async def merge_base(repository: str, one: str, other: str) -> str | None:
 
 async def init_mirror(path: str) -> None:
     process = await asyncio.create_subprocess_exec(
-        "git", "init", "--quiet", "--bare", path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        "git",
+        "init",
+        "--quiet",
+        "--bare",
+        path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     _, err = await process.communicate()
     if process.returncode != 0:
         raise GitError(f"cannot create mirror {path}: {err.decode(errors='replace').strip()}")

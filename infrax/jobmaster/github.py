@@ -79,24 +79,33 @@ class GitHubWebhooks:
             raise WebhookError(400, "missing or overlong X-GitHub-Delivery header")
         repository = _get(payload, "repository.full_name", str, required=False)
         if "*" not in signed_for and repository not in signed_for:
-            raise WebhookError(401, f"the signature is made with the secret of {', '.join(sorted(signed_for))}, "
-                                    f"not of {repository or 'a delivery without a repository'}")
+            raise WebhookError(
+                401,
+                f"the signature is made with the secret of {', '.join(sorted(signed_for))}, "
+                f"not of {repository or 'a delivery without a repository'}",
+            )
         async with self.jobmaster.db.begin() as conn:
-            seen = (await conn.execute(select(deliveries).where(deliveries.c.delivery_id == delivery))).mappings().first()
+            seen = (
+                (await conn.execute(select(deliveries).where(deliveries.c.delivery_id == delivery))).mappings().first()
+            )
         if seen is not None:
             return WebhookAnswer(200, {"action": "duplicate", "delivery": delivery, "jobId": seen["job_id"]})
         answer = await self._dispatch(event, payload, delivery)
         job_ids = [j["id"] for j in answer.body.get("jobs", [])]
         # The same delivery handled twice at once finds its row there: one job per revision anyway.
-        await insert_once(self.jobmaster.db, deliveries, {
-            "delivery_id": delivery, "job_id": job_ids[0] if job_ids else None, "received_at": utcnow()})
+        await insert_once(
+            self.jobmaster.db,
+            deliveries,
+            {"delivery_id": delivery, "job_id": job_ids[0] if job_ids else None, "received_at": utcnow()},
+        )
         return answer
 
     def _verify(self, given: str | None, body: bytes) -> set[str]:
         """The repositories whose secret signed `body`; 401 unless there is one."""
         if not given:
-            raise WebhookError(401, "missing X-Hub-Signature-256 header: deliveries must be signed with the "
-                                    "webhook's secret")
+            raise WebhookError(
+                401, "missing X-Hub-Signature-256 header: deliveries must be signed with the webhook's secret"
+            )
         if not self.secrets:
             raise WebhookError(401, "no GitHub webhook secret is configured (github_secrets): nothing can be verified")
         if not given.startswith("sha256="):
@@ -134,12 +143,17 @@ class GitHubWebhooks:
         head = _sha(_get(payload, "pull_request.head.sha", str), "pull_request.head.sha")
         base_url = self.jobmaster.mirrors.rewrite(_get(payload, "pull_request.base.repo.clone_url", str))
         head_repo = _get(payload, "pull_request.head.repo", dict, required=False)  # null once a fork is deleted
-        head_url = self.jobmaster.mirrors.rewrite(head_repo["clone_url"]) if head_repo and isinstance(
-            head_repo.get("clone_url"), str) else base_url
+        head_url = (
+            self.jobmaster.mirrors.rewrite(head_repo["clone_url"])
+            if head_repo and isinstance(head_repo.get("clone_url"), str)
+            else base_url
+        )
         mirror = await self._mirror(base_url, head, head_url)
         changed = None
-        for base in (_get(payload, "pull_request.base.sha", str, required=False),
-                     f"refs/heads/{_get(payload, 'pull_request.base.ref', str)}"):
+        for base in (
+            _get(payload, "pull_request.base.sha", str, required=False),
+            f"refs/heads/{_get(payload, 'pull_request.base.ref', str)}",
+        ):
             if base and await git.has_commit(mirror, base):
                 fork_point = await git.merge_base(mirror, base, head)
                 if fork_point:
@@ -147,12 +161,29 @@ class GitHubWebhooks:
                     break
         if changed is None:
             changed = await git.changed_paths(mirror, head)
-        origin = Origin("github", repository, f"pull/{number}", number, {
-            "event": "pull_request", "action": payload["action"], "delivery": delivery,
-            "user": _get(payload, "sender.login", str, required=False), "pullRequest": number,
-            "url": _get(payload, "pull_request.html_url", str, required=False)})
-        checkout = Checkout(Source("git", mirror), head_url, head, _get(payload, "pull_request.head.ref", str),
-                            changed, "github", origin)
+        origin = Origin(
+            "github",
+            repository,
+            f"pull/{number}",
+            number,
+            {
+                "event": "pull_request",
+                "action": payload["action"],
+                "delivery": delivery,
+                "user": _get(payload, "sender.login", str, required=False),
+                "pullRequest": number,
+                "url": _get(payload, "pull_request.html_url", str, required=False),
+            },
+        )
+        checkout = Checkout(
+            Source("git", mirror),
+            head_url,
+            head,
+            _get(payload, "pull_request.head.ref", str),
+            changed,
+            "github",
+            origin,
+        )
         return await self._start(checkout)
 
     async def _run_push(self, payload: dict[str, Any], delivery: str) -> WebhookAnswer:
@@ -166,11 +197,22 @@ class GitHubWebhooks:
             changed = await git.changed_between(mirror, before, after)
         else:  # a new branch: what its head commit changed
             changed = await git.changed_paths(mirror, after)
-        origin = Origin("github", repository, ref, None, {
-            "event": "push", "delivery": delivery, "user": _get(payload, "pusher.name", str, required=False)
-            or _get(payload, "sender.login", str, required=False), "compare": payload.get("compare")})
-        checkout = Checkout(Source("git", mirror), url, after, ref.removeprefix("refs/heads/"), changed, "github",
-                            origin)
+        origin = Origin(
+            "github",
+            repository,
+            ref,
+            None,
+            {
+                "event": "push",
+                "delivery": delivery,
+                "user": _get(payload, "pusher.name", str, required=False)
+                or _get(payload, "sender.login", str, required=False),
+                "compare": payload.get("compare"),
+            },
+        )
+        checkout = Checkout(
+            Source("git", mirror), url, after, ref.removeprefix("refs/heads/"), changed, "github", origin
+        )
         return await self._start(checkout)
 
     async def _mirror(self, url: str, revision: str, head_url: str) -> str:
@@ -183,8 +225,9 @@ class GitHubWebhooks:
 
     async def _start(self, checkout: Checkout) -> WebhookAnswer:
         job, created = await self.jobmaster.start_job(checkout)
-        return WebhookAnswer(201 if created else 200,
-                             {"action": "started" if created else "existing", "jobs": [job.wire()]})
+        return WebhookAnswer(
+            201 if created else 200, {"action": "started" if created else "existing", "jobs": [job.wire()]}
+        )
 
 
 def _parse(body: bytes, content_type: str) -> dict[str, Any]:
@@ -206,7 +249,7 @@ def _get(payload: dict[str, Any], path: str, kind: type, required: bool = True) 
         value = value.get(key) if isinstance(value, dict) else None
     if value is None and not required:
         return None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise WebhookError(400, f"payload field {path} must be a {kind.__name__}, not {type(value).__name__}")
     return value
 

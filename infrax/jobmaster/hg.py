@@ -33,8 +33,14 @@ def is_hg(path: str) -> bool:
 async def hg(repository: str, *args: str) -> bytes:
     try:
         process = await asyncio.create_subprocess_exec(
-            hg_command(), "--cwd", repository, "--noninteractive", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            hg_command(),
+            "--cwd",
+            repository,
+            "--noninteractive",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
             env=_ENV,
         )
     except OSError as error:
@@ -75,8 +81,18 @@ async def changed_paths(repository: str, revision: str) -> list[str]:
 async def changesets(repository: str, revset: str) -> list[dict[str, Any]]:
     """Changesets of `revset`, oldest first, as json-pushes (version 2, full=1) lists them."""
     entries = json.loads(await hg(repository, "log", "-r", f"sort({revset}, rev)", "-T", "json", "-v"))
-    return [{"author": e["user"], "branch": e["branch"], "desc": e["desc"], "files": e.get("files", []),
-             "node": e["node"], "parents": e["parents"], "tags": e["tags"]} for e in entries]
+    return [
+        {
+            "author": e["user"],
+            "branch": e["branch"],
+            "desc": e["desc"],
+            "files": e.get("files", []),
+            "node": e["node"],
+            "parents": e["parents"],
+            "tags": e["tags"],
+        }
+        for e in entries
+    ]
 
 
 async def nodes(repository: str, revset: str) -> list[str]:

@@ -38,20 +38,26 @@ def main(argv: list[str]) -> int:
         "date": int(time.time()),
         "source": os.environ.get("HG_SOURCE"),
     }
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
-        print(f"infrax: the job master refused the push ({error.code}): {error.read()[:500].decode(errors='replace')}",
-              file=sys.stderr)
+        print(
+            f"infrax: the job master refused the push ({error.code}): {error.read()[:500].decode(errors='replace')}",
+            file=sys.stderr,
+        )
         return 0
     except (OSError, ValueError) as error:
         print(f"infrax: could not tell the job master at {url} about the push: {error}", file=sys.stderr)
         return 0
-    print(f"infrax: push {answer.get('pushId')} of {len(answer.get('changesets') or [])} changesets, "
-          f"job {answer.get('jobId')}", file=sys.stderr)
+    print(
+        f"infrax: push {answer.get('pushId')} of {len(answer.get('changesets') or [])} changesets, "
+        f"job {answer.get('jobId')}",
+        file=sys.stderr,
+    )
     return 0
 
 

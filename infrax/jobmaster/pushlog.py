@@ -154,33 +154,59 @@ class HgPushes:
     async def _known(self, key: str) -> list[str] | None:
         """Baseline heads and recent push tips; None for a repository never seen."""
         async with self.jobmaster.db.begin() as conn:
-            baseline = (await conn.execute(
-                select(hg_repositories.c.baseline).where(hg_repositories.c.repository == key))).scalar()
-            tips = (await conn.execute(select(hg_pushes.c.tip).where(hg_pushes.c.repository == key)
-                                       .order_by(hg_pushes.c.push_id.desc()).limit(KNOWN_TIPS))).scalars().all()
+            baseline = (
+                await conn.execute(select(hg_repositories.c.baseline).where(hg_repositories.c.repository == key))
+            ).scalar()
+            tips = (
+                (
+                    await conn.execute(
+                        select(hg_pushes.c.tip)
+                        .where(hg_pushes.c.repository == key)
+                        .order_by(hg_pushes.c.push_id.desc())
+                        .limit(KNOWN_TIPS)
+                    )
+                )
+                .scalars()
+                .all()
+            )
         if baseline is None and not tips:
             return None
         return [*(baseline or []), *tips]
 
     async def _set_baseline(self, key: str, heads: list[str]) -> None:
-        await insert_once(self.jobmaster.db, hg_repositories, {"repository": key, "baseline": heads,
-                                                               "created_at": utcnow()})
+        await insert_once(
+            self.jobmaster.db, hg_repositories, {"repository": key, "baseline": heads, "created_at": utcnow()}
+        )
 
-    async def _record(self, key: str, path: str, tip: str, known: list[str], user: str, date: int,
-                      source: str) -> dict[str, Any]:
+    async def _record(
+        self, key: str, path: str, tip: str, known: list[str], user: str, date: int, source: str
+    ) -> dict[str, Any]:
         changesets = await hg.changesets(path, f"only({tip}, {'+'.join(known)})" if known else f"::{tip}")
         async with self.jobmaster.db.begin() as conn:
-            push_id = ((await conn.execute(select(func.max(hg_pushes.c.push_id))
-                                           .where(hg_pushes.c.repository == key))).scalar() or 0) + 1
-        row = {"repository": key, "push_id": push_id, "tip": tip, "changesets": changesets, "pusher": user,
-               "date": date, "source": source, "created_at": utcnow()}
+            push_id = (
+                (
+                    await conn.execute(select(func.max(hg_pushes.c.push_id)).where(hg_pushes.c.repository == key))
+                ).scalar()
+                or 0
+            ) + 1
+        row = {
+            "repository": key,
+            "push_id": push_id,
+            "tip": tip,
+            "changesets": changesets,
+            "pusher": user,
+            "date": date,
+            "source": source,
+            "created_at": utcnow(),
+        }
         if not await insert_once(self.jobmaster.db, hg_pushes, row):
             # Another job master recorded this push (or another one under this id) just now.
             raise PushRaced(f"push {push_id} of {key} was recorded elsewhere at the same time; it is not repeated")
         files = sorted({f for c in changesets for f in c["files"]})
         origin = Origin("hg", key, f"push/{push_id}", None, {"pushId": push_id, "user": user, "date": date})
-        checkout = Checkout(Source("hg", path), key, tip, changesets[-1]["branch"] if changesets else None,
-                            files, "hg", origin)
+        checkout = Checkout(
+            Source("hg", path), key, tip, changesets[-1]["branch"] if changesets else None, files, "hg", origin
+        )
         try:
             job, _ = await self.jobmaster.start_job(checkout)
         except PushRejected as error:
@@ -196,8 +222,9 @@ class HgPushes:
 
     async def _update(self, key: str, push_id: int, **values: Any) -> None:
         async with self.jobmaster.db.begin() as conn:
-            await conn.execute(update(hg_pushes).where(hg_pushes.c.repository == key, hg_pushes.c.push_id == push_id)
-                               .values(**values))
+            await conn.execute(
+                update(hg_pushes).where(hg_pushes.c.repository == key, hg_pushes.c.push_id == push_id).values(**values)
+            )
 
     async def _forget(self, key: str, push_id: int) -> None:
         async with self.jobmaster.db.begin() as conn:
@@ -206,16 +233,33 @@ class HgPushes:
     async def _containing(self, key: str, node: str) -> dict[str, Any]:
         """The recorded push that has `node` (or, for history before infrax, none)."""
         async with self.jobmaster.db.begin() as conn:
-            rows = (await conn.execute(select(hg_pushes).where(hg_pushes.c.repository == key)
-                                       .order_by(hg_pushes.c.push_id.desc()).limit(KNOWN_TIPS))).mappings().all()
+            rows = (
+                (
+                    await conn.execute(
+                        select(hg_pushes)
+                        .where(hg_pushes.c.repository == key)
+                        .order_by(hg_pushes.c.push_id.desc())
+                        .limit(KNOWN_TIPS)
+                    )
+                )
+                .mappings()
+                .all()
+            )
         for row in rows:
             if any(c["node"] == node for c in row["changesets"]):
                 return dict(row)
-        return {"repository": key, "push_id": None, "tip": node, "changesets": [], "job_id": None,
-                "message": "in the repository before the job master watched it"}
+        return {
+            "repository": key,
+            "push_id": None,
+            "tip": node,
+            "changesets": [],
+            "job_id": None,
+            "message": "in the repository before the job master watched it",
+        }
 
-    async def json_pushes(self, repository: str, start_id: int | None = None, end_id: int | None = None,
-                          full: bool = False) -> dict[str, Any]:
+    async def json_pushes(
+        self, repository: str, start_id: int | None = None, end_id: int | None = None, full: bool = False
+    ) -> dict[str, Any]:
         """The recorded pushes as `json-pushes?version=2` answers: startID exclusive, endID inclusive."""
         key = repository_key(repository)
         query = select(hg_pushes).where(hg_pushes.c.repository == key).order_by(hg_pushes.c.push_id)
@@ -225,11 +269,20 @@ class HgPushes:
             query = query.where(hg_pushes.c.push_id <= end_id)
         async with self.jobmaster.db.begin() as conn:
             rows = (await conn.execute(query)).mappings().all()
-            last = (await conn.execute(select(func.max(hg_pushes.c.push_id))
-                                       .where(hg_pushes.c.repository == key))).scalar()
-        return {"lastpushid": last or 0, "pushes": {
-            str(r["push_id"]): {"changesets": r["changesets"] if full else [c["node"] for c in r["changesets"]],
-                                "date": r["date"], "user": r["pusher"]} for r in rows}}
+            last = (
+                await conn.execute(select(func.max(hg_pushes.c.push_id)).where(hg_pushes.c.repository == key))
+            ).scalar()
+        return {
+            "lastpushid": last or 0,
+            "pushes": {
+                str(r["push_id"]): {
+                    "changesets": r["changesets"] if full else [c["node"] for c in r["changesets"]],
+                    "date": r["date"],
+                    "user": r["pusher"],
+                }
+                for r in rows
+            },
+        }
 
 
 def _fingerprint(path: str) -> tuple[int, int] | None:
@@ -243,6 +296,13 @@ def _fingerprint(path: str) -> tuple[int, int] | None:
 
 def push_view(row: dict[str, Any]) -> dict[str, Any]:
     """A recorded push as the REST API shows it."""
-    return {"repository": row["repository"], "pushId": row["push_id"], "tip": row["tip"],
-            "changesets": [c["node"] for c in row["changesets"]], "user": row.get("pusher"),
-            "date": row.get("date"), "jobId": row.get("job_id"), "message": row.get("message")}
+    return {
+        "repository": row["repository"],
+        "pushId": row["push_id"],
+        "tip": row["tip"],
+        "changesets": [c["node"] for c in row["changesets"]],
+        "user": row.get("pusher"),
+        "date": row.get("date"),
+        "jobId": row.get("job_id"),
+        "message": row.get("message"),
+    }

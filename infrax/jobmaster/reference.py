@@ -44,8 +44,12 @@ class InfraxYamlLogic(ProjectLogic):
         if config.get("version", 1) != 1:
             raise PushRejected(f"{CONFIG_FILE} version {config.get('version')!r} is not supported (only 1)")
         project = str(config.get("project") or PurePosixPath(push.repository.rstrip("/")).name.removesuffix(".git"))
-        values = {"repository": push.repository, "revision": push.revision, "branch": push.branch or "",
-                  "project": project}
+        values = {
+            "repository": push.repository,
+            "revision": push.revision,
+            "branch": push.branch or "",
+            "project": project,
+        }
         all_files: list[str] | None = None
         tasks = []
         for i, entry in enumerate(config["tasks"]):

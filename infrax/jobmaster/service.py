@@ -30,7 +30,18 @@ from infrax.jobmaster.settings import JobMasterSettings
 from infrax.jobmaster.statuses import CommitStatuses
 from infrax.jobmaster.treeherder import TreeherderReporter
 from infrax.jobmaster.vcs import Source, VcsError
-from infrax.model import FINAL_STATES, Job, JobTask, PushSubmission, State, TaskDefinition, TaskRequestSubmission, is_final, new_id, utcnow
+from infrax.model import (
+    FINAL_STATES,
+    Job,
+    JobTask,
+    PushSubmission,
+    State,
+    TaskDefinition,
+    TaskRequestSubmission,
+    is_final,
+    new_id,
+    utcnow,
+)
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
 from infrax.store.tables import job_origins, job_tasks, jobs
@@ -45,8 +56,15 @@ class JobNotFound(Exception):
 
 
 class JobMaster:
-    def __init__(self, db: Database, bus: Bus, scheduler: SchedulerClient, logic: ProjectLogic, public_url: str,
-                 settings: JobMasterSettings | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        scheduler: SchedulerClient,
+        logic: ProjectLogic,
+        public_url: str,
+        settings: JobMasterSettings | None = None,
+    ) -> None:
         self.db = db
         self.bus = bus
         self.scheduler = scheduler
@@ -110,8 +128,11 @@ class JobMaster:
         job_id = new_id()
         reader, revision = checkout.source, checkout.revision
         push = Push(
-            repository=checkout.repository, revision=revision, branch=checkout.branch,
-            changed_paths=checkout.changed_paths, source=checkout.trigger,
+            repository=checkout.repository,
+            revision=revision,
+            branch=checkout.branch,
+            changed_paths=checkout.changed_paths,
+            source=checkout.trigger,
             read_file=lambda path: reader.read_file(revision, path),
             list_files=lambda: reader.list_files(revision),
             file_url=lambda path: f"{self.public_url}/api/v1/jobs/{job_id}/files/{path}",
@@ -124,8 +145,12 @@ class JobMaster:
         if existing is not None:
             return await self._again(existing, checkout.origin)
         now = utcnow()
-        details: dict[str, Any] = {"branch": checkout.branch, "changedPaths": checkout.changed_paths,
-                                   "tasks": [t.wire() for t in plan.tasks], "vcs": reader.vcs}
+        details: dict[str, Any] = {
+            "branch": checkout.branch,
+            "changedPaths": checkout.changed_paths,
+            "tasks": [t.wire() for t in plan.tasks],
+            "vcs": reader.vcs,
+        }
         if reader.path != checkout.repository:
             details["readFrom"] = reader.path
         if checkout.origin is not None:
@@ -133,10 +158,19 @@ class JobMaster:
         async with self.db.begin() as conn:
             try:
                 async with conn.begin_nested():
-                    await conn.execute(insert(jobs).values(
-                        id=job_id, project=plan.project, revision=revision, repository=checkout.repository,
-                        source=checkout.trigger, state=State.PENDING, details=details, created_at=now,
-                        updated_at=now))
+                    await conn.execute(
+                        insert(jobs).values(
+                            id=job_id,
+                            project=plan.project,
+                            revision=revision,
+                            repository=checkout.repository,
+                            source=checkout.trigger,
+                            state=State.PENDING,
+                            details=details,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
                     if checkout.origin is not None:
                         await conn.execute(insert(job_origins).values(_origin_row(job_id, checkout.origin)))
                 created = True
@@ -168,13 +202,24 @@ class JobMaster:
             if row["state"] != State.CANCELLED:
                 return
             details = dict(row["details"] or {})
-            details["previousRequests"] = [*details.get("previousRequests", []),
-                                           *([row["request_id"]] if row["request_id"] else [])]
-            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-                state=State.PENDING, request_id=None, message=None, details=details, updated_at=utcnow()))
+            details["previousRequests"] = [
+                *details.get("previousRequests", []),
+                *([row["request_id"]] if row["request_id"] else []),
+            ]
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(state=State.PENDING, request_id=None, message=None, details=details, updated_at=utcnow())
+            )
             await conn.execute(delete(job_tasks).where(job_tasks.c.job_id == job_id))
-        await self._publish(job_id, row["project"], row["revision"], State.PENDING, State.CANCELLED,
-                            "pushed again after it was cancelled: running again")
+        await self._publish(
+            job_id,
+            row["project"],
+            row["revision"],
+            State.PENDING,
+            State.CANCELLED,
+            "pushed again after it was cancelled: running again",
+        )
         await self._submit(job_id)
 
     async def _submit(self, job_id: str) -> None:
@@ -191,9 +236,15 @@ class JobMaster:
             request_id = existing[0].id
         else:
             try:
-                request = await self.scheduler.submit(TaskRequestSubmission(
-                    job_id=job_id, project=row["project"], revision=row["revision"],
-                    changed_paths=row["details"].get("changedPaths"), tasks=definitions))
+                request = await self.scheduler.submit(
+                    TaskRequestSubmission(
+                        job_id=job_id,
+                        project=row["project"],
+                        revision=row["revision"],
+                        changed_paths=row["details"].get("changedPaths"),
+                        tasks=definitions,
+                    )
+                )
             except ServiceError as error:
                 if error.status is not None and 400 <= error.status < 500:
                     await self._set_state(row, State.EXCEPTION, f"the scheduler refused the tasks: {error.detail}")
@@ -205,9 +256,15 @@ class JobMaster:
 
     async def _submit_unsubmitted(self) -> None:
         async with self.db.begin() as conn:
-            pending = (await conn.execute(
-                select(jobs.c.id).where(jobs.c.request_id.is_(None), jobs.c.state == State.PENDING)
-            )).scalars().all()
+            pending = (
+                (
+                    await conn.execute(
+                        select(jobs.c.id).where(jobs.c.request_id.is_(None), jobs.c.state == State.PENDING)
+                    )
+                )
+                .scalars()
+                .all()
+            )
         for job_id in pending:
             try:
                 await self._submit(job_id)
@@ -229,7 +286,7 @@ class JobMaster:
             await asyncio.sleep(self.settings.reconcile_interval)
             try:
                 caught_up = await self.reconcile(older_than=self.settings.reconcile_interval)
-            except Exception:  # noqa: BLE001 - the next round tries again
+            except Exception:  # the next round tries again
                 log.exception("checking unfinished jobs against the scheduler failed")
             else:
                 if caught_up:
@@ -244,10 +301,13 @@ class JobMaster:
         """
         cutoff = utcnow() - timedelta(seconds=older_than)
         async with self.db.begin() as conn:
-            rows = (await conn.execute(
-                select(jobs.c.id, jobs.c.request_id, jobs.c.updated_at)
-                .where(jobs.c.state.not_in([str(s) for s in FINAL_STATES]), jobs.c.request_id.is_not(None))
-            )).all()
+            rows = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.request_id, jobs.c.updated_at).where(
+                        jobs.c.state.not_in([str(s) for s in FINAL_STATES]), jobs.c.request_id.is_not(None)
+                    )
+                )
+            ).all()
         caught_up = 0
         for job_id, request_id, updated_at in rows:
             if aware(updated_at) > cutoff:
@@ -281,7 +341,9 @@ class JobMaster:
             return
         values = {"job_id": status.job_id, "name": status.name, "state": status.state, "message": status.message}
         async with self.db.begin() as conn:
-            updated = await conn.execute(update(job_tasks).where(job_tasks.c.task_id == status.task_id).values(**values))
+            updated = await conn.execute(
+                update(job_tasks).where(job_tasks.c.task_id == status.task_id).values(**values)
+            )
             if updated.rowcount == 0:
                 try:
                     async with conn.begin_nested():
@@ -291,22 +353,28 @@ class JobMaster:
 
     async def _set_state(self, row: Any, state: State, message: str | None, **extra: Any) -> None:
         async with self.db.begin() as conn:
-            await conn.execute(update(jobs).where(jobs.c.id == row["id"]).values(
-                state=state, message=message, updated_at=utcnow(), **extra))
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == row["id"])
+                .values(state=state, message=message, updated_at=utcnow(), **extra)
+            )
         await self._publish(row["id"], row["project"], row["revision"], state, State(row["state"]), message)
 
-    async def _publish(self, job_id: str, project: str, revision: str, state: State, previous: State | None,
-                       message: str | None = None) -> None:
-        status = JobStatus(job_id=job_id, project=project, revision=revision, state=state, previous_state=previous,
-                           message=message)
+    async def _publish(
+        self, job_id: str, project: str, revision: str, state: State, previous: State | None, message: str | None = None
+    ) -> None:
+        status = JobStatus(
+            job_id=job_id, project=project, revision=revision, state=state, previous_state=previous, message=message
+        )
         await self.bus.publish(topics.JOBS, topics.routing_key(job_id, state=state), status.wire())
 
     # -- queries ----------------------------------------------------------------------------
 
     async def _find(self, project: str, revision: str) -> Job | None:
         async with self.db.begin() as conn:
-            job_id = (await conn.execute(
-                select(jobs.c.id).where(jobs.c.project == project, jobs.c.revision == revision))).scalar()
+            job_id = (
+                await conn.execute(select(jobs.c.id).where(jobs.c.project == project, jobs.c.revision == revision))
+            ).scalar()
         return None if job_id is None else await self.get(job_id)
 
     async def get(self, job_id: str) -> Job:
@@ -315,10 +383,11 @@ class JobMaster:
             if row is None:
                 raise JobNotFound(f"no job {job_id}")
             task_rows = (await conn.execute(select(job_tasks).where(job_tasks.c.job_id == job_id))).mappings().all()
-        return _job(row, [JobTask(id=t["task_id"], name=t["name"], state=t["state"], message=t["message"])
-                          for t in task_rows])
+        return _job(
+            row, [JobTask(id=t["task_id"], name=t["name"], state=t["state"], message=t["message"]) for t in task_rows]
+        )
 
-    async def list(self, project: str | None = None, revision: str | None = None, limit: int = 100) -> list[Job]:
+    async def list_jobs(self, project: str | None = None, revision: str | None = None, limit: int = 100) -> list[Job]:
         query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
         if project:
             query = query.where(jobs.c.project == project)
@@ -349,9 +418,19 @@ class JobMaster:
         """Cancel the unfinished jobs of a closed pull request, except those a branch push also asked for."""
         ref = f"pull/{number}"
         async with self.db.begin() as conn:
-            job_ids = (await conn.execute(select(job_origins.c.job_id).where(
-                job_origins.c.host == "github", job_origins.c.repository == repository,
-                job_origins.c.pull_request == number))).scalars().all()
+            job_ids = (
+                (
+                    await conn.execute(
+                        select(job_origins.c.job_id).where(
+                            job_origins.c.host == "github",
+                            job_origins.c.repository == repository,
+                            job_origins.c.pull_request == number,
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
         cancelled = []
         for job_id in dict.fromkeys(job_ids):
             job = await self.get(job_id)
@@ -370,19 +449,40 @@ class JobMaster:
 
 
 def _origin_row(job_id: str, origin: Origin) -> dict[str, Any]:
-    return {"job_id": job_id, "host": origin.host, "repository": origin.repository, "ref": origin.ref,
-            "pull_request": origin.pull_request, "created_at": utcnow()}
+    return {
+        "job_id": job_id,
+        "host": origin.host,
+        "repository": origin.repository,
+        "ref": origin.ref,
+        "pull_request": origin.pull_request,
+        "created_at": utcnow(),
+    }
 
 
 def _origin_details(origin: Origin) -> dict[str, Any]:
-    return {"host": origin.host, "repository": origin.repository, "ref": origin.ref,
-            **({"pullRequest": origin.pull_request} if origin.pull_request is not None else {}), **origin.info}
+    return {
+        "host": origin.host,
+        "repository": origin.repository,
+        "ref": origin.ref,
+        **({"pullRequest": origin.pull_request} if origin.pull_request is not None else {}),
+        **origin.info,
+    }
 
 
 def _job(row: Any, task_list: list[JobTask]) -> Job:
     details = dict(row["details"] or {})
     details.pop("tasks", None)
-    return Job(id=row["id"], project=row["project"], revision=row["revision"], repository=row["repository"],
-               source=row["source"], state=row["state"], request_id=row["request_id"], message=row["message"],
-               details=details, created_at=aware(row["created_at"]), updated_at=aware(row["updated_at"]),
-               tasks=task_list)
+    return Job(
+        id=row["id"],
+        project=row["project"],
+        revision=row["revision"],
+        repository=row["repository"],
+        source=row["source"],
+        state=row["state"],
+        request_id=row["request_id"],
+        message=row["message"],
+        details=details,
+        created_at=aware(row["created_at"]),
+        updated_at=aware(row["updated_at"]),
+        tasks=task_list,
+    )

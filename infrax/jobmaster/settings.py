@@ -32,14 +32,23 @@ class JobMasterSettings:
     def from_config(cls, config: Any) -> JobMasterSettings:
         rewrites = []
         for i, rule in enumerate(config.url_rewrites):
-            if not isinstance(rule, dict) or not isinstance(rule.get("prefix"), str) \
-                    or not isinstance(rule.get("replacement"), str) or not rule["prefix"]:
+            if (
+                not isinstance(rule, dict)
+                or not isinstance(rule.get("prefix"), str)
+                or not isinstance(rule.get("replacement"), str)
+                or not rule["prefix"]
+            ):
                 raise ValueError(f"url_rewrites[{i}] must be a mapping with a non-empty 'prefix' and a 'replacement'")
             rewrites.append(UrlRewrite(rule["prefix"], rule["replacement"]))
         return cls(
-            data_dir=Path(config.data_dir), github_secrets=dict(config.github_secrets),
-            github_api_url=config.github_api_url, github_token=config.github_token, url_rewrites=rewrites,
-            mirror_dir=Path(config.mirror_dir) if config.mirror_dir else None, hg_poll=list(config.hg_poll),
-            hg_poll_interval=config.hg_poll_interval, treeherder=config.treeherder,
+            data_dir=Path(config.data_dir),
+            github_secrets=dict(config.github_secrets),
+            github_api_url=config.github_api_url,
+            github_token=config.github_token,
+            url_rewrites=rewrites,
+            mirror_dir=Path(config.mirror_dir) if config.mirror_dir else None,
+            hg_poll=list(config.hg_poll),
+            hg_poll_interval=config.hg_poll_interval,
+            treeherder=config.treeherder,
             treeherder_build_system=config.treeherder_build_system,
         )

@@ -38,21 +38,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GITHUB_STATE = {
-    State.PENDING: "pending", State.QUEUED: "pending", State.DISPATCHED: "pending", State.RUNNING: "pending",
-    State.COMPLETED: "success", State.SKIPPED: "success", State.FAILED: "failure",
-    State.EXCEPTION: "error", State.CANCELLED: "error",
+    State.PENDING: "pending",
+    State.QUEUED: "pending",
+    State.DISPATCHED: "pending",
+    State.RUNNING: "pending",
+    State.COMPLETED: "success",
+    State.SKIPPED: "success",
+    State.FAILED: "failure",
+    State.EXCEPTION: "error",
+    State.CANCELLED: "error",
 }
 _REPOSITORY = re.compile(r"^[\w.-]+/[\w.-]+$")
 _REMEMBERED = 10_000
 
 
 class CommitStatuses:
-    def __init__(self, jobmaster: JobMaster, api_url: str, token: str | None,
-                 http: httpx.AsyncClient | None = None, attempts: int = 3) -> None:
+    def __init__(
+        self,
+        jobmaster: JobMaster,
+        api_url: str,
+        token: str | None,
+        http: httpx.AsyncClient | None = None,
+        attempts: int = 3,
+    ) -> None:
         self.jobmaster = jobmaster
         self.http = http or httpx.AsyncClient(base_url=api_url.rstrip("/"), timeout=10)
-        self.headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
-                        "User-Agent": "infrax-jobmaster"}
+        self.headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": "infrax-jobmaster",
+        }
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self.attempts = attempts
@@ -62,8 +77,9 @@ class CommitStatuses:
 
     async def subscribe(self) -> Subscription:
         # One at a time, so a job's statuses reach GitHub in the order its states changed.
-        return await self.jobmaster.bus.subscribe("jobmaster-github-statuses", topics.JOBS, ["#"],
-                                                  self._on_job_status, prefetch=1)
+        return await self.jobmaster.bus.subscribe(
+            "jobmaster-github-statuses", topics.JOBS, ["#"], self._on_job_status, prefetch=1
+        )
 
     async def close(self) -> None:
         await self._background.cancel()
@@ -107,8 +123,7 @@ class CommitStatuses:
         error = ""
         for attempt in range(self.attempts):
             try:
-                response = await self.http.post(f"/repos/{repository}/statuses/{sha}", json=body,
-                                                headers=self.headers)
+                response = await self.http.post(f"/repos/{repository}/statuses/{sha}", json=body, headers=self.headers)
             except httpx.HTTPError as e:
                 error = repr(e)
             else:
@@ -137,5 +152,9 @@ def status_body(job: Job, public_url: str) -> dict[str, Any]:
         State.EXCEPTION: "infrastructure error: " + (job.message or "a task could not be run"),
         State.CANCELLED: "cancelled",
     }[state]
-    return {"state": GITHUB_STATE[state], "target_url": f"{public_url}/api/v1/jobs/{job.id}",
-            "description": description[:140], "context": f"infrax/{job.project}"}
+    return {
+        "state": GITHUB_STATE[state],
+        "target_url": f"{public_url}/api/v1/jobs/{job.id}",
+        "description": description[:140],
+        "context": f"infrax/{job.project}",
+    }

@@ -41,8 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULTS = {State.COMPLETED: "success", State.FAILED: "fail", State.EXCEPTION: "exception",
-           State.CANCELLED: "canceled"}
+RESULTS = {State.COMPLETED: "success", State.FAILED: "fail", State.EXCEPTION: "exception", State.CANCELLED: "canceled"}
 PREFETCH = 64
 REPORTED_STATES = frozenset({State.PENDING, State.QUEUED, State.RUNNING, *RESULTS})
 LOG_NAME = "live_backing_log"  # the name Treeherder's log parser looks for
@@ -61,9 +60,13 @@ class TreeherderReporter:
     async def subscribe(self) -> Subscription:
         # `dispatched` would only repeat `pending`, so the broker keeps it from us. Many at a time
         # (one at a time fell behind by thousands of messages on `make bench`), in order per partition.
-        return await self.jobmaster.bus.subscribe("jobmaster-treeherder", topics.PARTITIONS,
-                                                  topics.state_bindings(REPORTED_STATES),
-                                                  self._on_partition_status, prefetch=PREFETCH)
+        return await self.jobmaster.bus.subscribe(
+            "jobmaster-treeherder",
+            topics.PARTITIONS,
+            topics.state_bindings(REPORTED_STATES),
+            self._on_partition_status,
+            prefetch=PREFETCH,
+        )
 
     async def _on_partition_status(self, message: Message) -> None:
         """Report one partition's news once its earlier news is reported.
@@ -99,8 +102,11 @@ class TreeherderReporter:
         for body in pulse_jobs(status, job, self.build_system):
             await self.jobmaster.bus.publish(
                 topics.TREEHERDER,
-                topics.routing_key(part.job_id, part.task_id, part.id, body["retryId"], part.container_type,
-                                   body["state"]), body)
+                topics.routing_key(
+                    part.job_id, part.task_id, part.id, body["retryId"], part.container_type, body["state"]
+                ),
+                body,
+            )
 
     async def _job(self, job_id: str) -> dict[str, Any] | None:
         """What Treeherder needs of the job: project, push id or pull request, owner, URL (cached)."""
@@ -111,8 +117,12 @@ class TreeherderReporter:
         if row is None:
             return None  # not (yet) a job of this job master: not cached, it may still come
         origin = (row.details or {}).get("origin") or {}
-        info = {"project": row.project, "url": f"{self.jobmaster.public_url}/api/v1/jobs/{job_id}",
-                "id": origin.get("pushId", origin.get("pullRequest")), "owner": origin.get("user")}
+        info = {
+            "project": row.project,
+            "url": f"{self.jobmaster.public_url}/api/v1/jobs/{job_id}",
+            "id": origin.get("pushId", origin.get("pullRequest")),
+            "owner": origin.get("user"),
+        }
         self._jobs[job_id] = info
         while len(self._jobs) > 1000:
             self._jobs.popitem(last=False)
@@ -142,8 +152,9 @@ def pulse_jobs(status: PartitionStatus, job: dict[str, Any], build_system: str =
     return []  # skipped: a skipped task has no partitions to show
 
 
-def _message(status: PartitionStatus, part: TaskPartition, job: dict[str, Any], build_system: str, state: str,
-             result: str) -> dict[str, Any]:
+def _message(
+    status: PartitionStatus, part: TaskPartition, job: dict[str, Any], build_system: str, state: str, result: str
+) -> dict[str, Any]:
     origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": status.revision}
     if isinstance(job.get("id"), int):
         origin["id"] = job["id"]
@@ -153,9 +164,14 @@ def _message(status: PartitionStatus, part: TaskPartition, job: dict[str, Any], 
         "retryId": part.run,
         "buildSystem": build_system,
         "origin": origin,
-        "display": {"jobName": f"{task} {part.index}/{part.count}"[:140], "jobSymbol": str(part.index),
-                    "groupSymbol": task[:25], "groupName": task[:255], "chunkId": part.index,
-                    "chunkCount": part.count},
+        "display": {
+            "jobName": f"{task} {part.index}/{part.count}"[:140],
+            "jobSymbol": str(part.index),
+            "groupSymbol": task[:25],
+            "groupName": task[:255],
+            "chunkId": part.index,
+            "chunkCount": part.count,
+        },
         "state": state,
         "result": result,
         "jobKind": "test",
@@ -172,8 +188,11 @@ def _message(status: PartitionStatus, part: TaskPartition, job: dict[str, Any], 
         body["owner"] = job["owner"].strip()[:50]
     if part.log_url and state in ("running", "completed") and len(part.log_url) <= 255:
         body["logs"] = [{"name": LOG_NAME, "url": part.log_url}]
-    for key, value in (("timeScheduled", part.queued_at), ("timeStarted", part.started_at),
-                       ("timeCompleted", part.finished_at if state == "completed" else None)):
+    for key, value in (
+        ("timeScheduled", part.queued_at),
+        ("timeStarted", part.started_at),
+        ("timeCompleted", part.finished_at if state == "completed" else None),
+    ):
         if value is not None:
             body[key] = _time(value)
     return body
@@ -189,9 +208,11 @@ def _guid(partition_id: str) -> str:
 
 def _machine(part: TaskPartition) -> dict[str, str]:
     kind = part.container_type.lower()
-    machine = {"platform": _word(part.container_type, 100),
-               "os": next((o for o in _OS if o in kind), "unknown"),
-               "architecture": next((a for a in _ARCH if a in kind), "unknown")}
+    machine = {
+        "platform": _word(part.container_type, 100),
+        "os": next((o for o in _OS if o in kind), "unknown"),
+        "architecture": next((a for a in _ARCH if a in kind), "unknown"),
+    }
     if part.container_id:
         machine["name"] = _word(part.container_id, 50)
     return machine

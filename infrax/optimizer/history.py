@@ -26,7 +26,7 @@ from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.model import WireModel, utcnow
-from infrax.store import Database, aware
+from infrax.store import Conflict, Database, aware
 from infrax.store.tables import file_durations
 
 ALPHA = 0.3  # weight of a new sample once a file has 1 / ALPHA samples or more
@@ -113,9 +113,15 @@ class RuntimeHistory:
         if not wanted:
             return found
         t = file_durations
-        query = select(t.c.task_name, t.c.container_type, t.c.file, t.c.estimate, t.c.samples, t.c.partition_index,
-                       t.c.partition_count).where(t.c.project == project,
-                                                  t.c.task_name.in_(sorted({name for name, _ in wanted})))
+        query = select(
+            t.c.task_name,
+            t.c.container_type,
+            t.c.file,
+            t.c.estimate,
+            t.c.samples,
+            t.c.partition_index,
+            t.c.partition_count,
+        ).where(t.c.project == project, t.c.task_name.in_(sorted({name for name, _ in wanted})))
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).all()
         for task_name, container_type, file, estimate, samples, index, count in rows:
@@ -126,19 +132,25 @@ class RuntimeHistory:
 
     async def rows(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
         t = file_durations
-        query = select(t).where(t.c.project == project, t.c.task_name == task_name).order_by(
-            t.c.container_type, t.c.file)
+        query = (
+            select(t).where(t.c.project == project, t.c.task_name == task_name).order_by(t.c.container_type, t.c.file)
+        )
         if container_type:
             query = query.where(t.c.container_type == container_type)
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).mappings().all()
         fields = set(FileRuntime.model_fields)
-        return [FileRuntime.model_validate({k: v for k, v in row.items() if k in fields} |
-                                           {"updated_at": aware(row["updated_at"])}) for row in rows]
+        return [
+            FileRuntime.model_validate(
+                {k: v for k, v in row.items() if k in fields} | {"updated_at": aware(row["updated_at"])}
+            )
+            for row in rows
+        ]
 
     async def record(self, samples: list[Sample]) -> int:
         """Apply finished runs in one transaction; returns how many file rows changed."""
-        return await self.db.retrying(lambda: self._record(samples))
+        # Two optimizers may insert the same new file at once: the loser reads again and updates.
+        return await self.db.retrying(lambda: self._record(samples), also=(Conflict,))
 
     async def _record(self, samples: list[Sample]) -> int:
         now = utcnow()
@@ -156,8 +168,9 @@ class RuntimeHistory:
             if updates:
                 t = file_durations
                 key_matches = and_(*(t.c[c] == bindparam(f"b_{c}") for c in _KEY))
-                await conn.execute(update(t).where(key_matches).values({c: bindparam(f"b_{c}") for c in _MUTABLE}),
-                                   updates)
+                await conn.execute(
+                    update(t).where(key_matches).values({c: bindparam(f"b_{c}") for c in _MUTABLE}), updates
+                )
         return len(changed)
 
     async def _load_rows(
@@ -176,10 +189,14 @@ class RuntimeHistory:
             project, task_name, container_type = prefix
             names = sorted(files)
             for start in range(0, len(names), _CHUNK):
-                chunk = names[start:start + _CHUNK]
+                chunk = names[start : start + _CHUNK]
                 result = await conn.execute(
-                    select(t).where(t.c.project == project, t.c.task_name == task_name,
-                                    t.c.container_type == container_type, t.c.file.in_(chunk))
+                    select(t).where(
+                        t.c.project == project,
+                        t.c.task_name == task_name,
+                        t.c.container_type == container_type,
+                        t.c.file.in_(chunk),
+                    )
                 )
                 for row in result.mappings().all():
                     key = prefix + (row["file"],)
@@ -188,8 +205,7 @@ class RuntimeHistory:
 
 
 _KEY = ("project", "task_name", "container_type", "file")
-_MUTABLE = ("estimate", "samples", "last_duration", "partition_index", "partition_count", "recent_runs",
-            "updated_at")
+_MUTABLE = ("estimate", "samples", "last_duration", "partition_index", "partition_count", "recent_runs", "updated_at")
 
 
 def _apply(sample: Sample, rows: dict[tuple[str, str, str, str], dict[str, Any]], now: datetime) -> set[Any]:
@@ -202,14 +218,24 @@ def _apply(sample: Sample, rows: dict[tuple[str, str, str, str], dict[str, Any]]
         key = prefix + (f,)
         row = rows.get(key)
         if row is None:
-            row = rows[key] = {"project": sample.project, "task_name": sample.task_name,
-                               "container_type": sample.container_type, "file": f, "estimate": seconds,
-                               "samples": 0, "recent_runs": []}
+            row = rows[key] = {
+                "project": sample.project,
+                "task_name": sample.task_name,
+                "container_type": sample.container_type,
+                "file": f,
+                "estimate": seconds,
+                "samples": 0,
+                "recent_runs": [],
+            }
         samples = row["samples"] + 1
         row.update(
             estimate=row["estimate"] + max(1 / samples, ALPHA) * (seconds - row["estimate"]),
-            samples=samples, last_duration=seconds, partition_index=sample.index, partition_count=sample.count,
-            recent_runs=(_runs(row) + [sample.run_id])[-RECENT_RUNS:], updated_at=now,
+            samples=samples,
+            last_duration=seconds,
+            partition_index=sample.index,
+            partition_count=sample.count,
+            recent_runs=(_runs(row) + [sample.run_id])[-RECENT_RUNS:],
+            updated_at=now,
         )
         changed.add(key)
     return changed

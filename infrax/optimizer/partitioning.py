@@ -92,8 +92,9 @@ def partition(
     if homes and any(h >= 0 for h in homes):
         sticky = _sticky(sizes, count, homes, bound * (1 + tolerance) + EPS)
         if sticky is not None:
-            return _result(names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of the lower bound",
-                           homes)
+            return _result(
+                names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of the lower bound", homes
+            )
     fresh, method = _fresh(sizes, count, bound)
     if not homes or all(h < 0 for h in homes):
         return _result(names, sizes, _canonical(fresh), bound, method, homes)
@@ -102,9 +103,15 @@ def partition(
         sticky = _sticky(sizes, count, homes, target)
         if sticky is not None:
             return _result(names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of {method}", homes)
-    return _result(names, sizes, _match(fresh, homes, count), bound,
-                   f"{method}, renumbered to overlap the previous partitions", homes,
-                   note=f"keeping files in place could not get within {tolerance:.1%}")
+    return _result(
+        names,
+        sizes,
+        _match(fresh, homes, count),
+        bound,
+        f"{method}, renumbered to overlap the previous partitions",
+        homes,
+        note=f"keeping files in place could not get within {tolerance:.1%}",
+    )
 
 
 def split_evenly(files: Sequence[str], count: int) -> list[list[str]]:
@@ -487,5 +494,12 @@ def _result(
         parts[where[i]].append(name)
     kept = sum(1 for i, home in enumerate(homes) if home >= 0 and home == where[i])
     moved = sum(1 for home in homes if home >= 0) - kept
-    return Partitioning(parts=parts, loads=_loads(bins, sizes), lower_bound=bound, method=method, kept=kept,
-                        moved=moved, notes=[note] if note else [])
+    return Partitioning(
+        parts=parts,
+        loads=_loads(bins, sizes),
+        lower_bound=bound,
+        method=method,
+        kept=kept,
+        moved=moved,
+        notes=[note] if note else [],
+    )

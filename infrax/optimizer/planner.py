@@ -44,19 +44,24 @@ class Planner:
 
     def plan(self, request: PlanRequest, history: History | None = None, *, explain: bool = False) -> ExecutionPlan:
         types = {t.name: t for t in request.container_types}
-        planned = [
-            self._plan_task(i, task, request, history or {}, explain) for i, task in enumerate(request.tasks)
-        ]
+        planned = [self._plan_task(i, task, request, history or {}, explain) for i, task in enumerate(request.tasks)]
         queue = sorted(
-            (-task.priority, -(part.expected_duration or 0.0) - types[task.container_type].overhead, task.position,
-             part.index)
-            for task in planned if task.container_type and not task.skipped
+            (
+                -task.priority,
+                -(part.expected_duration or 0.0) - types[task.container_type].overhead,
+                task.position,
+                part.index,
+            )
+            for task in planned
+            if task.container_type and not task.skipped
             for part in task.partitions
         )
         order = [(position, index) for _, _, position, index in queue]
         durations = {
             (task.position, part.index): (task.container_type, part.expected_duration or 0.0)
-            for task in planned if task.container_type and not task.skipped for part in task.partitions
+            for task in planned
+            if task.container_type and not task.skipped
+            for part in task.partitions
         }
         makespan = _simulate(order, durations, types)
         explanation = None
@@ -71,8 +76,9 @@ class Planner:
                 f"expected makespan {makespan:.1f} s: that order simulated on each container type's "
                 "max_concurrent containers, as if this request ran alone",
             ]
-        return ExecutionPlan(tasks=planned, dispatch_order=order, expected_makespan=round(makespan, 3),
-                             explanation=explanation)
+        return ExecutionPlan(
+            tasks=planned, dispatch_order=order, expected_makespan=round(makespan, 3), explanation=explanation
+        )
 
     def _plan_task(
         self, position: int, task: TaskDefinition, request: PlanRequest, history: History, explain: bool
@@ -87,8 +93,9 @@ class Planner:
         why.append(f"container type {container_type.name}: the first whose tags include {task.container_tag}")
         skip, match = changed_paths_decision(task, request.changed_paths)
         if skip:
-            return base.model_copy(update={"skipped": True, "reason": skip,
-                                           "explanation": why + [skip] if explain else None})
+            return base.model_copy(
+                update={"skipped": True, "reason": skip, "explanation": why + [skip] if explain else None}
+            )
         why.append(match)
         files = list(dict.fromkeys(task.files))
         known = history.get((task.name, container_type.name), {})
@@ -102,24 +109,29 @@ class Planner:
         result = _split(files, durations, count, previous, self.tolerance, ceiling)
         why.append(_describe_balance(result, count))
         if previous:
-            why.append(f"stability: {result.kept} of {result.kept + result.moved} files that ran before with "
-                       f"{count} partitions kept their partition; {result.moved} moved" +
-                       "".join(f" ({note})" for note in result.notes))
+            why.append(
+                f"stability: {result.kept} of {result.kept + result.moved} files that ran before with "
+                f"{count} partitions kept their partition; {result.moved} moved"
+                + "".join(f" ({note})" for note in result.notes)
+            )
         partitions = [
             PlannedPartition(index=i + 1, files=part, expected_duration=round(load, 3))
             for i, (part, load) in enumerate(zip(result.parts, result.loads, strict=True))
         ]
         makespan = result.makespan + container_type.overhead
-        why.append(f"expected wall time {makespan:.1f} s: longest partition {result.makespan:.1f} s plus "
-                   f"{container_type.overhead:.1f} s overhead of {container_type.name}")
-        return base.model_copy(update={
-            "partitions": partitions, "expected_makespan": round(makespan, 3),
-            "explanation": why if explain else None,
-        })
+        why.append(
+            f"expected wall time {makespan:.1f} s: longest partition {result.makespan:.1f} s plus "
+            f"{container_type.overhead:.1f} s overhead of {container_type.name}"
+        )
+        return base.model_copy(
+            update={
+                "partitions": partitions,
+                "expected_makespan": round(makespan, 3),
+                "explanation": why if explain else None,
+            }
+        )
 
-    def _estimates(
-        self, files: list[str], known: Mapping[str, FileHistory], why: list[str]
-    ) -> list[float]:
+    def _estimates(self, files: list[str], known: Mapping[str, FileHistory], why: list[str]) -> list[float]:
         values = [h.estimate for f in files if (h := known.get(f)) is not None]
         if values:
             fallback, source = statistics.median(values), "the median of the task's known files"
@@ -129,8 +141,10 @@ class Planner:
             fallback, source = self.default_duration, "the default (no history for this task yet)"
         durations = [h.estimate if (h := known.get(f)) is not None else fallback for f in files]
         unknown = len(files) - len(values)
-        why.append(f"estimates: {len(values)} of {len(files)} files from history"
-                   + (f"; {unknown} estimated at {fallback:.3g} s, {source}" if unknown else ""))
+        why.append(
+            f"estimates: {len(values)} of {len(files)} files from history"
+            + (f"; {unknown} estimated at {fallback:.3g} s, {source}" if unknown else "")
+        )
         return durations
 
     def _count(
@@ -145,26 +159,34 @@ class Planner:
         n = max(1, len(files))
         if task.partitions:
             count = min(task.partitions, n)
-            why.append(f"partitions: {count}, as the task asks" + ("" if count == task.partitions
-                                                                     else f" ({task.partitions}, but only {n} files)"))
+            why.append(
+                f"partitions: {count}, as the task asks"
+                + ("" if count == task.partitions else f" ({task.partitions}, but only {n} files)")
+            )
             return count, None
         if task.target_wall_time and known and files:
-            count, chosen, tried = choose_count(files, durations, task.target_wall_time, container_type.overhead,
-                                                task.max_partitions)
+            count, chosen, tried = choose_count(
+                files, durations, task.target_wall_time, container_type.overhead, task.max_partitions
+            )
             met = chosen.makespan + container_type.overhead <= task.target_wall_time * (1 + 1e-9)
             attempts = ", ".join(f"{c}: {m + container_type.overhead:.1f} s" for c, m in tried)
             if met:
-                why.append(f"partitions: {count}, the fewest whose longest partition plus {container_type.overhead:.1f}"
-                           f" s overhead meets the target {task.target_wall_time:.1f} s (tried {attempts})")
+                why.append(
+                    f"partitions: {count}, the fewest whose longest partition plus {container_type.overhead:.1f}"
+                    f" s overhead meets the target {task.target_wall_time:.1f} s (tried {attempts})"
+                )
             else:
-                why.append(f"partitions: {count}; no count up to {task.max_partitions} meets the target "
-                           f"{task.target_wall_time:.1f} s, so the fewest that come closest (tried {attempts})")
+                why.append(
+                    f"partitions: {count}; no count up to {task.max_partitions} meets the target "
+                    f"{task.target_wall_time:.1f} s, so the fewest that come closest (tried {attempts})"
+                )
             return count, chosen
         per = task.files_per_partition or self.files_per_partition
         count = min(task.max_partitions, max(1, math.ceil(len(files) / per)))
         because = "no history to aim at the target wall time with; " if task.target_wall_time else ""
-        why.append(f"partitions: {count}: {because}{len(files)} files at {per} per partition, "
-                   f"at most {task.max_partitions}")
+        why.append(
+            f"partitions: {count}: {because}{len(files)} files at {per} per partition, at most {task.max_partitions}"
+        )
         return count, None
 
 
@@ -219,8 +241,10 @@ def _split(
 def _describe_balance(result: Partitioning, count: int) -> str:
     if not result.loads or result.lower_bound <= 0:
         return f"balance: {len(result.parts)} partition(s), nothing to balance ({result.method})"
-    return (f"balance: longest partition {result.makespan:.1f} s, lower bound {result.lower_bound:.1f} s "
-            f"(max of total / {len(result.parts)} and the longest file), ratio {result.ratio:.4f} ({result.method})")
+    return (
+        f"balance: longest partition {result.makespan:.1f} s, lower bound {result.lower_bound:.1f} s "
+        f"(max of total / {len(result.parts)} and the longest file), ratio {result.ratio:.4f} ({result.method})"
+    )
 
 
 def _simulate(
@@ -266,8 +290,10 @@ def changed_paths_decision(task: TaskDefinition, changed_paths: list[str] | None
             if path_matches(path, pattern):
                 return None, f"runs: changed path {path!r} matches {pattern!r}"
     shown = ", ".join(changed_paths[:5]) + (f" and {len(changed_paths) - 5} more" if len(changed_paths) > 5 else "")
-    return (f"skipped: none of the {len(changed_paths)} changed paths ({shown or 'none'}) matches the task's "
-            f"paths {task.paths}"), ""
+    return (
+        f"skipped: none of the {len(changed_paths)} changed paths ({shown or 'none'}) matches the task's "
+        f"paths {task.paths}"
+    ), ""
 
 
 def unchanged_reason(task: TaskDefinition, changed_paths: list[str] | None) -> str | None:

@@ -46,8 +46,9 @@ class OptimizerService:
     async def start(self) -> None:
         self._batcher.start()
         self._subscriptions = [
-            await self.bus.subscribe("optimizer-history", topics.PARTITIONS, topics.state_bindings(LEARNED_STATES),
-                                   self._on_partition_status),
+            await self.bus.subscribe(
+                "optimizer-history", topics.PARTITIONS, topics.state_bindings(LEARNED_STATES), self._on_partition_status
+            ),
         ]
 
     async def stop(self) -> None:
@@ -81,12 +82,17 @@ class OptimizerService:
         if duration is None and part.started_at and part.finished_at:
             duration = max(0.0, (part.finished_at - part.started_at).total_seconds())
         sample = Sample(
-            project=status.project, task_name=status.task_name, container_type=part.container_type,
-            run_id=run_id_of(part.id, part.run), files=part.files, index=part.index, count=part.count,
-            duration=duration, file_durations=status.file_durations,
+            project=status.project,
+            task_name=status.task_name,
+            container_type=part.container_type,
+            run_id=run_id_of(part.id, part.run),
+            files=part.files,
+            index=part.index,
+            count=part.count,
+            duration=duration,
+            file_durations=status.file_durations,
         )
         await self._batcher.submit(sample)
 
     async def _record(self, samples: list[Sample]) -> None:
         await self.history.record(samples)
-

@@ -26,5 +26,8 @@ class ProvisionerClient(ServiceClient):
         await self.call("POST", "/api/v1/containers/release", json={"releases": [r.wire() for r in releases]})
 
     async def release(self, container_id: str, run_id: str | None, healthy: bool, reason: str | None = None) -> None:
-        await self.call("POST", f"/api/v1/containers/{container_id}/release",
-                        json={"runId": run_id, "healthy": healthy, "reason": reason})
+        await self.call(
+            "POST",
+            f"/api/v1/containers/{container_id}/release",
+            json={"runId": run_id, "healthy": healthy, "reason": reason},
+        )

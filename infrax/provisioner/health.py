@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from infrax.agent.client import AgentConnectionLost, AgentError, AgentUnreachable
@@ -44,15 +44,16 @@ class ProviderHealth:
     again by the next start that needs it.
     """
 
-    def __init__(self, provider: ContainerProvider) -> None:
+    def __init__(self, provider: ContainerProvider, clock: Callable[[], float] = time.monotonic) -> None:
         self.provider = provider
+        self.clock = clock
         self.failures = 0  # in a row
         self.resting_until = 0.0
         self.last_error = ""
         self.total_failures = 0
 
     def usable(self, now: float | None = None) -> bool:
-        return (time.monotonic() if now is None else now) >= self.resting_until
+        return (self.clock() if now is None else now) >= self.resting_until
 
     def failed(self, error: BaseException) -> float:
         """Record a failed start; returns the seconds the provider now rests."""
@@ -60,7 +61,7 @@ class ProviderHealth:
         self.total_failures += 1
         self.last_error = str(error) or type(error).__name__
         rest = min(self.provider.failure_backoff_max, self.provider.failure_backoff * 2 ** (self.failures - 1))
-        self.resting_until = time.monotonic() + rest
+        self.resting_until = self.clock() + rest
         return rest
 
     def succeeded(self) -> None:
@@ -68,16 +69,23 @@ class ProviderHealth:
         self.resting_until = 0.0
 
     def describe(self, now: float | None = None) -> str:
-        left = self.resting_until - (time.monotonic() if now is None else now)
+        left = self.resting_until - (self.clock() if now is None else now)
         return f"failing, resting {left:.1f}s more after {self.failures} failed starts: {self.last_error[:200]}"
 
 
 class HealthMonitor:
     """Heartbeats the provisioner's containers and hands the ones that stopped answering back to it."""
 
-    def __init__(self, slots: Mapping[str, Slot], on_lost: Callable[[Slot, str, str], Awaitable[None]],
-                 spawn: Callable[[Awaitable[None]], None], tick: float = 0.25) -> None:
+    def __init__(
+        self,
+        slots: Mapping[str, Slot],
+        on_lost: Callable[[Slot, str, str], Awaitable[None]],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        tick: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.slots = slots
+        self.clock = clock
         self.on_lost = on_lost  # (slot, reason GONE | UNRESPONSIVE, message)
         self.spawn = spawn
         self.tick = tick
@@ -94,7 +102,7 @@ class HealthMonitor:
 
     def check_once(self) -> None:
         """Start a heartbeat for each container whose turn it is (and that has none under way)."""
-        now = time.monotonic()
+        now = self.clock()
         for slot in list(self.slots.values()):
             if slot.state not in PROBED or slot.endpoint is None or slot.probing or now < slot.next_probe:
                 continue
@@ -130,12 +138,22 @@ class HealthMonitor:
             return  # retired or released meanwhile
         slot.heartbeat_failures += 1
         if not alive:
-            await self.on_lost(slot, GONE, f"container {slot.id} on {provider.name} is gone "
-                                           f"(its agent did not answer: {problem})")
+            await self.on_lost(
+                slot, GONE, f"container {slot.id} on {provider.name} is gone (its agent did not answer: {problem})"
+            )
         elif slot.heartbeat_failures >= provider.heartbeat_failures:
-            await self.on_lost(slot, UNRESPONSIVE, f"container {slot.id} on {provider.name} stopped answering "
-                                                   f"heartbeats ({slot.heartbeat_failures} failed in a row, "
-                                                   f"last: {problem})")
+            await self.on_lost(
+                slot,
+                UNRESPONSIVE,
+                f"container {slot.id} on {provider.name} stopped answering "
+                f"heartbeats ({slot.heartbeat_failures} failed in a row, "
+                f"last: {problem})",
+            )
         else:
-            log.info("container %s missed heartbeat %d of %d: %s", slot.id, slot.heartbeat_failures,
-                     provider.heartbeat_failures, problem)
+            log.info(
+                "container %s missed heartbeat %d of %d: %s",
+                slot.id,
+                slot.heartbeat_failures,
+                provider.heartbeat_failures,
+                problem,
+            )

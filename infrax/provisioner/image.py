@@ -110,7 +110,11 @@ def build_base_image(client: docker.DockerClient, mirror: str | None = None) -> 
         log.info("debootstrap %s from %s into %s (about a minute)", SUITE, mirror, rootfs)
         result = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             tail = "\n".join(result.stdout.splitlines()[-15:])
@@ -171,8 +175,15 @@ def _build_agent(client: docker.DockerClient, ref: str) -> None:
             _add_bytes(tar, name, path.read_bytes())
     context.seek(0)
     try:
-        client.images.build(fileobj=context, custom_context=True, tag=ref, pull=False, rm=True, forcerm=True,
-                            labels={"infrax.agent-image": ref})
+        client.images.build(
+            fileobj=context,
+            custom_context=True,
+            tag=ref,
+            pull=False,
+            rm=True,
+            forcerm=True,
+            labels={"infrax.agent-image": ref},
+        )
     except docker.errors.BuildError as error:
         steps = "".join(str(line.get("stream", line.get("error", ""))) for line in error.build_log)
         raise ImageError(f"building {ref} from {BASE_IMAGE} failed: {error.msg}\n{steps[-2000:]}") from error

@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,9 +59,9 @@ class Slot:
     endpoint: Endpoint | None = None
     run: PartitionOffer | None = None
     partitions_run: int = 0
-    created_at: float = field(default_factory=time.monotonic)
+    created_at: float = 0.0  # on the provisioner's clock
     created_wall: datetime = field(default_factory=utcnow)
-    idle_since: float = field(default_factory=time.monotonic)
+    idle_since: float = 0.0
     # Health: the health monitor's bookkeeping.
     last_heartbeat: datetime | None = None
     heartbeat_failures: int = 0
@@ -69,13 +69,20 @@ class Slot:
     probing: bool = False
     agent: dict[str, Any] = field(default_factory=dict)  # its last heartbeat answer
 
-    def view(self) -> Container:
+    def view(self, now: float) -> Container:
         return Container(
-            id=self.id, type=self.type.name, provider=self.provider.name,
-            host=self.endpoint.host if self.endpoint else "", port=self.endpoint.port if self.endpoint else 0,
-            state=self.state, partitions_run=self.partitions_run, created_at=self.created_wall,
-            current_run=self.run.run_id if self.run else None, age=round(time.monotonic() - self.created_at, 3),
-            last_heartbeat=self.last_heartbeat, heartbeat_failures=self.heartbeat_failures,
+            id=self.id,
+            type=self.type.name,
+            provider=self.provider.name,
+            host=self.endpoint.host if self.endpoint else "",
+            port=self.endpoint.port if self.endpoint else 0,
+            state=self.state,
+            partitions_run=self.partitions_run,
+            created_at=self.created_wall,
+            current_run=self.run.run_id if self.run else None,
+            age=round(now - self.created_at, 3),
+            last_heartbeat=self.last_heartbeat,
+            heartbeat_failures=self.heartbeat_failures,
         )
 
 
@@ -89,6 +96,7 @@ class Provisioner:
         *,
         maintenance_interval: float = 0.5,
         health_tick: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.types = {t.name: t for t in container_types}
         self.providers = {p.name: p for p in providers}
@@ -99,6 +107,8 @@ class Provisioner:
         self.executioner = executioner
         self.bus = bus
         self.maintenance_interval = maintenance_interval
+        # Ages, idle times and rests are measured on this clock: tests move it instead of waiting.
+        self.clock = clock
         self.slots: dict[str, Slot] = {}
         self.runs: dict[str, str] = {}  # run id -> container id, while the run is ours
         self.cancelled: set[str] = set()
@@ -107,8 +117,8 @@ class Provisioner:
         self.rejections: Counter[tuple[str, str]] = Counter()  # (type, why)
         self.lost: Counter[tuple[str, str]] = Counter()  # (provider, gone | unresponsive)
         self.start_seconds = {name: Histogram() for name in self.providers}
-        self.provider_health = {name: ProviderHealth(p) for name, p in self.providers.items()}
-        self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick)
+        self.provider_health = {name: ProviderHealth(p, clock) for name, p in self.providers.items()}
+        self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick, clock=clock)
         self._background = BackgroundTasks()
         self._free_unannounced: dict[str, int] = {}  # container type -> freed since the last event
         self._maintenance: asyncio.Task[None] | None = None
@@ -167,12 +177,18 @@ class Provisioner:
             return OfferAnswer(run_id=offer.run_id, accepted=True), idle
         live = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
         if len(live) >= container_type.max_concurrent:
-            return self._reject(offer, "max_concurrent", f"container type {container_type.name} is at its "
-                                                         f"maximum of {container_type.max_concurrent} containers")
+            return self._reject(
+                offer,
+                "max_concurrent",
+                f"container type {container_type.name} is at its maximum of {container_type.max_concurrent} containers",
+            )
         provider = self._provider_with_room(container_type)
         if provider is None:
-            return self._reject(offer, "providers_full", f"every provider of {container_type.name} is full or "
-                                                         f"failing ({self._usage(container_type)})")
+            return self._reject(
+                offer,
+                "providers_full",
+                f"every provider of {container_type.name} is full or failing ({self._usage(container_type)})",
+            )
         slot = self._new_slot(container_type, provider, offer)
         self.runs[offer.run_id] = slot.id
         return OfferAnswer(run_id=offer.run_id, accepted=True), slot
@@ -191,10 +207,11 @@ class Provisioner:
         """Containers the provider holds now (starting, idle or busy), of every type."""
         return sum(1 for s in self.slots.values() if s.provider is provider and s.state in LIVE)
 
-    def _provider_with_room(self, container_type: ContainerType,
-                            exclude: tuple[str, ...] = ()) -> ContainerProvider | None:
+    def _provider_with_room(
+        self, container_type: ContainerType, exclude: tuple[str, ...] = ()
+    ) -> ContainerProvider | None:
         """The first provider of the type, in its priority order, with capacity left and not resting."""
-        now = time.monotonic()
+        now = self.clock()
         for name in container_type.providers:
             provider = self.providers[name]
             if name in exclude or not self.provider_health[name].usable(now):
@@ -205,17 +222,26 @@ class Provisioner:
 
     def _usage(self, container_type: ContainerType) -> str:
         parts = []
-        now = time.monotonic()
+        now = self.clock()
         for name in container_type.providers:
             provider, health = self.providers[name], self.provider_health[name]
             used = f"{self.used(provider)}/{provider.capacity if provider.capacity is not None else '∞'}"
             parts.append(f"{name}: {used}" + ("" if health.usable(now) else f", {health.describe(now)}"))
         return "; ".join(parts)
 
-    def _new_slot(self, container_type: ContainerType, provider: ContainerProvider,
-                  offer: PartitionOffer | None) -> Slot:
-        slot = Slot(id=f"{container_type.name}-{new_id()[:12]}", type=container_type, provider=provider,
-                    secret=secrets.token_urlsafe(24), run=offer)
+    def _new_slot(
+        self, container_type: ContainerType, provider: ContainerProvider, offer: PartitionOffer | None
+    ) -> Slot:
+        now = self.clock()
+        slot = Slot(
+            id=f"{container_type.name}-{new_id()[:12]}",
+            type=container_type,
+            provider=provider,
+            secret=secrets.token_urlsafe(24),
+            run=offer,
+            created_at=now,
+            idle_since=now,
+        )
         self.slots[slot.id] = slot
         self._spawn(self._start_container(slot))
         return slot
@@ -224,7 +250,7 @@ class Provisioner:
         failures: list[str] = []
         tried: list[str] = []
         while True:
-            started = time.monotonic()
+            started = time.perf_counter()
             try:
                 slot.endpoint = await slot.provider.create(slot.id, slot.type, slot.secret)
                 break
@@ -233,8 +259,13 @@ class Provisioner:
                 self.counters["start_failures"] += 1
                 failures.append(f"{slot.provider.name}: {error}")
                 tried.append(slot.provider.name)
-                log.warning("container %s failed to start on %s (provider rests %.0fs): %s", slot.id,
-                            slot.provider.name, rest, error)
+                log.warning(
+                    "container %s failed to start on %s (provider rests %.0fs): %s",
+                    slot.id,
+                    slot.provider.name,
+                    rest,
+                    error,
+                )
             # A partition waiting for this container moves on to the next provider with room.
             following = None
             if slot.run is not None and slot.run.run_id not in self.cancelled:
@@ -248,9 +279,9 @@ class Provisioner:
                 return
             self._move(slot, following)
         self.provider_health[slot.provider.name].succeeded()
-        self.start_seconds[slot.provider.name].observe(time.monotonic() - started)
+        self.start_seconds[slot.provider.name].observe(time.perf_counter() - started)
         self.counters["containers_started"] += 1
-        slot.next_probe = time.monotonic() + slot.provider.heartbeat_interval
+        slot.next_probe = self.clock() + slot.provider.heartbeat_interval
         if self.slots.get(slot.id) is not slot:  # the provisioner stopped meanwhile
             return
         await self._publish_event("started", slot)
@@ -265,16 +296,18 @@ class Provisioner:
         """Start the slot on another provider, under a new id (the failed one may linger a while)."""
         self.slots.pop(slot.id, None)
         slot.id, slot.provider = f"{slot.type.name}-{new_id()[:12]}", provider
-        slot.created_at, slot.created_wall = time.monotonic(), utcnow()
+        slot.created_at, slot.created_wall = self.clock(), utcnow()
         self.slots[slot.id] = slot
         if slot.run is not None:
             self.runs[slot.run.run_id] = slot.id
 
     async def _hand_off(self, slots: list[Slot]) -> None:
         assignments = [
-            ExecutionAssignment(offer=s.run, container_id=s.id, host=s.endpoint.host, port=s.endpoint.port,
-                                secret=s.secret)
-            for s in slots if s.run is not None and s.endpoint is not None
+            ExecutionAssignment(
+                offer=s.run, container_id=s.id, host=s.endpoint.host, port=s.endpoint.port, secret=s.secret
+            )
+            for s in slots
+            if s.run is not None and s.endpoint is not None
         ]
         try:
             await self.executioner.execute(assignments)
@@ -288,14 +321,22 @@ class Provisioner:
     async def _report_lost(self, offer: PartitionOffer, slot: Slot, why: str) -> None:
         self.runs.pop(offer.run_id, None)
         status = RunStatus(
-            run_id=offer.run_id, partition_id=offer.partition_id, task_id=offer.task_id,
-            request_id=offer.request_id, job_id=offer.job_id, run=offer.run, container_type=offer.container_type,
-            container_id=slot.id, state="exception", message=why,
+            run_id=offer.run_id,
+            partition_id=offer.partition_id,
+            task_id=offer.task_id,
+            request_id=offer.request_id,
+            job_id=offer.job_id,
+            run=offer.run,
+            container_type=offer.container_type,
+            container_id=slot.id,
+            state="exception",
+            message=why,
         )
         await self.bus.publish(
             topics.RUNS,
-            topics.routing_key(offer.job_id, offer.task_id, offer.partition_id, offer.run, offer.container_type,
-                               status.state),
+            topics.routing_key(
+                offer.job_id, offer.task_id, offer.partition_id, offer.run, offer.container_type, status.state
+            ),
             status.wire(),
         )
 
@@ -315,10 +356,11 @@ class Provisioner:
             # The agent just reported the run's end: as good as a heartbeat, and under load a container
             # that runs partition after partition then needs no probing at all.
             slot.last_heartbeat, slot.heartbeat_failures = utcnow(), 0
-            slot.next_probe = max(slot.next_probe, time.monotonic() + slot.provider.heartbeat_interval)
+            slot.next_probe = max(slot.next_probe, self.clock() + slot.provider.heartbeat_interval)
         rules = slot.type
         worn_out = (rules.max_partitions is not None and slot.partitions_run >= rules.max_partitions) or (
-            rules.max_age is not None and time.monotonic() - slot.created_at >= rules.max_age)
+            rules.max_age is not None and self.clock() - slot.created_at >= rules.max_age
+        )
         if not healthy or worn_out:
             if not healthy:
                 log.warning("retiring container %s: %s", container_id, reason or "unhealthy")
@@ -348,7 +390,7 @@ class Provisioner:
             log.warning("could not cancel %s: %s", run_ids, error)
 
     def _become_idle(self, slot: Slot) -> None:
-        slot.state, slot.run, slot.idle_since = ContainerState.IDLE, None, time.monotonic()
+        slot.state, slot.run, slot.idle_since = ContainerState.IDLE, None, self.clock()
 
     async def _lose(self, slot: Slot, why: str, message: str) -> None:
         """A container the health checks found dead: report its run lost, destroy it; the pool refills."""
@@ -385,7 +427,7 @@ class Provisioner:
                 log.exception("pool maintenance failed")
 
     async def maintain_once(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         # Dead containers are the health monitor's: this keeps the pools' sizes and ages.
         for container_type in self.types.values():
             mine = [s for s in self.slots.values() if s.type.name == container_type.name]
@@ -400,8 +442,11 @@ class Provisioner:
                     await self._retire(slot)
                     await self._publish_event("stopped", slot)
             mine = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
-            warm = sum(1 for s in mine if s.state == ContainerState.IDLE or (s.state == ContainerState.STARTING
-                                                                               and s.run is None))
+            warm = sum(
+                1
+                for s in mine
+                if s.state == ContainerState.IDLE or (s.state == ContainerState.STARTING and s.run is None)
+            )
             while warm < container_type.min_warm and len(mine) < container_type.max_concurrent:
                 provider = self._provider_with_room(container_type)
                 if provider is None:
@@ -417,7 +462,7 @@ class Provisioner:
             idle = sum(1 for s in mine if s.state == ContainerState.IDLE)
             room = container_type.max_concurrent - len(mine)
             startable = 0
-            now = time.monotonic()
+            now = self.clock()
             for name in container_type.providers:
                 provider = self.providers[name]
                 if not self.provider_health[name].usable(now):
@@ -430,7 +475,8 @@ class Provisioner:
         return free
 
     def containers(self) -> list[Container]:
-        return [s.view() for s in self.slots.values()]
+        now = self.clock()
+        return [s.view(now) for s in self.slots.values()]
 
     def _announce_free(self, slot: Slot) -> None:
         """Say on the bus that a container of this type is free, in one event with any others.
@@ -458,8 +504,9 @@ class Provisioner:
 
     async def _publish_event(self, event: str, slot: Slot) -> None:
         message = ContainerEvent(event=event, container_type=slot.type.name, container_id=slot.id)  # type: ignore[arg-type]
-        await self.bus.publish(topics.CONTAINERS, topics.routing_key(container_type=slot.type.name, state=event),
-                               message.wire())
+        await self.bus.publish(
+            topics.CONTAINERS, topics.routing_key(container_type=slot.type.name, state=event), message.wire()
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._background.spawn(work)

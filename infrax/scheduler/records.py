@@ -16,27 +16,50 @@ from infrax.store.tables import partitions, requests, tasks
 
 def partition_from_row(row: RowMapping | dict[str, Any]) -> TaskPartition:
     return TaskPartition(
-        id=row["id"], task_id=row["task_id"], request_id=row["request_id"], job_id=row["job_id"],
-        index=row["idx"], count=row["count"], files=row["files"], container_type=row["container_type"],
-        state=row["state"], run=row["run"], priority=row["priority"],
-        expected_duration=row.get("expected_duration"), exit_code=row.get("exit_code"), message=row.get("message"),
-        log_url=row.get("log_url"), container_id=row.get("container_id"), queued_at=aware(row.get("queued_at")),
-        started_at=aware(row.get("started_at")), finished_at=aware(row.get("finished_at")),
+        id=row["id"],
+        task_id=row["task_id"],
+        request_id=row["request_id"],
+        job_id=row["job_id"],
+        index=row["idx"],
+        count=row["count"],
+        files=row["files"],
+        container_type=row["container_type"],
+        state=row["state"],
+        run=row["run"],
+        priority=row["priority"],
+        expected_duration=row.get("expected_duration"),
+        exit_code=row.get("exit_code"),
+        message=row.get("message"),
+        log_url=row.get("log_url"),
+        container_id=row.get("container_id"),
+        queued_at=aware(row.get("queued_at")),
+        started_at=aware(row.get("started_at")),
+        finished_at=aware(row.get("finished_at")),
     )
 
 
 def task_from_row(row: RowMapping, parts: list[TaskPartition] | None = None) -> Task:
     return Task(
-        id=row["id"], request_id=row["request_id"], job_id=row["job_id"], name=row["name"],
-        state=row["state"], message=row["message"],
-        definition=TaskDefinition.model_validate(row["definition"]), partitions=parts or [],
+        id=row["id"],
+        request_id=row["request_id"],
+        job_id=row["job_id"],
+        name=row["name"],
+        state=row["state"],
+        message=row["message"],
+        definition=TaskDefinition.model_validate(row["definition"]),
+        partitions=parts or [],
     )
 
 
 def request_from_row(row: RowMapping, task_list: list[Task] | None = None) -> TaskRequest:
     return TaskRequest(
-        id=row["id"], job_id=row["job_id"], project=row["project"], revision=row["revision"],
-        state=row["state"], message=row["message"], created_at=aware(row["created_at"]),
+        id=row["id"],
+        job_id=row["job_id"],
+        project=row["project"],
+        revision=row["revision"],
+        state=row["state"],
+        message=row["message"],
+        created_at=aware(row["created_at"]),
         tasks=task_list or [],
     )
 
@@ -46,13 +69,15 @@ async def load_request(conn: AsyncConnection, request_id: str) -> TaskRequest | 
     if row is None:
         return None
     task_rows = (
-        await conn.execute(select(tasks).where(tasks.c.request_id == request_id).order_by(tasks.c.position))
-    ).mappings().all()
+        (await conn.execute(select(tasks).where(tasks.c.request_id == request_id).order_by(tasks.c.position)))
+        .mappings()
+        .all()
+    )
     part_rows = (
-        await conn.execute(
-            select(partitions).where(partitions.c.request_id == request_id).order_by(partitions.c.idx)
-        )
-    ).mappings().all()
+        (await conn.execute(select(partitions).where(partitions.c.request_id == request_id).order_by(partitions.c.idx)))
+        .mappings()
+        .all()
+    )
     by_task: dict[str, list[TaskPartition]] = defaultdict(list)
     for part in part_rows:
         by_task[part["task_id"]].append(partition_from_row(part))
@@ -64,8 +89,10 @@ async def load_task(conn: AsyncConnection, task_id: str) -> Task | None:
     if row is None:
         return None
     part_rows = (
-        await conn.execute(select(partitions).where(partitions.c.task_id == task_id).order_by(partitions.c.idx))
-    ).mappings().all()
+        (await conn.execute(select(partitions).where(partitions.c.task_id == task_id).order_by(partitions.c.idx)))
+        .mappings()
+        .all()
+    )
     return task_from_row(row, [partition_from_row(p) for p in part_rows])
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.background import BackgroundTasks
@@ -94,7 +94,7 @@ class Scheduler:
         self._types_fetched = 0.0
         # Task definitions by task id, with their project and revision: read once per task, not per run.
         self._definitions: OrderedDict[str, tuple[TaskDefinition, str, str | None]] = OrderedDict()
-        self._status_batcher = Batcher(self._apply_run_statuses, max_batch=500)
+        self._status_batcher = Batcher(self.apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
         self._publishing = BackgroundTasks()
         self._subscriptions: list[Any] = []
@@ -109,20 +109,22 @@ class Scheduler:
         """
         await self.release_stale_claims(everything=recover_in_flight)
         self._status_batcher.start()
+        self._subscriptions.append(await self.bus.subscribe("scheduler", topics.RUNS, ["#"], self._on_run_status))
         self._subscriptions.append(
-            await self.bus.subscribe("scheduler", topics.RUNS, ["#"], self._on_run_status)
-        )
-        self._subscriptions.append(
-            await self.bus.subscribe(f"scheduler-capacity-{self.instance}", topics.CONTAINERS, ["#"], self._on_capacity,
-                                   ephemeral=True)
+            await self.bus.subscribe(
+                f"scheduler-capacity-{self.instance}", topics.CONTAINERS, ["#"], self._on_capacity, ephemeral=True
+            )
         )
         if recover_in_flight:
             await self.check_in_flight(grace=0.0)
         self._loops = [
-            asyncio.create_task(self._keep_doing(self._plan_wanted, self._plan_next, "planning", 1.0),
-                                name="scheduler-plan"),
-            asyncio.create_task(self._keep_doing(self._dispatch_wanted, self._dispatch_batch, "dispatch", 0.5,
-                                                 DISPATCH_LINGER), name="scheduler-dispatch"),
+            asyncio.create_task(
+                self._keep_doing(self._plan_wanted, self.plan_next, "planning", 1.0), name="scheduler-plan"
+            ),
+            asyncio.create_task(
+                self._keep_doing(self._dispatch_wanted, self.dispatch_batch, "dispatch", 0.5, DISPATCH_LINGER),
+                name="scheduler-dispatch",
+            ),
             asyncio.create_task(self._in_flight_loop(), name="scheduler-in-flight"),
         ]
         self._plan_wanted.set()
@@ -135,6 +137,10 @@ class Scheduler:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._status_batcher.stop()
+        await self.published()
+
+    async def published(self) -> None:
+        """Until every status change committed so far has been handed to the bus."""
         await self._publishing.wait()
 
     # -- submission and queries ---------------------------------------------------------------
@@ -145,17 +151,28 @@ class Scheduler:
         request_id = new_id()
         task_rows = [
             {
-                "id": new_id(), "request_id": request_id, "job_id": submission.job_id, "position": i,
-                "name": t.name, "definition": t.wire(), "state": State.PENDING, "message": None,
+                "id": new_id(),
+                "request_id": request_id,
+                "job_id": submission.job_id,
+                "position": i,
+                "name": t.name,
+                "definition": t.wire(),
+                "state": State.PENDING,
+                "message": None,
             }
             for i, t in enumerate(submission.tasks)
         ]
         async with self.db.begin() as conn:
             await conn.execute(
                 insert(requests).values(
-                    id=request_id, job_id=submission.job_id, project=submission.project,
-                    revision=submission.revision, changed_paths=submission.changed_paths,
-                    state=State.PENDING, created_at=now, updated_at=now,
+                    id=request_id,
+                    job_id=submission.job_id,
+                    project=submission.project,
+                    revision=submission.revision,
+                    changed_paths=submission.changed_paths,
+                    state=State.PENDING,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
             await conn.execute(insert(tasks), task_rows)
@@ -225,8 +242,9 @@ class Scheduler:
 
     # -- planning ---------------------------------------------------------------------------
 
-    async def _keep_doing(self, wanted: asyncio.Event, step: Callable[[], Awaitable[bool]], what: str,
-                          backoff: float, linger: float = 0.0) -> None:
+    async def _keep_doing(
+        self, wanted: asyncio.Event, step: Callable[[], Awaitable[bool]], what: str, backoff: float, linger: float = 0.0
+    ) -> None:
         """Run `step` while it says there is more, whenever `wanted` is set (or every second)."""
         while True:
             await _wait(wanted, 1.0)
@@ -242,25 +260,37 @@ class Scheduler:
                 log.exception("%s failed; retrying", what)
                 await asyncio.sleep(backoff)
 
-    async def _plan_next(self) -> bool:
+    async def plan_next(self) -> bool:
+        """Plan the oldest pending request; False when none is pending (the planning loop's step)."""
         async with self.db.begin() as conn:
             row = (
-                await conn.execute(
-                    select(requests).where(requests.c.state == State.PENDING).order_by(requests.c.created_at).limit(1)
+                (
+                    await conn.execute(
+                        select(requests)
+                        .where(requests.c.state == State.PENDING)
+                        .order_by(requests.c.created_at)
+                        .limit(1)
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
             if row is None:
                 return False
             task_rows = (
-                await conn.execute(select(tasks).where(tasks.c.request_id == row["id"]).order_by(tasks.c.position))
-            ).mappings().all()
+                (await conn.execute(select(tasks).where(tasks.c.request_id == row["id"]).order_by(tasks.c.position)))
+                .mappings()
+                .all()
+            )
         definitions = [TaskDefinition.model_validate(t["definition"]) for t in task_rows]
         if not self._container_types or time.monotonic() - self._types_fetched > 10.0:
             self._container_types = await self.provisioner.container_types()
             self._types_fetched = time.monotonic()
         plan = await self.optimizer.plan(
             PlanRequest(
-                project=row["project"], tasks=definitions, container_types=self._container_types,
+                project=row["project"],
+                tasks=definitions,
+                container_types=self._container_types,
                 changed_paths=row["changed_paths"],
             )
         )
@@ -271,8 +301,9 @@ class Scheduler:
         part_rows: list[dict[str, Any]] = []
         async with self.db.begin() as conn:
             # Locked: another scheduler may have planned it meanwhile, or a cancel come in.
-            current = (await conn.execute(
-                select(requests.c.state).where(requests.c.id == row["id"]).with_for_update())).scalar()
+            current = (
+                await conn.execute(select(requests.c.state).where(requests.c.id == row["id"]).with_for_update())
+            ).scalar()
             if current != State.PENDING:
                 return True
             task_states: list[str] = []
@@ -284,16 +315,28 @@ class Scheduler:
                 else:
                     state, message = State.QUEUED, None
                     for part in planned.partitions:
-                        part_rows.append({
-                            "id": new_id(), "seq": seq_base + order.get((planned.position, part.index), 0),
-                            "task_id": task_row["id"], "request_id": row["id"], "job_id": row["job_id"],
-                            "idx": part.index, "count": len(planned.partitions), "files": part.files,
-                            "container_type": planned.container_type, "state": State.QUEUED, "run": 0,
-                            "priority": planned.priority, "expected_duration": part.expected_duration,
-                            "queued_at": now,
-                        })
+                        part_rows.append(
+                            {
+                                "id": new_id(),
+                                "seq": seq_base + order.get((planned.position, part.index), 0),
+                                "task_id": task_row["id"],
+                                "request_id": row["id"],
+                                "job_id": row["job_id"],
+                                "idx": part.index,
+                                "count": len(planned.partitions),
+                                "files": part.files,
+                                "container_type": planned.container_type,
+                                "state": State.QUEUED,
+                                "run": 0,
+                                "priority": planned.priority,
+                                "expected_duration": part.expected_duration,
+                                "queued_at": now,
+                            }
+                        )
                 task_states.append(state)
-                await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message))
+                await conn.execute(
+                    update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message)
+                )
                 events.append(_task_status(task_row, state, State.PENDING, message))
             if part_rows:
                 await conn.execute(insert(partitions), part_rows)
@@ -314,7 +357,7 @@ class Scheduler:
 
     # -- dispatching ------------------------------------------------------------------------
 
-    async def _dispatch_batch(self) -> bool:
+    async def dispatch_batch(self) -> bool:
         """Offer as many queued partitions as the provisioner says it can take; True if more may follow."""
         now_mono = time.monotonic()
         # A type blocked for long is tried again even without a capacity event, in case one was lost.
@@ -331,20 +374,27 @@ class Scheduler:
             for container_type, room in free.items():
                 claimable = (
                     select(partitions.c.id)
-                    .where(partitions.c.state == State.QUEUED, partitions.c.claimed_by.is_(None),
-                           partitions.c.container_type == container_type)
+                    .where(
+                        partitions.c.state == State.QUEUED,
+                        partitions.c.claimed_by.is_(None),
+                        partitions.c.container_type == container_type,
+                    )
                     .order_by(partitions.c.priority.desc(), partitions.c.seq)
                     .limit(min(room, DISPATCH_BATCH))
                     .with_for_update(skip_locked=True)
                 )
                 claimed += (
-                    await conn.execute(
-                        update(partitions)
-                        .where(partitions.c.id.in_(claimable.scalar_subquery()))
-                        .values(claimed_by=self.instance, claimed_at=utcnow())
-                        .returning(*partitions.c)
+                    (
+                        await conn.execute(
+                            update(partitions)
+                            .where(partitions.c.id.in_(claimable.scalar_subquery()))
+                            .values(claimed_by=self.instance, claimed_at=utcnow())
+                            .returning(*partitions.c)
+                        )
                     )
-                ).mappings().all()
+                    .mappings()
+                    .all()
+                )
             if not claimed:
                 return False
             claimed = sorted(claimed, key=lambda p: (-p["priority"], p["seq"]))
@@ -370,23 +420,35 @@ class Scheduler:
         async with self.db.each_alone() as conn:
             # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
             dispatched = (
-                await conn.execute(
-                    update(partitions)
-                    .where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance,
-                           partitions.c.state == State.QUEUED)
-                    .values(state=State.DISPATCHED, dispatched_at=utcnow(), claimed_by=None)
-                    .returning(*partitions.c)
+                (
+                    await conn.execute(
+                        update(partitions)
+                        .where(
+                            partitions.c.id.in_(accepted_ids),
+                            partitions.c.claimed_by == self.instance,
+                            partitions.c.state == State.QUEUED,
+                        )
+                        .values(state=State.DISPATCHED, dispatched_at=utcnow(), claimed_by=None)
+                        .returning(*partitions.c)
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
             if len(dispatched) < len(accepted_ids):
                 await conn.execute(
-                    update(partitions).where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
+                    update(partitions)
+                    .where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
                     .values(claimed_by=None)
                 )
         offered = {o.partition_id: o for o in offers}
         events: list[BusMessage] = [
-            _partition_status(records.partition_from_row(row), State.QUEUED, offered[row["id"]].task_name,
-                              {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision})
+            _partition_status(
+                records.partition_from_row(row),
+                State.QUEUED,
+                offered[row["id"]].task_name,
+                {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision},
+            )
             for row in dispatched
         ]
         self._publish_soon(events)
@@ -395,7 +457,8 @@ class Scheduler:
     async def _unclaim(self, ids: list[str]) -> None:
         async with self.db.each_alone() as conn:
             await conn.execute(
-                update(partitions).where(partitions.c.id.in_(ids), partitions.c.claimed_by == self.instance)
+                update(partitions)
+                .where(partitions.c.id.in_(ids), partitions.c.claimed_by == self.instance)
                 .values(claimed_by=None)
             )
 
@@ -420,11 +483,23 @@ class Scheduler:
     async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
         definition, project, revision = await self._definition(conn, part["task_id"])
         return PartitionOffer(
-            run_id=run_id_of(part["id"], part["run"]), partition_id=part["id"], task_id=part["task_id"],
-            request_id=part["request_id"], job_id=part["job_id"], task_name=definition.name, index=part["idx"],
-            count=part["count"], run=part["run"], container_type=part["container_type"], files=part["files"],
-            bootstrapper=definition.bootstrapper, bootstrapper_arguments=definition.bootstrapper_arguments,
-            env=definition.env, max_run_time=definition.max_run_time, project=project, revision=revision,
+            run_id=run_id_of(part["id"], part["run"]),
+            partition_id=part["id"],
+            task_id=part["task_id"],
+            request_id=part["request_id"],
+            job_id=part["job_id"],
+            task_name=definition.name,
+            index=part["idx"],
+            count=part["count"],
+            run=part["run"],
+            container_type=part["container_type"],
+            files=part["files"],
+            bootstrapper=definition.bootstrapper,
+            bootstrapper_arguments=definition.bootstrapper_arguments,
+            env=definition.env,
+            max_run_time=definition.max_run_time,
+            project=project,
+            revision=revision,
         )
 
     async def _on_capacity(self, message: Message) -> None:
@@ -442,7 +517,10 @@ class Scheduler:
     async def _on_run_status(self, message: Message) -> None:
         await self._status_batcher.submit(RunStatus.model_validate(message.body))
 
-    async def _apply_run_statuses(self, statuses: list[RunStatus]) -> None:
+    async def apply_run_statuses(self, statuses: list[RunStatus]) -> None:
+        """The one update path for runs' news: each partition's transition, then its task's and request's
+        roll-up, committed together; the status changes are published after the commit, in order.
+        News of another run than the partition's current one, or of a partition already final, is ignored."""
         events: list[BusMessage] = []
         requeued = False
         async with self.db.begin() as conn:
@@ -450,9 +528,13 @@ class Scheduler:
             # Locked in id order: schedulers applying news of the same partitions take turns, never deadlock.
             rows = {
                 r["id"]: dict(r)
-                for r in (await conn.execute(
-                    select(partitions).where(partitions.c.id.in_(ids)).order_by(partitions.c.id).with_for_update()
-                )).mappings().all()
+                for r in (
+                    await conn.execute(
+                        select(partitions).where(partitions.c.id.in_(ids)).order_by(partitions.c.id).with_for_update()
+                    )
+                )
+                .mappings()
+                .all()
             }
             changed: dict[str, tuple[dict[str, Any], str]] = {}
             measured: dict[str, RunStatus] = {}
@@ -472,14 +554,16 @@ class Scheduler:
                     measured[row["id"]] = status
                 requeued |= row["state"] == State.QUEUED
             if changed:
-                await conn.execute(_UPDATE_PARTITION, [
-                    {"b_id": row["id"], **{f"b_{k}": row[k] for k in _MUTABLE}} for row, _ in changed.values()
-                ])
+                await conn.execute(
+                    _UPDATE_PARTITION,
+                    [{"b_id": row["id"], **{f"b_{k}": row[k] for k in _MUTABLE}} for row, _ in changed.values()],
+                )
             events += await self._settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
         for row, before in changed.values():
             definition, project, revision = known[row["task_id"]]
-            event = _partition_status(records.partition_from_row(row), before, definition.name,
-                                      {"project": project, "revision": revision})
+            event = _partition_status(
+                records.partition_from_row(row), before, definition.name, {"project": project, "revision": revision}
+            )
             if row["id"] in measured:
                 event.duration = measured[row["id"]].duration
                 event.file_durations = measured[row["id"]].file_durations
@@ -494,9 +578,11 @@ class Scheduler:
         if not task_ids:
             return []
         events: list[BusMessage] = []
-        task_rows = (await conn.execute(
-            select(tasks).where(tasks.c.id.in_(task_ids)).order_by(tasks.c.id).with_for_update()
-        )).mappings().all()
+        task_rows = (
+            (await conn.execute(select(tasks).where(tasks.c.id.in_(task_ids)).order_by(tasks.c.id).with_for_update()))
+            .mappings()
+            .all()
+        )
         part_states: dict[str, list[str]] = {t: [] for t in task_ids}
         # Which states occur is all that aggregation needs, not how often.
         for task_id, state in (
@@ -519,8 +605,9 @@ class Scheduler:
         return events
 
     async def _settle_request(self, conn: AsyncConnection, request_id: str) -> list[BusMessage]:
-        row = (await conn.execute(
-            select(requests).where(requests.c.id == request_id).with_for_update())).mappings().one()
+        row = (
+            (await conn.execute(select(requests).where(requests.c.id == request_id).with_for_update())).mappings().one()
+        )
         states = (await conn.execute(select(tasks.c.state).where(tasks.c.request_id == request_id))).scalars().all()
         state = _request_state(states)
         if state == row["state"] or row["state"] == State.CANCELLED:
@@ -545,7 +632,7 @@ class Scheduler:
         Re-offering such a partition is safe: the offer carries the same run id, and a run the
         provisioner already took is answered "already accepted".
         """
-        stale = partitions.c.claimed_by.is_not(None)
+        stale: ColumnElement[bool] = partitions.c.claimed_by.is_not(None)
         if not everything:
             stale = stale & (partitions.c.claimed_at < utcnow() - timedelta(seconds=CLAIM_TIMEOUT))
         async with self.db.begin() as conn:
@@ -557,9 +644,7 @@ class Scheduler:
     async def check_in_flight(self, grace: float) -> None:
         """Ask the executioner about runs we have heard nothing of; a run it never got is lost."""
         async with self.db.begin() as conn:
-            rows = (
-                await conn.execute(select(partitions).where(partitions.c.state.in_(IN_FLIGHT)))
-            ).mappings().all()
+            rows = (await conn.execute(select(partitions).where(partitions.c.state.in_(IN_FLIGHT)))).mappings().all()
         now = utcnow()
         for row in rows:
             since = aware(row["started_at"] or row["dispatched_at"] or row["queued_at"])
@@ -578,8 +663,9 @@ class Scheduler:
     # -- cancel -----------------------------------------------------------------------------
 
     async def cancel_request(self, request_id: str) -> TaskRequest:
-        await self._cancel(requests.c.id == request_id, partitions.c.request_id == request_id,
-                           tasks.c.request_id == request_id)
+        await self._cancel(
+            requests.c.id == request_id, partitions.c.request_id == request_id, tasks.c.request_id == request_id
+        )
         return await self.get_request(request_id)
 
     async def cancel_job(self, job_id: str) -> list[str]:
@@ -594,29 +680,48 @@ class Scheduler:
             if not found:
                 raise NotFound("no such task request or job")
             parts = (
-                await conn.execute(
-                    select(partitions).where(partition_clause, partitions.c.state.not_in(list(FINAL_STATES)))
+                (
+                    await conn.execute(
+                        select(partitions).where(partition_clause, partitions.c.state.not_in(list(FINAL_STATES)))
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
             in_flight = [run_id_of(p["id"], p["run"]) for p in parts if p["state"] in IN_FLIGHT]
             for part in parts:
                 row = dict(part) | {"state": State.CANCELLED, "finished_at": now, "message": "cancelled"}
-                await conn.execute(update(partitions).where(partitions.c.id == part["id"]).values(
-                    state=State.CANCELLED, finished_at=now, message="cancelled", claimed_by=None))
+                await conn.execute(
+                    update(partitions)
+                    .where(partitions.c.id == part["id"])
+                    .values(state=State.CANCELLED, finished_at=now, message="cancelled", claimed_by=None)
+                )
                 definition, project, revision = await self._definition(conn, part["task_id"])
-                events.append(_partition_status(records.partition_from_row(row), part["state"], definition.name,
-                                                {"project": project, "revision": revision}))
+                events.append(
+                    _partition_status(
+                        records.partition_from_row(row),
+                        part["state"],
+                        definition.name,
+                        {"project": project, "revision": revision},
+                    )
+                )
             for task_row in (
-                await conn.execute(select(tasks).where(task_clause, tasks.c.state.not_in(list(FINAL_STATES))))
-            ).mappings().all():
+                (await conn.execute(select(tasks).where(task_clause, tasks.c.state.not_in(list(FINAL_STATES)))))
+                .mappings()
+                .all()
+            ):
                 await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=State.CANCELLED))
                 events.append(_task_status(task_row, State.CANCELLED, task_row["state"]))
             for request_row in found:
                 if not is_final(request_row["state"]):
-                    await conn.execute(update(requests).where(requests.c.id == request_row["id"]).values(
-                        state=State.CANCELLED, updated_at=now))
-                    events.append(_request_status(request_row["id"], request_row["job_id"], State.CANCELLED,
-                                                  request_row["state"]))
+                    await conn.execute(
+                        update(requests)
+                        .where(requests.c.id == request_row["id"])
+                        .values(state=State.CANCELLED, updated_at=now)
+                    )
+                    events.append(
+                        _request_status(request_row["id"], request_row["job_id"], State.CANCELLED, request_row["state"])
+                    )
         await self._publish(events)
         if in_flight:
             try:
@@ -643,12 +748,23 @@ class Scheduler:
     async def _publish_logged(self, events: list[BusMessage]) -> None:
         try:
             await self._publish(events)
-        except Exception:  # noqa: BLE001 - nobody awaits this; say it here
+        except Exception:  # nobody awaits this; say it here
             log.exception("could not publish status changes")
 
 
-_MUTABLE = ("state", "run", "exit_code", "message", "log_url", "container_id", "queued_at", "started_at",
-            "finished_at", "claimed_by", "dispatched_at")
+_MUTABLE = (
+    "state",
+    "run",
+    "exit_code",
+    "message",
+    "log_url",
+    "container_id",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "claimed_by",
+    "dispatched_at",
+)
 # One statement for a whole batch of partition changes (executemany).
 _UPDATE_PARTITION = (
     update(partitions).where(partitions.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in _MUTABLE})
@@ -660,27 +776,49 @@ def _transition(row: dict[str, Any], status: RunStatus, retries: int) -> dict[st
     if status.state == "running":
         if row["state"] == State.RUNNING:
             return None
-        return {"state": State.RUNNING, "started_at": status.timestamp, "container_id": status.container_id,
-                "log_url": status.log_url}
-    common = {"exit_code": status.exit_code, "message": status.message, "log_url": status.log_url or row["log_url"],
-              "container_id": status.container_id or row["container_id"], "finished_at": status.timestamp,
-              "claimed_by": None}
+        return {
+            "state": State.RUNNING,
+            "started_at": status.timestamp,
+            "container_id": status.container_id,
+            "log_url": status.log_url,
+        }
+    common = {
+        "exit_code": status.exit_code,
+        "message": status.message,
+        "log_url": status.log_url or row["log_url"],
+        "container_id": status.container_id or row["container_id"],
+        "finished_at": status.timestamp,
+        "claimed_by": None,
+    }
     if status.state == "exception":
         if row["run"] < retries:
-            return {**common, "state": State.QUEUED, "run": row["run"] + 1, "queued_at": status.timestamp,
-                    "message": f"run {row['run']} lost ({status.message}); re-queued as run {row['run'] + 1}",
-                    "started_at": None, "finished_at": None, "dispatched_at": None, "exit_code": None}
-        return {**common, "state": State.EXCEPTION,
-                "message": f"{status.message} (retries used up: {retries})"}
+            return {
+                **common,
+                "state": State.QUEUED,
+                "run": row["run"] + 1,
+                "queued_at": status.timestamp,
+                "message": f"run {row['run']} lost ({status.message}); re-queued as run {row['run'] + 1}",
+                "started_at": None,
+                "finished_at": None,
+                "dispatched_at": None,
+                "exit_code": None,
+            }
+        return {**common, "state": State.EXCEPTION, "message": f"{status.message} (retries used up: {retries})"}
     started = row["started_at"] or status.timestamp
     return {**common, "state": State(status.state), "started_at": started}
 
 
 def _lost(row: Any, why: str) -> RunStatus:
     return RunStatus(
-        run_id=run_id_of(row["id"], row["run"]), partition_id=row["id"], task_id=row["task_id"],
-        request_id=row["request_id"], job_id=row["job_id"], run=row["run"], container_type=row["container_type"],
-        state="exception", message=why,
+        run_id=run_id_of(row["id"], row["run"]),
+        partition_id=row["id"],
+        task_id=row["task_id"],
+        request_id=row["request_id"],
+        job_id=row["job_id"],
+        run=row["run"],
+        container_type=row["container_type"],
+        state="exception",
+        message=why,
     )
 
 
@@ -690,17 +828,31 @@ def _request_state(task_states: Iterable[str]) -> State:
 
 
 def _task_status(row: Any, state: State, previous: State | str | None, message: str | None = None) -> TaskStatus:
-    return TaskStatus(task_id=row["id"], request_id=row["request_id"], job_id=row["job_id"], name=row["name"],
-                      state=state, previous_state=previous, message=message)
+    return TaskStatus(
+        task_id=row["id"],
+        request_id=row["request_id"],
+        job_id=row["job_id"],
+        name=row["name"],
+        state=state,
+        previous_state=None if previous is None else State(previous),
+        message=message,
+    )
 
 
 def _request_status(request_id: str, job_id: str | None, state: State, previous: State | None) -> RequestStatus:
     return RequestStatus(request_id=request_id, job_id=job_id, state=state, previous_state=previous)
 
 
-def _partition_status(part: TaskPartition, previous: State | str | None, task_name: str, request: Any) -> PartitionStatus:
-    return PartitionStatus(previous_state=previous, task_name=task_name, project=request["project"],
-                           revision=request["revision"], partition=part)
+def _partition_status(
+    part: TaskPartition, previous: State | str | None, task_name: str, request: Any
+) -> PartitionStatus:
+    return PartitionStatus(
+        previous_state=None if previous is None else State(previous),
+        task_name=task_name,
+        project=request["project"],
+        revision=request["revision"],
+        partition=part,
+    )
 
 
 def _address(event: BusMessage) -> tuple[str, str]:

@@ -6,21 +6,31 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import Connection, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class StoreError(Exception):
-    """The database could not do what was asked, after bounded retries."""
+    """The database could not be reached or was busy: nothing was done, and the same work may be
+    tried again later (HTTP 503). Only connection-level failures and lock time-outs are this."""
+
+
+class Conflict(Exception):
+    """A row with the same key is there already, or a row it refers to is not (a unique or foreign
+    key clash): for the caller an idempotent repeat or a 409, never worth retrying as it is."""
+
+
+class InvalidData(Exception):
+    """The database refused the values themselves (out of range, too long, not of the type): the
+    caller's mistake, a 4xx."""
 
 
 def async_url(url: str) -> str:
@@ -44,8 +54,10 @@ class Database:
             # event loop's thread, one transaction at a time. A worker thread per statement (aiosqlite)
             # cost ten times the statement itself, and SQLite has one writer anyway.
             self._sqlite = create_engine(
-                "sqlite:///" + path, connect_args={"timeout": 30, "check_same_thread": False},
-                pool_size=1, max_overflow=0,
+                "sqlite:///" + path,
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=1,
+                max_overflow=0,
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
             self._turn = asyncio.Lock()
@@ -91,15 +103,24 @@ class Database:
             else:
                 async with self._autocommit.connect() if autocommit else self.engine.begin() as conn:
                     yield conn
-        except (OperationalError, DBAPIError) as error:
-            raise StoreError(f"database error: {error.orig or error}") from error
+        except DBAPIError as error:
+            kind = _classify(error)
+            if kind is None:
+                raise  # a statement the database could not run is a bug in infrax: it goes up as it is
+            raise kind(f"{error.orig or error}") from error
+        except ConnectionError as error:  # the server refused or dropped the connection (asyncpg's own)
+            raise StoreError(f"database unreachable: {error!r}") from error
 
-    async def retrying(self, work: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
-        """Run `work` again when the database was briefly unavailable or locked."""
+    async def retrying(
+        self, work: Callable[[], Awaitable[T]], attempts: int = 5, also: tuple[type[Exception], ...] = ()
+    ) -> T:
+        """Run `work` again when the database was briefly unavailable or locked (or raised one of
+        `also`: a read-then-write that lost a race to another writer raises Conflict)."""
+        retried: tuple[type[Exception], ...] = (StoreError, *also)
         for attempt in range(attempts):
             try:
                 return await work()
-            except StoreError:
+            except retried:
                 if attempt == attempts - 1:
                     raise
                 log.warning("database busy, retrying", exc_info=True)
@@ -125,6 +146,53 @@ class _InLoopConnection:
             yield self
 
 
+# SQLSTATE classes (PostgreSQL) and result codes (SQLite) by what they mean to the caller.
+_PG_CLASSES: dict[str, type[Exception]] = {
+    "08": StoreError,  # connection exception
+    "53": StoreError,  # insufficient resources
+    "57": StoreError,  # operator intervention: shutting down, cannot connect now
+    "58": StoreError,  # system error (I/O)
+    "40": StoreError,  # serialization failure, deadlock: the transaction may simply be run again
+    "55": StoreError,  # lock not available
+    "23": Conflict,  # integrity constraint violation
+    "22": InvalidData,  # data exception
+}
+_SQLITE_CODES: dict[str, type[Exception]] = {
+    "SQLITE_BUSY": StoreError,
+    "SQLITE_LOCKED": StoreError,
+    "SQLITE_CANTOPEN": StoreError,
+    "SQLITE_IOERR": StoreError,
+    "SQLITE_FULL": StoreError,
+    "SQLITE_READONLY": StoreError,
+    "SQLITE_PROTOCOL": StoreError,
+    "SQLITE_NOMEM": StoreError,
+    "SQLITE_CONSTRAINT": Conflict,
+    "SQLITE_TOOBIG": InvalidData,
+    "SQLITE_MISMATCH": InvalidData,
+    "SQLITE_RANGE": InvalidData,
+}
+
+
+def _classify(error: DBAPIError) -> type[Exception] | None:
+    """StoreError, Conflict or InvalidData for a driver error; None for one that means a bug."""
+    if error.connection_invalidated or isinstance(error, InterfaceError):
+        return StoreError
+    cause = error.orig.__cause__ if error.orig is not None else None  # asyncpg's own, under SQLAlchemy's adapter
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(error.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return _PG_CLASSES.get(sqlstate[:2])
+    if isinstance(cause, (OSError, asyncio.TimeoutError)):
+        return StoreError
+    name = getattr(error.orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return _SQLITE_CODES.get("_".join(name.split("_")[:2]))  # SQLITE_CONSTRAINT_UNIQUE: SQLITE_CONSTRAINT
+    if isinstance(error, IntegrityError):
+        return Conflict
+    if isinstance(error, DataError):
+        return InvalidData
+    return None
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers go on while one writer commits; NORMAL sync is still crash-safe in WAL.
@@ -134,8 +202,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+@overload
+def aware(value: datetime) -> datetime: ...
+@overload
+def aware(value: None) -> None: ...
+@overload
+def aware(value: datetime | None) -> datetime | None: ...
 def aware(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything in infrax is UTC."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value

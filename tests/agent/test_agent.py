@@ -326,7 +326,7 @@ async def test_invalid_run_requests_name_the_field(agent: AgentProcess) -> None:
 
 async def test_unreachable_agent(tmp_path: Path) -> None:
     client = AgentClient("127.0.0.1", 1, SECRET, connect_timeout=1)
-    with pytest.raises(AgentUnreachable, match="127.0.0.1:1"):
+    with pytest.raises(AgentUnreachable, match=r"127\.0\.0\.1:1"):
         await client.heartbeat()
 
 

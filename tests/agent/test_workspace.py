@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,17 @@ BOOT = b"#!/bin/sh\nexit 0\n"
 
 def contents(directory: Path) -> dict[str, bytes | None]:
     return {p.name: (p.read_bytes() if p.is_file() else None) for p in directory.iterdir()}
+
+
+@contextmanager
+def held(directory: Path) -> Iterator[os.stat_result]:
+    """The directory's identity, kept alive: while a descriptor is open the filesystem cannot hand
+    its inode number to a new directory, so comparing it with another one's is meaningful."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def wait_trash_empty(workspace: Workspace) -> None:
@@ -40,15 +53,17 @@ def test_each_run_gets_exactly_its_three_entries(tmp_path: Path) -> None:
 def test_a_directory_left_as_it_was_is_handed_on_without_the_trash(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
     first = workspace.prepare("run-1", BOOT, ["a"])
-    inode = first.stat().st_ino
-    second = workspace.prepare("run-2", BOOT, ["b"])
-    assert second.stat().st_ino == inode  # renamed, not made anew
+    with held(first) as identity:
+        second = workspace.prepare("run-2", BOOT, ["b"])
+        assert os.path.samestat(second.stat(), identity)  # renamed, not made anew
     assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"b\n", "report": None}
     assert not workspace.trash.directory.exists() or not any(workspace.trash.directory.iterdir())
 
 
-@pytest.mark.parametrize("change", ["added file", "report written", "files.txt now a symlink", "report removed",
-                                    "bootstrapper now a symlink"])
+@pytest.mark.parametrize(
+    "change",
+    ["added file", "report written", "files.txt now a symlink", "report removed", "bootstrapper now a symlink"],
+)
 def test_a_directory_a_run_added_to_or_replaced_in_is_never_handed_on(tmp_path: Path, change: str) -> None:
     workspace = Workspace(tmp_path)
     first = workspace.prepare("run-1", BOOT, ["a"])
@@ -66,10 +81,13 @@ def test_a_directory_a_run_added_to_or_replaced_in_is_never_handed_on(tmp_path: 
         (first / "files.txt").symlink_to(outside)
     elif change == "report removed":
         (first / "report").rmdir()
-    inode = first.stat().st_ino
+    # A mark the workspace never looks at nor sets: a directory handed on would still carry it.
+    first.chmod(0o701)
 
-    second = workspace.prepare("run-2", BOOT, ["a"])
-    assert second.stat().st_ino != inode
+    with held(first) as identity:
+        second = workspace.prepare("run-2", BOOT, ["a"])
+        assert not os.path.samestat(second.stat(), identity)
+    assert second.stat().st_mode & 0o777 != 0o701, "the first run's directory was handed on"
     assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}
     assert outside.read_text() == "keep me\n"
     wait_trash_empty(workspace)
@@ -99,7 +117,8 @@ def test_the_same_run_again_gets_its_directory_back_clean(tmp_path: Path) -> Non
 def test_a_handed_on_directory_gets_its_files_written_again_where_they_differ(tmp_path: Path, change: str) -> None:
     workspace = Workspace(tmp_path)
     first = workspace.prepare("run-1", BOOT, ["a"])
-    inode = first.stat().st_ino
+    identity_fd = os.open(first, os.O_RDONLY | os.O_DIRECTORY)
+    identity = os.fstat(identity_fd)
     if change == "rewritten, same size":  # likely within the same clock tick: no timestamp would tell
         (first / "bootstrapper").write_bytes(BOOT.replace(b"0", b"1"))
     elif change == "mode changed":
@@ -109,6 +128,9 @@ def test_a_handed_on_directory_gets_its_files_written_again_where_they_differ(tm
     else:
         (first / "files.txt").write_text("a much longer list\nof files\n")
     second = workspace.prepare("run-2", BOOT, ["a"])
-    assert second.stat().st_ino == inode
+    try:
+        assert os.path.samestat(second.stat(), identity)
+    finally:
+        os.close(identity_fd)
     assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}
     assert os.stat(second / "bootstrapper").st_mode & 0o7777 == 0o755

@@ -20,6 +20,7 @@ from infrax.bus import Bus, Message
 from infrax.bus.memory import MemoryBus
 from infrax.bus.rabbitmq import DEAD_LETTER_QUEUE, RabbitMQBus
 
+
 @pytest.fixture(params=["memory", "rabbitmq"])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     bus: Bus

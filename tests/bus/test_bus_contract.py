@@ -16,7 +16,6 @@ from infrax.bus import Bus, BusError, Message, topics
 from infrax.bus.memory import MemoryBus
 from infrax.bus.messages import RunStatus
 from infrax.bus.rabbitmq import RabbitMQBus
-
 from tests.bus.conftest import Inbox, Raw, event
 from tests.conftest import rabbitmqctl, unavailable
 
@@ -77,11 +76,16 @@ async def test_handlers_of_one_consumer_share_its_messages(bus: Bus, name: Name)
     sent = [str(i) for i in range(20)]
     for tag in sent:
         await bus.publish(EX, f"{name('w')}.{tag}", event(tag))
+    # Then one marker per handler: each handler takes one message at a time from the queue in order,
+    # so once both markers are in, anything delivered before them (a duplicate, say) is in as well.
+    markers = ["end-1", "end-2"]
+    for tag in markers:
+        await bus.publish(EX, f"{name('w')}.{tag}", event(tag))
     async with asyncio.timeout(10):
-        while sum(len(inbox.messages) for inbox in inboxes) < len(sent):
+        while not set(markers) <= set(inboxes[0].tags + inboxes[1].tags):
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)  # room for a duplicate to show up
-    assert sorted(inboxes[0].tags + inboxes[1].tags) == sorted(sent)
+    got = [tag for inbox in inboxes for tag in inbox.tags if tag not in markers]
+    assert sorted(got) == sorted(sent)
     assert inboxes[0].messages and inboxes[1].messages
 
 
@@ -136,13 +140,13 @@ async def test_acks_never_cover_a_message_still_being_handled(bus: Bus, name: Na
     await slow_started.wait_for_tag("slow")
     for tag in fast:
         await handled.wait_for_tag(tag)
-    await asyncio.sleep(0.3)  # the acks of the handled ones go out
-    await subscription.cancel()
+    await subscription.cancel()  # acks what was handled, hands back what was not
+    # Published after the cancel, so queued behind whatever went back to the queue.
+    await bus.publish(EX, f"{name('w')}.end", event("end"))
     again = Inbox()
-    await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], again)
-    await again.wait_for_tag("slow")
-    await asyncio.sleep(0.3)
-    assert [(m.body["containerId"], m.redelivered) for m in again.messages] == [("slow", True)]
+    await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], again, prefetch=1)
+    await again.wait_for_tag("end")
+    assert [(m.body["containerId"], m.redelivered) for m in again.messages] == [("slow", True), ("end", False)]
 
 
 async def test_a_message_carries_its_body_key_exchange_and_headers(bus: Bus, name: Name) -> None:
@@ -163,8 +167,14 @@ INVALID_ON_RECEIPT = {
     "missing-field": json.dumps({"kind": "container-event", "version": 1, "containerType": "t"}).encode(),
     "wrong-kind": json.dumps(
         RunStatus(
-            run_id="r", partition_id="p", task_id="t", request_id="q", job_id=None, run=0,
-            container_type="t", state="running",
+            run_id="r",
+            partition_id="p",
+            task_id="t",
+            request_id="q",
+            job_id=None,
+            run=0,
+            container_type="t",
+            state="running",
         ).wire()
     ).encode(),
     "future-version": json.dumps({**event("v"), "version": 2}).encode(),
@@ -218,8 +228,9 @@ async def test_publishes_at_once_arrive_in_order_and_a_bad_one_fails_alone(bus: 
     word, inbox = name("w"), Inbox()
     await bus.subscribe(name("c"), EX, [f"{word}.#"], inbox, prefetch=1)
     bodies = [event(str(i)) if i != 50 else {**event("bad"), "version": 2} for i in range(300)]
-    results = await asyncio.gather(*(bus.publish(EX, f"{word}.{i}", body) for i, body in enumerate(bodies)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(bus.publish(EX, f"{word}.{i}", body) for i, body in enumerate(bodies)), return_exceptions=True
+    )
     assert isinstance(results[50], ValueError)
     assert [r for i, r in enumerate(results) if i != 50] == [None] * 299
     await inbox.wait(lambda inbox: len(inbox.messages) == 299)

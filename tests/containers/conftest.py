@@ -49,8 +49,14 @@ def docker_url() -> str:
     if os.geteuid() != 0:
         _unavailable("scripts/setup-podman.sh needs root (or set INFRAX_DOCKER_URL)")
     try:
-        result = subprocess.run(["sh", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=900,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "INFRAX_PODMAN_SOCKET": SOCKET})
+        result = subprocess.run(
+            ["sh", str(SETUP_SCRIPT)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "INFRAX_PODMAN_SOCKET": SOCKET},
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         _unavailable(f"{SETUP_SCRIPT} did not run: {error}")
     if result.returncode != 0:
@@ -96,8 +102,13 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
 
     def build(kind: str, name: str | None = None, **options: Any) -> ContainerProvider:
         if kind == "docker":
-            options = {"url": request.getfixturevalue("docker_url"), "owner": owner,
-                       "image": request.getfixturevalue("agent_image"), "kill_grace": 0.5, **options}
+            options = {
+                "url": request.getfixturevalue("docker_url"),
+                "owner": owner,
+                "image": request.getfixturevalue("agent_image"),
+                "kill_grace": 0.5,
+                **options,
+            }
         else:
             options = {"root": str(tmp_path / "containers"), "kill_grace": 0.5, **options}
         provider = make_provider(kind, name or kind, None, options)
@@ -123,8 +134,9 @@ def provider(request: pytest.FixtureRequest, make: MakeProvider) -> ContainerPro
 
 @pytest.fixture
 def container_type() -> ContainerType:
-    return ContainerType(name="linux_x86_64", tags=["linux_x86_64"], providers=["process", "docker"],
-                         memory="256m", cpus=1.0)
+    return ContainerType(
+        name="linux_x86_64", tags=["linux_x86_64"], providers=["process", "docker"], memory="256m", cpus=1.0
+    )
 
 
 @pytest.fixture
@@ -149,7 +161,7 @@ def bootstrappers() -> Iterator[Bootstrappers]:
     served = Bootstrappers()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             body = served.files.get(self.path)
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Length", str(len(body or b"")))
@@ -175,12 +187,17 @@ RunToExit = Callable[..., Awaitable[tuple[dict[str, Any], str]]]
 def run_to_exit() -> RunToExit:
     """Run a bootstrapper on an agent; returns (exit message, stdout+stderr text)."""
 
-    async def run(endpoint: Endpoint, bootstrapper: str, *arguments: str, timeout: float = 60) -> tuple[
-            dict[str, Any], str]:
+    async def run(
+        endpoint: Endpoint, bootstrapper: str, *arguments: str, timeout: float = 60
+    ) -> tuple[dict[str, Any], str]:
         client = AgentClient(endpoint.host, endpoint.port, SECRET)
         output: list[str] = []
-        request = {"runId": f"r{uuid.uuid4().hex[:8]}", "bootstrapper": bootstrapper, "maxRunTime": timeout,
-                   "bootstrapperArguments": list(arguments)}
+        request = {
+            "runId": f"r{uuid.uuid4().hex[:8]}",
+            "bootstrapper": bootstrapper,
+            "maxRunTime": timeout,
+            "bootstrapperArguments": list(arguments),
+        }
         async with asyncio.timeout(timeout + 10):
             async with client.run(request) as stream:
                 async for message in stream:

@@ -27,15 +27,34 @@ async def _run_job(jobmaster: JobMasterClient, repo: Path, revision: str, timeou
 async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, agent_image: str) -> None:
     repo = tmp_path / "sample"
     good = make_sample_repo(repo)
-    docker = ProviderConfig("podman", kind="docker", capacity=3, options={
-        "url": docker_url, "image": agent_image, "owner": f"test-{uuid.uuid4().hex[:10]}",
-        # The bootstrapper clones the repository by its host path: mount only that, read-only.
-        "extra_mounts": [str(repo)],
-    })
-    linux = ContainerType(name="linux_x86_64", tags=["linux_x86_64", "linux"], providers=["podman"],
-                          max_concurrent=3, idle_timeout=30, memory="256m", cpus=1)
-    config = Config(data_dir=tmp_path / "data", ports={n: 0 for n in COMPONENTS}, container_types=[linux],
-                    providers=[docker], agent_kill_grace=0.5)
+    docker = ProviderConfig(
+        "podman",
+        kind="docker",
+        capacity=3,
+        options={
+            "url": docker_url,
+            "image": agent_image,
+            "owner": f"test-{uuid.uuid4().hex[:10]}",
+            # The bootstrapper clones the repository by its host path: mount only that, read-only.
+            "extra_mounts": [str(repo)],
+        },
+    )
+    linux = ContainerType(
+        name="linux_x86_64",
+        tags=["linux_x86_64", "linux"],
+        providers=["podman"],
+        max_concurrent=3,
+        idle_timeout=30,
+        memory="256m",
+        cpus=1,
+    )
+    config = Config(
+        data_dir=tmp_path / "data",
+        ports={n: 0 for n in COMPONENTS},
+        container_types=[linux],
+        providers=[docker],
+        agent_kill_grace=0.5,
+    )
     stack = Stack(config)
     await stack.start()
     try:

@@ -36,7 +36,10 @@ def docker(make: MakeProvider) -> DockerProvider:
 
 
 async def test_memory_limit_is_enforced_and_reported(
-    docker: DockerProvider, docker_client: Any, new_id: Callable[[], str], bootstrappers: Bootstrappers,
+    docker: DockerProvider,
+    docker_client: Any,
+    new_id: Callable[[], str],
+    bootstrappers: Bootstrappers,
     run_to_exit: RunToExit,
 ) -> None:
     small = ContainerType(name="small", tags=["small"], memory="96m", cpus=0.5)
@@ -58,7 +61,10 @@ async def test_memory_limit_is_enforced_and_reported(
 
 
 async def test_container_killed_from_outside(
-    docker: DockerProvider, docker_client: Any, container_type: ContainerType, new_id: Callable[[], str],
+    docker: DockerProvider,
+    docker_client: Any,
+    container_type: ContainerType,
+    new_id: Callable[[], str],
     bootstrappers: Bootstrappers,
 ) -> None:
     container_id = new_id()
@@ -80,17 +86,24 @@ async def test_container_killed_from_outside(
 
 
 async def test_partitions_are_isolated(
-    docker: DockerProvider, container_type: ContainerType, new_id: Callable[[], str],
-    bootstrappers: Bootstrappers, run_to_exit: RunToExit,
+    docker: DockerProvider,
+    container_type: ContainerType,
+    new_id: Callable[[], str],
+    bootstrappers: Bootstrappers,
+    run_to_exit: RunToExit,
 ) -> None:
     first = await docker.create(new_id(), container_type, SECRET)
     second = await docker.create(new_id(), container_type, SECRET)
-    write = bootstrappers.add("write.sh", "#!/bin/sh\nset -e\necho secret > /tmp/mine\necho secret > /work/mine\n"
-                                          "echo secret > mine\npwd\n")
-    look = bootstrappers.add("look.sh", "#!/bin/sh\nfor f in /tmp/mine /work/mine; do\n"
-                                        "  if [ -e $f ]; then echo \"SEES $f\"; fi\ndone\n"
-                                        "find /work /tmp /var/tmp /root /home /opt -name mine 2>/dev/null"
-                                        " | sed 's/^/SEES /'\nexit 0\n")
+    write = bootstrappers.add(
+        "write.sh", "#!/bin/sh\nset -e\necho secret > /tmp/mine\necho secret > /work/mine\necho secret > mine\npwd\n"
+    )
+    look = bootstrappers.add(
+        "look.sh",
+        "#!/bin/sh\nfor f in /tmp/mine /work/mine; do\n"
+        '  if [ -e $f ]; then echo "SEES $f"; fi\ndone\n'
+        "find /work /tmp /var/tmp /root /home /opt -name mine 2>/dev/null"
+        " | sed 's/^/SEES /'\nexit 0\n",
+    )
 
     exit_message, written_in = await run_to_exit(first, write)
     assert exit_message["status"] == "completed", written_in
@@ -101,8 +114,12 @@ async def test_partitions_are_isolated(
 
 
 async def test_demo_job_clones_a_host_repository_mounted_read_only(
-    make: MakeProvider, container_type: ContainerType, new_id: Callable[[], str], tmp_path: Path,
-    bootstrappers: Bootstrappers, run_to_exit: RunToExit,
+    make: MakeProvider,
+    container_type: ContainerType,
+    new_id: Callable[[], str],
+    tmp_path: Path,
+    bootstrappers: Bootstrappers,
+    run_to_exit: RunToExit,
 ) -> None:
     from infrax.sample_project import BOOTSTRAP
 
@@ -113,7 +130,8 @@ async def test_demo_job_clones_a_host_repository_mounted_read_only(
     url = bootstrappers.add("bootstrap.sh", BOOTSTRAP)
 
     exit_message, output = await run_to_exit(
-        endpoint, url, f"--repository={repository}", f"--revision={revision}", "tests/test_1.py", "tests/test_2.py")
+        endpoint, url, f"--repository={repository}", f"--revision={revision}", "tests/test_1.py", "tests/test_2.py"
+    )
 
     assert exit_message["status"] == "completed", output
     assert "Ran 4 tests" in output
@@ -147,9 +165,11 @@ async def test_start_and_removal_times(
 
     starts = list(docker.start_durations)
     assert len(starts) == 5 and docker.last_start_duration == starts[-1]
-    print(f"\ncontainer start to agent ready: median {statistics.median(starts):.3f}s "
-          f"(min {min(starts):.3f}, max {max(starts):.3f}); "
-          f"removal: median {statistics.median(removals):.3f}s (max {max(removals):.3f})")
+    print(
+        f"\ncontainer start to agent ready: median {statistics.median(starts):.3f}s "
+        f"(min {min(starts):.3f}, max {max(starts):.3f}); "
+        f"removal: median {statistics.median(removals):.3f}s (max {max(removals):.3f})"
+    )
     assert statistics.median(starts) < 5
     assert statistics.median(removals) < 3
 

@@ -41,8 +41,18 @@ def docker_provider(docker_url: str, agent_image: str, scripts: Path) -> Any:
 
     def make(name: str, capacity: int | None = None, **options: Any) -> ProviderConfig:
         # The bootstrappers are on the host: mount their folder (only it) read-only at the same path.
-        return ProviderConfig(name, kind="docker", capacity=capacity, options={
-            "url": docker_url, "image": agent_image, "owner": owner, "extra_mounts": [str(scripts)], **options})
+        return ProviderConfig(
+            name,
+            kind="docker",
+            capacity=capacity,
+            options={
+                "url": docker_url,
+                "image": agent_image,
+                "owner": owner,
+                "extra_mounts": [str(scripts)],
+                **options,
+            },
+        )
 
     return make
 
@@ -54,7 +64,10 @@ def _in_engine(docker_client: Any, container_id: str) -> bool:
 async def test_partitions_of_one_task_cannot_see_each_others_files(
     tmp_path: Path, scripts: Path, docker_provider: Any
 ) -> None:
-    look = bootstrapper(scripts, "isolated.sh", """set -e
+    look = bootstrapper(
+        scripts,
+        "isolated.sh",
+        """set -e
 echo "mine $INFRAX_CHUNK" > /tmp/mine-$INFRAX_CHUNK
 echo "mine $INFRAX_CHUNK" > /work/mine-$INFRAX_CHUNK
 echo "mine $INFRAX_CHUNK" > mine-$INFRAX_CHUNK
@@ -64,9 +77,11 @@ for f in $seen; do
   case "$f" in *mine-$INFRAX_CHUNK) ;; *) echo "SEES $f"; exit 1 ;; esac
 done
 echo "sees only its own: $(echo $seen | wc -w) files"
-""")
-    linux = ContainerType(name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, max_partitions=1,
-                          memory="128m")
+""",
+    )
+    linux = ContainerType(
+        name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, max_partitions=1, memory="128m"
+    )
     async with running_stack(tmp_path / "data", [linux], [docker_provider("podman")]) as stack:
         request = await stack.submit(task("isolated", look, files=["a", "b"], partitions=2))
         done = await stack.wait_request(request.id, timeout=90)
@@ -83,12 +98,14 @@ async def test_container_killed_mid_partition_is_replaced_and_the_partition_reru
     tmp_path: Path, scripts: Path, docker_provider: Any, docker_client: Any
 ) -> None:
     hang = bootstrapper(scripts, "hang.sh", FIRST_RUN_HANGS)
-    linux = ContainerType(name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, min_warm=1,
-                          memory="128m")
+    linux = ContainerType(
+        name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, min_warm=1, memory="128m"
+    )
     async with running_stack(tmp_path / "data", [linux], [docker_provider("podman")]) as stack:
         request = await stack.submit(task("hangs", hang, retries=2))
-        running = await stack.wait_partitions(request.id, lambda ps: ps[0].state == State.RUNNING, timeout=60,
-                                              what="running")
+        running = await stack.wait_partitions(
+            request.id, lambda ps: ps[0].state == State.RUNNING, timeout=60, what="running"
+        )
         victim = running[0].container_id
         assert victim is not None
 
@@ -138,7 +155,8 @@ async def test_first_provider_fills_then_the_next_and_the_sixth_partition_waits(
     async with running_stack(tmp_path / "data", [linux], providers) as stack:
         request = await stack.submit(task("six", work, files=[f"f{i}" for i in range(6)], partitions=6))
         five = await stack.wait_partitions(
-            request.id, lambda ps: sum(p.state == State.RUNNING for p in ps) == 5, timeout=60, what="five running")
+            request.id, lambda ps: sum(p.state == State.RUNNING for p in ps) == 5, timeout=60, what="five running"
+        )
         busy = [c for c in stack.provisioner.containers() if c.state == ContainerState.BUSY]
         rejected = stack.provisioner.offer([_extra_offer(five[0])])[0]
         done = await stack.wait_request(request.id, timeout=90)
@@ -158,9 +176,23 @@ async def test_first_provider_fills_then_the_next_and_the_sixth_partition_waits(
 
 
 def _extra_offer(like: Any) -> PartitionOffer:
-    return PartitionOffer(run_id="extra-0", partition_id="extra", task_id=like.task_id, request_id=like.request_id,
-                          job_id=None, task_name="extra", index=1, count=1, run=0, container_type="linux", files=[],
-                          bootstrapper="/bin/true", bootstrapper_arguments=[], env={}, max_run_time=60)
+    return PartitionOffer(
+        run_id="extra-0",
+        partition_id="extra",
+        task_id=like.task_id,
+        request_id=like.request_id,
+        job_id=None,
+        task_name="extra",
+        index=1,
+        count=1,
+        run=0,
+        container_type="linux",
+        files=[],
+        bootstrapper="/bin/true",
+        bootstrapper_arguments=[],
+        env={},
+        max_run_time=60,
+    )
 
 
 async def test_frozen_container_mid_partition_is_found_by_heartbeats_and_replaced(
@@ -172,8 +204,9 @@ async def test_frozen_container_mid_partition_is_found_by_heartbeats_and_replace
     linux = ContainerType(name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, memory="128m")
     async with running_stack(tmp_path / "data", [linux], [docker_provider("podman")]) as stack:
         request = await stack.submit(task("hangs", hang, retries=2))
-        running = await stack.wait_partitions(request.id, lambda ps: ps[0].state == State.RUNNING, timeout=60,
-                                              what="running")
+        running = await stack.wait_partitions(
+            request.id, lambda ps: ps[0].state == State.RUNNING, timeout=60, what="running"
+        )
         victim = running[0].container_id
         assert victim is not None
 
@@ -198,9 +231,11 @@ async def test_frozen_container_mid_partition_is_found_by_heartbeats_and_replace
 async def test_idle_container_killed_from_outside_is_replaced(
     tmp_path: Path, docker_provider: Any, docker_client: Any
 ) -> None:
-    linux = ContainerType(name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, min_warm=2,
-                          memory="128m")
+    linux = ContainerType(
+        name="linux", tags=["linux"], providers=["podman"], max_concurrent=2, min_warm=2, memory="128m"
+    )
     async with running_stack(tmp_path / "data", [linux], [docker_provider("podman")]) as stack:
+
         def idle() -> list[str]:
             return [c.id for c in stack.provisioner.containers() if c.state == ContainerState.IDLE]
 

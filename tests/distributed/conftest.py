@@ -26,18 +26,30 @@ from tests.e2e.conftest import free_ports, wait_healthy
 class Cluster:
     """Writes one config per process and starts, kills and restarts component processes."""
 
-    def __init__(self, root: Path, db: str, bus: str, max_concurrent: int = 4, executioners: int = 1,
-                 schedulers: int = 1) -> None:
+    def __init__(
+        self, root: Path, db: str, bus: str, max_concurrent: int = 4, executioners: int = 1, schedulers: int = 1
+    ) -> None:
         self.root = root
-        self.names = (["jobmaster", "optimizer", "provisioner"] + [f"scheduler-{i}" for i in range(1, schedulers + 1)]
-                      + [f"executioner-{i}" for i in range(1, executioners + 1)])
+        self.names = (
+            ["jobmaster", "optimizer", "provisioner"]
+            + [f"scheduler-{i}" for i in range(1, schedulers + 1)]
+            + [f"executioner-{i}" for i in range(1, executioners + 1)]
+        )
         self.ports = dict(zip(self.names, free_ports(len(self.names)), strict=True))
         self.base = {
-            "data_dir": str(root / "data"), "db": db, "bus": bus, "agent_kill_grace": 0.5,
-            "dispatch_timeout": 10.0, "in_flight_check_interval": 2.0,
-            "urls": {"jobmaster": self.url("jobmaster"), "optimizer": self.url("optimizer"),
-                     "provisioner": self.url("provisioner"), "scheduler": self.url("scheduler-1"),
-                     "executioner": self.url("executioner-1")},
+            "data_dir": str(root / "data"),
+            "db": db,
+            "bus": bus,
+            "agent_kill_grace": 0.5,
+            "dispatch_timeout": 10.0,
+            "in_flight_check_interval": 2.0,
+            "urls": {
+                "jobmaster": self.url("jobmaster"),
+                "optimizer": self.url("optimizer"),
+                "provisioner": self.url("provisioner"),
+                "scheduler": self.url("scheduler-1"),
+                "executioner": self.url("executioner-1"),
+            },
             "executioners": [self.url(n) for n in self.names if n.startswith("executioner")],
             "container_types": [{"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}],
         }
@@ -59,7 +71,10 @@ class Cluster:
         log = (self.root / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "infrax.cli", component, "--config", str(self._config(name)), "--name", name],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     async def start_all(self) -> None:
         for name in self.names:

@@ -41,13 +41,16 @@ async def test_two_schedulers_and_two_executioners_run_each_of_500_partitions_ex
     journal = tmp_path / "journal"
     once = script(tmp_path, "once.sh", f'echo "$INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n')
     files = [f"f{i}" for i in range(500)]
-    async with httpx.AsyncClient(base_url=cluster.url("scheduler-1"), timeout=60) as first, \
-            httpx.AsyncClient(base_url=cluster.url("scheduler-2"), timeout=60) as second:
+    async with (
+        httpx.AsyncClient(base_url=cluster.url("scheduler-1"), timeout=60) as first,
+        httpx.AsyncClient(base_url=cluster.url("scheduler-2"), timeout=60) as second,
+    ):
         # Two requests, one through each scheduler: both dispatch from the one queue in PostgreSQL.
         ids = []
         for client, chunk in ((first, files[:250]), (second, files[250:])):
-            response = await client.post("/api/v1/task-requests",
-                                         json={"tasks": [task("once", once, chunk, partitions=250, retries=0)]})
+            response = await client.post(
+                "/api/v1/task-requests", json={"tasks": [task("once", once, chunk, partitions=250, retries=0)]}
+            )
             assert response.status_code == 201, response.text
             ids.append(response.json()["id"])
         requests = [await wait_final(first, f"/api/v1/task-requests/{i}", timeout=300) for i in ids]
@@ -65,11 +68,15 @@ async def test_two_schedulers_and_two_executioners_run_each_of_500_partitions_ex
 async def test_scheduler_killed_with_200_partitions_in_flight_loses_none_and_reruns_none(make_cluster, tmp_path):
     cluster = await make_cluster(max_concurrent=8)
     journal = tmp_path / "journal"
-    work = script(tmp_path, "work.sh", f'echo "start $INFRAX_PARTITION_ID" >> {journal}\nsleep 0.2\n'
-                                       f'echo "done $INFRAX_PARTITION_ID" >> {journal}\n')
+    work = script(
+        tmp_path,
+        "work.sh",
+        f'echo "start $INFRAX_PARTITION_ID" >> {journal}\nsleep 0.2\necho "done $INFRAX_PARTITION_ID" >> {journal}\n',
+    )
     async with httpx.AsyncClient(base_url=cluster.url("scheduler-1"), timeout=60) as scheduler:
-        response = await scheduler.post("/api/v1/task-requests", json={
-            "tasks": [task("work", work, [f"f{i}" for i in range(200)], partitions=200)]})
+        response = await scheduler.post(
+            "/api/v1/task-requests", json={"tasks": [task("work", work, [f"f{i}" for i in range(200)], partitions=200)]}
+        )
         assert response.status_code == 201, response.text
         request_id = response.json()["id"]
         while len([e for e in _journal(journal) if e[0] == "done"]) < 30:
@@ -99,15 +106,18 @@ async def test_rabbitmq_restart_mid_job_every_transition_still_reaches_the_job_m
     config = (repo / ".infrax.yml").read_text().replace("partitions: 3", "partitions: 8")
     (repo / ".infrax.yml").write_text(config)
     (repo / "ci" / "bootstrap.sh").write_text(
-        (repo / "ci" / "bootstrap.sh").read_text().replace("exec python3", "sleep 0.5\nexec python3"))
+        (repo / "ci" / "bootstrap.sh").read_text().replace("exec python3", "sleep 0.5\nexec python3")
+    )
     import subprocess
 
     subprocess.run(["git", "-C", str(repo), "commit", "-qam", "slower, more partitions"], check=True)
-    revision = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+    revision = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     async with httpx.AsyncClient(base_url=cluster.url("jobmaster"), timeout=60) as jobmaster:
-        job_id = (await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision}))\
-            .json()["id"]
+        job_id = (await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})).json()[
+            "id"
+        ]
         while (await jobmaster.get(f"/api/v1/jobs/{job_id}")).json()["state"] != "running":
             await asyncio.sleep(0.05)
 

@@ -27,8 +27,9 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
     types = overrides.pop("container_types", None) or [
         ContainerType(name="linux_x86_64", tags=["linux_x86_64", "linux"], max_concurrent=3, idle_timeout=30)
     ]
-    return Config(data_dir=data_dir, ports={n: 0 for n in COMPONENTS}, container_types=types,
-                  agent_kill_grace=0.5, **overrides)
+    return Config(
+        data_dir=data_dir, ports={n: 0 for n in COMPONENTS}, container_types=types, agent_kill_grace=0.5, **overrides
+    )
 
 
 class Running:
@@ -51,8 +52,9 @@ class Running:
         response.raise_for_status()
         return TaskRequest.model_validate(response.json())
 
-    async def wait_request(self, request_id: str, timeout: float = 60,
-                           until: Callable[[TaskRequest], bool] | None = None) -> TaskRequest:
+    async def wait_request(
+        self, request_id: str, timeout: float = 60, until: Callable[[TaskRequest], bool] | None = None
+    ) -> TaskRequest:
         deadline = time.monotonic() + timeout
         until = until or (lambda r: is_final(r.state))
         while True:
@@ -109,8 +111,14 @@ def script(tmp_path: Path, name: str, body: str) -> str:
 
 
 def task(name: str, bootstrapper: str, files: list[str] | None = None, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "files": files or ["a.py"], "containerTag": ["linux_x86_64"],
-            "bootstrapper": [bootstrapper], "bootstrapperArguments": [], **fields}
+    return {
+        "name": name,
+        "files": files or ["a.py"],
+        "containerTag": ["linux_x86_64"],
+        "bootstrapper": [bootstrapper],
+        "bootstrapperArguments": [],
+        **fields,
+    }
 
 
 # -- `infrax up` as a real process -------------------------------------------------------
@@ -127,8 +135,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def start_up(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "infrax.cli", "up", "--config", str(config)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "infrax.cli", "up", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 async def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -148,8 +160,16 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: floa
 def write_up_config(tmp_path: Path, max_concurrent: int = 2) -> tuple[Path, dict[str, int]]:
     ports = dict(zip(COMPONENTS, free_ports(len(COMPONENTS)), strict=True))
     config = tmp_path / "infrax.yml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"), "ports": ports, "agent_kill_grace": 0.5,
-        "container_types": [{"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "ports": ports,
+                "agent_kill_grace": 0.5,
+                "container_types": [
+                    {"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}
+                ],
+            }
+        )
+    )
     return config, ports

@@ -19,16 +19,19 @@ async def test_malformed_and_unknown_tag_requests_are_refused_without_disturbing
     assert "tasks.0.name: Field required" in missing_name.json()["detail"]
     assert "tasks.0.containerTag: Field required" in missing_name.json()["detail"]
 
-    not_json = await infrax["scheduler"].post("/api/v1/task-requests", content=b"{not json",
-                                              headers={"content-type": "application/json"})
+    not_json = await infrax["scheduler"].post(
+        "/api/v1/task-requests", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert not_json.status_code == 422 and "JSON" in not_json.json()["detail"]
 
-    wrong_type = await infrax["scheduler"].post("/api/v1/task-requests",
-                                                json={"tasks": [task("x", slow, maxRunTime="soon")]})
+    wrong_type = await infrax["scheduler"].post(
+        "/api/v1/task-requests", json={"tasks": [task("x", slow, maxRunTime="soon")]}
+    )
     assert wrong_type.status_code == 422 and "tasks.0.maxRunTime" in wrong_type.json()["detail"]
 
     unknown_tag = await infrax["scheduler"].post(
-        "/api/v1/task-requests", json={"tasks": [{**task("win", slow), "containerTag": ["windows_10"]}]})
+        "/api/v1/task-requests", json={"tasks": [{**task("win", slow), "containerTag": ["windows_10"]}]}
+    )
     assert unknown_tag.status_code == 422
     detail = unknown_tag.json()["detail"]
     assert "task 'win': no container type has tags ['windows_10']" in detail and "linux_x86_64" in detail
@@ -70,12 +73,29 @@ async def test_wrong_agent_secret_is_reported_and_other_runs_go_on(start_stack, 
     idle = next(c for c in containers if c["state"] == "idle")
 
     offer = {
-        "runId": "forged-0", "partitionId": "forged", "taskId": "t", "requestId": "r", "jobId": None,
-        "taskName": "forged", "index": 1, "count": 1, "run": 0, "containerType": "linux_x86_64", "files": [],
-        "bootstrapper": ok, "bootstrapperArguments": [], "env": {}, "maxRunTime": 10,
+        "runId": "forged-0",
+        "partitionId": "forged",
+        "taskId": "t",
+        "requestId": "r",
+        "jobId": None,
+        "taskName": "forged",
+        "index": 1,
+        "count": 1,
+        "run": 0,
+        "containerType": "linux_x86_64",
+        "files": [],
+        "bootstrapper": ok,
+        "bootstrapperArguments": [],
+        "env": {},
+        "maxRunTime": 10,
     }
-    forged = {"offer": offer, "containerId": idle["id"], "host": idle["host"], "port": idle["port"],
-              "secret": "not-the-secret"}
+    forged = {
+        "offer": offer,
+        "containerId": idle["id"],
+        "host": idle["host"],
+        "port": idle["port"],
+        "secret": "not-the-secret",
+    }
     response = await infrax["executioner"].post("/api/v1/runs", json={"assignments": [forged]})
     assert response.status_code == 202
 
@@ -93,8 +113,12 @@ async def test_wrong_agent_secret_is_reported_and_other_runs_go_on(start_stack, 
 
 async def test_unknown_ids_answer_404_with_a_message(start_stack):
     infrax = await start_stack()
-    for component, path in [("scheduler", "/api/v1/task-requests/nope"), ("scheduler", "/api/v1/partitions/nope"),
-                            ("executioner", "/api/v1/runs/nope-0"), ("jobmaster", "/api/v1/jobs/nope")]:
+    for component, path in [
+        ("scheduler", "/api/v1/task-requests/nope"),
+        ("scheduler", "/api/v1/partitions/nope"),
+        ("executioner", "/api/v1/runs/nope-0"),
+        ("jobmaster", "/api/v1/jobs/nope"),
+    ]:
         response = await infrax[component].get(path)
         assert response.status_code == 404, path
         assert "nope" in response.json()["detail"]

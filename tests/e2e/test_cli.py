@@ -17,8 +17,9 @@ from tests.e2e.conftest import start_up, wait_healthy, write_up_config
 
 def infrax(*args: str, config: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "infrax.cli", *args] + (["--config", str(config)] if config else [])
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    )
 
 
 @pytest.fixture

@@ -92,8 +92,10 @@ async def test_lost_agent_past_retries_ends_as_exception(start_stack, tmp_path: 
     doomed = script(tmp_path, "doomed.sh", f"echo $PPID >> {agents}\nsleep 60\n")
     submitted = await infrax.submit([task("doomed", doomed, retries=1)])
     for attempt in (1, 2):
-        await _wait_for(lambda: agents.exists() and len(agents.read_text().split()) >= attempt,
-                        message=f"run {attempt} to start")
+        await _wait_for(
+            lambda n=attempt: agents.exists() and len(agents.read_text().split()) >= n,
+            message=f"run {attempt} to start",
+        )
         os.kill(int(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
 
     request = await infrax.wait_request(submitted["id"], timeout=30)
@@ -121,5 +123,9 @@ async def test_cancel_stops_running_and_queued_partitions(start_stack, tmp_path:
     assert [p.state for p in request.tasks[0].partitions] == ["cancelled"] * 5
     running = [int(p.read_text()) for p in pids.iterdir()]
     await _wait_for(lambda: not any(_alive(pid) for pid in running), 10, "cancelled processes to die")
-    await asyncio.sleep(0.5)
+    # A request queued after the cancel runs behind anything still dispatchable of the cancelled
+    # one (the queue is in order): once it is done, a queued partition that survived would have started.
+    marker = script(tmp_path, "marker.sh", "exit 0\n")
+    after = await infrax.wait_request((await infrax.submit([task("marker", marker)]))["id"])
+    assert after.state == "completed"
     assert len(list(pids.iterdir())) == 3, "a queued partition started after the cancel"

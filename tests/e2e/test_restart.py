@@ -23,17 +23,21 @@ async def test_kill_and_restart_loses_nothing_and_reruns_nothing_completed(tmp_p
     config, ports = write_up_config(tmp_path, max_concurrent=2)
     scheduler = f"http://127.0.0.1:{ports['scheduler']}"
     journal = tmp_path / "journal"
-    work = script(tmp_path, "work.sh",
-                  f'echo "start $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\nsleep 0.6\n'
-                  f'echo "done $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n')
+    work = script(
+        tmp_path,
+        "work.sh",
+        f'echo "start $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\nsleep 0.6\n'
+        f'echo "done $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n',
+    )
     log = tmp_path / "up.log"
     process = start_up(config, log)
     try:
         await wait_healthy(scheduler, process)
         async with httpx.AsyncClient(base_url=scheduler, timeout=30) as client:
             files = [f"f{i}.py" for i in range(10)]
-            response = await client.post("/api/v1/task-requests",
-                                         json={"tasks": [task("work", work, files, partitions=10)]})
+            response = await client.post(
+                "/api/v1/task-requests", json={"tasks": [task("work", work, files, partitions=10)]}
+            )
             assert response.status_code == 201, response.text
             request_id = response.json()["id"]
 

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
 from yarl import URL
 
 from infrax.jobmaster.github import signature
@@ -62,10 +61,16 @@ def pulse_job_schema() -> dict[str, Any]:
     return yaml.safe_load(shared_path("reference", "treeherder", "pulse-job.yml").read_text())
 
 
-async def deliver(client: httpx.AsyncClient, event: str, body: bytes, delivery: str,
-                  secret: str | None = SECRET, **headers: str) -> httpx.Response:
-    sent = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json",
-            "User-Agent": "GitHub-Hookshot/test", **headers}
+async def deliver(
+    client: httpx.AsyncClient, event: str, body: bytes, delivery: str, secret: str | None = SECRET, **headers: str
+) -> httpx.Response:
+    sent = {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "Content-Type": "application/json",
+        "User-Agent": "GitHub-Hookshot/test",
+        **headers,
+    }
     if secret is not None:
         sent.setdefault("X-Hub-Signature-256", signature(secret, body))
     return await client.post("/api/v1/github/webhook", content=body, headers=sent)
@@ -99,10 +104,16 @@ class RecordingGitHub:
         recorded = self.requests
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                recorded.append({"method": "POST", "path": self.path, "headers": dict(self.headers.items()),
-                                 "body": json.loads(raw or b"null")})
+                recorded.append(
+                    {
+                        "method": "POST",
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": json.loads(raw or b"null"),
+                    }
+                )
                 answer = json.dumps({"id": len(recorded), "state": "created"}).encode()
                 self.send_response(201)
                 self.send_header("Content-Type", "application/json")
@@ -167,10 +178,19 @@ def make_hello_world(path: Path) -> dict[str, str]:
     git(path, "init", "--quiet", "--initial-branch=master")
     git(path, "config", "user.email", "octocat@infrax.invalid")
     git(path, "config", "user.name", "Codertocat")
-    ids = {"base": commit(path, {
-        ".infrax.yml": FAST, "ci/run.sh": '#!/bin/sh\necho "testing $*"\n',
-        "ci/slow.sh": "#!/bin/sh\necho started\nsleep 120\n", "src/app.py": "print('hello')\n",
-        "README.md": "# Hello-World\n"}, "base")}
+    ids = {
+        "base": commit(
+            path,
+            {
+                ".infrax.yml": FAST,
+                "ci/run.sh": '#!/bin/sh\necho "testing $*"\n',
+                "ci/slow.sh": "#!/bin/sh\necho started\nsleep 120\n",
+                "src/app.py": "print('hello')\n",
+                "README.md": "# Hello-World\n",
+            },
+            "base",
+        )
+    }
     ids["code"] = commit(path, {"src/app.py": "print('hello, world')\n"}, "change the code")
     ids["docs"] = commit(path, {"docs/guide.md": "# Guide\n"}, "document it")
     git(path, "checkout", "--quiet", "-b", "changes", ids["base"])
@@ -181,6 +201,10 @@ def make_hello_world(path: Path) -> dict[str, str]:
 
 
 def github_config(repo: Path, api: RecordingGitHub | None = None, **overrides: Any) -> dict[str, Any]:
-    return {"github_secrets": {GITHUB_REPOSITORY: SECRET},
-            "url_rewrites": [{"prefix": CLONE_URL, "replacement": str(repo)}],
-            "github_api_url": api.url if api else "http://127.0.0.1:9", "github_token": "t0ken", **overrides}
+    return {
+        "github_secrets": {GITHUB_REPOSITORY: SECRET},
+        "url_rewrites": [{"prefix": CLONE_URL, "replacement": str(repo)}],
+        "github_api_url": api.url if api else "http://127.0.0.1:9",
+        "github_token": "t0ken",
+        **overrides,
+    }

@@ -10,7 +10,16 @@ import jsonschema
 
 from infrax.jobmaster.github import signature
 from tests.jobmaster.conftest import (
-    BOTH_BACKENDS, GITHUB_REPOSITORY, SECRET, deliver, github_config, job_in, make_hello_world, payload, wait_for, with_revision,
+    BOTH_BACKENDS,
+    GITHUB_REPOSITORY,
+    SECRET,
+    deliver,
+    github_config,
+    job_in,
+    make_hello_world,
+    payload,
+    wait_for,
+    with_revision,
 )
 
 PR_HEAD = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"  # the head revision in every pull_request example
@@ -37,13 +46,19 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
     infrax = await start_stack(**github_config(repo, github_api))
     jobmaster = infrax["jobmaster"]
 
-    opened = await deliver(jobmaster, "pull_request",
-                           with_revision(payload("pull_request_opened.payload.json"), PR_HEAD, ids["pr1"]), "d-opened")
+    opened = await deliver(
+        jobmaster,
+        "pull_request",
+        with_revision(payload("pull_request_opened.payload.json"), PR_HEAD, ids["pr1"]),
+        "d-opened",
+    )
     assert opened.status_code == 201, opened.text
     first = opened.json()["jobs"][0]
     assert (first["revision"], first["source"], first["project"]) == (ids["pr1"], "github", "hello-world")
-    assert first["details"]["origin"] | {"host": "github", "repository": GITHUB_REPOSITORY, "pullRequest": 2} \
+    assert (
+        first["details"]["origin"] | {"host": "github", "repository": GITHUB_REPOSITORY, "pullRequest": 2}
         == first["details"]["origin"]
+    )
     assert first["details"]["branch"] == "changes"
 
     synchronize = with_revision(payload("pull_request_synchronize.payload.json"), PR_HEAD, ids["pr2"])
@@ -59,17 +74,24 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
     assert len((await jobmaster.get("/api/v1/jobs")).json()) == 2, "a redelivery started a second job"
 
     await job_in(jobmaster, second["id"], "running")
-    closed = await deliver(jobmaster, "pull_request",
-                           with_revision(payload("pull_request_closed.payload.json"), PR_HEAD, ids["pr2"]), "d-closed")
+    closed = await deliver(
+        jobmaster,
+        "pull_request",
+        with_revision(payload("pull_request_closed.payload.json"), PR_HEAD, ids["pr2"]),
+        "d-closed",
+    )
     assert closed.status_code == 200, closed.text
     assert closed.json()["action"] == "cancelled"
     assert sorted(j["id"] for j in closed.json()["jobs"]) == sorted([first["id"], second["id"]])
     await job_in(jobmaster, first["id"], "cancelled")
     await job_in(jobmaster, second["id"], "cancelled")
 
-    reopened = await deliver(jobmaster, "pull_request",
-                             with_revision(payload("pull_request_reopened.payload.json"), PR_HEAD, ids["pr2"]),
-                             "d-reopened")
+    reopened = await deliver(
+        jobmaster,
+        "pull_request",
+        with_revision(payload("pull_request_reopened.payload.json"), PR_HEAD, ids["pr2"]),
+        "d-reopened",
+    )
     assert reopened.status_code == 201, reopened.text
     again = reopened.json()["jobs"][0]
     assert again["id"] == second["id"] and again["state"] not in ("cancelled", "completed")
@@ -77,8 +99,12 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
 
     mirrors = list((tmp_path / "data" / "mirrors").iterdir())
     assert len(mirrors) == 1, "one bare mirror per repository, fetched again only when a revision is missing"
-    assert subprocess.run(["git", "-C", str(mirrors[0]), "rev-parse", "--is-bare-repository"], capture_output=True,
-                          text=True).stdout.strip() == "true"
+    assert (
+        subprocess.run(
+            ["git", "-C", str(mirrors[0]), "rev-parse", "--is-bare-repository"], capture_output=True, text=True
+        ).stdout.strip()
+        == "true"
+    )
     for revision in (ids["pr1"], ids["pr2"], ids["docs"]):
         subprocess.run(["git", "-C", str(mirrors[0]), "cat-file", "-e", revision], check=True)
 
@@ -86,8 +112,9 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
     assert [r["body"]["state"] for r in posted][-1] == "error" and posted[-1]["body"]["description"] == "cancelled"
 
 
-async def test_pushes_run_branches_with_their_changed_paths_and_report_statuses(start_stack, tmp_path: Path,
-                                                                                github_api) -> None:
+async def test_pushes_run_branches_with_their_changed_paths_and_report_statuses(
+    start_stack, tmp_path: Path, github_api
+) -> None:
     repo = tmp_path / "Hello-World"
     ids = make_hello_world(repo)
     infrax = await start_stack(**github_config(repo, github_api))
@@ -98,7 +125,10 @@ async def test_pushes_run_branches_with_their_changed_paths_and_report_statuses(
     assert pushed.status_code == 201, pushed.text
     job = pushed.json()["jobs"][0]
     assert (job["revision"], job["details"]["branch"], job["details"]["changedPaths"]) == (
-        ids["code"], "master", ["src/app.py"])
+        ids["code"],
+        "master",
+        ["src/app.py"],
+    )
 
     tag_deleted = await deliver(jobmaster, "push", payload("push_payload.json"), "d-tag-deleted")
     assert tag_deleted.status_code == 202 and tag_deleted.json()["action"] == "ignored"
@@ -146,12 +176,16 @@ async def test_bad_deliveries_get_a_clear_4xx_and_start_nothing(start_stack, tmp
     wrong = await deliver(jobmaster, "pull_request", body, "d-1", secret="guess")
     other_repository = await deliver(jobmaster, "pull_request", body, "d-1", secret="x")
     truncated = await deliver(jobmaster, "pull_request", body[: len(body) // 2], "d-1")
-    truncated_in_transit = await deliver(jobmaster, "pull_request", body[: len(body) // 2], "d-1",
-                                         **{"X-Hub-Signature-256": signature(SECRET, body)})
+    truncated_in_transit = await deliver(
+        jobmaster, "pull_request", body[: len(body) // 2], "d-1", **{"X-Hub-Signature-256": signature(SECRET, body)}
+    )
     not_json = await deliver(jobmaster, "pull_request", b"action=opened&number=2", "d-1")
     not_an_object = await deliver(jobmaster, "pull_request", b'["opened"]', "d-1")
-    no_event = await jobmaster.post("/api/v1/github/webhook", content=body, headers={
-        "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": signature(SECRET, body)})
+    no_event = await jobmaster.post(
+        "/api/v1/github/webhook",
+        content=body,
+        headers={"X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": signature(SECRET, body)},
+    )
     bad_field = json.loads(body)
     bad_field["pull_request"]["head"]["sha"] = 42
     wrong_type = await deliver(jobmaster, "pull_request", json.dumps(bad_field).encode(), "d-1")
@@ -168,17 +202,35 @@ async def test_bad_deliveries_get_a_clear_4xx_and_start_nothing(start_stack, tmp
     assert no_event.status_code == 400 and "X-GitHub-Event" in no_event.json()["detail"]
     assert wrong_type.status_code == 400 and "pull_request.head.sha must be a str" in wrong_type.json()["detail"]
     assert unknown_revision.status_code == 422 and PR_HEAD in unknown_revision.json()["detail"]
-    for response in (unsigned, wrong, other_repository, truncated, not_json, not_an_object, no_event, wrong_type,
-                     unknown_revision):
+    for response in (
+        unsigned,
+        wrong,
+        other_repository,
+        truncated,
+        not_json,
+        not_an_object,
+        no_event,
+        wrong_type,
+        unknown_revision,
+    ):
         assert isinstance(response.json()["detail"], str) and "Traceback" not in response.text
     assert (await jobmaster.get("/api/v1/jobs")).json() == [], "a refused delivery started a job"
 
-    ping = await deliver(jobmaster, "ping", json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1,
-                                                        "repository": {"full_name": GITHUB_REPOSITORY}}).encode(),
-                         "d-ping")
+    ping = await deliver(
+        jobmaster,
+        "ping",
+        json.dumps(
+            {"zen": "Keep it logically awesome.", "hook_id": 1, "repository": {"full_name": GITHUB_REPOSITORY}}
+        ).encode(),
+        "d-ping",
+    )
     assert ping.status_code == 200 and ping.json()["action"] == "pong"
-    issues = await deliver(jobmaster, "issues", json.dumps({"action": "opened", "repository": {
-        "full_name": GITHUB_REPOSITORY}}).encode(), "d-issues")
+    issues = await deliver(
+        jobmaster,
+        "issues",
+        json.dumps({"action": "opened", "repository": {"full_name": GITHUB_REPOSITORY}}).encode(),
+        "d-issues",
+    )
     assert issues.status_code == 202 and issues.json()["action"] == "ignored"
 
     # A delivery that was refused was not consumed: its redelivery, now whole, is handled.

@@ -12,15 +12,18 @@ from tests.jobmaster.conftest import CLONE_URL, commit, make_hello_world
 
 
 def test_the_longest_matching_prefix_is_rewritten() -> None:
-    rules = [UrlRewrite("https://github.com/", "/srv/github/"),
-             UrlRewrite("https://github.com/Codertocat/", "/srv/codertocat/")]
+    rules = [
+        UrlRewrite("https://github.com/", "/srv/github/"),
+        UrlRewrite("https://github.com/Codertocat/", "/srv/codertocat/"),
+    ]
     assert rewrite(CLONE_URL, rules) == "/srv/codertocat/Hello-World.git"
     assert rewrite("https://github.com/octo/x.git", rules) == "/srv/github/octo/x.git"
     assert rewrite("https://gitlab.example/x.git", rules) == "https://gitlab.example/x.git"
 
 
-@pytest.mark.parametrize("url", ["ext::sh -c touch% /tmp/pwned", "--upload-pack=touch /tmp/pwned", "relative/path",
-                                 "fd::3", "-o@host:path"])
+@pytest.mark.parametrize(
+    "url", ["ext::sh -c touch% /tmp/pwned", "--upload-pack=touch /tmp/pwned", "relative/path", "fd::3", "-o@host:path"]
+)
 def test_urls_that_are_options_helpers_or_relative_are_never_fetched(url: str) -> None:
     with pytest.raises(MirrorError, match="cannot fetch from"):
         check_url(url)

@@ -25,7 +25,7 @@ def test_the_shipped_logics_are_registered_entry_points() -> None:
 def test_logic_is_loaded_by_name_or_import_path_and_bad_names_say_what_is_installed() -> None:
     assert isinstance(load_logic("reference"), InfraxYamlLogic)
     assert isinstance(load_logic("infrax.jobmaster.examples:SkipDocsOnlyLogic"), SkipDocsOnlyLogic)
-    with pytest.raises(ValueError, match="no job master logic 'nope'; installed: .*reference"):
+    with pytest.raises(ValueError, match=r"no job master logic 'nope'; installed: .*reference"):
         load_logic("nope")
     with pytest.raises(ValueError, match="is not a ProjectLogic"):
         load_logic("infrax.jobmaster.plugin:ENTRY_POINT_GROUP")
@@ -34,11 +34,16 @@ def test_logic_is_loaded_by_name_or_import_path_and_bad_names_say_what_is_instal
 
 
 async def _push(repo: Path, revision: str) -> Push:
-    return Push(repository=str(repo), revision=revision, branch="main", source="cli",
-                changed_paths=await git.changed_paths(str(repo), revision),
-                read_file=lambda path: git.read_file(str(repo), revision, path),
-                list_files=lambda: git.list_files(str(repo), revision),
-                file_url=lambda path: f"http://jobmaster.invalid/files/{path}")
+    return Push(
+        repository=str(repo),
+        revision=revision,
+        branch="main",
+        source="cli",
+        changed_paths=await git.changed_paths(str(repo), revision),
+        read_file=lambda path: git.read_file(str(repo), revision, path),
+        list_files=lambda: git.list_files(str(repo), revision),
+        file_url=lambda path: f"http://jobmaster.invalid/files/{path}",
+    )
 
 
 async def test_skip_docs_runs_the_tests_in_code_and_nothing_for_a_docs_only_push(tmp_path: Path) -> None:
@@ -66,8 +71,9 @@ async def test_skip_docs_runs_the_tests_in_code_and_nothing_for_a_docs_only_push
         await logic.plan(await _push(empty, no_tests))
 
 
-async def test_a_job_master_with_the_example_logic_completes_a_docs_only_push_at_once(start_stack,
-                                                                                         tmp_path: Path) -> None:
+async def test_a_job_master_with_the_example_logic_completes_a_docs_only_push_at_once(
+    start_stack, tmp_path: Path
+) -> None:
     infrax = await start_stack()
     infrax.stack.services["jobmaster"].logic = load_logic("infrax.jobmaster.examples:SkipDocsOnlyLogic")
     repo = tmp_path / "sample"
@@ -75,7 +81,7 @@ async def test_a_job_master_with_the_example_logic_completes_a_docs_only_push_at
     docs = commit(repo, {"docs/usage.md": "# Usage\n"}, "docs only")
 
     ran = (await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": code})).json()
-    skipped = (await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": docs}))
+    skipped = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": docs})
 
     assert skipped.status_code == 201
     done = await job_in(infrax["jobmaster"], skipped.json()["id"], "completed")

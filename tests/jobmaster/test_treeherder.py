@@ -7,7 +7,7 @@ import os
 import re
 import signal
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ def by_run(messages: list[dict[str, Any]], revision: str) -> dict[str, list[tupl
 
 
 async def test_every_message_of_a_demo_job_validates_and_a_failing_partition_fails(
-        start_stack, tmp_path: Path, validator: jsonschema.Draft6Validator) -> None:
+    start_stack, tmp_path: Path, validator: jsonschema.Draft6Validator
+) -> None:
     infrax = await start_stack()
     messages = await collecting(infrax)
     jobmaster = infrax["jobmaster"]
@@ -95,8 +96,9 @@ async def test_every_message_of_a_demo_job_validates_and_a_failing_partition_fai
     assert failed["jobInfo"]["summary"]
 
 
-async def test_an_agent_loss_is_a_retry_and_then_an_exception(start_stack, tmp_path: Path,
-                                                               validator: jsonschema.Draft6Validator) -> None:
+async def test_an_agent_loss_is_a_retry_and_then_an_exception(
+    start_stack, tmp_path: Path, validator: jsonschema.Draft6Validator
+) -> None:
     infrax = await start_stack()
     messages = await collecting(infrax)
     agents = tmp_path / "agents"
@@ -108,16 +110,22 @@ async def test_an_agent_loss_is_a_retry_and_then_an_exception(start_stack, tmp_p
     git(repo, "init", "--quiet")
     git(repo, "config", "user.email", "a@infrax.invalid")
     git(repo, "config", "user.name", "a")
-    revision = commit(repo, {".infrax.yml": f"""version: 1
+    revision = commit(
+        repo,
+        {
+            ".infrax.yml": f"""version: 1
 project: doomed
 tasks:
   - {{name: doomed, containerTag: linux_x86_64, bootstrapper: {doomed}, files: [a.py], retries: 1}}
-"""}, "doomed")
+"""
+        },
+        "doomed",
+    )
 
     pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
     assert pushed.status_code == 201, pushed.text
     for attempt in (1, 2):
-        await wait_for(lambda: _started(agents, attempt), 20, f"run {attempt - 1} to start")
+        await wait_for(lambda n=attempt: _started(agents, n), 20, f"run {attempt - 1} to start")
         os.kill(int(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
     job = await job_in(infrax["jobmaster"], pushed.json()["id"], "exception", "completed", "failed", timeout=30)
     assert job["state"] == "exception"
@@ -129,7 +137,7 @@ tasks:
     for message in messages:
         validator.validate(message)
     runs = by_run(messages, revision)
-    (first, second), = [sorted(g) for g in _by_partition(runs).values()]
+    ((first, second),) = [sorted(g) for g in _by_partition(runs).values()]
     assert first.endswith("/0") and second.endswith("/1")
     assert runs[first][-1] == ("completed", "retry")
     assert runs[second][0] == ("pending", "unknown") and runs[second][-1] == ("completed", "exception")
@@ -150,29 +158,54 @@ def _by_partition(runs: dict[str, Any]) -> dict[str, list[str]]:
 
 # -- the mapping alone ----------------------------------------------------------------------------
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def status(state: str, run: int = 0, previous: str | None = "running", **fields: Any) -> PartitionStatus:
     partition = TaskPartition(
-        id="0123456789abcdef0123456789abcdef", task_id="t", request_id="r", job_id="j", index=2, count=4,
-        files=["a.py"], container_type="linux_x86_64", state=state, run=run, priority=0, queued_at=NOW,
-        log_url="http://127.0.0.1:7314/api/v1/runs/0123456789abcdef0123456789abcdef-0/log", **fields)
-    return PartitionStatus(previous_state=previous, task_name="mochitest-browser-chrome-with-a-long-name",
-                           project="my.project", revision="a" * 40, partition=partition)
+        id="0123456789abcdef0123456789abcdef",
+        task_id="t",
+        request_id="r",
+        job_id="j",
+        index=2,
+        count=4,
+        files=["a.py"],
+        container_type="linux_x86_64",
+        state=state,
+        run=run,
+        priority=0,
+        queued_at=NOW,
+        log_url="http://127.0.0.1:7314/api/v1/runs/0123456789abcdef0123456789abcdef-0/log",
+        **fields,
+    )
+    return PartitionStatus(
+        previous_state=previous,
+        task_name="mochitest-browser-chrome-with-a-long-name",
+        project="my.project",
+        revision="a" * 40,
+        partition=partition,
+    )
 
 
 JOB = {"project": "my.project", "url": "http://127.0.0.1:7310/api/v1/jobs/j", "id": 7, "owner": "octocat"}
 
 
-@pytest.mark.parametrize(("state", "expected"), [
-    ("queued", [("pending", "unknown")]), ("dispatched", [("pending", "unknown")]),
-    ("running", [("running", "unknown")]), ("completed", [("completed", "success")]),
-    ("failed", [("completed", "fail")]), ("exception", [("completed", "exception")]),
-    ("cancelled", [("completed", "canceled")]), ("skipped", []),
-])
-def test_states_map_to_treeherder_states_and_results(state: str, expected: list[tuple[str, str]],
-                                                     validator: jsonschema.Draft6Validator) -> None:
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("queued", [("pending", "unknown")]),
+        ("dispatched", [("pending", "unknown")]),
+        ("running", [("running", "unknown")]),
+        ("completed", [("completed", "success")]),
+        ("failed", [("completed", "fail")]),
+        ("exception", [("completed", "exception")]),
+        ("cancelled", [("completed", "canceled")]),
+        ("skipped", []),
+    ],
+)
+def test_states_map_to_treeherder_states_and_results(
+    state: str, expected: list[tuple[str, str]], validator: jsonschema.Draft6Validator
+) -> None:
     made = pulse_jobs(status(state, started_at=NOW, finished_at=NOW, message="why"), JOB)
     assert [(m["state"], m["result"]) for m in made] == expected
     for message in made:
@@ -184,10 +217,15 @@ def test_states_map_to_treeherder_states_and_results(state: str, expected: list[
 
 
 def test_a_requeued_partition_retries_the_lost_run_and_is_pending_as_the_next(
-        validator: jsonschema.Draft6Validator) -> None:
+    validator: jsonschema.Draft6Validator,
+) -> None:
     retry, pending = pulse_jobs(status("queued", run=1, previous="running"), JOB)
     assert (retry["taskId"].endswith("/0"), retry["state"], retry["result"], retry["isRetried"]) == (
-        True, "completed", "retry", True)
+        True,
+        "completed",
+        "retry",
+        True,
+    )
     assert (pending["taskId"].endswith("/1"), pending["state"], pending["retryId"]) == (True, "pending", 1)
     assert "logs" not in pending
     for message in (retry, pending):
@@ -218,8 +256,11 @@ async def test_reports_of_one_partition_keep_their_order_while_others_go_ahead()
         return Message(topics.PARTITIONS, "k", {"partition": {"id": partition_id, "state": state}}, False, {})
 
     # As the bus starts handlers: in queue order, all at once (prefetch > 1).
-    handlers = [asyncio.create_task(reporter._on_partition_status(news(p, s)))
-                for p, s in [("p1", "queued"), ("p1", "running"), ("p2", "queued"), ("p1", "completed")]]
+    handlers = [
+        asyncio.create_task(reporter._on_partition_status(news(p, s)))
+        for p, s in [("p1", "queued"), ("p1", "running"), ("p2", "queued"), ("p1", "completed")]
+    ]
+
     async def p2_reported() -> bool:
         return ("p2", "queued") in reported
 

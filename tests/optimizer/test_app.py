@@ -37,10 +37,16 @@ def plan_request() -> PlanRequest:
     return PlanRequest(
         project="p",
         tasks=[
-            TaskDefinition(name="unit", files=["a.py", "b.py", "c.py", "d.py"], container_tag=["linux"],
-                           bootstrapper="run.sh", target_wall_time=30.0),
-            TaskDefinition(name="docs", files=["index.md"], container_tag=["linux"], bootstrapper="run.sh",
-                           paths=["docs/"]),
+            TaskDefinition(
+                name="unit",
+                files=["a.py", "b.py", "c.py", "d.py"],
+                container_tag=["linux"],
+                bootstrapper="run.sh",
+                target_wall_time=30.0,
+            ),
+            TaskDefinition(
+                name="docs", files=["index.md"], container_tag=["linux"], bootstrapper="run.sh", paths=["docs/"]
+            ),
         ],
         container_types=[LINUX],
         changed_paths=["src/a.py"],
@@ -50,8 +56,21 @@ def plan_request() -> PlanRequest:
 async def test_explain_returns_the_reasons_and_the_expected_makespan(
     service: OptimizerService, http: httpx.AsyncClient
 ) -> None:
-    await service.history.record([Sample("p", "unit", "linux", "r1", ["a.py", "b.py", "c.py", "d.py"], 1, 1, None,
-                                         {"a.py": 20.0, "b.py": 10.0, "c.py": 5.0, "d.py": 5.0})])
+    await service.history.record(
+        [
+            Sample(
+                "p",
+                "unit",
+                "linux",
+                "r1",
+                ["a.py", "b.py", "c.py", "d.py"],
+                1,
+                1,
+                None,
+                {"a.py": 20.0, "b.py": 10.0, "c.py": 5.0, "d.py": 5.0},
+            )
+        ]
+    )
     response = await http.post("/api/v1/plans", params={"explain": "true"}, json=plan_request().wire())
     assert response.status_code == 200
     body = response.json()

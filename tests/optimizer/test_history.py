@@ -18,6 +18,7 @@ from infrax.model import (
     State,
     TaskDefinition,
     TaskPartition,
+    new_id,
     utcnow,
 )
 from infrax.optimizer.history import RuntimeHistory, Sample, spread
@@ -30,10 +31,25 @@ LINUX = ContainerType(name="linux", tags=["linux"], max_concurrent=8)
 TRUE = {f"tests/test_{i:02d}.py": 2.0 for i in range(12)} | {"tests/test_00.py": 20.0, "tests/test_01.py": 9.0}
 
 
-def sample(files: list[str], run_id: str = "p1-0", duration: float | None = None,
-           reported: dict[str, float] | None = None, index: int = 1, count: int = 2) -> Sample:
-    return Sample(project="p", task_name="unit", container_type="linux", run_id=run_id, files=files, index=index,
-                  count=count, duration=duration, file_durations=reported)
+def sample(
+    files: list[str],
+    run_id: str = "p1-0",
+    duration: float | None = None,
+    reported: dict[str, float] | None = None,
+    index: int = 1,
+    count: int = 2,
+) -> Sample:
+    return Sample(
+        project="p",
+        task_name="unit",
+        container_type="linux",
+        run_id=run_id,
+        files=files,
+        index=index,
+        count=count,
+        duration=duration,
+        file_durations=reported,
+    )
 
 
 # -- the spreading rule -------------------------------------------------------------------------
@@ -81,14 +97,18 @@ async def test_samples_average_then_move_and_count_once(db: Database) -> None:
 
 async def test_history_is_kept_per_project_task_type_and_file(db: Database) -> None:
     history = RuntimeHistory(db)
-    await history.record([
-        sample(["a", "b"], "r1", reported={"a": 1.0, "b": 2.0}, index=2, count=3),
-        Sample("p", "unit", "mac", "r2", ["a"], 1, 1, None, {"a": 7.0}),
-        Sample("q", "unit", "linux", "r3", ["a"], 1, 1, None, {"a": 9.0}),
-    ])
+    await history.record(
+        [
+            sample(["a", "b"], "r1", reported={"a": 1.0, "b": 2.0}, index=2, count=3),
+            Sample("p", "unit", "mac", "r2", ["a"], 1, 1, None, {"a": 7.0}),
+            Sample("q", "unit", "linux", "r3", ["a"], 1, 1, None, {"a": 9.0}),
+        ]
+    )
     loaded = await history.load("p", [("unit", "linux"), ("unit", "mac"), ("other", "linux")])
     assert {f: (h.estimate, h.last_index, h.last_count) for f, h in loaded[("unit", "linux")].items()} == {
-        "a": (1.0, 2, 3), "b": (2.0, 2, 3)}
+        "a": (1.0, 2, 3),
+        "b": (2.0, 2, 3),
+    }
     assert loaded[("unit", "mac")]["a"].estimate == 7.0
     assert loaded[("other", "linux")] == {}
     async with db.begin() as conn:
@@ -97,8 +117,13 @@ async def test_history_is_kept_per_project_task_type_and_file(db: Database) -> N
 
 async def test_one_batch_may_hold_many_runs_of_the_same_file(db: Database) -> None:
     history = RuntimeHistory(db)
-    await history.record([sample(["a"], "r1", reported={"a": 10.0}), sample(["a"], "r2", reported={"a": 20.0}),
-                          sample(["a"], "r1", reported={"a": 10.0})])
+    await history.record(
+        [
+            sample(["a"], "r1", reported={"a": 10.0}),
+            sample(["a"], "r2", reported={"a": 20.0}),
+            sample(["a"], "r1", reported={"a": 10.0}),
+        ]
+    )
     (row,) = await history.rows("p", "unit")
     assert (row.estimate, row.samples) == (15.0, 2)
 
@@ -115,8 +140,15 @@ def true_makespan(plan: ExecutionPlan, truth: dict[str, float] = TRUE) -> float:
     return max(sum(truth[f] for f in part.files) for part in plan.tasks[0].partitions)
 
 
-async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, measured: bool = True,
-                 request_id: str = "req1", truth: dict[str, float] = TRUE) -> None:
+async def finish(
+    bus: MemoryBus,
+    plan: ExecutionPlan,
+    *,
+    report_files: bool,
+    measured: bool = True,
+    request_id: str = "req1",
+    truth: dict[str, float] = TRUE,
+) -> None:
     """What the scheduler publishes when every partition of the plan completes."""
     now = utcnow()
     for part in plan.tasks[0].partitions:
@@ -125,16 +157,63 @@ async def finish(bus: MemoryBus, plan: ExecutionPlan, *, report_files: bool, mea
         status = PartitionStatus(
             duration=seconds if measured else None,
             file_durations={f: truth[f] for f in part.files} if report_files and measured else None,
-            previous_state=State.RUNNING, task_name="unit", project="p", revision=None,
+            previous_state=State.RUNNING,
+            task_name="unit",
+            project="p",
+            revision=None,
             partition=TaskPartition(
-                id=partition_id, task_id="t1", request_id=request_id, job_id=None, index=part.index,
-                count=len(plan.tasks[0].partitions), files=part.files, container_type="linux",
-                state=State.COMPLETED, run=0, priority=0, started_at=now - timedelta(seconds=seconds),
+                id=partition_id,
+                task_id="t1",
+                request_id=request_id,
+                job_id=None,
+                index=part.index,
+                count=len(plan.tasks[0].partitions),
+                files=part.files,
+                container_type="linux",
+                state=State.COMPLETED,
+                run=0,
+                priority=0,
+                started_at=now - timedelta(seconds=seconds),
                 finished_at=now,
             ),
         )
         key = topics.routing_key(None, "t1", partition_id, 0, "linux", State.COMPLETED)
         await bus.publish(topics.PARTITIONS, key, status.wire())
+
+
+async def everything_before_learned(bus: MemoryBus, service: OptimizerService) -> None:
+    """A completed partition of a project of its own, published last, then learned: the optimizer
+    learns in the order the bus delivers, so whatever was published before it has been handled."""
+    marker = new_id()
+    status = PartitionStatus(
+        duration=1.0,
+        file_durations={"marker.py": 1.0},
+        previous_state=State.RUNNING,
+        task_name="unit",
+        project=marker,
+        revision=None,
+        partition=TaskPartition(
+            id=marker,
+            task_id="t-marker",
+            request_id="r-marker",
+            job_id=None,
+            index=1,
+            count=1,
+            files=["marker.py"],
+            container_type="linux",
+            state=State.COMPLETED,
+            run=0,
+            priority=0,
+            started_at=utcnow() - timedelta(seconds=1),
+            finished_at=utcnow(),
+        ),
+    )
+    await bus.publish(
+        topics.PARTITIONS, topics.routing_key(None, "t-marker", marker, 0, "linux", State.COMPLETED), status.wire()
+    )
+    async with asyncio.timeout(10):
+        while not await service.file_history(marker, "unit"):
+            await asyncio.sleep(0.02)
 
 
 async def learned(service: OptimizerService, files: int, samples: int = 1) -> None:
@@ -165,7 +244,7 @@ async def test_history_learned_from_the_bus_makes_the_next_plan_even(db: Databas
         assert (await service.plan(plan_request(files))).tasks[0].partitions == second.tasks[0].partitions
         # At-least-once delivery: the same messages again change nothing.
         await finish(bus, first, report_files=True)
-        await asyncio.sleep(0.3)
+        await everything_before_learned(bus, service)
         assert all(r.samples == 1 for r in await service.file_history("p", "unit"))
     finally:
         await service.stop()
@@ -221,14 +300,30 @@ async def test_cancelled_and_lost_runs_teach_nothing(db: Database, bus: MemoryBu
     await service.start()
     try:
         status = PartitionStatus(
-            previous_state=State.RUNNING, task_name="unit", project="p", revision=None,
-            partition=TaskPartition(id="x", task_id="t", request_id="r", job_id=None, index=1, count=1,
-                                    files=["a"], container_type="linux", state=State.CANCELLED, run=0, priority=0,
-                                    started_at=utcnow(), finished_at=utcnow()),
+            previous_state=State.RUNNING,
+            task_name="unit",
+            project="p",
+            revision=None,
+            partition=TaskPartition(
+                id="x",
+                task_id="t",
+                request_id="r",
+                job_id=None,
+                index=1,
+                count=1,
+                files=["a"],
+                container_type="linux",
+                state=State.CANCELLED,
+                run=0,
+                priority=0,
+                started_at=utcnow(),
+                finished_at=utcnow(),
+            ),
         )
-        await bus.publish(topics.PARTITIONS, topics.routing_key(None, "t", "x", 0, "linux", State.CANCELLED),
-                          status.wire())
-        await asyncio.sleep(0.1)
+        await bus.publish(
+            topics.PARTITIONS, topics.routing_key(None, "t", "x", 0, "linux", State.CANCELLED), status.wire()
+        )
+        await everything_before_learned(bus, service)
         assert await service.file_history("p", "unit") == []
     finally:
         await service.stop()

@@ -14,12 +14,14 @@ LINUX = ContainerType(name="linux", tags=["linux"], max_concurrent=100)
 
 
 def task(name: str = "tests", files: list[str] | None = None, **fields: Any) -> TaskDefinition:
-    return TaskDefinition(name=name, files=files if files is not None else [], container_tag=["linux"],
-                          bootstrapper="run.sh", **fields)
+    return TaskDefinition(
+        name=name, files=files if files is not None else [], container_tag=["linux"], bootstrapper="run.sh", **fields
+    )
 
 
-def request(*tasks: TaskDefinition, changed: list[str] | None = None,
-            types: list[ContainerType] | None = None) -> PlanRequest:
+def request(
+    *tasks: TaskDefinition, changed: list[str] | None = None, types: list[ContainerType] | None = None
+) -> PlanRequest:
     return PlanRequest(project="p", tasks=list(tasks), container_types=types or [LINUX], changed_paths=changed)
 
 
@@ -159,8 +161,11 @@ def test_files_stay_in_the_partition_they_last_ran_in() -> None:
     durations = {f"f{i}": float(1 + i % 5) for i in range(40)}
     first = Planner().plan(request(task(files=list(durations), partitions=4)), known(durations))
     ran = {f: p.index for p in first.tasks[0].partitions for f in p.files}
-    history = {("tests", "linux"): {f: FileHistory(d * (1.1 if f == "f3" else 1.0), 2, ran[f], 4)
-                                    for f, d in durations.items()}}
+    history = {
+        ("tests", "linux"): {
+            f: FileHistory(d * (1.1 if f == "f3" else 1.0), 2, ran[f], 4) for f, d in durations.items()
+        }
+    }
     files = list(durations) + ["f40"]
     second = Planner().plan(request(task(files=files, partitions=4)), history)
     after = {f: p.index for p in second.tasks[0].partitions for f in p.files}
@@ -192,14 +197,24 @@ def test_expected_makespan_simulates_the_containers_available() -> None:
 def test_explain_gives_a_reason_for_each_decision() -> None:
     durations = {f"f{i}": float(i + 1) for i in range(10)}
     plan = Planner().plan(
-        request(task(files=list(durations), target_wall_time=20.0), task("docs", ["d"], paths=["docs/"]),
-                changed=["src/x.py"]),
-        known(durations), explain=True,
+        request(
+            task(files=list(durations), target_wall_time=20.0),
+            task("docs", ["d"], paths=["docs/"]),
+            changed=["src/x.py"],
+        ),
+        known(durations),
+        explain=True,
     )
     run, skipped = plan.tasks
     text = "\n".join(run.explanation or [])
-    for needle in ("container type linux", "runs: the task declares no paths", "estimates: 10 of 10",
-                   "the fewest whose longest partition", "lower bound", "expected wall time"):
+    for needle in (
+        "container type linux",
+        "runs: the task declares no paths",
+        "estimates: 10 of 10",
+        "the fewest whose longest partition",
+        "lower bound",
+        "expected wall time",
+    ):
         assert needle in text
     assert skipped.explanation and skipped.explanation[-1].startswith("skipped:")
     assert plan.explanation and any("expected makespan" in line for line in plan.explanation)

@@ -76,8 +76,11 @@ class Harness:
         await self.bus.subscribe("test-containers", topics.CONTAINERS, ["#"], on_event)
 
     def slots(self, state: str | None = None, type_name: str | None = None) -> list[Any]:
-        return [s for s in self.provisioner.slots.values()
-                if (state is None or s.state == state) and (type_name is None or s.type.name == type_name)]
+        return [
+            s
+            for s in self.provisioner.slots.values()
+            if (state is None or s.state == state) and (type_name is None or s.type.name == type_name)
+        ]
 
 
 async def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
@@ -94,11 +97,47 @@ async def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str 
 def make_offer(container_type: str = "linux", run: int = 0, **fields: Any) -> PartitionOffer:
     partition_id = new_id()
     return PartitionOffer(
-        run_id=f"{partition_id}-{run}", partition_id=partition_id, task_id="task-1", request_id="request-1",
-        job_id=None, task_name="unit", index=0, count=1, run=run, container_type=container_type, files=[],
-        bootstrapper="/bin/true", bootstrapper_arguments=[], env={}, max_run_time=60, project="p", revision=None,
+        run_id=f"{partition_id}-{run}",
+        partition_id=partition_id,
+        task_id="task-1",
+        request_id="request-1",
+        job_id=None,
+        task_name="unit",
+        index=0,
+        count=1,
+        run=run,
+        container_type=container_type,
+        files=[],
+        bootstrapper="/bin/true",
+        bootstrapper_arguments=[],
+        env={},
+        max_run_time=60,
+        project="p",
+        revision=None,
         **fields,
     )
+
+
+class ManualClock:
+    """The provisioner's clock, moved by the test: ages and idle times without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def settled(made: Harness) -> None:
+    """One maintenance pass run to its end, then whatever it published delivered: a sentinel event
+    published after it reaches the harness, and the bus delivers in order."""
+    await made.provisioner.maintain_once()
+    marker = ContainerEvent(event="started", container_type="sentinel", container_id=new_id())
+    await made.bus.publish(topics.CONTAINERS, "sentinel", marker.wire())
+    await wait_for(lambda: any(e.container_id == marker.container_id for e in made.events), what="the sentinel")
 
 
 MakeHarness = Callable[..., Any]
@@ -109,12 +148,14 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     """`await harness(types, providers=[...])`: a started provisioner; stopped (containers removed) after."""
     started: list[Harness] = []
 
-    def provider(name: str = "process", capacity: int | None = None, cls: type[ProcessProvider] = ProcessProvider,
-                 **options: Any) -> ProcessProvider:
+    def provider(
+        name: str = "process", capacity: int | None = None, cls: type[ProcessProvider] = ProcessProvider, **options: Any
+    ) -> ProcessProvider:
         return cls(name, capacity, {"root": str(tmp_path / "containers" / name), "kill_grace": 0.5, **options})
 
-    async def make(types: list[ContainerType], providers: list[ProcessProvider] | None = None,
-                   **kwargs: Any) -> Harness:
+    async def make(
+        types: list[ContainerType], providers: list[ProcessProvider] | None = None, **kwargs: Any
+    ) -> Harness:
         bus = MemoryBus()
         await bus.start()
         executioner = RecordingExecutioner()

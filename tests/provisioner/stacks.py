@@ -47,16 +47,23 @@ class StackRun:
     async def partitions(self, request_id: str) -> list[TaskPartition]:
         return await self.scheduler.partitions(request_id)
 
-    async def wait_partitions(self, request_id: str, until: Callable[[list[TaskPartition]], Any],
-                              timeout: float = 60, what: str = "partitions") -> list[TaskPartition]:
+    async def wait_partitions(
+        self,
+        request_id: str,
+        until: Callable[[list[TaskPartition]], Any],
+        timeout: float = 60,
+        what: str = "partitions",
+    ) -> list[TaskPartition]:
         deadline = time.monotonic() + timeout
         while True:
             parts = await self.partitions(request_id)
             if parts and until(parts):
                 return parts
             if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not reached within {timeout}s: "
-                                     + "; ".join(f"{p.index} {p.state} run {p.run} {p.message}" for p in parts))
+                raise AssertionError(
+                    f"{what}: not reached within {timeout}s: "
+                    + "; ".join(f"{p.index} {p.state} run {p.run} {p.message}" for p in parts)
+                )
             await asyncio.sleep(0.05)
 
     async def wait_request(self, request_id: str, timeout: float = 60) -> TaskRequest:
@@ -71,10 +78,17 @@ class StackRun:
 
 
 @asynccontextmanager
-async def running_stack(data_dir: Path, container_types: list[ContainerType],
-                        providers: list[ProviderConfig] | None = None, **config: Any) -> AsyncIterator[StackRun]:
-    settings = Config(data_dir=data_dir, ports={n: 0 for n in COMPONENTS}, container_types=container_types,
-                      providers=providers or [ProviderConfig("process")], agent_kill_grace=0.5, **config)
+async def running_stack(
+    data_dir: Path, container_types: list[ContainerType], providers: list[ProviderConfig] | None = None, **config: Any
+) -> AsyncIterator[StackRun]:
+    settings = Config(
+        data_dir=data_dir,
+        ports={n: 0 for n in COMPONENTS},
+        container_types=container_types,
+        providers=providers or [ProviderConfig("process")],
+        agent_kill_grace=0.5,
+        **config,
+    )
     # No job master: these tests submit task requests to the scheduler themselves.
     stack = Stack(settings, components=("optimizer", "scheduler", "provisioner", "executioner"), serve=False)
     await stack.start()
@@ -96,5 +110,10 @@ def bootstrapper(folder: Path, name: str, body: str) -> str:
 
 
 def task(name: str, script: str, **fields: Any) -> TaskDefinition:
-    return TaskDefinition(name=name, files=fields.pop("files", ["a.py"]), container_tag=fields.pop("tag", ["linux"]),
-                          bootstrapper=script, **fields)
+    return TaskDefinition(
+        name=name,
+        files=fields.pop("files", ["a.py"]),
+        container_tag=fields.pop("tag", ["linux"]),
+        bootstrapper=script,
+        **fields,
+    )

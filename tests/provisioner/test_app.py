@@ -20,8 +20,9 @@ async def test_containers_and_metrics(harness: MakeHarness) -> None:
     await wait_for(lambda: all(s.last_heartbeat for s in made.provisioner.slots.values()), what="heartbeats")
     made.provisioner.offer([make_offer(), make_offer()])  # one goes to the idle container, one is rejected
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(made.provisioner)),
-                                 base_url="http://provisioner") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(made.provisioner)), base_url="http://provisioner"
+    ) as http:
         listed = [Container.model_validate(c) for c in (await http.get("/api/v1/containers")).json()]
         raw = (await http.get("/api/v1/containers")).json()[0]
         metrics = (await http.get("/metrics")).text

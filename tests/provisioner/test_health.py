@@ -28,8 +28,9 @@ async def test_busy_container_that_stops_answering_is_lost_within_10_seconds(har
 
     os.kill(_pid(slot), signal.SIGSTOP)  # the agent stops answering; its process is still there
     frozen = time.monotonic()
-    lost = await wait_for(lambda: [r for r in made.runs if r.run_id == offer.run_id], timeout=12,
-                          what="the run reported lost")
+    lost = await wait_for(
+        lambda: [r for r in made.runs if r.run_id == offer.run_id], timeout=12, what="the run reported lost"
+    )
     detected = time.monotonic() - frozen
 
     assert detected < 10, f"detected after {detected:.1f}s"
@@ -39,8 +40,11 @@ async def test_busy_container_that_stops_answering_is_lost_within_10_seconds(har
     await wait_for(lambda: slot.id not in made.provisioner.slots, timeout=5, what="the lost container removed")
     assert made.provisioner.lost[("process", "unresponsive")] == 1
     # Destroying a frozen agent takes its kill grace; the "lost" event follows the destroy.
-    await wait_for(lambda: any(e.event == "lost" and e.container_id == slot.id for e in made.events),
-                   timeout=15, what="the container's lost event")
+    await wait_for(
+        lambda: any(e.event == "lost" and e.container_id == slot.id for e in made.events),
+        timeout=15,
+        what="the container's lost event",
+    )
     assert not await slot.provider.alive(slot.id) and slot.id not in await slot.provider.list()
     # The warm pool is refilled with a fresh container.
     await wait_for(lambda: made.slots(ContainerState.IDLE), what="a replacement")
@@ -50,16 +54,20 @@ async def test_busy_container_that_stops_answering_is_lost_within_10_seconds(har
 async def test_killed_idle_container_is_replaced_keeping_min_warm(harness: MakeHarness) -> None:
     linux = ContainerType(name="linux", tags=["linux"], min_warm=2, max_concurrent=3)
     made = await harness([linux])
-    idle = await wait_for(lambda: len(made.slots(ContainerState.IDLE)) == 2 and made.slots(ContainerState.IDLE),
-                          what="two warm containers")
+    idle = await wait_for(
+        lambda: len(made.slots(ContainerState.IDLE)) == 2 and made.slots(ContainerState.IDLE),
+        what="two warm containers",
+    )
     victim = idle[0]
 
     os.kill(_pid(victim), signal.SIGKILL)
     killed = time.monotonic()
     await wait_for(lambda: victim.id not in made.provisioner.slots, timeout=12, what="the dead container dropped")
     detected = time.monotonic() - killed
-    replaced = await wait_for(lambda: len(made.slots(ContainerState.IDLE)) == 2 and made.slots(ContainerState.IDLE),
-                              what="the pool back at min_warm")
+    replaced = await wait_for(
+        lambda: len(made.slots(ContainerState.IDLE)) == 2 and made.slots(ContainerState.IDLE),
+        what="the pool back at min_warm",
+    )
 
     assert detected < 10
     assert victim.id not in {s.id for s in replaced}
@@ -70,8 +78,16 @@ async def test_killed_idle_container_is_replaced_keeping_min_warm(harness: MakeH
 
 async def test_a_short_stall_below_the_threshold_is_no_loss(harness: MakeHarness) -> None:
     linux = ContainerType(name="linux", tags=["linux"], min_warm=1)
-    made = await harness([linux], [harness.provider(heartbeat_interval=0.5, heartbeat_timeout=0.4,  # type: ignore[attr-defined]
-                                                    heartbeat_failures=6)])
+    made = await harness(
+        [linux],
+        [
+            harness.provider(
+                heartbeat_interval=0.5,
+                heartbeat_timeout=0.4,  # type: ignore[attr-defined]
+                heartbeat_failures=6,
+            )
+        ],
+    )
     slot = await wait_for(lambda: made.slots(ContainerState.IDLE), what="a warm container")
     slot = slot[0]
     await wait_for(lambda: slot.last_heartbeat, timeout=5, what="a first heartbeat")

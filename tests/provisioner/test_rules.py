@@ -7,17 +7,17 @@ failing one falls through to the next, and when none is left the offer is reject
 
 from __future__ import annotations
 
-import asyncio
-
 from infrax.model import ContainerState, ContainerType
 
-from .conftest import FlakyProvider, MakeHarness, make_offer, wait_for
+from .conftest import FlakyProvider, MakeHarness, ManualClock, make_offer, settled, wait_for
 
 
 async def _busy(made, offer) -> str:  # type: ignore[no-untyped-def]
     """The container the offer's run was handed to, once it was."""
-    found = await wait_for(lambda: [a for a in made.executioner.assignments if a.offer.run_id == offer.run_id],
-                           what=f"run {offer.run_id} handed over")
+    found = await wait_for(
+        lambda: [a for a in made.executioner.assignments if a.offer.run_id == offer.run_id],
+        what=f"run {offer.run_id} handed over",
+    )
     return str(found[0].container_id)
 
 
@@ -25,20 +25,25 @@ async def test_min_warm_containers_are_kept_started_and_idle(harness: MakeHarnes
     linux = ContainerType(name="linux", tags=["linux"], min_warm=2, max_concurrent=4)
     made = await harness([linux])
 
-    idle = await wait_for(lambda: len(made.slots(ContainerState.IDLE)) == 2 and made.slots(ContainerState.IDLE),
-                          what="two warm containers")
-    await asyncio.sleep(1.0)
+    idle = await wait_for(
+        lambda: len(made.slots(ContainerState.IDLE)) == 2 and made.slots(ContainerState.IDLE),
+        what="two warm containers",
+    )
+    await settled(made)  # a further round of maintenance starts no more
     assert len(made.provisioner.slots) == 2  # no more than min_warm
     # Taking one makes room below min_warm: another is started, the taken one stays busy.
     made.provisioner.offer([make_offer()])
-    await wait_for(lambda: len(made.slots(ContainerState.IDLE)) == 2 and len(made.slots(ContainerState.BUSY)) == 1,
-                   what="the pool refilled")
+    await wait_for(
+        lambda: len(made.slots(ContainerState.IDLE)) == 2 and len(made.slots(ContainerState.BUSY)) == 1,
+        what="the pool refilled",
+    )
     assert {s.id for s in idle} & {s.id for s in made.slots(ContainerState.BUSY)}
 
 
 async def test_idle_timeout_retires_spare_idle_containers_down_to_min_warm(harness: MakeHarness) -> None:
-    linux = ContainerType(name="linux", tags=["linux"], min_warm=1, max_concurrent=3, idle_timeout=0.5)
-    made = await harness([linux])
+    clock = ManualClock()
+    linux = ContainerType(name="linux", tags=["linux"], min_warm=1, max_concurrent=3, idle_timeout=60)
+    made = await harness([linux], clock=clock)
     offers = [make_offer() for _ in range(3)]
     assert all(a.accepted for a in made.provisioner.offer(offers))
     containers = [await _busy(made, o) for o in offers]
@@ -46,12 +51,14 @@ async def test_idle_timeout_retires_spare_idle_containers_down_to_min_warm(harne
 
     for container_id, offer in zip(containers, offers, strict=True):
         await made.provisioner.release(container_id, offer.run_id, healthy=True)
+    clock.advance(59)
+    await settled(made)
+    assert len(made.provisioner.slots) == 3, "retired before their idle timeout"
 
-    await wait_for(lambda: len(made.provisioner.slots) == 1, timeout=10, what="spare idle containers retired")
+    clock.advance(1)
+    await settled(made)
     assert [s.state for s in made.provisioner.slots.values()] == [ContainerState.IDLE]
     # A retired container leaves the pool first, then its "stopped" event goes out.
-    await wait_for(lambda: sum(e.event == "stopped" for e in made.events) == 2, timeout=5, what="two stopped events")
-    await asyncio.sleep(0.2)
     assert sum(e.event == "stopped" for e in made.events) == 2
 
 
@@ -74,17 +81,24 @@ async def test_max_partitions_replaces_a_container_after_its_last_partition(harn
 
 
 async def test_max_age_replaces_idle_containers_and_busy_ones_when_released(harness: MakeHarness) -> None:
-    linux = ContainerType(name="linux", tags=["linux"], min_warm=1, max_concurrent=2, max_age=1.5)
-    made = await harness([linux])
+    clock = ManualClock()
+    linux = ContainerType(name="linux", tags=["linux"], min_warm=1, max_concurrent=2, max_age=600)
+    made = await harness([linux], clock=clock)
     first = (await wait_for(lambda: made.slots(ContainerState.IDLE), what="a warm container"))[0]
-    await wait_for(lambda: first.id not in made.provisioner.slots, timeout=5, what="the old idle one retired")
+    clock.advance(599)
+    await settled(made)
+    assert first.id in made.provisioner.slots, "retired before its max_age"
+    clock.advance(1)
+    await settled(made)
+    assert first.id not in made.provisioner.slots, "the old idle one was not retired"
     second = (await wait_for(lambda: made.slots(ContainerState.IDLE), what="its replacement"))[0]
     assert second.id != first.id
 
     offer = make_offer()
     made.provisioner.offer([offer])
     assert await _busy(made, offer) == second.id
-    await asyncio.sleep(1.6)
+    clock.advance(600)
+    await settled(made)
     assert made.provisioner.slots[second.id].state == ContainerState.BUSY  # a busy one is not taken away
     await made.provisioner.release(second.id, offer.run_id, healthy=True)
     assert second.id not in made.provisioner.slots
@@ -124,11 +138,12 @@ async def test_first_provider_with_room_takes_the_partition_then_the_next(harnes
 
 
 async def test_a_failing_provider_falls_through_to_the_next_and_rests(harness: MakeHarness) -> None:
-    flaky = harness.provider("flaky", cls=FlakyProvider, failure_backoff=1.0)  # type: ignore[attr-defined]
+    clock = ManualClock()
+    flaky = harness.provider("flaky", cls=FlakyProvider, failure_backoff=30.0)  # type: ignore[attr-defined]
     steady = harness.provider("steady")  # type: ignore[attr-defined]
     flaky.failing = True
     linux = ContainerType(name="linux", tags=["linux"], providers=["flaky", "steady"], max_concurrent=4)
-    made = await harness([linux], [flaky, steady])
+    made = await harness([linux], [flaky, steady], clock=clock)
 
     offer = make_offer()
     assert made.provisioner.offer([offer])[0].accepted
@@ -144,7 +159,9 @@ async def test_a_failing_provider_falls_through_to_the_next_and_rests(harness: M
     assert flaky.attempts == 1
     # After its rest it is tried again, and a success ends its failing streak.
     flaky.failing = False
-    await asyncio.sleep(1.1)
+    clock.advance(29.9)
+    assert not made.provisioner.provider_health["flaky"].usable()
+    clock.advance(0.1)
     again = make_offer()
     made.provisioner.offer([again])
     assert made.provisioner.slots[await _busy(made, again)].provider is flaky
@@ -182,7 +199,7 @@ async def test_containers_freed_together_are_announced_in_one_event(harness: Mak
     for container_id, offer in zip(containers, offers, strict=True):
         await made.provisioner.release(container_id, offer.run_id, healthy=True)
     free = await wait_for(lambda: [e for e in made.events if e.event == "free"], what="a free event")
-    await asyncio.sleep(0.2)
+    await settled(made)
     assert [(e.container_type, e.count) for e in made.events if e.event == "free"] == [("linux", 3)]
     assert free[0].container_id is None
 

@@ -63,9 +63,17 @@ async def test_duplicate_loss_reports_requeue_once(tmp_path: Path) -> None:
                 duplicated.append(status)
                 for _ in range(2):
                     await stack.stack.bus.publish(  # type: ignore[union-attr]
-                        topics.RUNS, topics.routing_key(status.job_id, status.task_id, status.partition_id,
-                                                        status.run, status.container_type, status.state),
-                        status.wire())
+                        topics.RUNS,
+                        topics.routing_key(
+                            status.job_id,
+                            status.task_id,
+                            status.partition_id,
+                            status.run,
+                            status.container_type,
+                            status.state,
+                        ),
+                        status.wire(),
+                    )
 
         stack.on_run = duplicate
         request = await stack.submit(task("hangs", script, retries=5))

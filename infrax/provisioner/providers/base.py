@@ -55,8 +55,9 @@ class ContainerProvider(abc.ABC):
         self.failure_backoff = float(o.get("failure_backoff", 5.0))
         self.failure_backoff_max = float(o.get("failure_backoff_max", 120.0))
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= 0 or self.heartbeat_failures < 1:
-            raise ValueError(f"provider {name}: heartbeat_interval and heartbeat_timeout must be > 0, "
-                             f"heartbeat_failures >= 1")
+            raise ValueError(
+                f"provider {name}: heartbeat_interval and heartbeat_timeout must be > 0, heartbeat_failures >= 1"
+            )
 
     @abc.abstractmethod
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
@@ -73,8 +74,13 @@ class ContainerProvider(abc.ABC):
         The agent protocol's heartbeat, straight to the endpoint; a provider whose agents are
         reached some other way (a tunnel, an API) overrides this.
         """
-        client = AgentClient(endpoint.host, endpoint.port, secret, connect_timeout=self.heartbeat_timeout,
-                             request_timeout=self.heartbeat_timeout)
+        client = AgentClient(
+            endpoint.host,
+            endpoint.port,
+            secret,
+            connect_timeout=self.heartbeat_timeout,
+            request_timeout=self.heartbeat_timeout,
+        )
         async with asyncio.timeout(self.heartbeat_timeout):
             return await client.heartbeat()
 

@@ -105,15 +105,30 @@ class DockerProvider(ContainerProvider):
         listen, port = (self.publish_host, 0) if host_network else ("0.0.0.0", AGENT_PORT)
         settings: dict[str, Any] = {
             "image": image,
-            "command": ["python3", "-m", "infrax.agent", "--host", listen, "--port", str(port),
-                        "--workdir", WORKDIR, "--kill-grace", str(self.kill_grace)],
+            "command": [
+                "python3",
+                "-m",
+                "infrax.agent",
+                "--host",
+                listen,
+                "--port",
+                str(port),
+                "--workdir",
+                WORKDIR,
+                "--kill-grace",
+                str(self.kill_grace),
+            ],
             "name": _name(container_id),
             "detach": True,
             # PID 1 must forward SIGTERM and reap orphans; a Python PID 1 ignores SIGTERM.
             "init": True,
             "environment": {SECRET_ENV: secret, "PYTHONPATH": "/opt/infrax"},
-            "labels": {LABEL_OWNER: self.owner, LABEL_ID: container_id, LABEL_TYPE: container_type.name,
-                       "infrax.provider": self.name},
+            "labels": {
+                LABEL_OWNER: self.owner,
+                LABEL_ID: container_id,
+                LABEL_TYPE: container_type.name,
+                "infrax.provider": self.name,
+            },
             "volumes": list(self.mounts),
         }
         if host_network:
@@ -132,7 +147,8 @@ class DockerProvider(ContainerProvider):
 
         started = time.monotonic()
         starting = asyncio.ensure_future(
-            self._call(f"start container {container_id} from {image}", self._start, settings))
+            self._call(f"start container {container_id} from {image}", self._start, settings)
+        )
         try:
             # Shielded: the SDK call runs on in its thread even if we are cancelled, and what it
             # creates then must be removed once it is there, not before.
@@ -141,8 +157,10 @@ class DockerProvider(ContainerProvider):
             starting.add_done_callback(lambda done: self._remove_after(done, container_id))
             raise
         except docker.errors.NotFound as error:
-            raise ProviderError(f"docker engine {self.url} has no image {image} (no registry is used: build it "
-                                f"with `infrax image build`): {error.explanation or error}") from error
+            raise ProviderError(
+                f"docker engine {self.url} has no image {image} (no registry is used: build it "
+                f"with `infrax image build`): {error.explanation or error}"
+            ) from error
         self._mine.add(container_id)
         try:
             endpoint = await asyncio.wait_for(self._ready(container, host_network), self.start_timeout)
@@ -156,14 +174,20 @@ class DockerProvider(ContainerProvider):
             raise
         self.last_start_duration = time.monotonic() - started
         self.start_durations.append(self.last_start_duration)
-        log.info("container %s ready at %s:%d after %.2fs", container_id, endpoint.host, endpoint.port,
-                 self.last_start_duration)
+        log.info(
+            "container %s ready at %s:%d after %.2fs",
+            container_id,
+            endpoint.host,
+            endpoint.port,
+            self.last_start_duration,
+        )
         return endpoint
 
     async def alive(self, container_id: str) -> bool:
         try:
-            attrs = await self._call(f"inspect container {container_id}", self._client.api.inspect_container,
-                                     _name(container_id), retries=2)
+            attrs = await self._call(
+                f"inspect container {container_id}", self._client.api.inspect_container, _name(container_id), retries=2
+            )
         except docker.errors.NotFound:
             return False
         return bool(attrs.get("State", {}).get("Running"))
@@ -171,8 +195,14 @@ class DockerProvider(ContainerProvider):
     async def destroy(self, container_id: str) -> None:
         self._mine.discard(container_id)
         try:
-            await self._call(f"remove container {container_id}", self._client.api.remove_container,
-                             _name(container_id), v=True, force=True, retries=2)
+            await self._call(
+                f"remove container {container_id}",
+                self._client.api.remove_container,
+                _name(container_id),
+                v=True,
+                force=True,
+                retries=2,
+            )
         except docker.errors.NotFound:
             pass
         except ProviderError as error:
@@ -181,8 +211,13 @@ class DockerProvider(ContainerProvider):
                 raise
 
     async def list(self) -> list[str]:
-        found = await self._call("list containers", self._client.api.containers, all=True,
-                                 filters={"label": f"{LABEL_OWNER}={self.owner}"}, retries=2)
+        found = await self._call(
+            "list containers",
+            self._client.api.containers,
+            all=True,
+            filters={"label": f"{LABEL_OWNER}={self.owner}"},
+            retries=2,
+        )
         return sorted(c["Labels"][LABEL_ID] for c in found if (c.get("Labels") or {}).get(LABEL_ID))
 
     async def close(self) -> None:
@@ -206,8 +241,9 @@ class DockerProvider(ContainerProvider):
         async with self._image_lock:
             if self._built_image is None:
                 try:
-                    self._built_image = await self._call("build the agent image", agent_image.ensure_agent_image,
-                                                         self.url)
+                    self._built_image = await self._call(
+                        "build the agent image", agent_image.ensure_agent_image, self.url
+                    )
                 except agent_image.ImageError as error:
                     raise ProviderError(f"no agent image on {self.url}: {error}") from error
         return self._built_image
@@ -218,8 +254,9 @@ class DockerProvider(ContainerProvider):
     def _client(self) -> docker.DockerClient:
         if self._docker is None:
             # An explicit API version: constructing the client makes no request.
-            self._docker = docker.DockerClient(base_url=self.url, version="1.41", timeout=60,
-                                               max_pool_size=self.threads)
+            self._docker = docker.DockerClient(
+                base_url=self.url, version="1.41", timeout=60, max_pool_size=self.threads
+            )
         return self._docker
 
     @property
@@ -253,7 +290,7 @@ class DockerProvider(ContainerProvider):
             out = await self._call("read the agent's output", container.logs, stdout=True, stderr=False)
             for line in out.decode(errors="replace").splitlines():
                 if line.startswith(READY):
-                    info = json.loads(line[len(READY):])
+                    info = json.loads(line[len(READY) :])
                     if host_network:
                         return Endpoint(self.endpoint_host, int(info["port"]))
                     return Endpoint(self.endpoint_host, await self._published_port(container))
@@ -294,8 +331,9 @@ class DockerProvider(ContainerProvider):
                     continue
                 raise ProviderError(f"docker engine {self.url} unreachable ({what}): {error}") from error
             except docker.errors.APIError as error:
-                raise ProviderError(f"docker engine {self.url} refused to {what}: {error.explanation or error}") \
-                    from error
+                raise ProviderError(
+                    f"docker engine {self.url} refused to {what}: {error.explanation or error}"
+                ) from error
             except _DRIVER_ERRORS as error:
                 raise ProviderError(f"docker engine {self.url} failed to {what}: {error}") from error
         raise AssertionError("unreachable")

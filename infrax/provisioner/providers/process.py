@@ -36,13 +36,28 @@ class ProcessProvider(ContainerProvider):
         (home / "work").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "INFRAX_AGENT_SECRET": secret, "PYTHONPATH": _PACKAGE_ROOT}
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "infrax.agent", "--host", "127.0.0.1", "--port", "0",
-                "--workdir", str(home / "work"), "--kill-grace", str(self.kill_grace),
-                "--parent-pid", str(os.getpid()),
-                stdout=asyncio.subprocess.PIPE, stderr=open(home / "agent.log", "ab"),
-                stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
-            )
+            # The child keeps its own copy of the log's descriptor; this process closes its own at once.
+            with (home / "agent.log").open("ab") as agent_log:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "infrax.agent",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--workdir",
+                    str(home / "work"),
+                    "--kill-grace",
+                    str(self.kill_grace),
+                    "--parent-pid",
+                    str(os.getpid()),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=agent_log,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
         except OSError as error:
             raise ProviderError(f"cannot start agent process: {error}") from error
         (home / "pid").write_text(str(process.pid))
@@ -63,7 +78,7 @@ class ProcessProvider(ContainerProvider):
             if not line:
                 raise ProviderError(f"agent exited with code {await process.wait()} before it was ready")
             if line.startswith(READY):
-                info = json.loads(line[len(READY):])
+                info = json.loads(line[len(READY) :])
                 return Endpoint(info["host"], int(info["port"]))
 
     async def _drain(self, process: asyncio.subprocess.Process) -> None:
@@ -73,7 +88,7 @@ class ProcessProvider(ContainerProvider):
             while await process.stdout.read(65536):
                 pass
         finally:
-            self._drainers.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._drainers.discard(asyncio.current_task())
 
     async def alive(self, container_id: str) -> bool:
         process = self._processes.get(container_id)
