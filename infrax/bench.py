@@ -120,7 +120,7 @@ async def _measure(
 
     assert stack.bus is not None
     subscription = await stack.bus.subscribe("bench", topics.REQUESTS, ["#"], on_request)
-    scheduler = SchedulerClient(stack.client("scheduler"))
+    scheduler = SchedulerClient(stack.client("scheduler", token=stack.admin_token))
     per_task = 1000
     tasks = [
         TaskDefinition(

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from infrax.config import COMPONENTS, Config, ConfigError, load_config
 from infrax.console import Clients, job_table, show_failures, watch_job
@@ -32,6 +35,7 @@ app = typer.Typer(
 # Piped output (CI logs, `make demo | tee`) still gets tables wide enough to read.
 console = Console(width=None if sys.stdout.isatty() else 160)
 T = TypeVar("T")
+log = logging.getLogger("infrax")
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (or INFRAX_CONFIG)")
 DbOption = typer.Option(None, "--db", help="database URL: sqlite:///path or postgresql://… (or INFRAX_DB)")
@@ -72,11 +76,31 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+def _token(config: Config) -> str | None:
+    """What the CLI authenticates with: INFRAX_TOKEN, the config's `token`, or the admin token that
+    `infrax up` keeps in its data directory."""
+    token = os.environ.get("INFRAX_TOKEN") or config.token
+    if token:
+        return token.strip()
+    try:
+        return (config.data_dir / "admin.token").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _clients(config: Config) -> Clients:
+    token = _token(config)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def client(component: str) -> httpx.AsyncClient:
+        made = tcp_client(config.url(component))
+        made.headers.update(headers)
+        return made
+
     return Clients(
-        JobMasterClient(tcp_client(config.url("jobmaster"))),
-        SchedulerClient(tcp_client(config.url("scheduler"))),
-        ExecutionerClient(tcp_client(config.url("executioner"))),
+        JobMasterClient(client("jobmaster")),
+        SchedulerClient(client("scheduler")),
+        ExecutionerClient(client("executioner")),
     )
 
 
@@ -96,6 +120,9 @@ def _serve(components: tuple[str, ...], config: Config, logic: str) -> None:
             raise OSError(f"cannot start {', '.join(components)}: {error}") from error
         for name in components:
             console.print(f"[green]{name}[/] listening on {stack.urls[name]}")
+        if stack.admin_token is not None:
+            console.print(f"admin token in [bold]{stack.admin_token_path}[/] (the CLI here reads it from there)")
+        _warn_of_trust(config, components)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -225,6 +252,115 @@ def cancel(job_id: str, config: Path | None = ConfigOption) -> None:
     async def main() -> None:
         job = await _clients(cfg).jobmaster.cancel(job_id)
         console.print(f"job {job.id}: {job.state}")
+
+    _run(main)
+
+
+def _warn_of_trust(config: Config, components: tuple[str, ...]) -> None:
+    if "provisioner" not in components:
+        return
+    for provider in config.providers:
+        if provider.kind != "process":
+            continue
+        user = provider.options.get("run_as") or "this user"
+        log.warning(
+            "provider %s: trusted code only: task code runs on this host as %s (docs/security.md)", provider.name, user
+        )
+        if os.geteuid() == 0 and not provider.options.get("run_as"):
+            log.warning(
+                "infrax runs as root and provider %s has no run_as: task code runs as root; set `run_as` "
+                "(an unprivileged user) in its options",
+                provider.name,
+            )
+
+
+token_app = typer.Typer(help="Bearer tokens of the REST APIs (docs/security.md).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _token_store(cfg: Config) -> Any:
+    from infrax.auth import TokenStore
+    from infrax.auth.runs import RunTokens
+    from infrax.store import Database
+
+    async def opened() -> tuple[Any, Any]:
+        database = Database(cfg.db)
+        await database.create_schema()
+        return database, TokenStore(database, await RunTokens.load(database))
+
+    return opened
+
+
+@token_app.command("create")
+def token_create(
+    scope: list[str] = typer.Option(..., "--scope", "-s", help="a scope it holds, e.g. jobmaster:push:myproject"),
+    name: str = typer.Option("cli", help="what it is for"),
+    expires: float | None = typer.Option(None, help="seconds it stays valid (default: until revoked)"),
+    config: Path | None = ConfigOption,
+    db: str | None = DbOption,
+) -> None:
+    """Make a token; prints it once (store it, it is kept only as a hash)."""
+    from infrax.auth import TokenError
+
+    cfg = _config(config, db=db)
+
+    async def main() -> None:
+        database, tokens = await _token_store(cfg)()
+        try:
+            token_id, token = await tokens.create(name, scope, expires)
+        except TokenError as error:
+            raise ValueError(str(error)) from None
+        finally:
+            await database.close()
+        console.print(f"token {token_id}:", highlight=False, style="dim")
+        print(token)
+
+    _run(main)
+
+
+@token_app.command("list")
+def token_list(
+    config: Path | None = ConfigOption,
+    db: str | None = DbOption,
+    revoked: bool = typer.Option(False, help="also the revoked ones"),
+) -> None:
+    """Every token: id, name, scopes and dates (never the token itself)."""
+    cfg = _config(config, db=db)
+
+    async def main() -> None:
+        database, tokens = await _token_store(cfg)()
+        try:
+            found = await tokens.list_tokens(include_revoked=revoked)
+        finally:
+            await database.close()
+        table = Table("id", "name", "scopes", "created", "expires", "revoked")
+        for t in found:
+            table.add_row(
+                t.id,
+                t.name,
+                " ".join(t.scopes),
+                f"{t.created_at:%Y-%m-%d %H:%M}",
+                f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
+                f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
+            )
+        console.print(table)
+
+    _run(main)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, config: Path | None = ConfigOption, db: str | None = DbOption) -> None:
+    """Revoke a token by its id: refused everywhere within 10 s."""
+    cfg = _config(config, db=db)
+
+    async def main() -> None:
+        database, tokens = await _token_store(cfg)()
+        try:
+            if not await tokens.revoke(token_id):
+                raise ValueError(f"no token {token_id} that is not revoked already")
+        finally:
+            await database.close()
+        console.print(f"token {token_id} revoked")
 
     _run(main)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
 
 from infrax.model import ContainerType
 
@@ -33,7 +34,10 @@ def default_container_types() -> list[ContainerType]:
     ]
 
 
-@dataclass
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(config=_STRICT)
 class ProviderConfig:
     name: str
     kind: str = "process"
@@ -41,8 +45,13 @@ class ProviderConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class Config:
+    """Every setting, typed: a value of the wrong type is refused when the configuration is read.
+
+    A secret (`db`, `bus`, `github_token`, `token`, each of `github_secrets` and `project_secrets`) may be given as
+    `{env: NAME}` or `{file: PATH}` instead of in the file itself."""
+
     data_dir: Path = field(default_factory=lambda: Path(".infrax"))
     db: str = ""
     bus: str = "memory://"
@@ -67,6 +76,20 @@ class Config:
     hg_poll_interval: float = 30.0  # seconds between polls
     treeherder: bool = True  # publish Treeherder pulse job messages for every partition change
     treeherder_build_system: str = "infrax"  # their buildSystem
+    # -- security (docs/security.md) --
+    # Host names answered besides loopback and the configured URLs' ("*": any, behind a proxy that checks)
+    allowed_hosts: list[str] = field(default_factory=list)
+    public_read: bool = False  # read-only GETs without a token (a public dashboard, Treeherder's log fetches)
+    admin_token_file: bool = True  # `infrax up` keeps an admin token in data_dir/admin.token (mode 0600)
+    token: str | None = None  # what the CLI sends; else INFRAX_TOKEN, else data_dir/admin.token
+    # Local repositories only under these folders (None: any path, for one user on one machine), and
+    # clone URLs only of these hosts (`*.example.com` for subdomains; loopback only when listed).
+    allowed_repositories: list[str] | None = None
+    repository_hosts: list[str] = field(
+        default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org", "hg.mozilla.org"]
+    )
+    # project -> {NAME: value}: in the environment of every run of a trusted push, and never in its log
+    project_secrets: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -102,11 +125,26 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     return _build(values)
 
 
+SECRETS = ("db", "bus", "github_token", "token")
+
+
 def _build(values: dict[str, Any]) -> Config:
     known = set(Config.__dataclass_fields__)
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    for key in SECRETS:
+        if key in values:
+            values[key] = _secret(key, values[key])
+    if isinstance(values.get("project_secrets"), dict):
+        values["project_secrets"] = {
+            project: {name: _secret(f"project_secrets.{project}.{name}", value) for name, value in names.items()}
+            if isinstance(names, dict)
+            else names
+            for project, names in values["project_secrets"].items()
+        }
+    if isinstance(values.get("github_secrets"), dict):
+        values["github_secrets"] = {k: _secret(f"github_secrets.{k}", v) for k, v in values["github_secrets"].items()}
     try:
         if "container_types" in values:
             values["container_types"] = [ContainerType.model_validate(t) for t in values["container_types"]]
@@ -114,6 +152,28 @@ def _build(values: dict[str, Any]) -> Config:
             values["providers"] = [ProviderConfig(**p) for p in values["providers"]]
         if "ports" in values:
             values["ports"] = {**DEFAULT_PORTS, **values["ports"]}
+        return Config(**values)
     except (ValidationError, TypeError) as error:
-        raise ConfigError(f"invalid config: {error}") from error
-    return Config(**values)
+        raise ConfigError(f"invalid config: {_problems(error)}") from error
+
+
+def _secret(key: str, value: Any) -> Any:
+    """A value, or what `{env: NAME}` or `{file: PATH}` points at."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"env"}:
+        if value["env"] not in os.environ:
+            raise ConfigError(f"config {key}: environment variable {value['env']} is not set")
+        return os.environ[value["env"]]
+    if set(value) == {"file"}:
+        try:
+            return Path(value["file"]).read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"config {key}: cannot read {value['file']}: {error}") from error
+    raise ConfigError(f"config {key}: give a value, {{env: NAME}} or {{file: PATH}}")
+
+
+def _problems(error: ValidationError | TypeError) -> str:
+    if isinstance(error, TypeError):
+        return str(error)
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors())

@@ -28,9 +28,9 @@ async def run_demo(console: Console, keep: bool = False) -> int:
     stack = Stack(config)
     await stack.start()
     clients = Clients(
-        JobMasterClient(stack.client("jobmaster")),
-        SchedulerClient(stack.client("scheduler")),
-        ExecutionerClient(stack.client("executioner")),
+        JobMasterClient(stack.client("jobmaster", token=stack.admin_token)),
+        SchedulerClient(stack.client("scheduler", token=stack.admin_token)),
+        ExecutionerClient(stack.client("executioner", token=stack.admin_token)),
     )
     try:
         console.rule("[bold]push 1: all tests pass")

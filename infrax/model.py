@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 WIRE_VERSION: Final = 1
@@ -77,16 +77,40 @@ def _is_word(value: str) -> str:
 
 Tag = Annotated[str, AfterValidator(_is_word)]
 
+# An identifier infrax made (new_id) or was given: one word, safe in a path, a routing key and a log line.
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+RUN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}-[0-9]{1,3}$"
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+# What may enter from outside, checked where it enters (docs/security.md, "Inputs").
+PROJECT_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"  # one word of a routing key, a scope, a path
+Project = Annotated[str, Field(pattern=PROJECT_PATTERN, description="letters, digits, `-` and `_`; 1 to 100")]
+NO_CONTROL: Final = r"^[^\x00-\x1f\x7f]*$"
+FileName = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00\r\n]+$")]
+EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvValue = Annotated[str, Field(max_length=32768, pattern=r"^[^\x00]*$")]
+Argument = Annotated[str, Field(max_length=32768, pattern=r"^[^\x00]*$")]
+MAX_FILES_PER_TASK: Final = 100_000
+MAX_PARTITIONS_PER_REQUEST: Final = 10_000
+MAX_FILES_PER_REQUEST: Final = 200_000
+
+
+def _runnable_bootstrapper(value: str) -> str:
+    if not value.startswith(("http://", "https://", "file://", "/")):
+        raise ValueError("bootstrapper must be an http(s):// or file:// URL or an absolute path")
+    if any(c in value for c in "\x00\r\n"):
+        raise ValueError("bootstrapper must not contain NUL or line breaks")
+    return value
+
 
 class TaskDefinition(WireModel):
     """One task as a task request carries it (the design note's Task object)."""
 
-    name: str = Field(min_length=1, max_length=200)
-    files: list[str] = Field(default_factory=list)
-    container_tag: Annotated[list[Tag], BeforeValidator(_one_or_many)] = Field(min_length=1)
-    bootstrapper: Annotated[str, BeforeValidator(_single_bootstrapper)] = Field(min_length=1)
-    bootstrapper_arguments: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL)
+    files: list[FileName] = Field(default_factory=list, max_length=MAX_FILES_PER_TASK)
+    container_tag: Annotated[list[Tag], BeforeValidator(_one_or_many)] = Field(min_length=1, max_length=20)
+    bootstrapper: Annotated[str, BeforeValidator(_single_bootstrapper)] = Field(min_length=1, max_length=4096)
+    bootstrapper_arguments: list[Argument] = Field(default_factory=list, max_length=1000)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=1000)
     max_run_time: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600, description="seconds")
     retries: int = Field(default=2, ge=0, le=20, description="re-runs after an infrastructure loss")
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
@@ -104,11 +128,34 @@ class TaskDefinition(WireModel):
 class TaskRequestSubmission(WireModel):
     """Body of `POST /api/v1/task-requests`."""
 
-    job_id: str | None = None
-    project: Tag = "default"
-    revision: str | None = None
-    changed_paths: list[str] | None = None
+    job_id: Identifier | None = None
+    project: Project = "default"
+    revision: str | None = Field(default=None, max_length=100, pattern=NO_CONTROL)
+    changed_paths: list[FileName] | None = Field(default=None, max_length=MAX_FILES_PER_REQUEST)
     tasks: list[TaskDefinition] = Field(min_length=1, max_length=1000)
+    trusted: bool = Field(
+        default=False,
+        description="a trusted push: its runs get the project's secrets (needs scheduler:trusted:<project>)",
+    )
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> TaskRequestSubmission:
+        for i, task in enumerate(self.tasks):
+            try:
+                _runnable_bootstrapper(task.bootstrapper)
+            except ValueError as error:
+                raise ValueError(f"tasks.{i}.bootstrapper: {error}") from None
+        # At most this many partitions can come of it, whatever the optimizer decides.
+        partitions = sum(min(t.partitions or t.max_partitions, max(1, len(t.files))) for t in self.tasks)
+        if partitions > MAX_PARTITIONS_PER_REQUEST:
+            raise ValueError(
+                f"a task request may make at most {MAX_PARTITIONS_PER_REQUEST} partitions; this one "
+                f"may make {partitions} (split it into several requests)"
+            )
+        files = sum(len(t.files) for t in self.tasks)
+        if files > MAX_FILES_PER_REQUEST:
+            raise ValueError(f"a task request may name at most {MAX_FILES_PER_REQUEST} files; this one names {files}")
+        return self
 
 
 class TaskPartition(WireModel):
@@ -246,15 +293,15 @@ class PlanRequest(WireModel):
 class PartitionOffer(WireModel):
     """What the scheduler offers the provisioner: one run of one partition."""
 
-    run_id: str
-    partition_id: str
-    task_id: str
-    request_id: str
-    job_id: str | None
+    run_id: str = Field(pattern=RUN_ID_PATTERN, description="`<partitionId>-<run>`, and nothing else")
+    partition_id: Identifier
+    task_id: Identifier
+    request_id: Identifier
+    job_id: Identifier | None
     task_name: str
     index: int
     count: int
-    run: int
+    run: int = Field(ge=0, le=999)
     container_type: str
     files: list[str]
     bootstrapper: str
@@ -263,6 +310,16 @@ class PartitionOffer(WireModel):
     max_run_time: float
     project: str = "default"
     revision: str | None = None
+    trusted: bool = False  # its request's: the executioner adds the project's secrets to its environment
+    run_token: str | None = Field(
+        default=None, max_length=2000, description="the scheduler's token of this very run (infrax.auth.runs)"
+    )
+
+    @model_validator(mode="after")
+    def _run_id_names_the_run(self) -> PartitionOffer:
+        if self.run_id != run_id_of(self.partition_id, self.run):
+            raise ValueError(f"runId must be {run_id_of(self.partition_id, self.run)!r} (partitionId-run)")
+        return self
 
 
 class OfferAnswer(WireModel):
@@ -321,6 +378,6 @@ class Job(WireModel):
 class PushSubmission(WireModel):
     """Body of the job master's `POST /api/v1/pushes`: a revision of a repository to test."""
 
-    repository: str = Field(min_length=1, description="a local path or clone URL")
+    repository: str = Field(min_length=1, max_length=1000, description="a local path or clone URL")
     revision: str = Field(default="HEAD", min_length=1)
     branch: str | None = None

@@ -9,15 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from yarl import URL
 
+from infrax.auth import SERVICE_SCOPES, Guard, Security, TokenStore
+from infrax.auth.admin import ensure_admin_token
+from infrax.auth.runs import RunTokens
 from infrax.bus import Bus, open_bus
 from infrax.config import COMPONENTS, Config
 from infrax.executioner.app import create_app as executioner_app
@@ -36,7 +42,7 @@ from infrax.provisioner.service import Provisioner
 from infrax.scheduler.app import create_app as scheduler_app
 from infrax.scheduler.client import SchedulerClient
 from infrax.scheduler.service import Scheduler
-from infrax.store import Database
+from infrax.store import Database, StoreError
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 20.0  # seconds each component has to stop
@@ -71,9 +77,15 @@ class Stack:
     _servers: list[uvicorn.Server] = field(default_factory=list)
     _serving: list[asyncio.Task[None]] = field(default_factory=list)
     _clients: list[httpx.AsyncClient] = field(default_factory=list)
+    tokens: TokenStore | None = None
+    run_tokens: RunTokens | None = None
+    security: Security | None = None
+    admin_token: str | None = None  # minted by a stack with `admin_token_file`, kept in admin_token_path
+    _service_token: tuple[str, str] | None = None  # (id, token) this process calls the others with
 
-    def client(self, component: str, timeout: float = 60.0) -> httpx.AsyncClient:
-        """An HTTP client for a component: in process when it runs here, over TCP otherwise."""
+    def client(self, component: str, timeout: float = 60.0, *, token: str | None = None) -> httpx.AsyncClient:
+        """An HTTP client for a component: in process when it runs here, over TCP otherwise. It sends
+        `token`, else this process's own service token."""
         if component in self.components:
             late = self._late.setdefault(component, _LateApp())
             made = httpx.AsyncClient(
@@ -81,6 +93,7 @@ class Stack:
             )
         else:
             made = tcp_client(self.config.url(component), timeout)
+        self._authorize(made, token)
         self._clients.append(made)
         return made
 
@@ -99,6 +112,7 @@ class Stack:
                 self.urls[name] = f"http://{name}.infrax.invalid"
         self.db = Database(config.db)
         await self.db.create_schema()
+        await self._secure()
         self.bus = open_bus(config.bus)
         await self.bus.start()
         # Everything restarting together means runs the executioner never heard of are lost for sure.
@@ -117,9 +131,38 @@ class Stack:
             for name in self.components:
                 self._serve(name)
 
+    async def _secure(self) -> None:
+        """Tokens: the check every app makes, this process's own for calling the others, the admin's."""
+        assert self.db is not None
+        self.run_tokens = await RunTokens.load(self.db)
+        self.tokens = TokenStore(self.db, self.run_tokens)
+        scopes = sorted({s for name in self.components for s in SERVICE_SCOPES[name]})
+        self._service_token = await self.tokens.create(
+            f"service: {'+'.join(self.components)} (pid {os.getpid()} on {socket.gethostname()})"[:200], scopes
+        )
+        if self.config.admin_token_file:
+            self.admin_token = await ensure_admin_token(self.tokens, self.admin_token_path)
+        self.security = Security(Guard(self.tokens, public_read=self.config.public_read), self._allowed_hosts())
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.config.data_dir / "admin.token"
+
+    def _allowed_hosts(self) -> frozenset[str] | None:
+        if "*" in self.config.allowed_hosts:
+            return None
+        names = {"127.0.0.1", "localhost", "::1", *self.config.allowed_hosts}
+        for url in [*self.urls.values(), *self.config.urls.values(), *self.config.executioners]:
+            host = URL(url).host
+            if host:
+                names.add(host)
+        if self.config.host not in ("0.0.0.0", "::"):
+            names.add(self.config.host)
+        return frozenset(names)
+
     def _build(self, name: str) -> None:
         config, db, bus = self.config, self.db, self.bus
-        assert db is not None and bus is not None
+        assert db is not None and bus is not None and self.security is not None
         if name == "executioner":
             service: Any = Executioner(
                 db,
@@ -128,8 +171,12 @@ class Stack:
                 config.data_dir / "logs",
                 self.urls["executioner"],
                 name=config.name or "executioner",
+                run_tokens=self.run_tokens,
+                jobmaster_url=self.urls.get("jobmaster") or config.url("jobmaster"),
+                jobmaster=self.client("jobmaster", timeout=30.0),
+                project_secrets=config.project_secrets,
             )
-            app = executioner_app(service)
+            app = executioner_app(service, self.security)
         elif name == "provisioner":
             providers = [
                 make_provider(
@@ -144,13 +191,15 @@ class Stack:
                 )
                 for p in config.providers
             ]
-            service = Provisioner(config.container_types, providers, self._executioners(), bus)
-            app = provisioner_app(service)
+            service = Provisioner(
+                config.container_types, providers, self._executioners(), bus, run_tokens=self.run_tokens
+            )
+            app = provisioner_app(service, self.security)
         elif name == "optimizer":
             from infrax.optimizer.service import OptimizerService
 
             service = OptimizerService(db, bus, files_per_partition=config.files_per_partition)
-            app = optimizer_app(service)
+            app = optimizer_app(service, self.security)
         elif name == "scheduler":
             service = Scheduler(
                 db,
@@ -160,8 +209,9 @@ class Stack:
                 self._executioners(),
                 dispatch_timeout=config.dispatch_timeout,
                 in_flight_check_interval=config.in_flight_check_interval,
+                run_tokens=self.run_tokens,
             )
-            app = scheduler_app(service)
+            app = scheduler_app(service, self.security)
         elif name == "jobmaster":
             from infrax.jobmaster.settings import JobMasterSettings
 
@@ -173,7 +223,7 @@ class Stack:
                 self.urls["jobmaster"],
                 settings=JobMasterSettings.from_config(config),
             )
-            app = jobmaster_app(service)
+            app = jobmaster_app(service, self.security)
         else:
             raise ValueError(f"unknown component {name!r}")
         self.services[name] = service
@@ -185,9 +235,16 @@ class Stack:
         clients = []
         for url in self.config.executioners:
             made = tcp_client(url)
+            self._authorize(made, None)
             self._clients.append(made)
             clients.append(ExecutionerClient(made))
         return ExecutionerPool(clients)
+
+    def _authorize(self, client: httpx.AsyncClient, token: str | None) -> None:
+        """`token`, else this process's own service token, on every request of `client`."""
+        token = token or (self._service_token[1] if self._service_token is not None else None)
+        if token:
+            client.headers["Authorization"] = f"Bearer {token}"
 
     def _serve(self, name: str) -> None:
         server = _EmbeddedServer(uvicorn.Config(self.apps[name], log_level="warning", access_log=False, lifespan="off"))
@@ -204,6 +261,11 @@ class Stack:
                 await _stop_within(name, service.stop(), STOP_TIMEOUT)
         for client in self._clients:
             await client.aclose()
+        if self.tokens is not None and self._service_token is not None:
+            try:
+                await self.tokens.revoke(self._service_token[0])
+            except StoreError as error:
+                log.warning("could not revoke this process's service token: %s", error)
         if self.bus:
             await self.bus.close()
         if self.db:

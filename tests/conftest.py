@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from yarl import URL
 
+from infrax.auth import ADMIN, Guard, Security, TokenStore
 from infrax.store import Database
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -96,3 +97,11 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         db = Database(url)
         yield db
         await db.close()
+
+
+async def secured(db: Database) -> tuple[Security, dict[str, str]]:
+    """What an app under test is made with (any Host, tokens in `db`), and an admin's Authorization header."""
+    await db.create_schema()
+    tokens = TokenStore(db)
+    _, token = await tokens.create("test admin", [ADMIN])
+    return Security(Guard(tokens), None), {"Authorization": f"Bearer {token}"}

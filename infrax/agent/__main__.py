@@ -1,7 +1,11 @@
 """Command line entry point: ``python3 -m infrax.agent --port 0 --workdir DIR``.
 
-The shared secret is read from the ``INFRAX_AGENT_SECRET`` environment variable
-(never from the command line, where ``ps`` would show it). Standard library only.
+The shared secret is read from standard input (``--secret-stdin``: its first line) or from a
+file that is removed once read (``--secret-file``); the ``INFRAX_AGENT_SECRET`` variable still
+works, but leaves the secret in ``/proc/<pid>/environ``. Never from the command line, where
+``ps`` would show it. The agent then makes itself non-dumpable, so processes of the same user
+(the bootstrappers it runs, other containers' tasks) cannot read its memory or environment.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="output messages kept per run for attach (default: %(default)s)",
     )
     parser.add_argument("--log-level", default="INFO", help="stderr log level (default: %(default)s)")
+    parser.add_argument("--secret-stdin", action="store_true", help="read the secret from standard input's first line")
+    parser.add_argument("--secret-file", type=Path, default=None, help="read the secret from this file, then remove it")
     args = parser.parse_args(argv)
     if args.kill_grace < 0:
         parser.error("--kill-grace must not be negative")
@@ -59,11 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the agent; returns the process exit code."""
     args = parse_args(argv)
-    # Removed from our environment so bootstrappers, which inherit it, never see it.
-    secret = os.environ.pop(SECRET_ENV, "")
+    _not_dumpable()
+    try:
+        secret = _read_secret(args)
+    except OSError as exc:
+        print(f"infrax-agent: cannot read the secret: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not secret:
         print(
-            f"infrax-agent: environment variable {SECRET_ENV} is not set or empty; "
+            f"infrax-agent: no secret (--secret-stdin, --secret-file or {SECRET_ENV}); "
             "refusing to start without a shared secret",
             file=sys.stderr,
         )
@@ -87,6 +97,35 @@ def main(argv: list[str] | None = None) -> int:
     _use_pidfd_child_watcher(loop)
     # Not asyncio.run(): it would wait for worker threads on the way out (see below).
     return loop.run_until_complete(serve(secret, settings, args.host, args.port, args.parent_pid))
+
+
+def _read_secret(args: argparse.Namespace) -> str:
+    # Removed from our environment in any case, so bootstrappers, which inherit it, never see it.
+    from_env = os.environ.pop(SECRET_ENV, "")
+    if args.secret_stdin:
+        line = sys.stdin.readline().strip()
+        # Standard input was only for this: runs get /dev/null.
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        return line
+    if args.secret_file is not None:
+        secret = args.secret_file.read_text().strip()
+        args.secret_file.unlink()
+        return secret
+    return from_env
+
+
+def _not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: /proc/<pid>/mem, environ and ptrace become root's alone (and without
+    CAP_SYS_PTRACE, as in a container, nobody's). Linux only; elsewhere nothing happens."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
 
 
 def _use_pidfd_child_watcher(loop: asyncio.AbstractEventLoop) -> None:

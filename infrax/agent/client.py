@@ -22,6 +22,7 @@ from typing import Any, Self
 from infrax.agent.protocol import (
     PROTOCOL_VERSION,
     STREAM_LIMIT,
+    UNIX_PREFIX,
     ErrorCode,
     MessageType,
     ProtocolError,
@@ -79,12 +80,16 @@ class _Connection:
     ) -> _Connection:
         """Connect and authenticate. `request`, if given, goes out with the `hello`, in the same
         write: the agent reads it only once the hello is accepted, and a round trip is saved."""
-        address = f"{host}:{port}"
+        address = host if host.startswith(UNIX_PREFIX) else f"{host}:{port}"
+        if host.startswith(UNIX_PREFIX):  # an agent in a container without a network: its socket file
+            opening = asyncio.open_unix_connection(host[len(UNIX_PREFIX) :], limit=STREAM_LIMIT)
+        else:
+            opening = asyncio.open_connection(host, port, limit=STREAM_LIMIT)
         try:
             # wait_for, not asyncio.timeout: callers bound the whole call with their own timeout, and
             # on Python 3.11 two nested asyncio.timeout blocks that expire together leave a stray
             # cancellation behind that hits the caller's next await.
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout)
+            reader, writer = await asyncio.wait_for(opening, timeout)
         except TimeoutError:
             raise AgentUnreachable(f"cannot connect to agent at {address}: timed out after {timeout:g}s") from None
         except OSError as exc:

@@ -9,6 +9,7 @@ Standard library only: this module is imported by the agent inside bare containe
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import socket
@@ -42,6 +43,8 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 # The StreamReader limit applies to the line without its terminator, and a line
 # that is exactly MAX_LINE_BYTES long (newline included) must still be accepted.
 STREAM_LIMIT: Final = MAX_LINE_BYTES
+# An agent's address `unix:/path/agent.sock`: a socket file instead of host and port.
+UNIX_PREFIX: Final = "unix:"
 
 
 class MessageType:
@@ -154,8 +157,13 @@ class RunRequest:
     arguments: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    bootstrapper_token: str | None = field(default=None, repr=False)  # never in a log line
+    bootstrapper_content: bytes | None = field(default=None, repr=False)  # given inline: nothing to fetch
 
 
+# An inline bootstrapper travels in the run message's line (MAX_LINE_BYTES): 512 KiB at most.
+MAX_INLINE_BOOTSTRAPPER: Final = 512 * 1024
+MAX_INLINE_BOOTSTRAPPER_CHARS: Final = (MAX_INLINE_BOOTSTRAPPER + 2) // 3 * 4
 # Keeps run IDs usable in log lines and directory names without surprises.
 MAX_RUN_ID_LENGTH: Final = 256
 
@@ -217,7 +225,26 @@ def parse_run_request(message: dict[str, Any]) -> RunRequest:
             raise ProtocolError(f"field 'env' has invalid variable name {key!r} (contains '=')")
         env[key] = _check_text(value, f"env.{key}")
 
+    token = message.get("bootstrapperToken")
+    if token is not None:
+        token = _check_text(token, "bootstrapperToken", allow_empty=False)
+        if len(token) > 2000 or any(c in token for c in "\r\n"):
+            raise ProtocolError("field 'bootstrapperToken' must be one line of at most 2000 characters")
+        if not bootstrapper.startswith(("http://", "https://")):
+            raise ProtocolError("field 'bootstrapperToken' goes only with an http:// or https:// bootstrapper")
+
+    content = message.get("bootstrapperContent")
+    if content is not None:
+        if not isinstance(content, str) or len(content) > MAX_INLINE_BOOTSTRAPPER_CHARS:
+            raise ProtocolError("field 'bootstrapperContent' must be base64 of at most 512 KiB")
+        try:
+            content = base64.b64decode(content, validate=True)
+        except ValueError:
+            raise ProtocolError("field 'bootstrapperContent' is not base64") from None
+
     return RunRequest(
+        bootstrapper_content=content,
+        bootstrapper_token=token,
         run_id=run_id,
         bootstrapper=bootstrapper,
         max_run_time=float(max_run_time),

@@ -56,6 +56,8 @@ MAX_DURATIONS_BYTES: Final = 16 * 1024 * 1024
 PIPE_DRAIN_TIMEOUT: Final = 2.0
 
 DURATIONS_NAME: Final = "durations.json"
+# Of the agent's own environment, only these reach a bootstrapper (docs/protocols/agent-v1.md).
+PASSED_ON: Final = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 class BootstrapError(Exception):
@@ -436,7 +438,10 @@ class Run:
             argv = ["/bin/sh", str(path)]
         argv += [*self.request.arguments, *self.request.files]
 
-        env = dict(os.environ)
+        # Only what the task defines and the documented run variables: never the host's environment
+        # (which may hold a database URL, a broker password, a token).
+        env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+        env["HOME"] = str(self.directory)
         env.update(self.request.env)
         env.update(
             INFRAX_RUN_ID=self.run_id,
@@ -447,9 +452,11 @@ class Run:
         return argv, env
 
     async def _fetch_bootstrapper(self) -> bytes:
+        if self.request.bootstrapper_content is not None:
+            return self.request.bootstrapper_content
         source = self.request.bootstrapper
         if source.startswith(("http://", "https://")):
-            return await asyncio.to_thread(_fetch_url, source)
+            return await asyncio.to_thread(_fetch_url, source, self.request.bootstrapper_token)
         if source.startswith("file://"):
             parts = urllib.parse.urlsplit(source)
             if parts.netloc not in ("", "localhost"):
@@ -534,9 +541,12 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _fetch_url(url: str) -> bytes:
+def _fetch_url(url: str, token: str | None = None) -> bytes:
     shown = _redact(url)
     request = urllib.request.Request(url, headers={"User-Agent": AGENT_NAME})
+    if token:
+        # Unredirected: a redirect to another host never carries the run's token there.
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
             content: bytes = response.read(MAX_BOOTSTRAPPER_BYTES + 1)

@@ -22,6 +22,7 @@ from infrax.agent.protocol import (
     AGENT_NAME,
     PROTOCOL_VERSION,
     STREAM_LIMIT,
+    UNIX_PREFIX,
     ErrorCode,
     MessageType,
     ProtocolError,
@@ -80,7 +81,15 @@ class Agent:
         return run if run is not None and not run.finished else None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Start listening; returns the bound (host, port)."""
+        """Start listening; returns the bound (host, port). A host `unix:PATH` listens on that socket
+        file instead (mode 0600), for a container with no network at all: port 0 then."""
+        if host.startswith(UNIX_PREFIX):
+            path = host[len(UNIX_PREFIX) :]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by an earlier agent
+            self._server = await asyncio.start_unix_server(self._on_connection, path, limit=STREAM_LIMIT)
+            os.chmod(path, 0o600)
+            return host, 0
         self._server = await asyncio.start_server(self._on_connection, host, port, limit=STREAM_LIMIT)
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])

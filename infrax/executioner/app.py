@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Query, Response
 from pydantic import Field
 
+from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
 from infrax.executioner.service import Executioner
 from infrax.model import ExecutionAssignment, WireModel
@@ -26,27 +27,28 @@ class RunView(WireModel):
     log_path: str
 
 
-def create_app(executioner: Executioner) -> FastAPI:
-    app = FastAPI(title="infrax executioner", version="1")
+def create_app(executioner: Executioner, security: Security) -> FastAPI:
+    app = secured_app("infrax executioner", security)
+    read = route_options("executioner:read", readable=True)
     add_error_handlers(app)
 
-    @app.post("/api/v1/runs", status_code=202)
+    @app.post("/api/v1/runs", status_code=202, **route_options("executioner:runs"))
     async def execute(batch: AssignmentBatch) -> dict[str, list[str]]:
         return {"started": await executioner.execute(batch.assignments)}
 
-    @app.post("/api/v1/runs/cancel")
+    @app.post("/api/v1/runs/cancel", **route_options("executioner:cancel"))
     async def cancel(body: RunIds) -> dict[str, list[str]]:
         return {"cancelled": await executioner.cancel(body.run_ids)}
 
-    @app.get("/api/v1/runs/{run_id}", response_model=RunView)
+    @app.get("/api/v1/runs/{run_id}", response_model=RunView, **read)
     async def get_run(run_id: str) -> RunView:
         found = await executioner.get_run(run_id)
         if found is None:
             raise HTTPException(404, f"no run {run_id}")
         return RunView(status=found[0], log_path=str(found[1]))
 
-    @app.get("/api/v1/runs/{run_id}/log")
-    async def get_log(run_id: str, offset: int = 0) -> Response:
+    @app.get("/api/v1/runs/{run_id}/log", **read)
+    async def get_log(run_id: str, offset: int = Query(0, ge=0, le=2**62)) -> Response:
         """The run's log from byte `offset`; X-Log-Complete says whether more can come."""
         if offset < 0:
             raise HTTPException(400, "offset must be 0 or more")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from sqlalchemy import bindparam, insert, select, update
 
 from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
+from infrax.agent.protocol import MAX_INLINE_BOOTSTRAPPER
+from infrax.auth.runs import RunTokens
 from infrax.batcher import Batcher
 from infrax.bus import Bus, topics
 from infrax.bus.messages import RunStatus
@@ -30,6 +35,7 @@ _RECORD_FINAL = (
         {c: bindparam(f"b_{c}") for c in ("state", "exit_code", "message", "duration", "file_durations", "finished_at")}
     )
 )
+BOOTSTRAPPERS_KEPT = 64  # at most 64 × 512 KiB in memory
 _AGENT_EXIT = {
     "completed": "completed",
     "failed": "failed",
@@ -48,8 +54,23 @@ class Executioner:
         log_dir: Path,
         public_url: str,
         name: str = "executioner",
+        *,
+        run_tokens: RunTokens | None = None,
+        jobmaster_url: str | None = None,
+        jobmaster: httpx.AsyncClient | None = None,
+        project_secrets: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.name = name
+        # With keys: an assignment runs only with its own run's token, the one the scheduler made.
+        self.run_tokens = run_tokens
+        # Bootstrappers under this URL are the job master's: fetched with the run's token.
+        self.jobmaster_url = jobmaster_url.rstrip("/") + "/" if jobmaster_url else None
+        # With a client of the job master: its bootstrappers are fetched here and passed inline, so an
+        # agent needs no route to any infrax endpoint (a container may have no network at all).
+        self.jobmaster = jobmaster
+        # Given to runs of trusted pushes only (`offer.trusted`); every value is cut out of every log.
+        self.project_secrets = project_secrets or {}
+        self._bootstrappers: OrderedDict[str, bytes] = OrderedDict()  # URL -> content: a revision's file
         self.db = db
         self.bus = bus
         self.provisioner = provisioner
@@ -95,6 +116,7 @@ class Executioner:
         """Start each run not seen before; a repeated assignment of a known run is ignored."""
         # Once each: the same run twice in one batch is one run.
         fresh = list({a.offer.run_id: a for a in assignments if a.offer.run_id not in self.active}.values())
+        fresh = [a for a in fresh if self._genuine(a)]
         if not fresh:
             return []
         try:
@@ -117,6 +139,23 @@ class Executioner:
             self._tasks[run_id] = asyncio.create_task(self._run(assignment), name=f"run-{run_id}")
         return [a.offer.run_id for a in fresh]
 
+    def _genuine(self, assignment: ExecutionAssignment) -> bool:
+        """Whether the assignment carries the token of exactly its run (run id, partition, run number)."""
+        if self.run_tokens is None:
+            return True
+        offer = assignment.offer
+        claims = self.run_tokens.check(offer.run_token or "")
+        if claims is None or (claims.run_id, claims.partition_id, claims.run) != (
+            offer.run_id,
+            offer.partition_id,
+            offer.run,
+        ):
+            log.warning(
+                "refused run %s of partition %s: its run token is not that run's", offer.run_id, offer.partition_id
+            )
+            return False
+        return True
+
     async def _insert(self, assignments: list[ExecutionAssignment]) -> None:
         now = utcnow()
         async with self.db.each_alone() as conn:  # one INSERT of all rows: all or none
@@ -127,7 +166,8 @@ class Executioner:
                         "run_id": a.offer.run_id,
                         "partition_id": a.offer.partition_id,
                         "executioner": self.name,
-                        "assignment": a.wire(),
+                        # Neither the agent's secret nor the run's token: the store is no place to find them.
+                        "assignment": {**a.wire(), "secret": "", "offer": {**a.offer.wire(), "runToken": None}},
                         "state": "accepted",
                         "log_path": str(self.log_path(a.offer.run_id)),
                         "created_at": now,
@@ -179,10 +219,10 @@ class Executioner:
         await self._finish(assignment, final, healthy)
 
     async def _stream(self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any) -> RunStatus:
-        async for message in client.run(self._agent_request(assignment.offer)):
+        async for message in client.run(await self._agent_request(assignment.offer)):
             kind = message.get("type")
             if kind == "output":
-                log_file.write(message["data"])
+                log_file.write(self._redacted(assignment.offer.project, message["data"]))
                 log_file.flush()
             elif kind == "started":
                 # Not awaited: the broker's confirm (tens of ms under load) would hold up reading the
@@ -201,9 +241,43 @@ class Executioner:
                 )
         raise AgentConnectionLost("the agent closed the stream without an exit status")
 
-    def _agent_request(self, offer: PartitionOffer) -> dict[str, Any]:
+    def _redacted(self, project: str, text: str) -> str:
+        """Output with the project's secret values replaced (also from runs that did not get them: a
+        secret printed by another way is still one). A value split across two output messages is not
+        caught; agents send whole lines where they can."""
+        for value in self.project_secrets.get(project, {}).values():
+            if value and value in text:
+                text = text.replace(value, "[redacted]")
+        return text
+
+    async def _jobmasters_file(self, url: str) -> bytes | None:
+        """A bootstrapper the job master serves, fetched with this executioner's token (and kept:
+        a revision's file does not change); None when it cannot be had here, or is too large to
+        pass inline: then the agent fetches it with the run's token."""
+        cached = self._bootstrappers.get(url)
+        if cached is not None:
+            self._bootstrappers.move_to_end(url)
+            return cached
+        if self.jobmaster is None or self.jobmaster_url is None:
+            return None
+        try:
+            response = await self.jobmaster.get("/" + url[len(self.jobmaster_url) :])
+        except httpx.HTTPError as error:
+            log.warning("could not fetch bootstrapper %s: %r; its agent will", url, error)
+            return None
+        if response.status_code != 200 or len(response.content) > MAX_INLINE_BOOTSTRAPPER:
+            return None  # the agent's own fetch reports a 404 as the task's own error
+        self._bootstrappers[url] = response.content
+        while len(self._bootstrappers) > BOOTSTRAPPERS_KEPT:
+            self._bootstrappers.popitem(last=False)
+        return response.content
+
+    async def _agent_request(self, offer: PartitionOffer) -> dict[str, Any]:
+        # The project's secrets for a trusted push, over the task's env; the run variables over both.
+        secrets = self.project_secrets.get(offer.project, {}) if offer.trusted else {}
         env = {
             **offer.env,
+            **secrets,
             "INFRAX_PARTITION_ID": offer.partition_id,
             "INFRAX_TASK_ID": offer.task_id,
             "INFRAX_TASK_NAME": offer.task_name,
@@ -213,7 +287,15 @@ class Executioner:
             "INFRAX_PROJECT": offer.project,
             "INFRAX_REVISION": offer.revision or "",
         }
+        served: dict[str, Any] = {}
+        if self.jobmaster_url and offer.bootstrapper.startswith(self.jobmaster_url):
+            content = await self._jobmasters_file(offer.bootstrapper)
+            if content is not None:
+                served = {"bootstrapperContent": base64.b64encode(content).decode()}
+            elif offer.run_token:
+                served = {"bootstrapperToken": offer.run_token}  # for the job master only, never another host
         return {
+            **served,
             "type": "run",
             "runId": offer.run_id,
             "bootstrapper": offer.bootstrapper,

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.jobmaster.github import WebhookError
 from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
@@ -16,8 +17,9 @@ from infrax.model import Job, PushSubmission
 from infrax.web import add_error_handlers
 
 
-def create_app(jobmaster: JobMaster) -> FastAPI:
-    app = FastAPI(title="infrax job master", version="1")
+def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
+    app = secured_app("infrax job master", security)
+    read = route_options("jobmaster:read", readable=True)
     add_error_handlers(app)
 
     @app.exception_handler(JobNotFound)
@@ -36,40 +38,48 @@ def create_app(jobmaster: JobMaster) -> FastAPI:
     async def unfetchable(_request: Request, error: MirrorError) -> JSONResponse:
         return JSONResponse(status_code=502, content={"detail": str(error)})
 
-    @app.post("/api/v1/pushes", response_model=Job, status_code=201)
-    async def push(submission: PushSubmission, response: Response) -> Job:
-        job, created = await jobmaster.push(submission)
+    @app.post("/api/v1/pushes", response_model=Job, status_code=201, **route_options("jobmaster:push:"))
+    async def push(submission: PushSubmission, response: Response, request: Request) -> Job:
+        """Test a revision: needs `jobmaster:push:<project>` of the project its configuration names."""
+        caller = caller_of(request)
+        job, created = await jobmaster.push(
+            submission, authorize=lambda project: require(caller, f"jobmaster:push:{project}")
+        )
         if not created:
             response.status_code = 200
         return job
 
-    @app.get("/api/v1/jobs", response_model=list[Job])
+    @app.get("/api/v1/jobs", response_model=list[Job], **read)
     async def list_jobs(project: str | None = None, revision: str | None = None) -> list[Job]:
         return await jobmaster.list_jobs(project, revision)
 
-    @app.get("/api/v1/jobs/{job_id}", response_model=Job)
+    @app.get("/api/v1/jobs/{job_id}", response_model=Job, **read)
     async def get_job(job_id: str) -> Job:
         return await jobmaster.get(job_id)
 
-    @app.post("/api/v1/jobs/{job_id}/cancel", response_model=Job)
-    async def cancel_job(job_id: str) -> Job:
+    @app.post("/api/v1/jobs/{job_id}/cancel", response_model=Job, **route_options("jobmaster:cancel:"))
+    async def cancel_job(job_id: str, request: Request) -> Job:
+        """Needs `jobmaster:cancel:<project>` of the job's project."""
+        require(caller_of(request), f"jobmaster:cancel:{(await jobmaster.get(job_id)).project}")
         return await jobmaster.cancel(job_id)
 
-    @app.get("/api/v1/jobs/{job_id}/files/{path:path}")
-    async def file_at_revision(job_id: str, path: str) -> Response:
-        """A file of the job's revision: how agents fetch a bootstrapper kept in the repository."""
+    @app.get("/api/v1/jobs/{job_id}/files/{path:path}", **route_options("jobmaster:read-files:"))
+    async def file_at_revision(job_id: str, path: str, request: Request) -> Response:
+        """A file of the job's revision (how a bootstrapper kept in the repository is fetched): needs
+        `jobmaster:read-files:<job id>`, which a run's own token holds for its job only."""
+        require(caller_of(request), f"jobmaster:read-files:{job_id}")
         content = await jobmaster.file_at_revision(job_id, path)
         if content is None:
             raise HTTPException(404, f"no file {path!r} at the revision of job {job_id}")
         return Response(content, media_type="application/octet-stream")
 
-    @app.post("/api/v1/github/webhook", status_code=202)
+    @app.post("/api/v1/github/webhook", status_code=202, **route_options(public=True))
     async def github_webhook(request: Request) -> JSONResponse:
         """A GitHub webhook delivery (see docs/code-hosts.md): signed, deduplicated by delivery id."""
         answer = await jobmaster.github.handle(request.headers, await request.body())
         return JSONResponse(status_code=answer.status, content=answer.body)
 
-    @app.post("/api/v1/hg/pushes", status_code=201)
+    @app.post("/api/v1/hg/pushes", status_code=201, **route_options("jobmaster:hg-push"))
     async def hg_push(notice: HgPushNotice, response: Response) -> dict[str, Any]:
         """What a changegroup hook reports: the push is recorded once and its tip run as a job."""
         row, created = await jobmaster.hg.notify(notice)
@@ -77,12 +87,12 @@ def create_app(jobmaster: JobMaster) -> FastAPI:
             response.status_code = 200
         return {**push_view(row), "created": created}
 
-    @app.post("/api/v1/hg/poll")
+    @app.post("/api/v1/hg/poll", **route_options("jobmaster:hg-poll"))
     async def hg_poll() -> list[dict[str, Any]]:
         """Poll the configured Mercurial repositories now; the pushes found."""
         return [push_view(row) for row in await jobmaster.hg.poll_once()]
 
-    @app.get("/api/v1/hg/json-pushes")
+    @app.get("/api/v1/hg/json-pushes", **read)
     async def hg_json_pushes(
         repository: str = Query(min_length=1, description="the repository's path or URL"),
         start_id: int | None = Query(None, alias="startID", ge=0),

@@ -30,3 +30,6 @@ class Checkout:
     changed_paths: list[str] | None
     trigger: str  # cli | github | hg: the job's `source`
     origin: Origin | None = None
+    # Pushed by someone with write access (a branch, an hg push, the CLI, a pull request of the
+    # repository itself): its runs get the project's secrets. A fork's pull request never is.
+    trusted: bool = True

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from infrax.jobmaster import git
 from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.mirrors import MirrorError, RevisionMissing
+from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.vcs import Source
 from infrax.model import utcnow
@@ -141,10 +142,10 @@ class GitHubWebhooks:
         repository = _get(payload, "repository.full_name", str)
         number = _get(payload, "pull_request.number", int)
         head = _sha(_get(payload, "pull_request.head.sha", str), "pull_request.head.sha")
-        base_url = self.jobmaster.mirrors.rewrite(_get(payload, "pull_request.base.repo.clone_url", str))
+        base_url = self._clone_url(_get(payload, "pull_request.base.repo.clone_url", str))
         head_repo = _get(payload, "pull_request.head.repo", dict, required=False)  # null once a fork is deleted
         head_url = (
-            self.jobmaster.mirrors.rewrite(head_repo["clone_url"])
+            self._clone_url(head_repo["clone_url"])
             if head_repo and isinstance(head_repo.get("clone_url"), str)
             else base_url
         )
@@ -175,6 +176,9 @@ class GitHubWebhooks:
                 "url": _get(payload, "pull_request.html_url", str, required=False),
             },
         )
+        # GitHub's own rule: a pull request from a fork gets no secrets (a deleted fork counts as one).
+        base_name = _get(payload, "pull_request.base.repo.full_name", str, required=False) or repository
+        same_repository = bool(head_repo) and head_repo.get("full_name") == base_name
         checkout = Checkout(
             Source("git", mirror),
             head_url,
@@ -183,6 +187,7 @@ class GitHubWebhooks:
             changed,
             "github",
             origin,
+            trusted=same_repository,
         )
         return await self._start(checkout)
 
@@ -191,7 +196,7 @@ class GitHubWebhooks:
         ref = _get(payload, "ref", str)
         after = _sha(_get(payload, "after", str), "after")
         before = _get(payload, "before", str, required=False)
-        url = self.jobmaster.mirrors.rewrite(_get(payload, "repository.clone_url", str))
+        url = self._clone_url(_get(payload, "repository.clone_url", str))
         mirror = await self._mirror(url, after, url)
         if before and before != git.ZERO and _SHA.match(before) and await git.has_commit(mirror, before):
             changed = await git.changed_between(mirror, before, after)
@@ -214,6 +219,14 @@ class GitHubWebhooks:
             Source("git", mirror), url, after, ref.removeprefix("refs/heads/"), changed, "github", origin
         )
         return await self._start(checkout)
+
+    def _clone_url(self, url: str) -> str:
+        """A payload's clone URL, if the policy allows its host, after the rewrite rules."""
+        try:
+            self.jobmaster.settings.repositories.check(url)
+        except RepositoryRefused as error:
+            raise WebhookError(422, str(error)) from error
+        return self.jobmaster.mirrors.rewrite(url)
 
     async def _mirror(self, url: str, revision: str, head_url: str) -> str:
         try:

@@ -8,7 +8,9 @@ repository's `.hg/hgrc`:
 
 (or `python3 -m infrax.jobmaster.hg_hook ...` where infrax is installed). The repository is
 named by its path (hg runs hooks in the repository's root) unless a name is given: use the
-same name or URL as in the job master's `hg_poll`. It posts
+same name or URL as in the job master's `hg_poll`. It authenticates with the token in
+INFRAX_TOKEN, or in the file INFRAX_TOKEN_FILE names (one with scope `jobmaster:hg-push` is
+enough: `infrax token create --scope jobmaster:hg-push --name hg-hook`). It posts
 `{repository, node: $HG_NODE, nodeLast: $HG_NODE_LAST, user, date, source: $HG_SOURCE}` to
 `POST /api/v1/hg/pushes`. A job master that cannot be reached never fails the push: the
 hook warns, and polling (if configured) picks the push up.
@@ -38,9 +40,11 @@ def main(argv: list[str]) -> int:
         "date": int(time.time()),
         "source": os.environ.get("HG_SOURCE"),
     }
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    token = _token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read() or b"{}")
@@ -59,6 +63,19 @@ def main(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _token() -> str | None:
+    if os.environ.get("INFRAX_TOKEN"):
+        return os.environ["INFRAX_TOKEN"].strip()
+    path = os.environ.get("INFRAX_TOKEN_FILE")
+    if path:
+        try:
+            with open(path) as file:
+                return file.read().strip()
+        except OSError as error:
+            print(f"infrax: cannot read INFRAX_TOKEN_FILE {path}: {error}", file=sys.stderr)
+    return None
 
 
 def _user() -> str:

@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select, update
 from infrax.jobmaster import hg
 from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.plugin import PushRejected
+from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.vcs import Source
 from infrax.model import WireModel, utcnow
@@ -129,8 +130,14 @@ class HgPushes:
 
     async def notify(self, notice: HgPushNotice) -> tuple[dict[str, Any], bool]:
         """Record the push a hook reports (unless recorded already) and start its job."""
-        key = repository_key(notice.repository)
-        path = await self._local(key)
+        try:
+            self.jobmaster.settings.repositories.check(notice.repository)
+            key = repository_key(notice.repository)
+            path = await self._local(key)
+        except RepositoryRefused as error:
+            raise PushRejected(str(error)) from error
+        except OSError as error:  # a name too long, a folder it may not read
+            raise PushRejected(f"repository {notice.repository[:200]!r}: {error.strerror or error}") from error
         tip = notice.node_last or notice.node
         async with self._locks.setdefault(key, asyncio.Lock()):
             try:

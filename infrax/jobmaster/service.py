@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.github import GitHubWebhooks
 from infrax.jobmaster.mirrors import MirrorError, Mirrors
 from infrax.jobmaster.plugin import ProjectLogic, Push, PushRejected
+from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.pushlog import HgPushes
 from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.settings import JobMasterSettings
@@ -32,6 +34,7 @@ from infrax.jobmaster.treeherder import TreeherderReporter
 from infrax.jobmaster.vcs import Source, VcsError
 from infrax.model import (
     FINAL_STATES,
+    PROJECT_PATTERN,
     Job,
     JobTask,
     PushSubmission,
@@ -102,9 +105,18 @@ class JobMaster:
 
     # -- pushes -----------------------------------------------------------------------------
 
-    async def push(self, submission: PushSubmission, source: str = "cli") -> tuple[Job, bool]:
-        """The job for a revision of a local repository (git or hg) or of a git clone URL."""
+    async def push(
+        self, submission: PushSubmission, source: str = "cli", authorize: Callable[[str], None] | None = None
+    ) -> tuple[Job, bool]:
+        """The job for a revision of a local repository (git or hg) or of a git clone URL.
+
+        `authorize` is called with the project once the revision's configuration names it, before
+        anything is stored; it raises to refuse."""
         repository, revision = submission.repository, submission.revision
+        try:
+            self.settings.repositories.check(repository)
+        except RepositoryRefused as error:
+            raise PushRejected(str(error)) from error
         try:
             if "://" in repository or _SCP_URL.match(repository):
                 repository = self.mirrors.rewrite(repository)
@@ -117,9 +129,13 @@ class JobMaster:
             changed = await reader.changed_paths(resolved)
         except (VcsError, MirrorError) as error:
             raise PushRejected(str(error)) from error
-        return await self.start_job(Checkout(reader, repository, resolved, submission.branch, changed, source))
+        except OSError as error:  # a name too long, a folder it may not read
+            raise PushRejected(f"repository {repository[:200]!r}: {error.strerror or error}") from error
+        return await self.start_job(
+            Checkout(reader, repository, resolved, submission.branch, changed, source), authorize
+        )
 
-    async def start_job(self, checkout: Checkout) -> tuple[Job, bool]:
+    async def start_job(self, checkout: Checkout, authorize: Callable[[str], None] | None = None) -> tuple[Job, bool]:
         """The job for this revision: created or run again after a cancel (True), or the existing one (False).
 
         One job per project and revision: a revision pushed again returns its job (adding the new
@@ -141,11 +157,17 @@ class JobMaster:
             plan = await self.logic.plan(push)
         except VcsError as error:
             raise PushRejected(str(error)) from error
+        if not re.fullmatch(PROJECT_PATTERN, plan.project):
+            # Before anything is stored: a project name is a word of routing keys, scopes and paths.
+            raise PushRejected(f"project name {plan.project!r} is not one: letters, digits, '-' and '_', 1 to 100")
+        if authorize is not None:
+            authorize(plan.project)
         existing = await self._find(plan.project, revision)
         if existing is not None:
             return await self._again(existing, checkout.origin)
         now = utcnow()
         details: dict[str, Any] = {
+            "trusted": checkout.trusted,
             "branch": checkout.branch,
             "changedPaths": checkout.changed_paths,
             "tasks": [t.wire() for t in plan.tasks],
@@ -243,6 +265,7 @@ class JobMaster:
                         revision=row["revision"],
                         changed_paths=row["details"].get("changedPaths"),
                         tasks=definitions,
+                        trusted=bool(row["details"].get("trusted", False)),
                     )
                 )
             except ServiceError as error:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from infrax.jobmaster.mirrors import UrlRewrite
+from infrax.jobmaster.policy import RepositoryPolicy
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class JobMasterSettings:
     reconcile_interval: float = 30.0
     treeherder: bool = True
     treeherder_build_system: str = "infrax"
+    repositories: RepositoryPolicy = field(default_factory=RepositoryPolicy)
 
     @property
     def mirrors(self) -> Path:
@@ -51,4 +53,8 @@ class JobMasterSettings:
             hg_poll_interval=config.hg_poll_interval,
             treeherder=config.treeherder,
             treeherder_build_system=config.treeherder_build_system,
+            repositories=RepositoryPolicy(
+                None if config.allowed_repositories is None else tuple(map(Path, config.allowed_repositories)),
+                tuple(config.repository_hosts),
+            ),
         )

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from infrax.auth import Security, route_options, secured_app
 from infrax.model import ExecutionPlan, PlanRequest
 from infrax.optimizer.history import FileRuntime
 from infrax.optimizer.service import OptimizerService
 from infrax.web import add_error_handlers
 
 
-def create_app(service: OptimizerService) -> FastAPI:
-    app = FastAPI(title="infrax optimizer", version="1")
+def create_app(service: OptimizerService, security: Security) -> FastAPI:
+    app = secured_app("infrax optimizer", security)
     add_error_handlers(app)
 
-    @app.post("/api/v1/plans", response_model=ExecutionPlan, response_model_by_alias=True)
+    @app.post(
+        "/api/v1/plans", response_model=ExecutionPlan, response_model_by_alias=True, **route_options("optimizer:plan")
+    )
     async def make_plan(request: PlanRequest, explain: bool = False) -> ExecutionPlan:
         """The plan; with `explain=true` each task also says why, decision by decision."""
         return await service.plan(request, explain=explain)
 
-    @app.get("/api/v1/history", response_model=list[FileRuntime], response_model_by_alias=True)
+    @app.get(
+        "/api/v1/history",
+        response_model=list[FileRuntime],
+        response_model_by_alias=True,
+        **route_options("optimizer:read", readable=True),
+    )
     async def history(project: str, task: str, containerType: str | None = None) -> list[FileRuntime]:  # noqa: N803
         """What the optimizer learned of each file of one task."""
         return await service.file_history(project, task, containerType)

@@ -6,6 +6,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
+from infrax.auth import Security, route_options, secured_app
 from infrax.model import Container, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.provisioner.metrics import render as render_metrics
 from infrax.provisioner.service import Provisioner
@@ -34,46 +35,48 @@ class ReleaseBatch(WireModel):
     releases: list[Release] = Field(min_length=1, max_length=1000)
 
 
-def create_app(provisioner: Provisioner) -> FastAPI:
-    app = FastAPI(title="infrax provisioner", version="1")
+def create_app(provisioner: Provisioner, security: Security) -> FastAPI:
+    app = secured_app("infrax provisioner", security)
+    read = route_options("provisioner:read", readable=True)
     add_error_handlers(app)
 
-    @app.get("/api/v1/container-types", response_model=list[ContainerType])
+    @app.get("/api/v1/container-types", response_model=list[ContainerType], **read)
     async def container_types() -> list[ContainerType]:
         return list(provisioner.types.values())
 
-    @app.get("/api/v1/capacity")
+    @app.get("/api/v1/capacity", **read)
     async def capacity() -> dict[str, dict[str, int]]:
         """Partitions each container type can take now: a hint, an offer may still be rejected."""
         return {"free": provisioner.capacity()}
 
-    @app.post("/api/v1/partitions", response_model=OfferAnswers)
+    @app.post("/api/v1/partitions", response_model=OfferAnswers, **route_options("provisioner:offer"))
     async def offer(batch: OfferBatch) -> OfferAnswers:
         """Accept or reject each offered partition run; an accepted one is ours to run."""
         return OfferAnswers(answers=provisioner.offer(batch.offers))
 
-    @app.post("/api/v1/partitions/cancel")
+    @app.post("/api/v1/partitions/cancel", **route_options("provisioner:cancel"))
     async def cancel(body: CancelRuns) -> dict[str, list[str]]:
         return {"forwarded": provisioner.cancel(body.run_ids)}
 
-    @app.get("/api/v1/containers", response_model=list[Container])
+    @app.get("/api/v1/containers", response_model=list[Container], **read)
     async def containers() -> list[Container]:
         """Every container: type, provider, state, current run, age and its last heartbeat."""
         return provisioner.containers()
 
-    @app.post("/api/v1/containers/{container_id}/release", status_code=204)
+    @app.post("/api/v1/containers/{container_id}/release", status_code=204, **route_options("provisioner:release"))
     async def release(container_id: str, body: ReleaseOne) -> None:
         if container_id not in provisioner.slots:
             raise HTTPException(404, f"no container {container_id}")
-        await provisioner.release(container_id, body.run_id, body.healthy, body.reason)
+        if not await provisioner.release(container_id, body.run_id, body.healthy, body.reason):
+            raise HTTPException(409, f"container {container_id} runs another run than {body.run_id!r}")
 
-    @app.post("/api/v1/containers/release", status_code=204)
+    @app.post("/api/v1/containers/release", status_code=204, **route_options("provisioner:release"))
     async def release_many(body: ReleaseBatch) -> None:
         """Containers the executioner is done with; unknown ones (already retired) are skipped."""
         for item in body.releases:
             await provisioner.release(item.container_id, item.run_id, item.healthy, item.reason)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, **read)
     async def metrics() -> str:
         """Prometheus text: containers by type, provider and state; offers; start times; health."""
         return render_metrics(provisioner)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from infrax.auth.runs import RunTokens
 from infrax.background import BackgroundTasks
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import ContainerEvent, RunStatus
@@ -97,6 +98,7 @@ class Provisioner:
         maintenance_interval: float = 0.5,
         health_tick: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        run_tokens: RunTokens | None = None,
     ) -> None:
         self.types = {t.name: t for t in container_types}
         self.providers = {p.name: p for p in providers}
@@ -109,6 +111,7 @@ class Provisioner:
         self.maintenance_interval = maintenance_interval
         # Ages, idle times and rests are measured on this clock: tests move it instead of waiting.
         self.clock = clock
+        self.run_tokens = run_tokens  # with keys: an offer is taken only with its run's own token
         self.slots: dict[str, Slot] = {}
         self.runs: dict[str, str] = {}  # run id -> container id, while the run is ours
         self.cancelled: set[str] = set()
@@ -167,6 +170,15 @@ class Provisioner:
     def _place(self, offer: PartitionOffer) -> tuple[OfferAnswer, Slot | None]:
         if offer.run_id in self.runs:  # a repeated offer (scheduler retry) is the same run
             return OfferAnswer(run_id=offer.run_id, accepted=True, reason="already accepted"), None
+        if self.run_tokens is not None:
+            claims = self.run_tokens.check(offer.run_token or "")
+            if claims is None or (claims.run_id, claims.partition_id, claims.run) != (
+                offer.run_id,
+                offer.partition_id,
+                offer.run,
+            ):
+                log.warning("refused an offer of run %s: its run token is not that run's", offer.run_id)
+                return self._reject(offer, "run_token", "the offer's run token is not the token of that run")
         container_type = self.types.get(offer.container_type)
         if container_type is None:
             return self._reject(offer, "unknown_type", f"unknown container type {offer.container_type!r}")
@@ -254,7 +266,10 @@ class Provisioner:
             try:
                 slot.endpoint = await slot.provider.create(slot.id, slot.type, slot.secret)
                 break
-            except (ProviderError, OSError) as error:
+            except Exception as error:
+                # Any failure, a provider's bug included, is a failed start: never a slot left starting.
+                if not isinstance(error, (ProviderError, OSError)):
+                    log.exception("provider %s failed unexpectedly starting %s", slot.provider.name, slot.id)
                 rest = self.provider_health[slot.provider.name].failed(error)
                 self.counters["start_failures"] += 1
                 failures.append(f"{slot.provider.name}: {error}")
@@ -342,14 +357,21 @@ class Provisioner:
 
     # -- release, cancel --------------------------------------------------------------------
 
-    async def release(self, container_id: str, run_id: str | None, healthy: bool, reason: str | None = None) -> None:
-        """The executioner is done with a container: reuse it or retire it by the type's rules."""
+    async def release(self, container_id: str, run_id: str | None, healthy: bool, reason: str | None = None) -> bool:
+        """The executioner is done with a container: reuse it or retire it by the type's rules.
+
+        False, and nothing done, when the container runs another run than `run_id`: only whoever
+        runs a container's current run may hand it back."""
+        slot = self.slots.get(container_id)
+        if slot is not None and slot.run is not None and slot.run.run_id != run_id:
+            log.warning("refused to release %s: it runs %s, not %s", container_id, slot.run.run_id, run_id)
+            return False
         if run_id:
             self.runs.pop(run_id, None)
             self.cancelled.discard(run_id)
         slot = self.slots.get(container_id)
         if slot is None or slot.state not in LIVE:
-            return  # already lost or being retired
+            return True  # already lost or being retired
         slot.run = None
         slot.partitions_run += 1
         if healthy:
@@ -368,6 +390,7 @@ class Provisioner:
         else:
             self._become_idle(slot)
         self._announce_free(slot)
+        return True
 
     def cancel(self, run_ids: list[str]) -> list[str]:
         """Stop runs that were cancelled; returns those already with the executioner."""

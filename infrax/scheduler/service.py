@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from infrax.auth.runs import RunTokens
 from infrax.background import BackgroundTasks
 from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
@@ -75,12 +76,14 @@ class Scheduler:
         *,
         dispatch_timeout: float = 120.0,
         in_flight_check_interval: float = 10.0,
+        run_tokens: RunTokens | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.optimizer = optimizer
         self.provisioner = provisioner
         self.executioner = executioner
+        self.run_tokens = run_tokens  # signs each run it offers; None: offers carry no token
         self.instance = new_id()[:12]
         self.dispatch_timeout = dispatch_timeout
         self.in_flight_check_interval = in_flight_check_interval
@@ -94,6 +97,7 @@ class Scheduler:
         self._types_fetched = 0.0
         # Task definitions by task id, with their project and revision: read once per task, not per run.
         self._definitions: OrderedDict[str, tuple[TaskDefinition, str, str | None]] = OrderedDict()
+        self._trusted: dict[str, bool] = {}  # task id -> its request's `trusted`, kept beside _definitions
         self._status_batcher = Batcher(self.apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
         self._publishing = BackgroundTasks()
@@ -170,6 +174,7 @@ class Scheduler:
                     project=submission.project,
                     revision=submission.revision,
                     changed_paths=submission.changed_paths,
+                    trusted=submission.trusted,
                     state=State.PENDING,
                     created_at=now,
                     updated_at=now,
@@ -469,15 +474,16 @@ class Scheduler:
         else:
             row = (
                 await conn.execute(
-                    select(tasks.c.definition, requests.c.project, requests.c.revision)
+                    select(tasks.c.definition, requests.c.project, requests.c.revision, requests.c.trusted)
                     .join(requests, requests.c.id == tasks.c.request_id)
                     .where(tasks.c.id == task_id)
                 )
             ).one()
             cached = (TaskDefinition.model_validate(row.definition), row.project, row.revision)
+            self._trusted[task_id] = bool(row.trusted)
             self._definitions[task_id] = cached
             if len(self._definitions) > DEFINITIONS_KEPT:
-                self._definitions.popitem(last=False)
+                self._trusted.pop(self._definitions.popitem(last=False)[0], None)
         return cached
 
     async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
@@ -500,6 +506,12 @@ class Scheduler:
             max_run_time=definition.max_run_time,
             project=project,
             revision=revision,
+            trusted=self._trusted.get(part["task_id"], False),
+            run_token=None
+            if self.run_tokens is None
+            else self.run_tokens.make(
+                run_id_of(part["id"], part["run"]), part["id"], part["run"], part["job_id"], definition.max_run_time
+            ),
         )
 
     async def _on_capacity(self, message: Message) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -29,6 +31,9 @@ requests = Table(
     Column("project", String(200), nullable=False),
     Column("revision", String(100)),
     Column("changed_paths", JSON),
+    # From a trusted push (a branch, a pull request of the repository itself): its runs get the
+    # project's secrets. Never one from a fork.
+    Column("trusted", Boolean, nullable=False, server_default=false()),
     Column("state", String(20), nullable=False, index=True),
     Column("message", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -185,4 +190,26 @@ hg_pushes = Table(
     Column("message", Text),  # why it has no job
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("repository", "tip", name="uq_jobmaster_hg_pushes_repository_tip"),
+)
+
+# Bearer tokens of every component's API (infrax.auth): the token itself is never stored, only its hash.
+auth_tokens = Table(
+    "auth_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the token's public part: `ifx_<id>_<secret>`
+    Column("name", String(200), nullable=False),  # what it is for: a person, a component, a run
+    Column("token_hash", String(64), nullable=False),  # sha256 of the whole token, hex
+    Column("scopes", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+# Keys that sign what infrax hands out without storing it (run tokens), shared by every component.
+auth_keys = Table(
+    "auth_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -8,6 +8,7 @@ CI is set: there a missing engine fails them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.server
 import os
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import httpx
 import pytest
 
 from infrax.agent.client import AgentClient
@@ -188,16 +190,22 @@ def run_to_exit() -> RunToExit:
     """Run a bootstrapper on an agent; returns (exit message, stdout+stderr text)."""
 
     async def run(
-        endpoint: Endpoint, bootstrapper: str, *arguments: str, timeout: float = 60
+        endpoint: Endpoint, bootstrapper: str, *arguments: str, timeout: float = 60, inline: bool = True
     ) -> tuple[dict[str, Any], str]:
+        """`inline`: the bootstrapper's content goes with the request, as the executioner sends the
+        job master's (a container without a network could not fetch it); else the agent fetches it."""
         client = AgentClient(endpoint.host, endpoint.port, SECRET)
         output: list[str] = []
-        request = {
+        request: dict[str, Any] = {
             "runId": f"r{uuid.uuid4().hex[:8]}",
             "bootstrapper": bootstrapper,
             "maxRunTime": timeout,
             "bootstrapperArguments": list(arguments),
         }
+        if inline:
+            async with httpx.AsyncClient() as http:
+                content = (await http.get(bootstrapper)).raise_for_status().content
+            request["bootstrapperContent"] = base64.b64encode(content).decode()
         async with asyncio.timeout(timeout + 10):
             async with client.run(request) as stream:
                 async for message in stream:

@@ -58,7 +58,7 @@ async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, ag
     stack = Stack(config)
     await stack.start()
     try:
-        jobmaster = JobMasterClient(stack.client("jobmaster"))
+        jobmaster = JobMasterClient(stack.client("jobmaster", token=stack.admin_token))
         passed = await _run_job(jobmaster, repo, good)
         failed = await _run_job(jobmaster, repo, break_one_test(repo))
         provider = stack.services["provisioner"].providers["podman"]

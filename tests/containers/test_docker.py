@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import statistics
 import time
 from collections.abc import Callable
@@ -69,12 +70,18 @@ async def test_container_killed_from_outside(
 ) -> None:
     container_id = new_id()
     endpoint = await docker.create(container_id, container_type, SECRET)
-    url = bootstrappers.add("sleep.sh", "#!/bin/sh\necho started\nexec sleep 60\n")
+    script = b"#!/bin/sh\necho started\nexec sleep 60\n"
     client = AgentClient(endpoint.host, endpoint.port, SECRET)
+    request = {
+        "runId": "doomed",
+        "bootstrapper": "/given/inline.sh",
+        "maxRunTime": 120,
+        "bootstrapperContent": base64.b64encode(script).decode(),
+    }
 
     with pytest.raises(AgentConnectionLost):
         async with asyncio.timeout(20):
-            async with client.run({"runId": "doomed", "bootstrapper": url, "maxRunTime": 120}) as stream:
+            async with client.run(request) as stream:
                 async for message in stream:
                     if message["type"] == "output" and "started" in message["data"]:
                         await asyncio.to_thread(docker_client.api.kill, f"infrax-{container_id}")

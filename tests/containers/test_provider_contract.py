@@ -32,14 +32,13 @@ async def test_create_answers_heartbeat_then_destroy(
         await AgentClient(endpoint.host, endpoint.port, SECRET, connect_timeout=2).heartbeat()
 
 
-async def test_runs_a_bootstrapper_served_on_the_hosts_loopback(
+async def test_runs_a_bootstrapper_it_is_given(
     provider: ContainerProvider,
     container_type: ContainerType,
     new_id: Callable[[], str],
     bootstrappers: Bootstrappers,
     run_to_exit: RunToExit,
 ) -> None:
-    # The job master serves bootstrappers on 127.0.0.1: a container must reach it as it is.
     # What only a Python that ran the line can print: the container's own Python, whichever it is.
     answer = 'python3 -c "print(6 * 7)"'
     url = bootstrappers.add("hello.sh", f'#!/bin/sh\necho "hello from python $({answer})" "$@"\n')
@@ -49,6 +48,25 @@ async def test_runs_a_bootstrapper_served_on_the_hosts_loopback(
 
     assert exit_message["status"] == "completed", exit_message
     assert "hello from python 42 a b" in output
+
+
+async def test_only_a_process_container_reaches_the_hosts_loopback(
+    provider: ContainerProvider,
+    container_type: ContainerType,
+    new_id: Callable[[], str],
+    bootstrappers: Bootstrappers,
+    run_to_exit: RunToExit,
+) -> None:
+    # A process agent is on this host; a docker container has no network of its own by default.
+    url = bootstrappers.add("reached.sh", "#!/bin/sh\necho reached\n")
+    endpoint = await provider.create(new_id(), container_type, SECRET)
+
+    exit_message, output = await run_to_exit(endpoint, url, inline=False)
+
+    if provider.kind == "process":
+        assert exit_message["status"] == "completed" and "reached" in output
+    else:
+        assert exit_message["status"] == "error" and "could not be fetched" in exit_message["message"]
 
 
 async def test_destroy_and_alive_of_unknown_container(provider: ContainerProvider) -> None:

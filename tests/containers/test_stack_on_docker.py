@@ -158,7 +158,7 @@ async def test_first_provider_fills_then_the_next_and_the_sixth_partition_waits(
             request.id, lambda ps: sum(p.state == State.RUNNING for p in ps) == 5, timeout=60, what="five running"
         )
         busy = [c for c in stack.provisioner.containers() if c.state == ContainerState.BUSY]
-        rejected = stack.provisioner.offer([_extra_offer(five[0])])[0]
+        rejected = stack.provisioner.offer([_extra_offer(five[0], stack.provisioner.run_tokens)])[0]
         done = await stack.wait_request(request.id, timeout=90)
         parts = await stack.partitions(request.id)
 
@@ -175,8 +175,10 @@ async def test_first_provider_fills_then_the_next_and_the_sixth_partition_waits(
     assert sixth.container_id in {p.container_id for p in parts if p.id != sixth.id}
 
 
-def _extra_offer(like: Any) -> PartitionOffer:
+def _extra_offer(like: Any, run_tokens: Any) -> PartitionOffer:
+    """Another run, with a genuine token: refused for want of room, not for want of a token."""
     return PartitionOffer(
+        run_token=run_tokens.make("extra-0", "extra", 0, None, 60),
         run_id="extra-0",
         partition_id="extra",
         task_id=like.task_id,

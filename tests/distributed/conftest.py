@@ -58,6 +58,11 @@ class Cluster:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
+    def client(self, name: str, timeout: float = 30) -> httpx.AsyncClient:
+        """A client of one process, with the admin token the first component to start left in data_dir."""
+        token = (Path(self.base["data_dir"]) / "admin.token").read_text().strip()
+        return httpx.AsyncClient(base_url=self.url(name), timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+
     def _config(self, name: str) -> Path:
         component = name.split("-")[0]
         config = {**self.base, "ports": {component: self.ports[name]}, "name": name}

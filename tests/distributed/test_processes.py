@@ -7,8 +7,6 @@ import asyncio
 import collections
 from pathlib import Path
 
-import httpx
-
 from infrax.sample_project import make_sample_repo
 from tests.conftest import rabbitmqctl
 from tests.distributed.conftest import wait_final
@@ -23,7 +21,7 @@ async def test_the_demo_job_runs_to_completion_with_every_component_its_own_proc
     cluster = await make_cluster()
     repo = tmp_path / "sample"
     revision = make_sample_repo(repo)
-    async with httpx.AsyncClient(base_url=cluster.url("jobmaster"), timeout=30) as jobmaster:
+    async with cluster.client("jobmaster", timeout=30) as jobmaster:
         response = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})
         assert response.status_code == 201, response.text
 
@@ -31,7 +29,7 @@ async def test_the_demo_job_runs_to_completion_with_every_component_its_own_proc
 
     assert job["state"] == "completed", cluster.log("scheduler-1")
     assert [t["state"] for t in job["tasks"]] == ["completed"]
-    async with httpx.AsyncClient(base_url=cluster.url("scheduler-1")) as scheduler:
+    async with cluster.client("scheduler-1") as scheduler:
         request = (await scheduler.get(f"/api/v1/task-requests/{job['requestId']}")).json()
     assert [p["state"] for p in request["tasks"][0]["partitions"]] == ["completed"] * 3
 
@@ -42,8 +40,8 @@ async def test_two_schedulers_and_two_executioners_run_each_of_500_partitions_ex
     once = script(tmp_path, "once.sh", f'echo "$INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n')
     files = [f"f{i}" for i in range(500)]
     async with (
-        httpx.AsyncClient(base_url=cluster.url("scheduler-1"), timeout=60) as first,
-        httpx.AsyncClient(base_url=cluster.url("scheduler-2"), timeout=60) as second,
+        cluster.client("scheduler-1", timeout=60) as first,
+        cluster.client("scheduler-2", timeout=60) as second,
     ):
         # Two requests, one through each scheduler: both dispatch from the one queue in PostgreSQL.
         ids = []
@@ -73,14 +71,15 @@ async def test_scheduler_killed_with_200_partitions_in_flight_loses_none_and_rer
         "work.sh",
         f'echo "start $INFRAX_PARTITION_ID" >> {journal}\nsleep 0.2\necho "done $INFRAX_PARTITION_ID" >> {journal}\n',
     )
-    async with httpx.AsyncClient(base_url=cluster.url("scheduler-1"), timeout=60) as scheduler:
+    async with cluster.client("scheduler-1", timeout=60) as scheduler:
         response = await scheduler.post(
             "/api/v1/task-requests", json={"tasks": [task("work", work, [f"f{i}" for i in range(200)], partitions=200)]}
         )
         assert response.status_code == 201, response.text
         request_id = response.json()["id"]
-        while len([e for e in _journal(journal) if e[0] == "done"]) < 30:
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):
+            while len([e for e in _journal(journal) if e[0] == "done"]) < 30:
+                await asyncio.sleep(0.05)
 
         cluster.kill("scheduler-1")
         done_at_kill = {e[1] for e in _journal(journal) if e[0] == "done"}
@@ -114,12 +113,13 @@ async def test_rabbitmq_restart_mid_job_every_transition_still_reaches_the_job_m
     revision = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    async with httpx.AsyncClient(base_url=cluster.url("jobmaster"), timeout=60) as jobmaster:
+    async with cluster.client("jobmaster", timeout=60) as jobmaster:
         job_id = (await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})).json()[
             "id"
         ]
-        while (await jobmaster.get(f"/api/v1/jobs/{job_id}")).json()["state"] != "running":
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):
+            while (await jobmaster.get(f"/api/v1/jobs/{job_id}")).json()["state"] != "running":
+                await asyncio.sleep(0.05)
 
         await asyncio.to_thread(rabbitmqctl, "stop_app")
         await asyncio.sleep(2)
@@ -128,6 +128,6 @@ async def test_rabbitmq_restart_mid_job_every_transition_still_reaches_the_job_m
 
     assert job["state"] == "completed", cluster.log("scheduler-1")[-2000:]
     assert [t["state"] for t in job["tasks"]] == ["completed"]
-    async with httpx.AsyncClient(base_url=cluster.url("scheduler-1")) as scheduler:
+    async with cluster.client("scheduler-1") as scheduler:
         request = (await scheduler.get(f"/api/v1/task-requests/{job['requestId']}")).json()
     assert [p["state"] for p in request["tasks"][0]["partitions"]] == ["completed"] * 8

@@ -37,7 +37,10 @@ class Running:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.http = {name: httpx.AsyncClient(base_url=url, timeout=30) for name, url in stack.urls.items()}
+        self.admin = {"Authorization": f"Bearer {stack.admin_token}"}
+        self.http = {
+            name: httpx.AsyncClient(base_url=url, timeout=30, headers=self.admin) for name, url in stack.urls.items()
+        }
 
     def __getitem__(self, component: str) -> httpx.AsyncClient:
         return self.http[component]
@@ -91,7 +94,8 @@ async def start_stack(tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[
     started: list[Running] = []
 
     async def start(**overrides: Any) -> Running:
-        stack = Stack(make_config(tmp_path / "data", **{**backend, **overrides}))
+        data_dir = overrides.pop("data_dir", tmp_path / "data")
+        stack = Stack(make_config(data_dir, **{**backend, **overrides}))
         await stack.start()
         running = Running(stack)
         started.append(running)
@@ -155,6 +159,11 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: floa
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError(f"{url} never answered")
+
+
+def admin_token(data_dir: Path) -> dict[str, str]:
+    """The Authorization header with the admin token `infrax up` left in its data directory."""
+    return {"Authorization": f"Bearer {(data_dir / 'admin.token').read_text().strip()}"}
 
 
 def write_up_config(tmp_path: Path, max_concurrent: int = 2) -> tuple[Path, dict[str, int]]:

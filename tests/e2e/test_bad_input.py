@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from tests.e2e.conftest import script, task
@@ -64,9 +63,12 @@ async def test_missing_bootstrapper_path_is_reported(start_stack, tmp_path: Path
     assert partition.state == "failed" and "not found" in (partition.message or "")
 
 
-async def test_wrong_agent_secret_is_reported_and_other_runs_go_on(start_stack, tmp_path: Path):
+async def test_an_assignment_without_its_runs_token_is_never_run_and_other_runs_go_on(start_stack, tmp_path: Path):
+    # Even an admin's: only the scheduler makes a run's token, for the run it dispatched.
     infrax = await start_stack()
     ok = script(tmp_path, "ok.sh", "echo fine\n")
+    journal = tmp_path / "forged-ran"
+    forged_script = script(tmp_path, "forged.sh", f"touch {journal}\n")
     first = await infrax.submit([task("warm-up", ok)])
     await infrax.wait_request(first["id"])
     containers = (await infrax["provisioner"].get("/api/v1/containers")).json()
@@ -84,31 +86,30 @@ async def test_wrong_agent_secret_is_reported_and_other_runs_go_on(start_stack, 
         "run": 0,
         "containerType": "linux_x86_64",
         "files": [],
-        "bootstrapper": ok,
+        "bootstrapper": forged_script,
         "bootstrapperArguments": [],
         "env": {},
         "maxRunTime": 10,
     }
-    forged = {
-        "offer": offer,
-        "containerId": idle["id"],
-        "host": idle["host"],
-        "port": idle["port"],
-        "secret": "not-the-secret",
-    }
-    response = await infrax["executioner"].post("/api/v1/runs", json={"assignments": [forged]})
-    assert response.status_code == 202
-
-    for _ in range(100):
-        run = (await infrax["executioner"].get("/api/v1/runs/forged-0")).json()["status"]
-        if run["state"] != "running":
-            break
-        await asyncio.sleep(0.05)
-    assert run["state"] == "exception"
-    assert "unauthorized" in run["message"]
+    for token in (None, "ifr_eyJyIjoiZm9yZ2VkLTAifQ.not-a-signature"):
+        forged = {
+            "offer": {**offer, "runToken": token},
+            "containerId": idle["id"],
+            "host": idle["host"],
+            "port": idle["port"],
+            "secret": "whatever",
+        }
+        response = await infrax["executioner"].post("/api/v1/runs", json={"assignments": [forged]})
+        assert (response.status_code, response.json()) == (202, {"started": []})
+        assert (await infrax["executioner"].get("/api/v1/runs/forged-0")).status_code == 404
+        # Nor does the provisioner take such an offer.
+        answer = await infrax["provisioner"].post("/api/v1/partitions", json={"offers": [offer | {"runToken": token}]})
+        assert answer.json()["answers"][0]["accepted"] is False
+        assert "run token" in answer.json()["answers"][0]["reason"]
 
     second = await infrax.submit([task("after", ok)])
     assert (await infrax.wait_request(second["id"])).state == "completed"
+    assert not journal.exists(), "the forged bootstrapper ran"
 
 
 async def test_unknown_ids_answer_404_with_a_message(start_stack):

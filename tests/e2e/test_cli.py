@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from infrax.sample_project import break_one_test, make_sample_repo
-from tests.e2e.conftest import start_up, wait_healthy, write_up_config
+from tests.e2e.conftest import admin_token, start_up, wait_healthy, write_up_config
 
 
 def infrax(*args: str, config: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -52,8 +52,11 @@ async def test_push_status_and_logs_of_a_passing_and_a_failing_revision(running_
     by_revision = infrax("status", good[:10], config=config)
     assert by_revision.returncode == 0 and job_id[:12] in by_revision.stdout
 
-    job = httpx.get(f"http://127.0.0.1:{ports['jobmaster']}/api/v1/jobs/{job_id}").json()
-    request = httpx.get(f"http://127.0.0.1:{ports['scheduler']}/api/v1/task-requests/{job['requestId']}").json()
+    admin = admin_token(tmp_path / "data")
+    job = httpx.get(f"http://127.0.0.1:{ports['jobmaster']}/api/v1/jobs/{job_id}", headers=admin).json()
+    request = httpx.get(
+        f"http://127.0.0.1:{ports['scheduler']}/api/v1/task-requests/{job['requestId']}", headers=admin
+    ).json()
     partition = request["tasks"][0]["partitions"][0]
     logs = infrax("logs", partition["id"], config=config)
     assert logs.returncode == 0

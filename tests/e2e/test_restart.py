@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import script, start_up, task, wait_healthy, write_up_config
+from tests.e2e.conftest import admin_token, script, start_up, task, wait_healthy, write_up_config
 
 
 def _journal(path: Path) -> list[tuple[str, str, int]]:
@@ -33,7 +33,7 @@ async def test_kill_and_restart_loses_nothing_and_reruns_nothing_completed(tmp_p
     process = start_up(config, log)
     try:
         await wait_healthy(scheduler, process)
-        async with httpx.AsyncClient(base_url=scheduler, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=scheduler, timeout=30, headers=admin_token(tmp_path / "data")) as client:
             files = [f"f{i}.py" for i in range(10)]
             response = await client.post(
                 "/api/v1/task-requests", json={"tasks": [task("work", work, files, partitions=10)]}

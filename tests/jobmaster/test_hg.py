@@ -89,8 +89,12 @@ async def test_a_push_of_three_changesets_is_one_job_through_the_hook_and_pollin
     assert infrax.stack.bus is not None
     await infrax.stack.bus.subscribe("test-hg-treeherder", topics.TREEHERDER, ["#"], collect)
     assert (await jobmaster.post("/api/v1/hg/poll")).json() == [], "what a repository had before is no push"
+    # The hook's own token may report pushes and nothing else.
+    assert infrax.stack.tokens is not None
+    _, hook_token = await infrax.stack.tokens.create("hg hook", ["jobmaster:hg-push"])
     (hooked / ".hg" / "hgrc").write_text(
-        f"[hooks]\nchangegroup.infrax = {sys.executable} {hg_hook.__file__} {jobmaster.base_url}\n"
+        f"[hooks]\nchangegroup.infrax = INFRAX_TOKEN={hook_token} {sys.executable} {hg_hook.__file__} "
+        f"{jobmaster.base_url}\n"
     )
 
     # Through the hook, while the poller polls every 0.2 s.

@@ -14,6 +14,7 @@ from infrax.optimizer.client import OptimizerClient
 from infrax.optimizer.history import Sample
 from infrax.optimizer.service import OptimizerService
 from infrax.store import Database
+from tests.conftest import secured
 
 LINUX = ContainerType(name="linux", tags=["linux"], overhead=10.0)
 
@@ -27,9 +28,10 @@ async def service(db: Database, bus: MemoryBus) -> AsyncIterator[OptimizerServic
 
 
 @pytest.fixture
-async def http(service: OptimizerService) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://optimizer.test") as client:
+async def http(service: OptimizerService, db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    security, admin = await secured(db)
+    transport = httpx.ASGITransport(app=create_app(service, security))
+    async with httpx.AsyncClient(transport=transport, base_url="http://optimizer.test", headers=admin) as client:
         yield client
 
 

@@ -23,7 +23,7 @@ class StackRun:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.scheduler = SchedulerClient(stack.client("scheduler"))
+        self.scheduler = SchedulerClient(stack.client("scheduler", token=stack.admin_token))
         self.runs: list[RunStatus] = []
         self.on_run: Callable[[RunStatus], Any] | None = None
 

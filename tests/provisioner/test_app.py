@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 
 from infrax.model import Container, ContainerState, ContainerType
 from infrax.provisioner.app import create_app
+from infrax.store import Database
+from tests.conftest import secured
 
 from .conftest import MakeHarness, make_offer, wait_for
 
 
-async def test_containers_and_metrics(harness: MakeHarness) -> None:
+async def test_containers_and_metrics(harness: MakeHarness, tmp_path: Path) -> None:
     linux = ContainerType(name="linux", tags=["linux"], providers=["local"], min_warm=1, max_concurrent=2)
     made = await harness([linux], [harness.provider("local", capacity=2, heartbeat_interval=0.3)])  # type: ignore[attr-defined]
     made.provisioner.offer([make_offer()])
@@ -20,12 +23,17 @@ async def test_containers_and_metrics(harness: MakeHarness) -> None:
     await wait_for(lambda: all(s.last_heartbeat for s in made.provisioner.slots.values()), what="heartbeats")
     made.provisioner.offer([make_offer(), make_offer()])  # one goes to the idle container, one is rejected
 
+    database = Database(f"sqlite:///{tmp_path / 'auth.db'}")
+    security, admin = await secured(database)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(made.provisioner)), base_url="http://provisioner"
+        transport=httpx.ASGITransport(app=create_app(made.provisioner, security)),
+        base_url="http://provisioner",
+        headers=admin,
     ) as http:
         listed = [Container.model_validate(c) for c in (await http.get("/api/v1/containers")).json()]
         raw = (await http.get("/api/v1/containers")).json()[0]
         metrics = (await http.get("/metrics")).text
+    await database.close()
 
     assert {c.state for c in listed} == {ContainerState.BUSY}
     assert all(c.provider == "local" and c.age > 0 and c.last_heartbeat is not None and c.port for c in listed)

@@ -33,9 +33,13 @@ import asyncio
 import collections
 import functools
 import hashlib
+import io
 import json
 import logging
+import os
+import shutil
 import socket
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -60,7 +64,9 @@ DEFAULT_URL = "unix:///run/infrax-podman.sock"
 READY = "INFRAX-AGENT-READY "
 AGENT_PORT = 8000
 WORKDIR = "/work"
-SECRET_ENV = "INFRAX_AGENT_SECRET"
+SECRET_PATH = "/run/infrax-agent-secret"  # read, then removed, by the agent
+SOCKET_DIR = "/run/infrax"  # in the container: where the agent's socket file is, without a network
+SOCKET_NAME = "agent.sock"
 LABEL_OWNER = "infrax.owner"
 LABEL_ID = "infrax.container-id"
 LABEL_TYPE = "infrax.type"
@@ -77,7 +83,12 @@ class DockerProvider(ContainerProvider):
         self.url = str(o.get("url", DEFAULT_URL))
         self.owner = f"{o.get('owner') or _default_owner(o.get('root'))}/{name}"
         self.image = o.get("image")
-        self.network_mode = str(o.get("network_mode", "host"))
+        # No network at all by default, where the engine is on this host: task code then reaches
+        # nothing, not this host's loopback ports, not another container; the agent listens on a
+        # socket file in a folder mounted for it. `host` or `bridge` (or a named network) for
+        # tasks that need the network, at that cost (docs/security.md).
+        self.network_mode = str(o.get("network_mode") or ("none" if self.url.startswith("unix://") else "bridge"))
+        self.socket_root = Path(o.get("socket_dir") or f"/tmp/infrax-agents-{os.getuid()}")  # short: 108 bytes
         self.publish_host = str(o.get("publish_host", "127.0.0.1"))
         self.endpoint_host = str(o.get("endpoint_host") or _default_endpoint_host(self.url, self.publish_host))
         self.mounts = [_parse_mount(m) for m in o.get("extra_mounts") or []]
@@ -102,7 +113,14 @@ class DockerProvider(ContainerProvider):
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
         image = await self._image_for(container_type)
         host_network = self.network_mode == "host"
+        isolated = self.network_mode == "none"
         listen, port = (self.publish_host, 0) if host_network else ("0.0.0.0", AGENT_PORT)
+        volumes = list(self.mounts)
+        if isolated:
+            sockets = self._socket_dir(container_id)
+            sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            volumes.append(f"{sockets}:{SOCKET_DIR}:rw")
+            listen, port = f"unix:{SOCKET_DIR}/{SOCKET_NAME}", 0
         settings: dict[str, Any] = {
             "image": image,
             "command": [
@@ -117,22 +135,26 @@ class DockerProvider(ContainerProvider):
                 WORKDIR,
                 "--kill-grace",
                 str(self.kill_grace),
+                "--secret-file",
+                SECRET_PATH,
             ],
             "name": _name(container_id),
             "detach": True,
             # PID 1 must forward SIGTERM and reap orphans; a Python PID 1 ignores SIGTERM.
             "init": True,
-            "environment": {SECRET_ENV: secret, "PYTHONPATH": "/opt/infrax"},
+            # Not the secret: an environment stays readable in /proc and `docker inspect`. It goes in
+            # as a file the agent removes once read (see `_start`).
+            "environment": {"PYTHONPATH": "/opt/infrax"},
             "labels": {
                 LABEL_OWNER: self.owner,
                 LABEL_ID: container_id,
                 LABEL_TYPE: container_type.name,
                 "infrax.provider": self.name,
             },
-            "volumes": list(self.mounts),
+            "volumes": volumes,
         }
-        if host_network:
-            settings["network_mode"] = "host"
+        if host_network or isolated:
+            settings["network_mode"] = self.network_mode
         else:
             settings["ports"] = {f"{AGENT_PORT}/tcp": (self.publish_host, None)}
             if self.network_mode != "bridge":
@@ -147,7 +169,7 @@ class DockerProvider(ContainerProvider):
 
         started = time.monotonic()
         starting = asyncio.ensure_future(
-            self._call(f"start container {container_id} from {image}", self._start, settings)
+            self._call(f"start container {container_id} from {image}", self._start, settings, secret)
         )
         try:
             # Shielded: the SDK call runs on in its thread even if we are cancelled, and what it
@@ -163,7 +185,8 @@ class DockerProvider(ContainerProvider):
             ) from error
         self._mine.add(container_id)
         try:
-            endpoint = await asyncio.wait_for(self._ready(container, host_network), self.start_timeout)
+            socket_file = self._socket_dir(container_id) / SOCKET_NAME if isolated else None
+            endpoint = await asyncio.wait_for(self._ready(container, host_network, socket_file), self.start_timeout)
         except (TimeoutError, ProviderError) as error:
             why = str(error) or f"its agent was not ready within {self.start_timeout:g}s"
             logs = await self._logs_tail(container)
@@ -192,8 +215,12 @@ class DockerProvider(ContainerProvider):
             return False
         return bool(attrs.get("State", {}).get("Running"))
 
+    def _socket_dir(self, container_id: str) -> Path:
+        return self.socket_root / container_id
+
     async def destroy(self, container_id: str) -> None:
         self._mine.discard(container_id)
+        shutil.rmtree(self._socket_dir(container_id), ignore_errors=True)
         try:
             await self._call(
                 f"remove container {container_id}",
@@ -273,17 +300,18 @@ class DockerProvider(ContainerProvider):
     async def _image_for(self, container_type: ContainerType) -> str:
         return str(container_type.image) if container_type.image else await self.ensure_image()
 
-    def _start(self, settings: dict[str, Any]) -> Any:
+    def _start(self, settings: dict[str, Any], secret: str) -> Any:
         # create + start rather than run(): run() would try to pull a missing image from a registry.
         container = self._client.containers.create(**settings)
         try:
+            container.put_archive(str(Path(SECRET_PATH).parent), _one_file_tar(Path(SECRET_PATH).name, secret))
             container.start()
         except _DRIVER_ERRORS:
             container.remove(force=True)
             raise
         return container
 
-    async def _ready(self, container: Any, host_network: bool) -> Endpoint:
+    async def _ready(self, container: Any, host_network: bool, socket_file: Path | None) -> Endpoint:
         """Poll the container's stdout for the agent's READY line (cheap: it prints nothing else there)."""
         delay = 0.02
         while True:
@@ -291,6 +319,8 @@ class DockerProvider(ContainerProvider):
             for line in out.decode(errors="replace").splitlines():
                 if line.startswith(READY):
                     info = json.loads(line[len(READY) :])
+                    if socket_file is not None:  # no network: its socket file, as this host sees it
+                        return Endpoint(f"unix:{socket_file}", 0)
                     if host_network:
                         return Endpoint(self.endpoint_host, int(info["port"]))
                     return Endpoint(self.endpoint_host, await self._published_port(container))
@@ -368,3 +398,14 @@ def _parse_mount(spec: str) -> str:
     if not host.startswith("/") or not target.startswith("/") or mode not in ("ro", "rw"):
         raise ValueError(f"extra_mounts entry {spec!r} must be /host/path[:/container/path[:ro|rw]]")
     return f"{host}:{target}:{mode}"
+
+
+def _one_file_tar(name: str, content: str) -> bytes:
+    """A tar archive of one file only root may read, for `put_archive`."""
+    data = content.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.uid, info.gid = len(data), 0o400, 0, 0
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -27,6 +27,11 @@ class ProcessProvider(ContainerProvider):
         self.root = Path(self.options.get("root", ".infrax/containers")).resolve()
         self.kill_grace = float(self.options.get("kill_grace", 5.0))
         self.start_timeout = float(self.options.get("start_timeout", 15.0))
+        # An unprivileged user the agents (and so the task code) run as; where infrax runs as root,
+        # without one task code is root on this host.
+        self.run_as: str | None = self.options.get("run_as")
+        # The agent is standard library only: any Python 3.11+ the run_as user may execute.
+        self.python = str(self.options.get("python") or sys.executable)
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._drainers: set[asyncio.Task[None]] = set()
 
@@ -34,12 +39,17 @@ class ProcessProvider(ContainerProvider):
         started = time.monotonic()
         home = self.root / container_id
         (home / "work").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "INFRAX_AGENT_SECRET": secret, "PYTHONPATH": _PACKAGE_ROOT}
+        if self.run_as is not None:
+            shutil.chown(home / "work", self.run_as)
+        # Not this process's environment: it may hold a database URL or a broker's password.
+        env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
+        env["PYTHONPATH"] = _PACKAGE_ROOT
         try:
             # The child keeps its own copy of the log's descriptor; this process closes its own at once.
             with (home / "agent.log").open("ab") as agent_log:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable,
+                    *self._as_user(),
+                    self.python,
                     "-m",
                     "infrax.agent",
                     "--host",
@@ -52,13 +62,20 @@ class ProcessProvider(ContainerProvider):
                     str(self.kill_grace),
                     "--parent-pid",
                     str(os.getpid()),
+                    "--secret-stdin",
                     stdout=asyncio.subprocess.PIPE,
                     stderr=agent_log,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.PIPE,
                     env=env,
                     start_new_session=True,
+                    cwd=str(home / "work"),
                 )
-        except OSError as error:
+            # The secret goes on a pipe: never into an environment that /proc shows.
+            assert process.stdin is not None
+            process.stdin.write(secret.encode() + b"\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        except (OSError, KeyError) as error:
             raise ProviderError(f"cannot start agent process: {error}") from error
         (home / "pid").write_text(str(process.pid))
         self._processes[container_id] = process
@@ -70,6 +87,17 @@ class ProcessProvider(ContainerProvider):
         self.start_durations.append(time.monotonic() - started)
         self._drainers.add(asyncio.create_task(self._drain(process)))
         return endpoint
+
+    def _as_user(self) -> list[str]:
+        """The command prefix that drops to `run_as`: its uid, its primary group and no other groups.
+
+        setpriv rather than Popen's `user=`: uvloop's subprocesses take no such arguments."""
+        if self.run_as is None:
+            return []
+        import pwd
+
+        user = pwd.getpwnam(self.run_as)
+        return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
 
     async def _ready(self, process: asyncio.subprocess.Process) -> Endpoint:
         assert process.stdout is not None

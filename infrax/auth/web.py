@@ -1,0 +1,159 @@
+"""Authentication and authorization of every component's REST API, and the Host header check.
+
+Every route of an app made by `secured_app` needs a bearer token (401 without one, or with one
+that is not valid) and, where it says so, a scope (403 naming it). Only `/api/v1/health` and the
+routes marked `public` (a GitHub webhook, which is signed instead) need none; with `public_read`
+the GET routes marked `readable` need none either, for a public dashboard.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from infrax.auth.scopes import could_satisfy
+from infrax.auth.tokens import Caller, TokenStore
+from infrax.web import BodyLimit
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = Caller(token_id="", name="anonymous", scopes=())
+PUBLIC_PATHS = frozenset({"/api/v1/health"})
+_ROUTE_SCOPE = "x-infrax-scope"
+
+
+class Guard:
+    """The token check one app's routes share."""
+
+    def __init__(self, tokens: TokenStore, *, public_read: bool = False) -> None:
+        self.tokens = tokens
+        self.public_read = public_read
+
+    async def authenticate(self, request: Request) -> Caller:
+        """The dependency every route has: who is calling (401 when nobody known)."""
+        route = request.scope.get("route")
+        openapi_extra = getattr(route, "openapi_extra", None) or {}
+        caller: Caller | None
+        if request.url.path in PUBLIC_PATHS or openapi_extra.get("x-infrax-public"):
+            caller = ANONYMOUS
+        else:
+            caller = await self._from_header(request)
+            if caller is None:
+                if self.public_read and request.method == "GET" and openapi_extra.get("x-infrax-readable"):
+                    caller = ANONYMOUS
+                else:
+                    raise HTTPException(
+                        401,
+                        "a valid bearer token is needed (Authorization: Bearer ifx_…)",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+        request.state.caller = caller
+        return caller
+
+    async def _from_header(self, request: Request) -> Caller | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        caller = await self.tokens.check(token.strip())
+        if caller is None:
+            log.warning("refused a request to %s %s: invalid token", request.method, request.url.path)
+        return caller
+
+
+def caller_of(request: Request) -> Caller:
+    caller: Caller = request.state.caller
+    return caller
+
+
+def require(caller: Caller, scope: str) -> None:
+    """Refuse (403) unless the caller holds `scope`; for scopes known only once the body is read."""
+    if not caller.may(scope):
+        log.warning("refused %s (token %s): missing scope %s", caller.name, caller.token_id, scope)
+        raise HTTPException(
+            403, f"missing scope {scope} (token {caller.name!r} holds: {', '.join(caller.scopes) or 'none'})"
+        )
+
+
+def scope(required: str) -> Any:
+    """A route dependency: the caller must hold `required`; a trailing `:` means "some scope that
+    starts so", the rest being checked with `require` once the body says which (a project, say)."""
+
+    async def check(request: Request) -> None:
+        caller = caller_of(request)
+        if caller is ANONYMOUS:
+            return  # let in by `authenticate`: a public route, or a readable one with public_read
+        if required.endswith(":"):
+            if not could_satisfy(caller.scopes, required):
+                log.warning("refused %s (token %s): no scope %s…", caller.name, caller.token_id, required)
+                raise HTTPException(
+                    403,
+                    f"missing scope {required}<…> (token {caller.name!r} holds: {', '.join(caller.scopes) or 'none'})",
+                )
+            return
+        require(caller, required)
+
+    check.scope = required  # type: ignore[attr-defined]  # read by docs and tests
+    return Depends(check)
+
+
+def route_options(required: str | None = None, *, public: bool = False, readable: bool = False) -> dict[str, Any]:
+    """Keyword arguments for a route: its scope's dependency and what the OpenAPI document says of it."""
+    extra: dict[str, Any] = {}
+    if required:
+        extra[_ROUTE_SCOPE] = required
+    if public:
+        extra["x-infrax-public"] = True
+    if readable:
+        extra["x-infrax-readable"] = True
+    options: dict[str, Any] = {"openapi_extra": extra}
+    if required:
+        options["dependencies"] = [scope(required)]
+    return options
+
+
+@dataclass(frozen=True)
+class Security:
+    """What every app of one process is given: the token check, and the host names it answers to
+    (None: any, for a deployment whose reverse proxy checks them)."""
+
+    guard: Guard
+    allowed_hosts: frozenset[str] | None
+
+
+def secured_app(title: str, security: Security) -> FastAPI:
+    """A component's app: every route behind the guard, and requests only for our own host names
+    (a page that DNS rebinding brought to 127.0.0.1 still names its own)."""
+    app = FastAPI(title=title, version="1", dependencies=[Depends(security.guard.authenticate)])
+    app.add_middleware(BodyLimit)
+    if security.allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(security.allowed_hosts))
+    _document_errors_as_sent(app)
+    return app
+
+
+def _document_errors_as_sent(app: FastAPI) -> None:
+    """The OpenAPI document shows a 422 as infrax sends it (infrax.web): one line naming what is
+    wrong in `detail`, each problem in `errors`, not FastAPI's list of objects."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = {
+                "title": "HTTPValidationError",
+                "type": "object",
+                "required": ["detail"],
+                "properties": {
+                    "detail": {"type": "string", "title": "Detail"},
+                    "errors": {"type": "array", "items": {"type": "string"}, "title": "Errors"},
+                },
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,16 @@
+"""The attack tests run on the embedded stack of the e2e tests (the same code runs on PostgreSQL and RabbitMQ)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.e2e.conftest import start_stack
+
+__all__ = ["start_stack"]
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[dict[str, str]]:
+    yield {}
