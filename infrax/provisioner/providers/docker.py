@@ -33,13 +33,11 @@ import asyncio
 import collections
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import socket
-import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -64,9 +62,9 @@ DEFAULT_URL = "unix:///run/infrax-podman.sock"
 READY = "INFRAX-AGENT-READY "
 AGENT_PORT = 8000
 WORKDIR = "/work"
-SECRET_PATH = "/run/infrax-agent-secret"  # read, then removed, by the agent
-SOCKET_DIR = "/run/infrax"  # in the container: where the agent's socket file is, without a network
-SOCKET_NAME = "agent.sock"
+SOCKET_DIR = "/run/infrax"  # in the container: its own folder, mounted from this host
+SOCKET_NAME = "agent.sock"  # without a network, where the agent listens
+SECRET_NAME = "agent-secret"  # read, then removed, by the agent
 LABEL_OWNER = "infrax.owner"
 LABEL_ID = "infrax.container-id"
 LABEL_TYPE = "infrax.type"
@@ -115,11 +113,13 @@ class DockerProvider(ContainerProvider):
         host_network = self.network_mode == "host"
         isolated = self.network_mode == "none"
         listen, port = (self.publish_host, 0) if host_network else ("0.0.0.0", AGENT_PORT)
-        volumes = list(self.mounts)
+        # The container's own folder on this host (mode 0700): its secret until the agent has read it,
+        # and without a network, the agent's socket file.
+        own = self._socket_dir(container_id)
+        own.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_secret(own / SECRET_NAME, secret)
+        volumes = [*self.mounts, f"{own}:{SOCKET_DIR}:rw"]
         if isolated:
-            sockets = self._socket_dir(container_id)
-            sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
-            volumes.append(f"{sockets}:{SOCKET_DIR}:rw")
             listen, port = f"unix:{SOCKET_DIR}/{SOCKET_NAME}", 0
         settings: dict[str, Any] = {
             "image": image,
@@ -136,14 +136,14 @@ class DockerProvider(ContainerProvider):
                 "--kill-grace",
                 str(self.kill_grace),
                 "--secret-file",
-                SECRET_PATH,
+                f"{SOCKET_DIR}/{SECRET_NAME}",
             ],
             "name": _name(container_id),
             "detach": True,
             # PID 1 must forward SIGTERM and reap orphans; a Python PID 1 ignores SIGTERM.
             "init": True,
             # Not the secret: an environment stays readable in /proc and `docker inspect`. It goes in
-            # as a file the agent removes once read (see `_start`).
+            # as a file of the container's own folder, which the agent removes once read.
             "environment": {"PYTHONPATH": "/opt/infrax"},
             "labels": {
                 LABEL_OWNER: self.owner,
@@ -169,7 +169,7 @@ class DockerProvider(ContainerProvider):
 
         started = time.monotonic()
         starting = asyncio.ensure_future(
-            self._call(f"start container {container_id} from {image}", self._start, settings, secret)
+            self._call(f"start container {container_id} from {image}", self._start, settings)
         )
         try:
             # Shielded: the SDK call runs on in its thread even if we are cancelled, and what it
@@ -300,11 +300,10 @@ class DockerProvider(ContainerProvider):
     async def _image_for(self, container_type: ContainerType) -> str:
         return str(container_type.image) if container_type.image else await self.ensure_image()
 
-    def _start(self, settings: dict[str, Any], secret: str) -> Any:
+    def _start(self, settings: dict[str, Any]) -> Any:
         # create + start rather than run(): run() would try to pull a missing image from a registry.
         container = self._client.containers.create(**settings)
         try:
-            container.put_archive(str(Path(SECRET_PATH).parent), _one_file_tar(Path(SECRET_PATH).name, secret))
             container.start()
         except _DRIVER_ERRORS:
             container.remove(force=True)
@@ -400,12 +399,9 @@ def _parse_mount(spec: str) -> str:
     return f"{host}:{target}:{mode}"
 
 
-def _one_file_tar(name: str, content: str) -> bytes:
-    """A tar archive of one file only root may read, for `put_archive`."""
-    data = content.encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.uid, info.gid = len(data), 0o400, 0, 0
-        archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def _write_secret(path: Path, secret: str) -> None:
+    """Only root may read it, and only until the agent removed it."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret)
