@@ -118,3 +118,20 @@ async def test_a_project_scope_admits_that_project_only(stack: Stack, tmp_path: 
         theirs = await client.post("/api/v1/task-requests", json={"project": "other", "tasks": [task]})
     assert mine.status_code == 201, mine.text
     assert theirs.status_code == 403 and "scheduler:create-task-request:other" in theirs.json()["detail"]
+
+
+async def test_public_read_opens_the_read_only_operations_and_nothing_else(tmp_path: Path) -> None:
+    stack = Stack(Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0), public_read=True), serve=False)
+    await stack.start()
+    try:
+        opened, closed = [], []
+        for component, method, path in operations(stack):
+            if (component, method, path) in PUBLIC:
+                continue
+            status = (await call(stack, component, method, path, {})).status_code
+            (closed if status in (401, 403) else opened).append((component, method, path))
+        assert opened and all(method == "get" for _, method, _ in opened)
+        assert ("jobmaster", "get", "/api/v1/jobs/{job_id}/files/{path}") in closed, "a repository's files"
+        assert all(method != "get" for _, method, path in closed if "files" not in path)
+    finally:
+        await stack.stop()
