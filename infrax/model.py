@@ -332,10 +332,10 @@ class ExecutionAssignment(WireModel):
     """What the provisioner hands the executioner: a run and the container to run it on."""
 
     offer: PartitionOffer
-    container_id: str
-    host: str
-    port: int
-    secret: str
+    container_id: str = Field(max_length=200)
+    host: str = Field(max_length=300)
+    port: int = Field(ge=0, le=65535)
+    secret: str = Field(max_length=200)
 
 
 class Release(WireModel):
@@ -378,6 +378,6 @@ class Job(WireModel):
 class PushSubmission(WireModel):
     """Body of the job master's `POST /api/v1/pushes`: a revision of a repository to test."""
 
-    repository: str = Field(min_length=1, max_length=1000, description="a local path or clone URL")
-    revision: str = Field(default="HEAD", min_length=1)
-    branch: str | None = None
+    repository: str = Field(min_length=1, max_length=1000, pattern=NO_CONTROL, description="a local path or clone URL")
+    revision: str = Field(default="HEAD", min_length=1, max_length=200, pattern=NO_CONTROL)
+    branch: str | None = Field(default=None, max_length=200, pattern=NO_CONTROL)

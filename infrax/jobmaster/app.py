@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
@@ -13,7 +14,7 @@ from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
 from infrax.jobmaster.pushlog import HgPushNotice, push_view
 from infrax.jobmaster.service import JobMaster, JobNotFound
-from infrax.model import Job, PushSubmission
+from infrax.model import NO_CONTROL, Job, PushSubmission
 from infrax.web import add_error_handlers
 
 
@@ -64,7 +65,9 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         return await jobmaster.cancel(job_id)
 
     @app.get("/api/v1/jobs/{job_id}/files/{path:path}", **route_options("jobmaster:read-files:"))
-    async def file_at_revision(job_id: str, path: str, request: Request) -> Response:
+    async def file_at_revision(
+        job_id: str, request: Request, path: str = FastAPIPath(max_length=4096, pattern=r"^[^\x00\r\n]+$")
+    ) -> Response:
         """A file of the job's revision (how a bootstrapper kept in the repository is fetched): needs
         `jobmaster:read-files:<job id>`, which a run's own token holds for its job only."""
         require(caller_of(request), f"jobmaster:read-files:{job_id}")
@@ -94,9 +97,11 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
 
     @app.get("/api/v1/hg/json-pushes", **read)
     async def hg_json_pushes(
-        repository: str = Query(min_length=1, description="the repository's path or URL"),
-        start_id: int | None = Query(None, alias="startID", ge=0),
-        end_id: int | None = Query(None, alias="endID", ge=0),
+        repository: str = Query(
+            min_length=1, max_length=1000, pattern=NO_CONTROL, description="the repository's path or URL"
+        ),
+        start_id: int | None = Query(None, alias="startID", ge=0, le=2**31),
+        end_id: int | None = Query(None, alias="endID", ge=0, le=2**31),
         full: bool = False,
         version: int = Query(2, ge=2, le=2),
     ) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from infrax.jobmaster.plugin import PushRejected
 from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.vcs import Source
-from infrax.model import WireModel, utcnow
+from infrax.model import NO_CONTROL, WireModel, utcnow
 from infrax.store.tables import hg_pushes, hg_repositories
 
 if TYPE_CHECKING:
@@ -47,12 +47,16 @@ KNOWN_TIPS = 200  # recent push tips a new push is measured against
 class HgPushNotice(WireModel):
     """Body of `POST /api/v1/hg/pushes`: what a changegroup hook knows of the push."""
 
-    repository: str = Field(min_length=1, max_length=1000, description="the repository's path or URL")
+    repository: str = Field(
+        min_length=1, max_length=1000, pattern=NO_CONTROL, description="the repository's path or URL"
+    )
     node: str = Field(pattern=NODE, description="HG_NODE: the first changeset the push added")
     node_last: str | None = Field(default=None, pattern=NODE, description="HG_NODE_LAST: the last one")
-    user: str | None = Field(default=None, max_length=200)
-    date: int | None = Field(default=None, ge=0, description="seconds since the epoch")
-    source: str | None = Field(default=None, max_length=50, description="HG_SOURCE: push, serve, pull...")
+    user: str | None = Field(default=None, max_length=200, pattern=NO_CONTROL)
+    date: int | None = Field(default=None, ge=0, le=2**40, description="seconds since the epoch")
+    source: str | None = Field(
+        default=None, max_length=50, pattern=NO_CONTROL, description="HG_SOURCE: push, serve, pull..."
+    )
 
 
 class PushRaced(PushRejected):
@@ -136,8 +140,10 @@ class HgPushes:
             path = await self._local(key)
         except RepositoryRefused as error:
             raise PushRejected(str(error)) from error
-        except OSError as error:  # a name too long, a folder it may not read
-            raise PushRejected(f"repository {notice.repository[:200]!r}: {error.strerror or error}") from error
+        except (OSError, ValueError) as error:  # a name too long, a folder it may not read
+            raise PushRejected(
+                f"repository {notice.repository[:200]!r}: {getattr(error, 'strerror', None) or error}"
+            ) from error
         tip = notice.node_last or notice.node
         async with self._locks.setdefault(key, asyncio.Lock()):
             try:
