@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from infrax.config import COMPONENTS, Config, ProviderConfig
 from infrax.jobmaster.client import JobMasterClient
@@ -24,18 +25,18 @@ async def _run_job(jobmaster: JobMasterClient, repo: Path, revision: str, timeou
     return job
 
 
-async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, agent_image: str) -> None:
-    repo = tmp_path / "sample"
-    good = make_sample_repo(repo)
+def docker_config(
+    tmp_path: Path, docker_url: str, agent_image: str, repo: Path, containers: int, **type_options: Any
+) -> Config:
+    """A whole stack's configuration on Podman containers of one type, with `repo` mounted read-only."""
     docker = ProviderConfig(
         "podman",
         kind="docker",
-        capacity=3,
+        capacity=containers,
         options={
             "url": docker_url,
             "image": agent_image,
             "owner": f"test-{uuid.uuid4().hex[:10]}",
-            # The bootstrapper clones the repository by its host path: mount only that, read-only.
             "extra_mounts": [str(repo)],
         },
     )
@@ -43,18 +44,24 @@ async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, ag
         name="linux_x86_64",
         tags=["linux_x86_64", "linux"],
         providers=["podman"],
-        max_concurrent=3,
-        idle_timeout=30,
+        max_concurrent=containers,
         memory="256m",
-        cpus=1,
+        **type_options,
     )
-    config = Config(
+    return Config(
         data_dir=tmp_path / "data",
-        ports={n: 0 for n in COMPONENTS},
+        ports=dict.fromkeys(COMPONENTS, 0),
         container_types=[linux],
         providers=[docker],
         agent_kill_grace=0.5,
     )
+
+
+async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, agent_image: str) -> None:
+    repo = tmp_path / "sample"
+    good = make_sample_repo(repo)
+    # The bootstrapper clones the repository by its host path: mount only that, read-only.
+    config = docker_config(tmp_path, docker_url, agent_image, repo, containers=3, idle_timeout=30, cpus=1)
     stack = Stack(config)
     await stack.start()
     try:

@@ -4,17 +4,14 @@ gets its bootstrapper (from the job master, through the executioner) and its sou
 from __future__ import annotations
 
 import subprocess
-import uuid
 from pathlib import Path
 
 from yarl import URL
 
-from infrax.config import COMPONENTS, Config, ProviderConfig
 from infrax.jobmaster.client import JobMasterClient
-from infrax.model import ContainerType
 from infrax.sample_project import make_sample_repo
 from infrax.stack import Stack
-from tests.containers.test_demo_on_docker import _run_job
+from tests.containers.test_demo_on_docker import _run_job, docker_config
 
 # Every address:port it tries, given as arguments: it prints what answered, and fails if anything did.
 PROBE = """#!/bin/sh
@@ -47,29 +44,7 @@ async def test_a_task_in_a_container_reaches_nothing_of_infrax_and_still_gets_wh
     config_text = (repo / ".infrax.yml").read_text()
     config_text = config_text.replace("ci/bootstrap.sh", "ci/probe.sh")
     (repo / ".infrax.yml").write_text(config_text)
-    docker = ProviderConfig(
-        "podman",
-        kind="docker",
-        capacity=2,
-        options={
-            "url": docker_url,
-            "image": agent_image,
-            "owner": f"test-{uuid.uuid4().hex[:10]}",
-            "extra_mounts": [str(repo)],
-        },
-    )
-    linux = ContainerType(
-        name="linux_x86_64", tags=["linux_x86_64", "linux"], providers=["podman"], max_concurrent=2, memory="256m"
-    )
-    stack = Stack(
-        Config(
-            data_dir=tmp_path / "data",
-            ports=dict.fromkeys(COMPONENTS, 0),
-            container_types=[linux],
-            providers=[docker],
-            agent_kill_grace=0.5,
-        )
-    )
+    stack = Stack(docker_config(tmp_path, docker_url, agent_image, repo, containers=2))
     await stack.start()
     try:
         ports = [f"127.0.0.1:{URL(url).port}" for url in stack.urls.values()]

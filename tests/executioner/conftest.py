@@ -16,10 +16,11 @@ from infrax.bus import Message, topics
 from infrax.bus.memory import MemoryBus
 from infrax.bus.messages import RunStatus
 from infrax.executioner.service import Executioner
-from infrax.model import ExecutionAssignment, PartitionOffer, Release, new_id
+from infrax.model import ExecutionAssignment, Release
 from infrax.provisioner.client import ProvisionerClient
 from infrax.store import Database
 from tests.agent.conftest import SECRET, AgentProcess, start_agent
+from tests.provisioner.conftest import make_offer
 
 __all__ = ["start_agent"]
 
@@ -78,24 +79,13 @@ def assignment(
     run: int = 0,
     partition_id: str | None = None,
 ) -> ExecutionAssignment:
-    partition_id = partition_id or new_id()
-    offer = PartitionOffer(
-        run_id=f"{partition_id}-{run}",
-        partition_id=partition_id,
-        task_id="task-1",
-        request_id="request-1",
-        job_id=None,
-        task_name="unit",
-        index=1,
-        count=1,
+    offer = make_offer(
         run=run,
-        container_type="linux",
+        partition_id=partition_id,
+        index=1,
         files=files or [],
         bootstrapper=str(bootstrapper),
         bootstrapper_arguments=list(args),
-        env={},
-        max_run_time=60,
-        project="p",
     )
     return ExecutionAssignment(offer=offer, container_id="c-1", host=agent.host, port=agent.port, secret=SECRET)
 

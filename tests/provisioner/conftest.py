@@ -94,27 +94,32 @@ async def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str 
         await asyncio.sleep(0.05)
 
 
-def make_offer(container_type: str = "linux", run: int = 0, **fields: Any) -> PartitionOffer:
-    partition_id = new_id()
+def make_offer(
+    container_type: str = "linux", run: int = 0, partition_id: str | None = None, **fields: Any
+) -> PartitionOffer:
+    """One run of a partition of its own; any field may be given instead of its default."""
+    partition_id = partition_id or new_id()
+    defaults: dict[str, Any] = {
+        "task_id": "task-1",
+        "request_id": "request-1",
+        "job_id": None,
+        "task_name": "unit",
+        "index": 0,
+        "count": 1,
+        "files": [],
+        "bootstrapper": "/bin/true",
+        "bootstrapper_arguments": [],
+        "env": {},
+        "max_run_time": 60,
+        "project": "p",
+        "revision": None,
+    }
     return PartitionOffer(
         run_id=f"{partition_id}-{run}",
         partition_id=partition_id,
-        task_id="task-1",
-        request_id="request-1",
-        job_id=None,
-        task_name="unit",
-        index=0,
-        count=1,
         run=run,
         container_type=container_type,
-        files=[],
-        bootstrapper="/bin/true",
-        bootstrapper_arguments=[],
-        env={},
-        max_run_time=60,
-        project="p",
-        revision=None,
-        **fields,
+        **{**defaults, **fields},
     )
 
 
