@@ -245,8 +245,10 @@ def _peak_kb(container_id: str, stack: Stack) -> int:
 
 def _agent_proc(container_id: str, stack: Stack, name: str) -> str | None:
     """`/proc/<pid>/<name>` of a process container's agent; None for other providers or a gone agent."""
-    pid_file = stack.config.data_dir / "containers" / "process" / container_id / "pid"
+    from infrax.provisioner.providers.process import agent_pid
+
+    pid = agent_pid(stack.config.data_dir / "containers" / "process" / container_id)
     try:
-        return Path(f"/proc/{pid_file.read_text().strip()}/{name}").read_text()
+        return None if pid is None else Path(f"/proc/{pid}/{name}").read_text()
     except OSError:
         return None

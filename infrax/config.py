@@ -66,6 +66,13 @@ class Config:
     agent_kill_grace: float = 5.0
     in_flight_check_interval: float = 10.0
     dispatch_timeout: float = 120.0  # a dispatched run unknown to the executioner after this is lost
+    # -- failures (docs/architecture.md, "Nothing accepted is lost") --
+    bus_max_deliveries: int = 8  # a message whose handler keeps failing, then dead-lettered with the error
+    github_status_deadline: float = 6 * 3600.0  # seconds a commit status is retried before it is dropped
+    github_status_backoff: float = 1.0  # seconds before its first retry; doubled each time, up to 5 min
+    # seconds another component may stay unreachable or answer 5xx before a run it holds up is
+    # given up as an infrastructure failure (re-run); until then it is waited for, never a retry spent
+    outage_deadline: float = 600.0
     # -- job master: code hosts and Treeherder (docs/code-hosts.md) --
     github_secrets: dict[str, str] = field(default_factory=dict)  # "owner/name" (or "*") -> webhook secret
     github_api_url: str = "https://api.github.com"  # where commit statuses are posted

@@ -16,6 +16,12 @@ class ServiceError(Exception):
         self.status = status
         self.detail = detail
 
+    @property
+    def unavailable(self) -> bool:
+        """The component is down, overloaded or failing (no answer, 5xx, 429): worth waiting for,
+        and never the fault of whatever was being asked for."""
+        return self.status is None or self.status >= 500 or self.status == 429
+
 
 class ServiceClient:
     """Base of the typed clients. The transport is injected: ASGI in one process, TCP otherwise."""

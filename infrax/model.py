@@ -338,6 +338,17 @@ class ExecutionAssignment(WireModel):
     secret: str = Field(max_length=200)
 
 
+class ContainerAccess(WireModel):
+    """How to reach the container that runs a run: what an executioner asks for after its own
+    restart, to re-attach to the runs it had (their assignments' secrets are never stored)."""
+
+    run_id: str = Field(max_length=200)
+    container_id: str = Field(max_length=200)
+    host: str = Field(max_length=300)
+    port: int = Field(ge=0, le=65535)
+    secret: str = Field(max_length=200)
+
+
 class Release(WireModel):
     """The executioner is done with a container: the provisioner reuses or retires it."""
 

@@ -113,7 +113,7 @@ class Stack:
         self.db = Database(config.db)
         await self.db.create_schema()
         await self._secure()
-        self.bus = open_bus(config.bus)
+        self.bus = open_bus(config.bus, max_deliveries=config.bus_max_deliveries)
         await self.bus.start()
         # Everything restarting together means runs the executioner never heard of are lost for sure.
         recover = set(COMPONENTS) <= set(self.components) if recover_in_flight is None else recover_in_flight
@@ -175,6 +175,7 @@ class Stack:
                 jobmaster_url=self.urls.get("jobmaster") or config.url("jobmaster"),
                 jobmaster=self.client("jobmaster", timeout=30.0),
                 project_secrets=config.project_secrets,
+                outage_deadline=config.outage_deadline,
             )
             app = executioner_app(service, self.security)
         elif name == "provisioner":
@@ -192,7 +193,12 @@ class Stack:
                 for p in config.providers
             ]
             service = Provisioner(
-                config.container_types, providers, self._executioners(), bus, run_tokens=self.run_tokens
+                config.container_types,
+                providers,
+                self._executioners(),
+                bus,
+                run_tokens=self.run_tokens,
+                outage_deadline=config.outage_deadline,
             )
             app = provisioner_app(service, self.security)
         elif name == "optimizer":

@@ -79,8 +79,11 @@ async def fresh_postgres_url() -> AsyncIterator[str]:
         unavailable(f"PostgreSQL at {POSTGRES} is not reachable: {error}")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
         yield f"{POSTGRES}/{name}"
     finally:
+        # A connection of its own: a test may have restarted the server meanwhile.
+        admin = await asyncpg.connect(f"{POSTGRES}/postgres", timeout=30)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 

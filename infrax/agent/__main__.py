@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="exit (killing the current run) when this process disappears",
     )
     parser.add_argument(
+        "--orphan-timeout",
+        type=float,
+        default=0.0,
+        help="exit once idle and unspoken to for this many seconds: nobody looks after this agent any more "
+        "(0: never; default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-buffered-messages",
         type=int,
         default=10_000,
@@ -57,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.kill_grace < 0:
         parser.error("--kill-grace must not be negative")
+    if args.orphan_timeout < 0:
+        parser.error("--orphan-timeout must not be negative")
     if args.max_buffered_messages < 1:
         parser.error("--max-buffered-messages must be at least 1")
     return args
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the agent; returns the process exit code."""
     args = parse_args(argv)
     _not_dumpable()
+    _become_subreaper()
     try:
         secret = _read_secret(args)
     except OSError as exc:
@@ -96,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     _use_pidfd_child_watcher(loop)
     # Not asyncio.run(): it would wait for worker threads on the way out (see below).
-    return loop.run_until_complete(serve(secret, settings, args.host, args.port, args.parent_pid))
+    return loop.run_until_complete(
+        serve(secret, settings, args.host, args.port, args.parent_pid, orphan_timeout=args.orphan_timeout)
+    )
 
 
 def _read_secret(args: argparse.Namespace) -> str:
@@ -114,6 +126,19 @@ def _read_secret(args: argparse.Namespace) -> str:
         args.secret_file.unlink()
         return secret
     return from_env
+
+
+def _become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: a run's processes that leave its process group and lose their parent
+    (setsid, a double fork) become the agent's children instead of init's, so that the agent finds
+    and kills them when the run ends. Linux only; elsewhere nothing happens."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
 
 
 def _not_dumpable() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -61,7 +62,14 @@ PASSED_ON: Final = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 class BootstrapError(Exception):
-    """The bootstrapper could not be fetched or started; the message is shown to users."""
+    """The bootstrapper could not be fetched or started; the message is shown to users.
+
+    `infrastructure`: it failed because infrax's own server did not answer (or answered 5xx), not
+    because of anything in the task: the exit message says so, and the run is tried again."""
+
+    def __init__(self, message: str, infrastructure: bool = False) -> None:
+        super().__init__(message)
+        self.infrastructure = infrastructure
 
 
 class RunSettings:
@@ -298,6 +306,8 @@ class Run:
                 extra["fileDurations"] = durations
         except BootstrapError as exc:
             status, exit_code, message = RunStatus.ERROR, None, str(exc)
+            if exc.infrastructure:
+                extra["infrastructure"] = True
         except Exception as exc:  # the exit message must always be sent
             log.exception("run %s failed inside the agent", self.run_id)
             status, exit_code, message = RunStatus.ERROR, None, f"internal agent error: {exc!r}"
@@ -373,7 +383,7 @@ class Run:
             asyncio.create_task(self._pump(process.stdout, "stdout")),
             asyncio.create_task(self._pump(process.stderr, "stderr")),
         ]
-        exited = asyncio.create_task(process.wait())
+        exited = asyncio.create_task(self._exit_of(process))
         try:
             done, _ = await asyncio.wait(
                 {exited, stop_wait}, timeout=self._remaining(deadline), return_when=asyncio.FIRST_COMPLETED
@@ -398,6 +408,16 @@ class Run:
         if stopped:
             return self._stopped_result(process_started=True)
         return _describe_exit(process.returncode)
+
+    async def _exit_of(self, process: asyncio.subprocess.Process) -> int:
+        """The bootstrapper's exit status, once it and every process it left behind are gone.
+
+        `process.wait()` alone also waits for the output pipes to close, which a process that left
+        with setsid keeps open: its exit is seen on its own, then the leftovers (orphaned to us,
+        the subreaper) are killed, which closes the pipes."""
+        await _exited(process)
+        await kill_leftovers(self.run_id)
+        return await process.wait()
 
     async def _kill_tree(self, pgid: int, exited: asyncio.Task[Any]) -> None:
         """SIGTERM the process group, then SIGKILL it after the grace period."""
@@ -532,6 +552,74 @@ def _signal_name(signum: int) -> str | None:
         return None
 
 
+async def _exited(process: asyncio.subprocess.Process) -> None:
+    """Until the process has exited (not necessarily reaped, nor its pipes closed)."""
+    if process.returncode is not None:
+        return
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        while process.returncode is None:  # noqa: ASYNC110 - no pidfd here: look every few milliseconds
+            await asyncio.sleep(0.005)
+        return
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(descriptor, lambda: gone.done() or gone.set_result(None))
+    try:
+        await gone
+    finally:
+        loop.remove_reader(descriptor)
+        os.close(descriptor)
+
+
+async def kill_leftovers(run_id: str, rounds: int = 50) -> int:
+    """Kill every child of this agent: with the run's own process reaped, any child left is an
+    orphan of the run (re-parented to us as the subreaper). Each one's process group goes too,
+    and whatever those leave is orphaned to us in turn: repeated until none is left."""
+    killed = 0
+    own_group = os.getpgrp()
+    for _ in range(rounds):
+        # Not zombies: the run's own process, exited but not yet reaped, is asyncio's to collect.
+        children = _children_of(os.getpid())
+        if not children:
+            break
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                group = os.getpgid(pid)
+                if group != own_group:  # never the agent's own group (and whoever shares it)
+                    os.killpg(group, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            killed += 1
+        await asyncio.sleep(0.01)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: it never blocks
+    if killed:
+        log.warning("run %s: killed %d processes it left behind", run_id, killed)
+    return killed
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == parent and fields[0] != b"Z":
+            found.append(int(entry))
+    return found
+
+
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
@@ -547,17 +635,24 @@ def _fetch_url(url: str, token: str | None = None) -> bytes:
     if token:
         # Unredirected: a redirect to another host never carries the run's token there.
         request.add_unredirected_header("Authorization", f"Bearer {token}")
+    # Fetched with a run token, it is infrax's own server (the job master): its being away is
+    # not the task's failure. Any other host's is the task's own business.
+    ours = token is not None
     try:
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
             content: bytes = response.read(MAX_BOOTSTRAPPER_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        raise BootstrapError(f"bootstrapper {shown} answered HTTP {exc.code} {exc.reason}") from None
+        raise BootstrapError(
+            f"bootstrapper {shown} answered HTTP {exc.code} {exc.reason}", ours and (exc.code >= 500 or exc.code == 429)
+        ) from None
     except urllib.error.URLError as exc:
-        raise BootstrapError(f"bootstrapper {shown} could not be fetched: {exc.reason}") from None
+        raise BootstrapError(f"bootstrapper {shown} could not be fetched: {exc.reason}", ours) from None
     except TimeoutError:
-        raise BootstrapError(f"bootstrapper {shown} could not be fetched: timed out after {FETCH_TIMEOUT:g}s") from None
+        raise BootstrapError(
+            f"bootstrapper {shown} could not be fetched: timed out after {FETCH_TIMEOUT:g}s", ours
+        ) from None
     except OSError as exc:
-        raise BootstrapError(f"bootstrapper {shown} could not be fetched: {exc}") from None
+        raise BootstrapError(f"bootstrapper {shown} could not be fetched: {exc}", ours) from None
     if len(content) > MAX_BOOTSTRAPPER_BYTES:
         raise BootstrapError(f"bootstrapper {shown} is larger than {MAX_BOOTSTRAPPER_BYTES} bytes")
     return content

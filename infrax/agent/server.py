@@ -67,12 +67,17 @@ class Agent:
         self._started_at = time.monotonic()
         self._connections: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self.last_contact = time.monotonic()  # of a client that knew the secret
 
     @property
     def runs_completed(self) -> int:
         """Number of runs that have finished, whatever their status."""
         last = self._last_run
         return self._earlier_runs + (1 if last is not None and last.finished else 0)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
 
     @property
     def running(self) -> Run | None:
@@ -148,6 +153,7 @@ class Agent:
                 writer.write_eof()
                 await asyncio.wait_for(reader.read(), REFUSAL_LINGER)
             return
+        self.last_contact = time.monotonic()
         running = self.running
         await _send(
             writer,
@@ -363,6 +369,19 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), PARENT_CHECK_INTERVAL)
 
 
+async def _watch_contact(agent: Agent, timeout: float, stop: asyncio.Event) -> None:
+    """Stop once idle with nobody in touch for `timeout` seconds. A provisioner heartbeats its
+    containers every few seconds, a restarted one adopts them: silence this long means none will."""
+    while not stop.is_set():
+        idle = agent.running is None and not agent.connections
+        if idle and time.monotonic() - agent.last_contact > timeout:
+            log.warning("nobody has been in touch for %.0f s; shutting down", timeout)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(timeout, PARENT_CHECK_INTERVAL))
+
+
 async def serve(
     secret: str,
     settings: RunSettings,
@@ -370,6 +389,7 @@ async def serve(
     port: int,
     parent_pid: int | None = None,
     ready_stream: TextIO = sys.stdout,
+    orphan_timeout: float = 0.0,
 ) -> int:
     """Run the agent until SIGTERM/SIGINT (or the parent process dies); returns the exit code."""
     stop = asyncio.Event()
@@ -388,12 +408,16 @@ async def serve(
     ready_stream.flush()
     log.info("listening on %s:%d (workdir %s)", bound_host, bound_port, settings.workdir)
 
-    watcher = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid is not None else None
+    watchers = []
+    if parent_pid is not None:
+        watchers.append(asyncio.create_task(_watch_parent(parent_pid, stop)))
+    if orphan_timeout:
+        watchers.append(asyncio.create_task(_watch_contact(agent, orphan_timeout, stop)))
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()
         await agent.shutdown()
     return 0

@@ -89,6 +89,11 @@ class RunTokens:
             return None
         return found if found.expires > time.time() else None
 
+    def container_secret(self, container_id: str) -> str:
+        """The secret of a container's agent, derived from the key rather than stored: a provisioner
+        that restarted computes it again and adopts the containers its predecessor left running."""
+        return self._sign(f"container:{container_id}")
+
     def _sign(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
 

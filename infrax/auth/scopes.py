@@ -19,7 +19,7 @@ SCOPE_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}\*?$|^\*$
 SERVICE_SCOPES: Final[dict[str, tuple[str, ...]]] = {
     "scheduler": ("optimizer:plan", "provisioner:read", "provisioner:offer", "provisioner:cancel", "executioner:read"),
     "provisioner": ("executioner:runs", "executioner:cancel"),
-    "executioner": ("provisioner:release", "jobmaster:read-files:*"),
+    "executioner": ("provisioner:release", "provisioner:access", "jobmaster:read-files:*"),
     "optimizer": (),
     "jobmaster": ("scheduler:create-task-request:*", "scheduler:trusted:*", "scheduler:cancel:*", "scheduler:read"),
 }

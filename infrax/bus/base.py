@@ -96,6 +96,11 @@ class Bus(abc.ABC):
         for exchange, routing_key, body in messages:
             await self.publish(exchange, routing_key, body)
 
+    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
+        """Publish messages `schemas.encode` already checked and encoded (an outbox's rows), in order."""
+        for exchange, routing_key, data in messages:
+            await self.publish(exchange, routing_key, schemas.decode(exchange, data))
+
     @abc.abstractmethod
     async def subscribe(
         self,

@@ -12,6 +12,7 @@ from typing import Any
 
 from infrax.bus import schemas
 from infrax.bus.base import Bus, DeadLetter, Handler, Message, Subscription, topic_matches
+from infrax.retry import delay
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class _Envelope:
     data: bytes
     headers: dict[str, Any]
     redelivered: bool = False
+    attempt: int = 1  # deliveries so far whose handler failed, plus one
     checked: bool = False  # validated by publish(); only foreign injections need checking on receipt
 
 
@@ -57,10 +59,11 @@ class MemoryBus(Bus):
     Messages refused on receipt are kept in `dead_letters`, RabbitMQ's dead-letter queue here.
     """
 
-    def __init__(self, redelivery_delay: float = 0.05) -> None:
+    def __init__(self, redelivery_delay: float = 0.1, max_deliveries: int = 8) -> None:
         self._queues: dict[str, _Queue] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._redelivery_delay = redelivery_delay
+        self._max_deliveries = max_deliveries
         self.dead_letters: list[DeadLetter] = []
 
     async def start(self) -> None:
@@ -85,6 +88,10 @@ class MemoryBus(Bus):
     async def publish_all(self, messages: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         encoded = [(exchange, key, schemas.encode(exchange, body)) for exchange, key, body in messages]
         for exchange, key, data in encoded:
+            self._route(exchange, key, data, checked=True)
+
+    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
+        for exchange, key, data in messages:
             self._route(exchange, key, data, checked=True)
 
     def _route(
@@ -173,17 +180,32 @@ class MemoryBus(Bus):
         message: Message,
         slots: asyncio.Semaphore,
     ) -> None:
-        acked = False
+        settled = False
         try:
             await handler(message)
-            acked = True
+            settled = True
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("handler of %s failed on %s; redelivering", queue.name, message.routing_key)
-            await asyncio.sleep(self._redelivery_delay)
+        except Exception as error:
+            if envelope.attempt >= self._max_deliveries:
+                self._dead_letter(queue, envelope, f"handler failed {envelope.attempt} times; the last time: {error!r}")
+            else:
+                log.warning(
+                    "handler of %s failed on %s (delivery %d of %d); retrying: %r",
+                    queue.name,
+                    message.routing_key,
+                    envelope.attempt,
+                    self._max_deliveries,
+                    error,
+                    exc_info=envelope.attempt == 1,
+                )
+                await asyncio.sleep(delay(envelope.attempt - 1, self._redelivery_delay))
+                # To the back of the queue, as RabbitMQ's republished copy: the others go on meanwhile.
+                queue.messages.append(replace(envelope, redelivered=True, attempt=envelope.attempt + 1))
+                queue.ready.set()
+            settled = True
         finally:
             slots.release()
-            if not acked:
+            if not settled:  # the consumer went away while handling it: first in line again
                 queue.messages.appendleft(replace(envelope, redelivered=True))
                 queue.ready.set()

@@ -36,6 +36,7 @@ from yarl import URL
 from infrax.background import BackgroundTasks
 from infrax.bus import amqp_driver, schemas
 from infrax.bus.base import Bus, BusError, Handler, Message, Subscription
+from infrax.retry import delay, outage, retry
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,13 @@ DEAD_LETTER_QUEUE = "infrax.dead-letter"
 QUEUE_PREFIX = "infrax."
 
 T = TypeVar("T")
+
+# Headers of a message the bus itself sent again (its handler failed) or dead-lettered.
+ATTEMPT = "x-infrax-delivery"
+ORIGIN_EXCHANGE = "x-infrax-exchange"
+ORIGIN_ROUTING_KEY = "x-infrax-routing-key"
+DEAD_QUEUE = "x-infrax-queue"
+DEAD_ERROR = "x-infrax-error"
 
 # Refusals that no retry will change; everything else a driver raises may be the broker restarting.
 _PERMANENT = (AuthenticationError, ChannelAccessRefused, ChannelPreconditionFailed)
@@ -62,6 +70,27 @@ _PLAIN = _properties()  # shared by every message without headers: marshalling o
 amqp_driver.apply()
 
 
+class _OutageOnly(logging.Filter):
+    """The driver's own lines about a lost connection (a traceback, then one per reconnect attempt
+    each second) say what `infrax.retry.Outage` says once: kept at debug level only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL or log.isEnabledFor(logging.DEBUG)
+
+
+for _name in (
+    "aiormq.connection",
+    "aiormq.channel",
+    "aio_pika.connection",
+    "aio_pika.robust_connection",
+    "aio_pika.channel",
+    "aio_pika.robust_channel",
+    "aio_pika.queue",
+    "aio_pika.tools",
+):
+    logging.getLogger(_name).addFilter(_OutageOnly())
+
+
 def queue_name(consumer: str, prefix: str = QUEUE_PREFIX) -> str:
     """The durable queue that consumer name `consumer` owns."""
     return f"{prefix}{consumer}"
@@ -74,7 +103,8 @@ class RabbitMQBus(Bus):
         *,
         retry_for: float = 30.0,
         reconnect_interval: float = 1.0,
-        redelivery_delay: float = 0.05,
+        redelivery_delay: float = 0.1,
+        max_deliveries: int = 8,
     ) -> None:
         # `?queue_prefix=…` in the URL lets several installations (or test runs) share a vhost.
         parsed = URL(url)
@@ -83,12 +113,14 @@ class RabbitMQBus(Bus):
         self._retry_for = retry_for
         self._reconnect_interval = reconnect_interval
         self._redelivery_delay = redelivery_delay
+        self._max_deliveries = max_deliveries
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None  # publishes, with confirms
         self._exchanges: dict[str, AbstractExchange] = {}
         self._subscriptions: set[_RabbitSubscription] = set()
         self._outbox: list[tuple[amqp_driver.Outgoing, asyncio.Future[None]]] = []
         self._sending = BackgroundTasks()
+        self._closing = False
 
     def __repr__(self) -> str:
         url = URL(self._url)
@@ -99,6 +131,7 @@ class RabbitMQBus(Bus):
             self._connection, self._channel = await self._retrying(f"connecting to {self!r}", self._connect)
 
     async def close(self) -> None:
+        self._closing = True
         for subscription in list(self._subscriptions):
             await subscription.cancel()
         self._send_outbox()
@@ -124,6 +157,9 @@ class RabbitMQBus(Bus):
     async def publish_all(self, messages: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         encoded = [(exchange, key, schemas.encode(exchange, body)) for exchange, key, body in messages]
         await asyncio.gather(*(self._enqueue(exchange, key, data) for exchange, key, data in encoded))
+
+    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
+        await asyncio.gather(*(self._enqueue(exchange, key, data) for exchange, key, data in messages))
 
     def _enqueue(
         self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None
@@ -158,7 +194,8 @@ class RabbitMQBus(Bus):
         async def attempt() -> None:
             if channel is None:
                 raise BusError(f"{self!r} closed before the messages went out")
-            for exchange in exchanges - self._exchanges.keys():
+            # The default exchange and the dead-letter one are the broker's or declared at connect.
+            for exchange in exchanges - self._exchanges.keys() - {"", DEAD_LETTER_EXCHANGE}:
                 self._exchanges[exchange] = await channel.declare_exchange(
                     exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
@@ -208,9 +245,7 @@ class RabbitMQBus(Bus):
                 )
                 for key in binding_keys:
                     await queue.bind(source, key)
-                subscription = _RabbitSubscription(
-                    channel, queue, handler, self._redelivery_delay, self._subscriptions.discard
-                )
+                subscription = _RabbitSubscription(channel, queue, handler, self, self._subscriptions.discard)
                 await subscription.start()
             except BaseException:
                 await _close_quietly(channel)
@@ -225,6 +260,10 @@ class RabbitMQBus(Bus):
         connection = aio_pika.RobustConnection(make_url(self._url), reconnect_interval=self._reconnect_interval)
         try:
             await connection.connect(timeout=10)
+            broker = outage("the broker")
+            # Consumers too learn of an outage: one line when the connection is lost, one when it is back.
+            connection.close_callbacks.add(lambda _sender, error: None if self._closing else broker.failed(error))
+            connection.reconnect_callbacks.add(lambda _sender: broker.recovered())
             channel = await connection.channel(publisher_confirms=True)
             dead_letters = await channel.declare_exchange(
                 DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
@@ -243,26 +282,27 @@ class RabbitMQBus(Bus):
         return self._connection, self._channel
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt` until it succeeds, backing off, for at most `retry_for` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._retry_for
-        delay = _FIRST_DELAY
-        while True:
-            try:
-                # asyncio.timeout, not wait_for: no task per call, and this is every publish's path.
-                async with asyncio.timeout_at(max(deadline, loop.time() + 0.01)):
-                    return await attempt()
-            except _PERMANENT as e:
-                raise BusError(f"{what}: {e!r}") from e
-            except _TRANSIENT as e:
-                if loop.time() + delay >= deadline:
-                    raise BusError(f"{what}: still failing after {self._retry_for:g} s: {e!r}") from e
-                if delay == _FIRST_DELAY:  # one line per outage and caller, not one per attempt
-                    log.warning("%s failed (%r); retrying for up to %g s", what, e, self._retry_for)
-                else:
-                    log.debug("%s failed again (%r); retrying in %.1f s", what, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY)
+        """Run `attempt` until it succeeds, backing off, for at most `retry_for` seconds; one
+        warning per outage for the whole process (`infrax.retry`), however many callers wait."""
+
+        async def bounded() -> T:
+            # asyncio.timeout, not wait_for: no task per call, and this is every publish's path.
+            async with asyncio.timeout(self._retry_for):
+                return await attempt()
+
+        try:
+            return await retry(
+                bounded,
+                on=_TRANSIENT,
+                deadline=self._retry_for,
+                first=_FIRST_DELAY,
+                maximum=_MAX_DELAY,
+                during=outage("the broker"),
+            )
+        except _PERMANENT as e:
+            raise BusError(f"{what}: {e!r}") from e
+        except _TRANSIENT as e:
+            raise BusError(f"{what}: still failing after {self._retry_for:g} s: {e!r}") from e
 
 
 def _retrieve_exception(future: asyncio.Future[Any]) -> None:
@@ -283,13 +323,13 @@ class _RabbitSubscription(Subscription):
         channel: AbstractChannel,
         queue: AbstractQueue,
         handler: Handler,
-        redelivery_delay: float,
+        bus: RabbitMQBus,
         forget: Callable[[_RabbitSubscription], None],
     ) -> None:
         self._channel = channel
         self._queue = queue
         self._handler = handler
-        self._redelivery_delay = redelivery_delay
+        self._bus = bus
         self._forget = forget
         self._tag: str | None = None
         self._cancelled = False
@@ -328,7 +368,10 @@ class _RabbitSubscription(Subscription):
         task.add_done_callback(self._in_flight.discard)
 
     async def _handle(self, incoming: AbstractIncomingMessage, channel: Any) -> None:
-        exchange, routing_key = incoming.exchange or "", incoming.routing_key or ""
+        headers = dict(incoming.headers or {})
+        # A retried message comes back through the default exchange: its origin is in its headers.
+        exchange = str(headers.get(ORIGIN_EXCHANGE, incoming.exchange or ""))
+        routing_key = str(headers.get(ORIGIN_ROUTING_KEY, incoming.routing_key or ""))
         tag = incoming.delivery_tag
         assert tag is not None  # set on every delivery to a consumer
         try:
@@ -338,15 +381,61 @@ class _RabbitSubscription(Subscription):
             await _settle(incoming.nack(requeue=False), "dead-letter", self._queue.name)
             self._acks.forget(channel, tag)  # only now: no ack may cover it before the nack
             return
-        message = Message(exchange, routing_key, body, bool(incoming.redelivered), dict(incoming.headers or {}))
+        counted = str(headers.get(ATTEMPT, "1"))
+        attempt = int(counted) if counted.isdigit() else 1
+        message = Message(exchange, routing_key, body, bool(incoming.redelivered) or attempt > 1, headers)
         try:
             await self._handler(message)
-        except Exception:
-            log.exception("handler of %s failed on %s; redelivering", self._queue.name, routing_key)
-            await asyncio.sleep(self._redelivery_delay)
-            await _settle(incoming.nack(requeue=True), "nack", self._queue.name)
-            self._acks.forget(channel, tag)
+        except Exception as error:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+            await self._retry_later(incoming, channel, tag, exchange, routing_key, headers, attempt, error)
             return
+        if not self._cancelled:
+            self._acks.handled(channel, tag)
+
+    async def _retry_later(
+        self,
+        incoming: AbstractIncomingMessage,
+        channel: Any,
+        tag: int,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+        attempt: int,
+        error: Exception,
+    ) -> None:
+        """A handler failed: the message goes back to the end of the queue after a pause, at most
+        `max_deliveries` times in all, then to the dead-letter queue with the error."""
+        bus, queue = self._bus, self._queue.name
+        origin = {**headers, ORIGIN_EXCHANGE: exchange, ORIGIN_ROUTING_KEY: routing_key}
+        try:
+            if attempt >= bus._max_deliveries:
+                log.error(
+                    "dead-lettered a message of %s on %s %s after %d failed deliveries: %r",
+                    queue,
+                    exchange,
+                    routing_key,
+                    attempt,
+                    error,
+                )
+                copy = {**origin, DEAD_QUEUE: queue, DEAD_ERROR: repr(error)[:1000]}
+                await bus._enqueue(DEAD_LETTER_EXCHANGE, routing_key, incoming.body, copy)
+            else:
+                log.warning(
+                    "handler of %s failed on %s (delivery %d of %d); retrying: %r",
+                    queue,
+                    routing_key,
+                    attempt,
+                    bus._max_deliveries,
+                    error,
+                    exc_info=attempt == 1,
+                )
+                await asyncio.sleep(delay(attempt - 1, bus._redelivery_delay))
+                await bus._enqueue("", queue, incoming.body, {**origin, ATTEMPT: attempt + 1})
+        except (BusError, asyncio.CancelledError):
+            # Not republished: unacked, it goes back to the queue when the channel closes.
+            await _settle(incoming.nack(requeue=True), "nack", queue)
+            self._acks.forget(channel, tag)
+            raise
         if not self._cancelled:
             self._acks.handled(channel, tag)
 

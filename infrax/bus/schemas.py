@@ -63,16 +63,19 @@ def encode(exchange: str, body: Mapping[str, Any]) -> bytes:
 
 
 def decode(exchange: str, data: bytes) -> dict[str, Any]:
-    """Parse and check a received message; `InvalidMessage` says why it is refused."""
+    """Parse and check a received message; `InvalidMessage` says why it is refused.
+
+    Forward-compatible: fields this release does not know (a newer release's optional additions)
+    are dropped from the body, not a reason to refuse it. Publishing stays strict (`encode`)."""
     try:
         body = json.loads(data)
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidMessage(f"not JSON: {e}") from None
-    _check(exchange, body, data)
+    _check(exchange, body, data, tolerant=True)
     return body  # type: ignore[no-any-return,unused-ignore]  # _check made sure it is an object
 
 
-def _check(exchange: str, body: Any, data: bytes) -> None:
+def _check(exchange: str, body: Any, data: bytes, tolerant: bool = False) -> None:
     kinds = allowed_kinds(exchange)
     if not isinstance(body, Mapping):
         raise InvalidMessage(f"a message on {exchange} is a JSON object, not {type(body).__name__}")
@@ -87,8 +90,20 @@ def _check(exchange: str, body: Any, data: bytes) -> None:
         # Strict JSON-mode validation by alias only, so exactly what the JSON Schema accepts passes.
         BUS_MESSAGES[kind].model_validate_json(data, strict=True, by_alias=True, by_name=False)
     except ValidationError as e:
+        unknown = [err["loc"] for err in e.errors() if err["type"] == "extra_forbidden"]
+        if tolerant and unknown and len(unknown) == e.error_count():
+            for loc in unknown:
+                _drop(body, loc)
+            _check(exchange, body, json.dumps(body).encode(), tolerant=False)
+            return
         errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()[:5])
         raise InvalidMessage(f"invalid {kind}: {errors}") from None
+
+
+def _drop(body: Any, loc: tuple[Any, ...]) -> None:
+    for step in loc[:-1]:
+        body = body[step]
+    body.pop(loc[-1], None)
 
 
 def json_schema(kind: str) -> dict[str, Any]:

@@ -21,9 +21,11 @@ from infrax.bus import Bus, topics
 from infrax.bus.messages import RunStatus
 from infrax.http import ServiceError
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, utcnow
+from infrax.outbox import Outbox, Outgoing
 from infrax.provisioner.client import ProvisionerClient
-from infrax.store import Conflict, Database
-from infrax.store.tables import runs
+from infrax.retry import outage, retry
+from infrax.store import Conflict, Database, StoreError
+from infrax.store.tables import executioner_outbox, runs
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,13 @@ _RECORD_FINAL = (
         {c: bindparam(f"b_{c}") for c in ("state", "exit_code", "message", "duration", "file_durations", "finished_at")}
     )
 )
+_RECORD_STARTED = (
+    update(runs).where(runs.c.run_id == bindparam("b_run_id"), runs.c.state == "accepted").values(state="running")
+)
 BOOTSTRAPPERS_KEPT = 64  # at most 64 × 512 KiB in memory
+# A dropped connection to an agent is re-attached this many times (the run goes on meanwhile);
+# an agent that no longer answers at all is gone, and so is its run.
+REATTACH_ATTEMPTS = 5
 _AGENT_EXIT = {
     "completed": "completed",
     "failed": "failed",
@@ -59,8 +67,11 @@ class Executioner:
         jobmaster_url: str | None = None,
         jobmaster: httpx.AsyncClient | None = None,
         project_secrets: dict[str, dict[str, str]] | None = None,
+        outage_deadline: float = 600.0,
     ) -> None:
         self.name = name
+        # How long an unreachable job master or provisioner is waited for before a run gives up on it.
+        self.outage_deadline = outage_deadline
         # With keys: an assignment runs only with its own run's token, the one the scheduler made.
         self.run_tokens = run_tokens
         # Bootstrappers under this URL are the job master's: fetched with the run's token.
@@ -78,16 +89,77 @@ class Executioner:
         self.public_url = public_url.rstrip("/")
         self.active: dict[str, ExecutionAssignment] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._running_published: dict[str, asyncio.Task[None]] = {}  # run id -> its `running` going out
+        self._running_published: dict[str, asyncio.Task[None]] = {}  # run id -> its `running` stored
+        self._cancel_requested: set[str] = set()  # runs whose cancel was asked for: their end is `cancelled`
+        self._started = Batcher(self._record_started, max_batch=500)
         self._finals = Batcher(self._record_finals, max_batch=500)
         self._releases = Batcher(self._release, max_batch=500)
+        # Every run status is written here with the run's state; the relay publishes it.
+        self.outbox = Outbox(db, bus, executioner_outbox)
+        self._resuming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Runs that were in flight when the executioner stopped are lost: report them so."""
+        """Re-attach to the runs that were in flight when this executioner stopped: they went on in
+        their agents meanwhile. In the background: this executioner takes new runs at once."""
+        self.outbox.start()
+        self._started.start()
         self._finals.start()
         self._releases.start()
+        self._resuming = asyncio.create_task(self._resume(), name="executioner-resume")
+
+    async def stop(self) -> None:
+        if self._resuming is not None:
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._started.stop()
+        await self._finals.stop()
+        await self._releases.stop()
+        await self.outbox.stop()
+
+    async def _resume(self) -> None:
+        rows = await retry(self._in_flight_rows, on=StoreError, during=outage("the database"))
+        if not rows:
+            return
+        wanted = {row["run_id"]: ExecutionAssignment.model_validate(row["assignment"]) for row in rows}
+        try:
+            found = await retry(
+                lambda: self.provisioner.access(list(wanted)),
+                on=ServiceError,
+                when=lambda e: isinstance(e, ServiceError) and e.unavailable,
+                deadline=self.outage_deadline,
+                maximum=2.0,
+                during=outage("the provisioner"),
+            )
+        except ServiceError as error:
+            log.warning("cannot re-attach to %d runs: %s", len(wanted), error)
+            found = []
+        reachable = {access.run_id: access for access in found}
+        log.info("re-attaching to %d of the %d runs in flight", len(reachable), len(wanted))
+        for run_id, stored in wanted.items():
+            access = reachable.get(run_id)
+            if access is None:
+                status = self._status(
+                    stored, "exception", message="the executioner restarted and the run's container is gone"
+                )
+                self._tasks[run_id] = asyncio.create_task(self._finish(stored, status, healthy=False))
+                continue
+            assignment = stored.model_copy(
+                update={
+                    "container_id": access.container_id,
+                    "host": access.host,
+                    "port": access.port,
+                    "secret": access.secret,
+                }
+            )
+            self.active[run_id] = assignment
+            self._tasks[run_id] = asyncio.create_task(self._run(assignment, resume=True), name=f"run-{run_id}")
+
+    async def _in_flight_rows(self) -> list[Any]:
         async with self.db.begin() as conn:
-            orphans = (
+            return list(
                 (
                     await conn.execute(
                         select(runs).where(runs.c.state.in_(["accepted", "running"]), runs.c.executioner == self.name)
@@ -96,19 +168,6 @@ class Executioner:
                 .mappings()
                 .all()
             )
-        for row in orphans:
-            assignment = ExecutionAssignment.model_validate(row["assignment"])
-            status = self._status(
-                assignment, "exception", message="the executioner restarted while the run was in flight"
-            )
-            await self._finish(assignment, status, healthy=False)
-
-    async def stop(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        await self._finals.stop()
-        await self._releases.stop()
 
     # -- taking runs ------------------------------------------------------------------------
 
@@ -184,7 +243,7 @@ class Executioner:
     def log_url(self, run_id: str) -> str:
         return f"{self.public_url}/api/v1/runs/{run_id}/log"
 
-    async def _run(self, assignment: ExecutionAssignment) -> None:
+    async def _run(self, assignment: ExecutionAssignment, resume: bool = False) -> None:
         offer = assignment.offer
         path = self.log_path(offer.run_id)
         client = AgentClient(assignment.host, assignment.port, assignment.secret)
@@ -195,9 +254,15 @@ class Executioner:
                 f"[infrax] run {offer.run_id}: {offer.task_name} {offer.index}/{offer.count} "
                 f"on {assignment.container_id} ({assignment.host}:{assignment.port})\n"
             )
+            if resume:
+                log_file.write(
+                    "[infrax] the executioner restarted; re-attached to the run, its output from the start\n"
+                )
             try:
-                final = await self._stream(client, assignment, log_file)
-            except (AgentConnectionLost, AgentUnreachable) as error:
+                final = await self._follow(client, assignment, log_file, attach=resume)
+            except Unavailable as error:
+                final = self._status(assignment, "exception", message=str(error))
+            except AgentUnreachable as error:
                 healthy = False
                 final = self._status(assignment, "exception", message=f"lost the agent: {error}")
             except AgentError as error:
@@ -218,28 +283,68 @@ class Executioner:
             )
         await self._finish(assignment, final, healthy)
 
-    async def _stream(self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any) -> RunStatus:
-        async for message in client.run(await self._agent_request(assignment.offer)):
+    async def _follow(
+        self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any, attach: bool
+    ) -> RunStatus:
+        """The run's messages until its exit; a dropped connection is re-attached from the next
+        output message, the run going on in the agent meanwhile. Only an agent that is gone (no
+        longer answers, or no longer knows the run) loses the run."""
+        run_id = assignment.offer.run_id
+        next_seq, drops = 0, 0
+        while True:
+            stream = (
+                client.attach(run_id, next_seq) if attach else client.run(await self._agent_request(assignment.offer))
+            )
+            try:
+                return await self._stream(stream, assignment, log_file)
+            except AgentConnectionLost as error:
+                drops += 1
+                if drops > REATTACH_ATTEMPTS:
+                    raise AgentUnreachable(f"{error} (re-attached {REATTACH_ATTEMPTS} times)") from None
+                if attach or stream.last_seq is not None:
+                    next_seq = next_seq if stream.last_seq is None else stream.last_seq + 1
+                attach = True  # a run the agent never got is then unknown to it: lost, and re-run
+                log.info("run %s: connection to its agent dropped (%s); re-attaching from %d", run_id, error, next_seq)
+                await asyncio.sleep(0.1 * drops)
+            except AgentError as error:
+                if attach and error.code == "unknown-run":
+                    raise AgentUnreachable(f"the agent no longer has the run: {error}") from None
+                raise
+
+    async def _stream(self, stream: Any, assignment: ExecutionAssignment, log_file: Any) -> RunStatus:
+        run_id = assignment.offer.run_id
+        async for message in stream:
             kind = message.get("type")
             if kind == "output":
                 log_file.write(self._redacted(assignment.offer.project, message["data"]))
                 log_file.flush()
-            elif kind == "started":
-                # Not awaited: the broker's confirm (tens of ms under load) would hold up reading the
-                # run's output, and a short run's end. `_finish` waits for it before the final status.
-                self._running_published[assignment.offer.run_id] = asyncio.create_task(
-                    self._publish(self._status(assignment, "running"))
-                )
+            elif kind == "gap":
+                log_file.write(f"[infrax] {message.get('missed', 'some')} output messages were lost here\n")
+            elif kind == "started" and run_id not in self._running_published:
+                # Not awaited: storing it (and so its message) would hold up reading the run's output,
+                # and a short run's end. `_finish` waits for it before the final status.
+                self._running_published[run_id] = asyncio.create_task(self._store_started(assignment))
             elif kind == "exit":
-                return self._status(
-                    assignment,
-                    _AGENT_EXIT.get(message["status"], "failed"),
-                    exit_code=message.get("exitCode"),
-                    message=message.get("message") or None,
-                    duration=message.get("duration"),
-                    file_durations=message.get("fileDurations"),
-                )
+                return self._exit_status(assignment, message)
         raise AgentConnectionLost("the agent closed the stream without an exit status")
+
+    def _exit_status(self, assignment: ExecutionAssignment, message: dict[str, Any]) -> RunStatus:
+        """The agent's exit, by whose fault it is: a run the agent stopped on its own (it was shut
+        down) or whose bootstrapper infrax could not serve is the infrastructure's, and runs again."""
+        state = _AGENT_EXIT.get(message["status"], "failed")
+        text = message.get("message") or None
+        if state == "cancelled" and assignment.offer.run_id not in self._cancel_requested:
+            state, text = "exception", f"the agent stopped the run: {text or 'no reason given'}"
+        elif message.get("infrastructure"):
+            state = "exception"
+        return self._status(
+            assignment,
+            state,
+            exit_code=message.get("exitCode"),
+            message=text,
+            duration=message.get("duration"),
+            file_durations=message.get("fileDurations"),
+        )
 
     def _redacted(self, project: str, text: str) -> str:
         """Output with the project's secret values replaced (also from runs that did not get them: a
@@ -260,11 +365,25 @@ class Executioner:
             return cached
         if self.jobmaster is None or self.jobmaster_url is None:
             return None
+        jobmaster, path = self.jobmaster, "/" + url[len(self.jobmaster_url) :]
+
+        async def fetch() -> httpx.Response:
+            response = await jobmaster.get(path)
+            if response.status_code >= 500 or response.status_code == 429:
+                raise ServiceError("jobmaster", response.status_code, response.text[:200])
+            return response
+
         try:
-            response = await self.jobmaster.get("/" + url[len(self.jobmaster_url) :])
-        except httpx.HTTPError as error:
-            log.warning("could not fetch bootstrapper %s: %r; its agent will", url, error)
-            return None
+            # The job master down or restarting is waited for: never the task's failure.
+            response = await retry(
+                fetch,
+                on=(httpx.TransportError, ServiceError),
+                deadline=self.outage_deadline,
+                maximum=2.0,
+                during=outage("the job master"),
+            )
+        except (httpx.TransportError, ServiceError) as error:
+            raise Unavailable(f"the job master did not serve bootstrapper {url}: {error}") from error
         if response.status_code != 200 or len(response.content) > MAX_INLINE_BOOTSTRAPPER:
             return None  # the agent's own fetch reports a 404 as the task's own error
         self._bootstrappers[url] = response.content
@@ -322,64 +441,77 @@ class Executioner:
         )
 
     async def _finish(self, assignment: ExecutionAssignment, status: RunStatus, healthy: bool) -> None:
-        # The store first: a crash after this still knows the outcome and the scheduler asks for it.
-        await self._finals.submit(status)
         run_id = assignment.offer.run_id
-        release = Release(
-            container_id=assignment.container_id,
-            run_id=run_id,
-            healthy=healthy,
-            reason=None if healthy else status.message,
-        )
-        # The outcome is stored: the container can go back while the bus confirms the news.
         try:
-            await asyncio.gather(self._publish_final(status), self._releases.submit(release))
+            running = self._running_published.pop(run_id, None)
+            if running is not None:
+                await running  # `running` first, so nobody sees a run end before it began
+            # Stored (with its message) before anything else: retried until it is, and only then is
+            # the container given back. A crash after this still knows the outcome.
+            await self._finals.submit(status)
+            release = Release(
+                container_id=assignment.container_id,
+                run_id=run_id,
+                healthy=healthy,
+                reason=None if healthy else status.message,
+            )
+            await self._releases.submit(release)
         finally:
             self.active.pop(run_id, None)
             self._tasks.pop(run_id, None)
+            self._cancel_requested.discard(run_id)
 
-    async def _publish_final(self, status: RunStatus) -> None:
-        running = self._running_published.pop(status.run_id, None)
-        if running is not None:
-            try:
-                await running  # `running` first, so nobody sees a run end before it began
-            except Exception as error:  # noqa: BLE001 - the final status still has to go out
-                log.warning("could not publish that run %s started: %s", status.run_id, error)
-        await self._publish(status)
+    async def _store_started(self, assignment: ExecutionAssignment) -> None:
+        try:
+            await self._started.submit(self._status(assignment, "running"))
+        except StoreError as error:  # the final state, stored later, says all that matters
+            log.warning("could not store that run %s started: %s", assignment.offer.run_id, error)
+
+    async def _record_started(self, statuses: list[RunStatus]) -> None:
+        async def store() -> None:
+            async with self.outbox.begin() as (conn, messages):
+                await conn.execute(_RECORD_STARTED, [{"b_run_id": s.run_id} for s in statuses])
+                messages += [_outgoing(s) for s in statuses]
+
+        await retry(store, on=StoreError, deadline=self.outage_deadline, maximum=2.0, during=outage("the database"))
 
     async def _release(self, releases: list[Release]) -> None:
         try:
-            await self.provisioner.release_many(releases)
+            # A provisioner that is down or restarting is waited for: it adopts the containers.
+            await retry(
+                lambda: self.provisioner.release_many(releases),
+                on=ServiceError,
+                when=lambda e: isinstance(e, ServiceError) and e.unavailable,
+                deadline=self.outage_deadline,
+                maximum=2.0,
+                during=outage("the provisioner"),
+            )
         except ServiceError as error:
             # The container is the provisioner's to sort out; the run's outcome is already recorded.
             log.warning("could not release %d containers: %s", len(releases), error)
 
     async def _record_finals(self, statuses: list[RunStatus]) -> None:
-        async with self.db.each_alone() as conn:  # each run's row alone: a retry just writes it again
-            await conn.execute(
-                _RECORD_FINAL,
-                [
-                    {
-                        "b_run_id": s.run_id,
-                        "b_state": s.state,
-                        "b_exit_code": s.exit_code,
-                        "b_message": s.message,
-                        "b_duration": s.duration,
-                        "b_file_durations": s.file_durations,
-                        "b_finished_at": s.timestamp,
-                    }
-                    for s in statuses
-                ],
-            )
+        async def store() -> None:
+            async with self.outbox.begin() as (conn, messages):
+                await conn.execute(
+                    _RECORD_FINAL,
+                    [
+                        {
+                            "b_run_id": s.run_id,
+                            "b_state": s.state,
+                            "b_exit_code": s.exit_code,
+                            "b_message": s.message,
+                            "b_duration": s.duration,
+                            "b_file_durations": s.file_durations,
+                            "b_finished_at": s.timestamp,
+                        }
+                        for s in statuses
+                    ],
+                )
+                messages += [_outgoing(s) for s in statuses]
 
-    async def _publish(self, status: RunStatus) -> None:
-        await self.bus.publish(
-            topics.RUNS,
-            topics.routing_key(
-                status.job_id, status.task_id, status.partition_id, status.run, status.container_type, status.state
-            ),
-            status.wire(),
-        )
+        # Until stored, however long the database is away: the outcome is the one thing not to lose.
+        await retry(store, on=StoreError, maximum=2.0, during=outage("the database"))
 
     async def finished(self, run_id: str) -> None:
         """Until this process is done with the run: its end stored and published, its container released."""
@@ -412,6 +544,7 @@ class Executioner:
             assignment = self.active.get(run_id)
             if assignment is None:
                 continue
+            self._cancel_requested.add(run_id)
             client = AgentClient(assignment.host, assignment.port, assignment.secret)
             try:
                 if await client.cancel(run_id):
@@ -420,6 +553,17 @@ class Executioner:
                 # The run's own stream will end with the agent, and report it.
                 log.warning("cancel of %s failed: %s", run_id, error)
         return cancelled
+
+
+class Unavailable(Exception):
+    """An infrax component a run needs stayed unreachable past the outage deadline."""
+
+
+def _outgoing(status: RunStatus) -> Outgoing:
+    key = topics.routing_key(
+        status.job_id, status.task_id, status.partition_id, status.run, status.container_type, status.state
+    )
+    return topics.RUNS, key, status.wire()
 
 
 def _open_log(path: Path) -> TextIO:

@@ -45,9 +45,10 @@ from infrax.model import (
     new_id,
     utcnow,
 )
+from infrax.outbox import Outbox, Outgoing
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
-from infrax.store.tables import job_origins, job_tasks, jobs
+from infrax.store.tables import job_origins, job_tasks, jobmaster_outbox, jobs
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,22 @@ class JobMaster:
         self.settings = settings or JobMasterSettings()
         self.mirrors = Mirrors(self.settings.mirrors, self.settings.url_rewrites)
         self.github = GitHubWebhooks(self, self.settings.github_secrets)
-        self.statuses = CommitStatuses(self, self.settings.github_api_url, self.settings.github_token)
+        self.statuses = CommitStatuses(
+            self,
+            self.settings.github_api_url,
+            self.settings.github_token,
+            deadline=self.settings.github_status_deadline,
+            backoff=self.settings.github_status_backoff,
+        )
+        # Every job state change is written here with the change itself; the relay publishes it.
+        self.outbox = Outbox(db, bus, jobmaster_outbox)
         self.hg = HgPushes(self, self.settings.hg_poll, self.settings.hg_poll_interval)
         self.treeherder = TreeherderReporter(self, self.settings.treeherder_build_system)
         self._subscriptions: list[Any] = []
         self._reconciler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.outbox.start()
         self._subscriptions = [
             await self.bus.subscribe("jobmaster", topics.REQUESTS, ["#"], self._on_request_status),
             await self.bus.subscribe("jobmaster-tasks", topics.TASKS, ["#"], self._on_task_status),
@@ -102,6 +112,7 @@ class JobMaster:
         for sub in self._subscriptions:
             await sub.cancel()
         await self.statuses.close()
+        await self.outbox.stop()
 
     # -- pushes -----------------------------------------------------------------------------
 
@@ -177,7 +188,7 @@ class JobMaster:
             details["readFrom"] = reader.path
         if checkout.origin is not None:
             details["origin"] = _origin_details(checkout.origin)
-        async with self.db.begin() as conn:
+        async with self.outbox.begin() as (conn, messages):
             try:
                 async with conn.begin_nested():
                     await conn.execute(
@@ -195,6 +206,7 @@ class JobMaster:
                     )
                     if checkout.origin is not None:
                         await conn.execute(insert(job_origins).values(_origin_row(job_id, checkout.origin)))
+                messages.append(_job_status(job_id, plan.project, revision, State.PENDING, None))
                 created = True
             except IntegrityError:  # the same revision pushed twice at once
                 created = False
@@ -202,7 +214,6 @@ class JobMaster:
             existing = await self._find(plan.project, revision)
             assert existing is not None
             return await self._again(existing, checkout.origin)
-        await self._publish(job_id, plan.project, revision, State.PENDING, None)
         await self._submit(job_id)
         return await self.get(job_id), True
 
@@ -219,7 +230,7 @@ class JobMaster:
         return await insert_once(self.db, job_origins, _origin_row(job_id, origin))
 
     async def _rerun(self, job_id: str) -> None:
-        async with self.db.begin() as conn:
+        async with self.outbox.begin() as (conn, messages):
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update())).mappings().one()
             if row["state"] != State.CANCELLED:
                 return
@@ -234,14 +245,16 @@ class JobMaster:
                 .values(state=State.PENDING, request_id=None, message=None, details=details, updated_at=utcnow())
             )
             await conn.execute(delete(job_tasks).where(job_tasks.c.job_id == job_id))
-        await self._publish(
-            job_id,
-            row["project"],
-            row["revision"],
-            State.PENDING,
-            State.CANCELLED,
-            "pushed again after it was cancelled: running again",
-        )
+            messages.append(
+                _job_status(
+                    job_id,
+                    row["project"],
+                    row["revision"],
+                    State.PENDING,
+                    State.CANCELLED,
+                    "pushed again after it was cancelled: running again",
+                )
+            )
         await self._submit(job_id)
 
     async def _submit(self, job_id: str) -> None:
@@ -375,21 +388,18 @@ class JobMaster:
                     pass
 
     async def _set_state(self, row: Any, state: State, message: str | None, **extra: Any) -> None:
-        async with self.db.begin() as conn:
-            await conn.execute(
+        """The job's new state and its message, in one transaction; a repeat (redelivered news of a
+        change already made) changes nothing and writes nothing."""
+        async with self.outbox.begin() as (conn, messages):
+            changed = await conn.execute(
                 update(jobs)
-                .where(jobs.c.id == row["id"])
+                .where(jobs.c.id == row["id"], jobs.c.state == row["state"])
                 .values(state=state, message=message, updated_at=utcnow(), **extra)
             )
-        await self._publish(row["id"], row["project"], row["revision"], state, State(row["state"]), message)
-
-    async def _publish(
-        self, job_id: str, project: str, revision: str, state: State, previous: State | None, message: str | None = None
-    ) -> None:
-        status = JobStatus(
-            job_id=job_id, project=project, revision=revision, state=state, previous_state=previous, message=message
-        )
-        await self.bus.publish(topics.JOBS, topics.routing_key(job_id, state=state), status.wire())
+            if changed.rowcount:
+                messages.append(
+                    _job_status(row["id"], row["project"], row["revision"], state, State(row["state"]), message)
+                )
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -469,6 +479,15 @@ class JobMaster:
             details = (await conn.execute(select(jobs.c.details).where(jobs.c.id == job_id))).scalar() or {}
         reader = Source(details.get("vcs", "git"), details.get("readFrom", job.repository))
         return await reader.read_file(job.revision, path)
+
+
+def _job_status(
+    job_id: str, project: str, revision: str, state: State, previous: State | None, message: str | None = None
+) -> Outgoing:
+    status = JobStatus(
+        job_id=job_id, project=project, revision=revision, state=state, previous_state=previous, message=message
+    )
+    return topics.JOBS, topics.routing_key(job_id, state=state), status.wire()
 
 
 def _origin_row(job_id: str, origin: Origin) -> dict[str, Any]:

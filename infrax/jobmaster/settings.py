@@ -25,6 +25,8 @@ class JobMasterSettings:
     treeherder: bool = True
     treeherder_build_system: str = "infrax"
     repositories: RepositoryPolicy = field(default_factory=RepositoryPolicy)
+    github_status_deadline: float = 6 * 3600.0  # a commit status GitHub refuses is retried this long
+    github_status_backoff: float = 1.0  # seconds before its first retry, doubled each time up to 5 min
 
     @property
     def mirrors(self) -> Path:
@@ -53,6 +55,8 @@ class JobMasterSettings:
             hg_poll_interval=config.hg_poll_interval,
             treeherder=config.treeherder,
             treeherder_build_system=config.treeherder_build_system,
+            github_status_deadline=config.github_status_deadline,
+            github_status_backoff=config.github_status_backoff,
             repositories=RepositoryPolicy(
                 None if config.allowed_repositories is None else tuple(map(Path, config.allowed_repositories)),
                 tuple(config.repository_hosts),

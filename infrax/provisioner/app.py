@@ -7,7 +7,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from infrax.auth import Security, route_options, secured_app
-from infrax.model import Container, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
+from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.provisioner.metrics import render as render_metrics
 from infrax.provisioner.service import Provisioner
 from infrax.web import add_error_handlers
@@ -23,6 +23,14 @@ class OfferAnswers(WireModel):
 
 class CancelRuns(WireModel):
     run_ids: list[str]
+
+
+class AccessRequest(WireModel):
+    run_ids: list[str] = Field(min_length=1, max_length=10_000)
+
+
+class AccessAnswer(WireModel):
+    containers: list[ContainerAccess]
 
 
 class ReleaseOne(WireModel):
@@ -75,6 +83,12 @@ def create_app(provisioner: Provisioner, security: Security) -> FastAPI:
         """Containers the executioner is done with; unknown ones (already retired) are skipped."""
         for item in body.releases:
             await provisioner.release(item.container_id, item.run_id, item.healthy, item.reason)
+
+    @app.post("/api/v1/containers/access", response_model=AccessAnswer, **route_options("provisioner:access"))
+    async def access(body: AccessRequest) -> AccessAnswer:
+        """Address and secret of the container running each of these runs (those it knows): for an
+        executioner that restarted and re-attaches to its runs. The executioner's scope only."""
+        return AccessAnswer(containers=provisioner.access(body.run_ids))
 
     @app.get("/metrics", response_class=PlainTextResponse, **read)
     async def metrics() -> str:

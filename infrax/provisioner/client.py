@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from infrax.http import ServiceClient
-from infrax.model import ContainerType, OfferAnswer, PartitionOffer, Release
+from infrax.model import ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release
 
 
 class ProvisionerClient(ServiceClient):
@@ -31,3 +31,8 @@ class ProvisionerClient(ServiceClient):
             f"/api/v1/containers/{container_id}/release",
             json={"runId": run_id, "healthy": healthy, "reason": reason},
         )
+
+    async def access(self, run_ids: list[str]) -> list[ContainerAccess]:
+        """The containers that run these runs, with their agents' addresses and secrets."""
+        body = await self.call("POST", "/api/v1/containers/access", json={"runIds": run_ids})
+        return [ContainerAccess.model_validate(a) for a in body["containers"]]

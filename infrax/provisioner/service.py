@@ -31,6 +31,7 @@ from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
 from infrax.model import (
     Container,
+    ContainerAccess,
     ContainerState,
     ContainerType,
     ExecutionAssignment,
@@ -39,9 +40,10 @@ from infrax.model import (
     new_id,
     utcnow,
 )
-from infrax.provisioner.health import HealthMonitor, ProviderHealth
+from infrax.provisioner.health import HEARTBEAT_ERRORS, HealthMonitor, ProviderHealth
 from infrax.provisioner.metrics import Histogram
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
+from infrax.retry import outage, retry
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Slot:
     next_probe: float = 0.0
     probing: bool = False
     agent: dict[str, Any] = field(default_factory=dict)  # its last heartbeat answer
+    # Adopted from a provisioner that stopped, busy with a run known only by its id.
+    adopted_run: str | None = None
 
     def view(self, now: float) -> Container:
         return Container(
@@ -99,6 +103,7 @@ class Provisioner:
         health_tick: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         run_tokens: RunTokens | None = None,
+        outage_deadline: float = 600.0,
     ) -> None:
         self.types = {t.name: t for t in container_types}
         self.providers = {p.name: p for p in providers}
@@ -112,6 +117,9 @@ class Provisioner:
         # Ages, idle times and rests are measured on this clock: tests move it instead of waiting.
         self.clock = clock
         self.run_tokens = run_tokens  # with keys: an offer is taken only with its run's own token
+        # How long a run accepted for an unreachable executioner waits for it before it is lost.
+        self.outage_deadline = outage_deadline
+        self._executioner_outage = outage("the executioner")
         self.slots: dict[str, Slot] = {}
         self.runs: dict[str, str] = {}  # run id -> container id, while the run is ours
         self.cancelled: set[str] = set()
@@ -128,17 +136,81 @@ class Provisioner:
         self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Remove containers a previous provisioner left behind, then keep the pools."""
+        """Adopt the healthy containers a previous provisioner left running (their runs go on),
+        remove the rest, then keep the pools."""
         for provider in self.providers.values():
             ensure_image = getattr(provider, "ensure_image", None)
             if ensure_image is not None:  # building an image must not wait for the first partition
                 await ensure_image()
             leaked = await provider.list()
+            adopted = await self._adopt(provider, leaked)
+            leaked = [c for c in leaked if c not in adopted]
+            if adopted:
+                log.warning("adopted %d containers of %s that a previous provisioner left", len(adopted), provider.name)
             if leaked:
                 log.warning("removing %d leaked containers of %s", len(leaked), provider.name)
                 await asyncio.gather(*(provider.destroy(c) for c in leaked), return_exceptions=True)
         self._maintenance = asyncio.create_task(self._maintain(), name="provisioner-maintenance")
         self._health = asyncio.create_task(self.health.run(), name="provisioner-health")
+
+    async def _adopt(self, provider: ContainerProvider, found: list[str]) -> set[str]:
+        """The containers among `found` whose agents answer with the secret derived for them."""
+        if self.run_tokens is None or not found:
+            return set()
+        adopted = set()
+        for container_id, type_name, endpoint in await provider.adoptable():
+            container_type = self.types.get(type_name)
+            if (
+                container_id not in found
+                or container_type is None
+                or type_name not in [t.name for t in self.types.values() if provider.name in t.providers]
+            ):
+                continue
+            secret = self.run_tokens.container_secret(container_id)
+            try:
+                answer = await provider.heartbeat(endpoint, secret)
+            except HEARTBEAT_ERRORS as error:
+                log.info("not adopting %s: its agent does not answer (%s)", container_id, error)
+                continue
+            now = self.clock()
+            run_id = answer.get("runId") if answer.get("busy") else None
+            slot = Slot(
+                id=container_id,
+                type=container_type,
+                provider=provider,
+                secret=secret,
+                state=ContainerState.BUSY if run_id else ContainerState.IDLE,
+                endpoint=endpoint,
+                created_at=now,
+                idle_since=now,
+                last_heartbeat=utcnow(),
+                next_probe=now + provider.heartbeat_interval,
+                agent=answer,
+                adopted_run=run_id,
+            )
+            self.slots[container_id] = slot
+            if run_id:
+                self.runs[run_id] = container_id
+            adopted.add(container_id)
+        return adopted
+
+    def access(self, run_ids: list[str]) -> list[ContainerAccess]:
+        """How to reach the agents of these runs' containers (for an executioner that restarted)."""
+        wanted = set(run_ids)
+        found = []
+        for slot in self.slots.values():
+            run_id = slot.run.run_id if slot.run is not None else slot.adopted_run
+            if run_id in wanted and slot.endpoint is not None and slot.state in LIVE:
+                found.append(
+                    ContainerAccess(
+                        run_id=run_id,
+                        container_id=slot.id,
+                        host=slot.endpoint.host,
+                        port=slot.endpoint.port,
+                        secret=slot.secret,
+                    )
+                )
+        return found
 
     async def stop(self) -> None:
         for loop in (self._maintenance, self._health):
@@ -182,6 +254,8 @@ class Provisioner:
         container_type = self.types.get(offer.container_type)
         if container_type is None:
             return self._reject(offer, "unknown_type", f"unknown container type {offer.container_type!r}")
+        if self._executioner_outage.down:
+            return self._reject(offer, "executioner_down", "the executioner is unreachable; offers wait for it")
         idle = self._idle_slot(container_type)
         if idle is not None:
             idle.state, idle.run = ContainerState.BUSY, offer
@@ -249,14 +323,21 @@ class Provisioner:
             id=f"{container_type.name}-{new_id()[:12]}",
             type=container_type,
             provider=provider,
-            secret=secrets.token_urlsafe(24),
+            secret="",
             run=offer,
             created_at=now,
             idle_since=now,
         )
+        slot.secret = self._secret_for(slot.id)
         self.slots[slot.id] = slot
         self._spawn(self._start_container(slot))
         return slot
+
+    def _secret_for(self, container_id: str) -> str:
+        # Derived where there are keys: a provisioner after this one can then adopt the container.
+        if self.run_tokens is not None:
+            return self.run_tokens.container_secret(container_id)
+        return secrets.token_urlsafe(24)
 
     async def _start_container(self, slot: Slot) -> None:
         failures: list[str] = []
@@ -311,6 +392,7 @@ class Provisioner:
         """Start the slot on another provider, under a new id (the failed one may linger a while)."""
         self.slots.pop(slot.id, None)
         slot.id, slot.provider = f"{slot.type.name}-{new_id()[:12]}", provider
+        slot.secret = self._secret_for(slot.id)
         slot.created_at, slot.created_wall = self.clock(), utcnow()
         self.slots[slot.id] = slot
         if slot.run is not None:
@@ -325,7 +407,17 @@ class Provisioner:
             if s.run is not None and s.endpoint is not None
         ]
         try:
-            await self.executioner.execute(assignments)
+            # An executioner that is down or restarting is waited for (nothing is offered meanwhile:
+            # see `capacity`); only one that refuses, or stays away past the deadline, loses them.
+            await retry(
+                lambda: self.executioner.execute(assignments),
+                on=ServiceError,
+                when=lambda e: isinstance(e, ServiceError) and e.unavailable,
+                deadline=self.outage_deadline,
+                first=0.2,
+                maximum=2.0,
+                during=self._executioner_outage,
+            )
         except ServiceError as error:
             log.warning("executioner did not take %d runs: %s", len(assignments), error)
             for slot in slots:
@@ -363,8 +455,9 @@ class Provisioner:
         False, and nothing done, when the container runs another run than `run_id`: only whoever
         runs a container's current run may hand it back."""
         slot = self.slots.get(container_id)
-        if slot is not None and slot.run is not None and slot.run.run_id != run_id:
-            log.warning("refused to release %s: it runs %s, not %s", container_id, slot.run.run_id, run_id)
+        current = None if slot is None else (slot.run.run_id if slot.run is not None else slot.adopted_run)
+        if current is not None and current != run_id:
+            log.warning("refused to release %s: it runs %s, not %s", container_id, current, run_id)
             return False
         if run_id:
             self.runs.pop(run_id, None)
@@ -372,7 +465,7 @@ class Provisioner:
         slot = self.slots.get(container_id)
         if slot is None or slot.state not in LIVE:
             return True  # already lost or being retired
-        slot.run = None
+        slot.run, slot.adopted_run = None, None
         slot.partitions_run += 1
         if healthy:
             # The agent just reported the run's end: as good as a heartbeat, and under load a container
@@ -414,6 +507,7 @@ class Provisioner:
 
     def _become_idle(self, slot: Slot) -> None:
         slot.state, slot.run, slot.idle_since = ContainerState.IDLE, None, self.clock()
+        slot.adopted_run = None
 
     async def _lose(self, slot: Slot, why: str, message: str) -> None:
         """A container the health checks found dead: report its run lost, destroy it; the pool refills."""
@@ -478,7 +572,10 @@ class Provisioner:
                 warm += 1
 
     def capacity(self) -> dict[str, int]:
-        """How many more partitions each container type can take right now."""
+        """How many more partitions each container type can take right now (none while the
+        executioner is unreachable: what is accepted then could only wait for it)."""
+        if self._executioner_outage.down:
+            return {name: 0 for name in self.types}
         free = {}
         for container_type in self.types.values():
             mine = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]

@@ -9,19 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.auth.runs import RunTokens
-from infrax.background import BackgroundTasks
 from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
-from infrax.bus.messages import BusMessage, ContainerEvent, PartitionStatus, RequestStatus, RunStatus, TaskStatus
+from infrax.bus.messages import BusMessage, ContainerEvent, RunStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
 from infrax.model import (
@@ -42,19 +39,21 @@ from infrax.model import (
     utcnow,
 )
 from infrax.optimizer.client import OptimizerClient
+from infrax.outbox import Outbox
 from infrax.provisioner.client import ProvisionerClient
+from infrax.retry import outage
 from infrax.scheduler import records
-from infrax.scheduler.aggregate import aggregate
-from infrax.store import Database, aware
-from infrax.store.tables import partitions, requests, tasks
+from infrax.scheduler.definitions import Known, TaskDefinitions
+from infrax.scheduler.events import outgoing, partition_status, request_status, task_status
+from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, IN_FLIGHT, Recovery
+from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, request_state, settle_tasks, transition
+from infrax.store import Database, StoreError
+from infrax.store.tables import partitions, requests, scheduler_outbox, tasks
 
 log = logging.getLogger(__name__)
 
 DISPATCH_BATCH = 64
 DISPATCH_LINGER = 0.002
-CLAIM_TIMEOUT = 30.0
-DEFINITIONS_KEPT = 10_000  # seconds; a claim is held only while offering, a few milliseconds
-IN_FLIGHT = (State.DISPATCHED, State.RUNNING)
 
 
 class Rejected(Exception):
@@ -95,13 +94,13 @@ class Scheduler:
         self._free_checked = 0.0
         self._container_types: list[ContainerType] = []
         self._types_fetched = 0.0
-        # Task definitions by task id, with their project and revision: read once per task, not per run.
-        self._definitions: OrderedDict[str, tuple[TaskDefinition, str, str | None]] = OrderedDict()
-        self._trusted: dict[str, bool] = {}  # task id -> its request's `trusted`, kept beside _definitions
+        self._definitions = TaskDefinitions()
         self._status_batcher = Batcher(self.apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
-        self._publishing = BackgroundTasks()
         self._subscriptions: list[Any] = []
+        # Every status change is written here with the change itself; the relay publishes it.
+        self.outbox = Outbox(db, bus, scheduler_outbox)
+        self.recovery = Recovery(db, self.instance, executioner, self._status_batcher.submit, self._dispatch_wanted.set)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -111,7 +110,9 @@ class Scheduler:
         `recover_in_flight` is for a restart of the whole system (``infrax up``): runs that the
         executioner never heard of are then known to be lost, without waiting for the timeout.
         """
-        await self.release_stale_claims(everything=recover_in_flight)
+        await self.recovery.beat()
+        await self.recovery.release_stale_claims(everything=recover_in_flight)
+        self.outbox.start()
         self._status_batcher.start()
         self._subscriptions.append(await self.bus.subscribe("scheduler", topics.RUNS, ["#"], self._on_run_status))
         self._subscriptions.append(
@@ -120,7 +121,7 @@ class Scheduler:
             )
         )
         if recover_in_flight:
-            await self.check_in_flight(grace=0.0)
+            await self.recovery.check_in_flight(grace=0.0)
         self._loops = [
             asyncio.create_task(
                 self._keep_doing(self._plan_wanted, self.plan_next, "planning", 1.0), name="scheduler-plan"
@@ -130,6 +131,7 @@ class Scheduler:
                 name="scheduler-dispatch",
             ),
             asyncio.create_task(self._in_flight_loop(), name="scheduler-in-flight"),
+            asyncio.create_task(self._heartbeat_loop(), name="scheduler-heartbeat"),
         ]
         self._plan_wanted.set()
         self._dispatch_wanted.set()
@@ -141,11 +143,11 @@ class Scheduler:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._status_batcher.stop()
-        await self.published()
+        await self.outbox.stop()
 
     async def published(self) -> None:
-        """Until every status change committed so far has been handed to the bus."""
-        await self._publishing.wait()
+        """Until every status change committed so far has been published (and confirmed)."""
+        await self.outbox.drained()
 
     # -- submission and queries ---------------------------------------------------------------
 
@@ -166,7 +168,7 @@ class Scheduler:
             }
             for i, t in enumerate(submission.tasks)
         ]
-        async with self.db.begin() as conn:
+        async with self.outbox.begin() as (conn, messages):
             await conn.execute(
                 insert(requests).values(
                     id=request_id,
@@ -182,11 +184,11 @@ class Scheduler:
             )
             await conn.execute(insert(tasks), task_rows)
             request = await records.load_request(conn, request_id)
+            messages += outgoing(
+                [request_status(request_id, submission.job_id, State.PENDING, None)]
+                + [task_status(row, State.PENDING, None) for row in task_rows]
+            )
         assert request is not None
-        await self._publish(
-            [_request_status(request_id, submission.job_id, State.PENDING, None)]
-            + [_task_status(row, State.PENDING, None) for row in task_rows]
-        )
         self._plan_wanted.set()
         return request
 
@@ -259,7 +261,11 @@ class Scheduler:
                 while await step():
                     pass
             except ServiceError as error:
-                log.warning("%s postponed: %s", what, error)
+                # Another component is down or busy: one warning per outage, then wait for it.
+                outage(error.service or "a component").failed(error)
+                await asyncio.sleep(backoff)
+            except StoreError as error:
+                outage("the database").failed(error)
                 await asyncio.sleep(backoff)
             except Exception:
                 log.exception("%s failed; retrying", what)
@@ -304,7 +310,7 @@ class Scheduler:
         now = utcnow()
         events: list[BusMessage] = []
         part_rows: list[dict[str, Any]] = []
-        async with self.db.begin() as conn:
+        async with self.outbox.begin() as (conn, messages):
             # Locked: another scheduler may have planned it meanwhile, or a cancel come in.
             current = (
                 await conn.execute(select(requests.c.state).where(requests.c.id == row["id"]).with_for_update())
@@ -342,22 +348,20 @@ class Scheduler:
                 await conn.execute(
                     update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message)
                 )
-                events.append(_task_status(task_row, state, State.PENDING, message))
+                events.append(task_status(task_row, state, State.PENDING, message))
             if part_rows:
                 await conn.execute(insert(partitions), part_rows)
-            request_state = _request_state(task_states)
+            planned_state = request_state(task_states)
             await conn.execute(
-                update(requests).where(requests.c.id == row["id"]).values(state=request_state, updated_at=now)
+                update(requests).where(requests.c.id == row["id"]).values(state=planned_state, updated_at=now)
             )
-        task_names = {t["id"]: t["name"] for t in task_rows}
-        events += [
-            _partition_status(records.partition_from_row(p), None, task_names[p["task_id"]], row) for p in part_rows
-        ]
-        events.append(_request_status(row["id"], row["job_id"], request_state, State.PENDING))
+            task_names = {t["id"]: t["name"] for t in task_rows}
+            events += [
+                partition_status(records.partition_from_row(p), None, task_names[p["task_id"]], row) for p in part_rows
+            ]
+            events.append(request_status(row["id"], row["job_id"], planned_state, State.PENDING))
+            messages += outgoing(events)
         self._dispatch_wanted.set()
-        # In the background, like every status change after its commit: a request of a thousand
-        # partitions took its dispatch a quarter of a second to start while it waited for these.
-        self._publish_soon(events)
         return True
 
     # -- dispatching ------------------------------------------------------------------------
@@ -422,7 +426,8 @@ class Scheduler:
             await self._unclaim(rejected_ids)
         if not accepted_ids:
             return False
-        async with self.db.each_alone() as conn:
+        offered = {o.partition_id: o for o in offers}
+        async with self.outbox.begin() as (conn, messages):
             # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
             dispatched = (
                 (
@@ -446,17 +451,15 @@ class Scheduler:
                     .where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
                     .values(claimed_by=None)
                 )
-        offered = {o.partition_id: o for o in offers}
-        events: list[BusMessage] = [
-            _partition_status(
-                records.partition_from_row(row),
-                State.QUEUED,
-                offered[row["id"]].task_name,
-                {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision},
+            messages += outgoing(
+                partition_status(
+                    records.partition_from_row(row),
+                    State.QUEUED,
+                    offered[row["id"]].task_name,
+                    {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision},
+                )
+                for row in dispatched
             )
-            for row in dispatched
-        ]
-        self._publish_soon(events)
         return True
 
     async def _unclaim(self, ids: list[str]) -> None:
@@ -467,27 +470,8 @@ class Scheduler:
                 .values(claimed_by=None)
             )
 
-    async def _definition(self, conn: AsyncConnection, task_id: str) -> tuple[TaskDefinition, str, str | None]:
-        cached = self._definitions.get(task_id)
-        if cached is not None:
-            self._definitions.move_to_end(task_id)
-        else:
-            row = (
-                await conn.execute(
-                    select(tasks.c.definition, requests.c.project, requests.c.revision, requests.c.trusted)
-                    .join(requests, requests.c.id == tasks.c.request_id)
-                    .where(tasks.c.id == task_id)
-                )
-            ).one()
-            cached = (TaskDefinition.model_validate(row.definition), row.project, row.revision)
-            self._trusted[task_id] = bool(row.trusted)
-            self._definitions[task_id] = cached
-            if len(self._definitions) > DEFINITIONS_KEPT:
-                self._trusted.pop(self._definitions.popitem(last=False)[0], None)
-        return cached
-
     async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
-        definition, project, revision = await self._definition(conn, part["task_id"])
+        definition, project, revision, trusted = await self._definitions.get(conn, part["task_id"])
         return PartitionOffer(
             run_id=run_id_of(part["id"], part["run"]),
             partition_id=part["id"],
@@ -506,7 +490,7 @@ class Scheduler:
             max_run_time=definition.max_run_time,
             project=project,
             revision=revision,
-            trusted=self._trusted.get(part["task_id"], False),
+            trusted=trusted,
             run_token=None
             if self.run_tokens is None
             else self.run_tokens.make(
@@ -531,11 +515,11 @@ class Scheduler:
 
     async def apply_run_statuses(self, statuses: list[RunStatus]) -> None:
         """The one update path for runs' news: each partition's transition, then its task's and request's
-        roll-up, committed together; the status changes are published after the commit, in order.
-        News of another run than the partition's current one, or of a partition already final, is ignored."""
-        events: list[BusMessage] = []
+        roll-up, committed together with the status changes they make (the outbox publishes them, in
+        order). News of another run than the partition's current one, or of a partition already final,
+        is ignored."""
         requeued = False
-        async with self.db.begin() as conn:
+        async with self.outbox.begin() as (conn, messages):
             ids = list({s.partition_id for s in statuses})
             # Locked in id order: schedulers applying news of the same partitions take turns, never deadlock.
             rows = {
@@ -550,13 +534,13 @@ class Scheduler:
             }
             changed: dict[str, tuple[dict[str, Any], str]] = {}
             measured: dict[str, RunStatus] = {}
-            known: dict[str, tuple[TaskDefinition, str, str | None]] = {}
+            known: dict[str, Known] = {}
             for status in statuses:
                 row = rows.get(status.partition_id)
                 if row is None or row["run"] != status.run or is_final(row["state"]):
                     continue  # a duplicate, or news of a run already replaced or finished
-                known[row["task_id"]] = await self._definition(conn, row["task_id"])
-                values = _transition(row, status, known[row["task_id"]][0].retries)
+                known[row["task_id"]] = await self._definitions.get(conn, row["task_id"])
+                values = transition(row, status, known[row["task_id"]].definition.retries)
                 if values is None:
                     continue
                 before = changed.get(row["id"], (row, row["state"]))[1]
@@ -565,112 +549,57 @@ class Scheduler:
                 if is_final(row["state"]):
                     measured[row["id"]] = status
                 requeued |= row["state"] == State.QUEUED
-            if changed:
-                await conn.execute(
-                    _UPDATE_PARTITION,
-                    [{"b_id": row["id"], **{f"b_{k}": row[k] for k in _MUTABLE}} for row, _ in changed.values()],
-                )
-            events += await self._settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
-        for row, before in changed.values():
-            definition, project, revision = known[row["task_id"]]
-            event = _partition_status(
-                records.partition_from_row(row), before, definition.name, {"project": project, "revision": revision}
+            if not changed:
+                return
+            await conn.execute(
+                UPDATE_PARTITION,
+                [{"b_id": row["id"], **{f"b_{k}": row[k] for k in MUTABLE}} for row, _ in changed.values()],
             )
-            if row["id"] in measured:
-                event.duration = measured[row["id"]].duration
-                event.file_durations = measured[row["id"]].file_durations
-            events.insert(0, event)
-        self._publish_soon(events)
+            events: list[BusMessage] = []
+            for row, before in changed.values():
+                task = known[row["task_id"]]
+                event = partition_status(
+                    records.partition_from_row(row),
+                    before,
+                    task.definition.name,
+                    {"project": task.project, "revision": task.revision},
+                )
+                if row["id"] in measured:
+                    event.duration = measured[row["id"]].duration
+                    event.file_durations = measured[row["id"]].file_durations
+                events.append(event)
+            events += await settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
+            messages += outgoing(events)
         if requeued:
             self._dispatch_wanted.set()
 
-    async def _settle_tasks(self, conn: AsyncConnection, task_ids: Iterable[str]) -> list[BusMessage]:
-        """Recompute each task from its partitions and each touched request from its tasks."""
-        task_ids = list(task_ids)
-        if not task_ids:
-            return []
-        events: list[BusMessage] = []
-        task_rows = (
-            (await conn.execute(select(tasks).where(tasks.c.id.in_(task_ids)).order_by(tasks.c.id).with_for_update()))
-            .mappings()
-            .all()
-        )
-        part_states: dict[str, list[str]] = {t: [] for t in task_ids}
-        # Which states occur is all that aggregation needs, not how often.
-        for task_id, state in (
-            await conn.execute(
-                select(partitions.c.task_id, partitions.c.state).where(partitions.c.task_id.in_(task_ids)).distinct()
-            )
-        ).all():
-            part_states[task_id].append(state)
-        request_ids = set()
-        for task_row in task_rows:
-            if is_final(task_row["state"]) and task_row["state"] == State.CANCELLED:
-                continue
-            state = aggregate(part_states[task_row["id"]], empty=State(task_row["state"]))
-            if state != task_row["state"]:
-                await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=state))
-                events.append(_task_status(task_row, state, task_row["state"]))
-                request_ids.add(task_row["request_id"])
-        for request_id in request_ids:
-            events += await self._settle_request(conn, request_id)
-        return events
-
-    async def _settle_request(self, conn: AsyncConnection, request_id: str) -> list[BusMessage]:
-        row = (
-            (await conn.execute(select(requests).where(requests.c.id == request_id).with_for_update())).mappings().one()
-        )
-        states = (await conn.execute(select(tasks.c.state).where(tasks.c.request_id == request_id))).scalars().all()
-        state = _request_state(states)
-        if state == row["state"] or row["state"] == State.CANCELLED:
-            return []
-        await conn.execute(update(requests).where(requests.c.id == request_id).values(state=state, updated_at=utcnow()))
-        return [_request_status(request_id, row["job_id"], state, row["state"])]
-
     # -- lost runs --------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.recovery.beat()
+            except StoreError as error:
+                outage("the database").failed(error)
+            except Exception:
+                log.exception("scheduler heartbeat failed")
 
     async def _in_flight_loop(self) -> None:
         while True:
             await asyncio.sleep(self.in_flight_check_interval)
             try:
-                await self.release_stale_claims()
-                await self.check_in_flight(grace=self.dispatch_timeout)
+                await self.recovery.check_in_flight(grace=self.dispatch_timeout)
+            except (StoreError, ServiceError) as error:
+                log.debug("in-flight check postponed: %s", error)
             except Exception:
                 log.exception("in-flight check failed")
 
     async def release_stale_claims(self, everything: bool = False) -> None:
-        """Claims of a scheduler that died between claiming and offering go back to the queue.
-
-        Re-offering such a partition is safe: the offer carries the same run id, and a run the
-        provisioner already took is answered "already accepted".
-        """
-        stale: ColumnElement[bool] = partitions.c.claimed_by.is_not(None)
-        if not everything:
-            stale = stale & (partitions.c.claimed_at < utcnow() - timedelta(seconds=CLAIM_TIMEOUT))
-        async with self.db.begin() as conn:
-            released = (await conn.execute(update(partitions).where(stale).values(claimed_by=None))).rowcount
-        if released:
-            log.warning("released %d stale claims", released)
-            self._dispatch_wanted.set()
+        await self.recovery.release_stale_claims(everything)
 
     async def check_in_flight(self, grace: float) -> None:
-        """Ask the executioner about runs we have heard nothing of; a run it never got is lost."""
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(select(partitions).where(partitions.c.state.in_(IN_FLIGHT)))).mappings().all()
-        now = utcnow()
-        for row in rows:
-            since = aware(row["started_at"] or row["dispatched_at"] or row["queued_at"])
-            if grace and since and (now - since).total_seconds() < grace:
-                continue
-            run_id = run_id_of(row["id"], row["run"])
-            run = await self.executioner.get_run(run_id)
-            if run is None:
-                status = _lost(row, "the run was lost before it reached the executioner")
-            elif is_final(run.state):
-                status = run
-            else:
-                continue
-            await self._status_batcher.submit(status)
+        await self.recovery.check_in_flight(grace)
 
     # -- cancel -----------------------------------------------------------------------------
 
@@ -687,7 +616,7 @@ class Scheduler:
     async def _cancel(self, request_clause: Any, partition_clause: Any, task_clause: Any) -> None:
         now = utcnow()
         events: list[BusMessage] = []
-        async with self.db.begin() as conn:
+        async with self.outbox.begin() as (conn, messages):
             found = (await conn.execute(select(requests).where(request_clause))).mappings().all()
             if not found:
                 raise NotFound("no such task request or job")
@@ -708,13 +637,13 @@ class Scheduler:
                     .where(partitions.c.id == part["id"])
                     .values(state=State.CANCELLED, finished_at=now, message="cancelled", claimed_by=None)
                 )
-                definition, project, revision = await self._definition(conn, part["task_id"])
+                task = await self._definitions.get(conn, part["task_id"])
                 events.append(
-                    _partition_status(
+                    partition_status(
                         records.partition_from_row(row),
                         part["state"],
-                        definition.name,
-                        {"project": project, "revision": revision},
+                        task.definition.name,
+                        {"project": task.project, "revision": task.revision},
                     )
                 )
             for task_row in (
@@ -723,7 +652,7 @@ class Scheduler:
                 .all()
             ):
                 await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=State.CANCELLED))
-                events.append(_task_status(task_row, State.CANCELLED, task_row["state"]))
+                events.append(task_status(task_row, State.CANCELLED, task_row["state"]))
             for request_row in found:
                 if not is_final(request_row["state"]):
                     await conn.execute(
@@ -732,150 +661,14 @@ class Scheduler:
                         .values(state=State.CANCELLED, updated_at=now)
                     )
                     events.append(
-                        _request_status(request_row["id"], request_row["job_id"], State.CANCELLED, request_row["state"])
+                        request_status(request_row["id"], request_row["job_id"], State.CANCELLED, request_row["state"])
                     )
-        await self._publish(events)
+            messages += outgoing(events)
         if in_flight:
             try:
                 await self.provisioner.cancel(in_flight)
             except ServiceError as error:
                 log.warning("could not stop cancelled runs %s: %s", in_flight, error)
-
-    # -- publishing -------------------------------------------------------------------------
-
-    async def _publish(self, events: list[BusMessage]) -> None:
-        await self.bus.publish_all((*_address(event), event.wire()) for event in events)
-
-    def _publish_soon(self, events: list[BusMessage]) -> None:
-        """Publish what was just committed without waiting for the broker's confirms.
-
-        RabbitMQ confirms a persistent message once it is on disk, some 50 ms later under load;
-        a dispatch round or a batch of run news that waited for that spent most of its time
-        waiting. Messages still leave in the order they were handed over (one channel, written
-        in order), so a partition's `dispatched` is never overtaken by its `running`.
-        """
-        if events:
-            self._publishing.spawn(self._publish_logged(events), name="scheduler-publish")
-
-    async def _publish_logged(self, events: list[BusMessage]) -> None:
-        try:
-            await self._publish(events)
-        except Exception:  # nobody awaits this; say it here
-            log.exception("could not publish status changes")
-
-
-_MUTABLE = (
-    "state",
-    "run",
-    "exit_code",
-    "message",
-    "log_url",
-    "container_id",
-    "queued_at",
-    "started_at",
-    "finished_at",
-    "claimed_by",
-    "dispatched_at",
-)
-# One statement for a whole batch of partition changes (executemany).
-_UPDATE_PARTITION = (
-    update(partitions).where(partitions.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in _MUTABLE})
-)
-
-
-def _transition(row: dict[str, Any], status: RunStatus, retries: int) -> dict[str, Any] | None:
-    """What a run's news does to its partition; None when it changes nothing."""
-    if status.state == "running":
-        if row["state"] == State.RUNNING:
-            return None
-        return {
-            "state": State.RUNNING,
-            "started_at": status.timestamp,
-            "container_id": status.container_id,
-            "log_url": status.log_url,
-        }
-    common = {
-        "exit_code": status.exit_code,
-        "message": status.message,
-        "log_url": status.log_url or row["log_url"],
-        "container_id": status.container_id or row["container_id"],
-        "finished_at": status.timestamp,
-        "claimed_by": None,
-    }
-    if status.state == "exception":
-        if row["run"] < retries:
-            return {
-                **common,
-                "state": State.QUEUED,
-                "run": row["run"] + 1,
-                "queued_at": status.timestamp,
-                "message": f"run {row['run']} lost ({status.message}); re-queued as run {row['run'] + 1}",
-                "started_at": None,
-                "finished_at": None,
-                "dispatched_at": None,
-                "exit_code": None,
-            }
-        return {**common, "state": State.EXCEPTION, "message": f"{status.message} (retries used up: {retries})"}
-    started = row["started_at"] or status.timestamp
-    return {**common, "state": State(status.state), "started_at": started}
-
-
-def _lost(row: Any, why: str) -> RunStatus:
-    return RunStatus(
-        run_id=run_id_of(row["id"], row["run"]),
-        partition_id=row["id"],
-        task_id=row["task_id"],
-        request_id=row["request_id"],
-        job_id=row["job_id"],
-        run=row["run"],
-        container_type=row["container_type"],
-        state="exception",
-        message=why,
-    )
-
-
-def _request_state(task_states: Iterable[str]) -> State:
-    states = [State.COMPLETED if s == State.SKIPPED else s for s in task_states]
-    return aggregate(states)
-
-
-def _task_status(row: Any, state: State, previous: State | str | None, message: str | None = None) -> TaskStatus:
-    return TaskStatus(
-        task_id=row["id"],
-        request_id=row["request_id"],
-        job_id=row["job_id"],
-        name=row["name"],
-        state=state,
-        previous_state=None if previous is None else State(previous),
-        message=message,
-    )
-
-
-def _request_status(request_id: str, job_id: str | None, state: State, previous: State | None) -> RequestStatus:
-    return RequestStatus(request_id=request_id, job_id=job_id, state=state, previous_state=previous)
-
-
-def _partition_status(
-    part: TaskPartition, previous: State | str | None, task_name: str, request: Any
-) -> PartitionStatus:
-    return PartitionStatus(
-        previous_state=None if previous is None else State(previous),
-        task_name=task_name,
-        project=request["project"],
-        revision=request["revision"],
-        partition=part,
-    )
-
-
-def _address(event: BusMessage) -> tuple[str, str]:
-    if isinstance(event, PartitionStatus):
-        p = event.partition
-        return topics.PARTITIONS, topics.routing_key(p.job_id, p.task_id, p.id, p.run, p.container_type, p.state)
-    if isinstance(event, TaskStatus):
-        return topics.TASKS, topics.routing_key(event.job_id, event.task_id, state=event.state)
-    if isinstance(event, RequestStatus):
-        return topics.REQUESTS, topics.routing_key(event.job_id, state=event.state)
-    raise TypeError(f"the scheduler does not publish {type(event).__name__}")
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

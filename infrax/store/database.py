@@ -14,6 +14,8 @@ from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from infrax.retry import outage, retry
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -116,16 +118,9 @@ class Database:
     ) -> T:
         """Run `work` again when the database was briefly unavailable or locked (or raised one of
         `also`: a read-then-write that lost a race to another writer raises Conflict)."""
-        retried: tuple[type[Exception], ...] = (StoreError, *also)
-        for attempt in range(attempts):
-            try:
-                return await work()
-            except retried:
-                if attempt == attempts - 1:
-                    raise
-                log.warning("database busy, retrying", exc_info=True)
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
+        return await retry(
+            work, on=(StoreError, *also), attempts=attempts, first=0.05, maximum=1.0, during=outage("the database")
+        )
 
 
 class _InLoopConnection:
@@ -133,6 +128,10 @@ class _InLoopConnection:
 
     def __init__(self, sync: Connection) -> None:
         self.sync = sync
+
+    @property
+    def dialect(self) -> Any:
+        return self.sync.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self.sync.execute(statement, parameters)

@@ -213,3 +213,44 @@ auth_keys = Table(
     Column("secret", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+
+def _outbox(name: str) -> Table:
+    """A component's transactional outbox: messages written with the state change they announce,
+    published by its relay in `id` order and deleted once the broker confirmed them."""
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("exchange", String(100), nullable=False),
+        Column("routing_key", Text, nullable=False),
+        Column("body", Text, nullable=False),  # the encoded message, checked when written
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+scheduler_outbox = _outbox("scheduler_outbox")
+executioner_outbox = _outbox("executioner_outbox")
+jobmaster_outbox = _outbox("jobmaster_outbox")
+
+# Every scheduler process beats here; claims of one that stopped beating go back to the queue.
+scheduler_instances = Table(
+    "scheduler_instances",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
+
+# Commit statuses still to be posted to GitHub: one row per job and repository, the newest state.
+commit_statuses = Table(
+    "jobmaster_commit_statuses",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("repository", String(300), primary_key=True),
+    Column("sha", String(100), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("deadline_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+)

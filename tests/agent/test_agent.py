@@ -231,6 +231,23 @@ async def test_timeout_kills_process_tree(agent: AgentProcess, script: Script, c
     assert await wait_dead(pids) == []
 
 
+ESCAPE_SCRIPT = """#!/bin/sh
+# Leaves its process group and session, and its parent exits: only the agent (the subreaper) can find it.
+sh -c 'setsid sh -c "sleep 1000" & echo "escaped $!"'
+echo "ready $$"
+"""
+
+
+async def test_processes_that_left_with_setsid_die_when_the_run_ends(
+    agent: AgentProcess, script: Script, check: Check
+) -> None:
+    messages = await collect(agent.client().run(run_request("escape", script("escape.sh", ESCAPE_SCRIPT))), check)
+    assert messages[-1]["status"] == "completed"
+    escaped = [int(pid) for pid in re.findall(r"escaped (\d+)", outputs(messages))]
+    assert len(escaped) == 1, outputs(messages)
+    assert await wait_dead(escaped) == [], "a process of the run outlived it"
+
+
 async def test_cancel_on_same_connection(agent: AgentProcess, script: Script, check: Check) -> None:
     boot = script("tree.sh", TREE_SCRIPT)
     async with agent.client().run(run_request("cancel-me", boot)) as stream:

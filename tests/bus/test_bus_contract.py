@@ -201,6 +201,41 @@ async def test_an_invalid_message_is_dead_lettered_and_the_consumer_goes_on(
     assert len(dead_letter_lines) == len(INVALID_ON_RECEIPT)
 
 
+async def test_a_message_with_a_field_of_a_newer_release_is_consumed(bus: Bus, raw: Raw, name: Name) -> None:
+    inbox = Inbox()
+    await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], inbox)
+    newer = {**event("newer"), "addedInV1_9": {"optional": True}}
+    await raw.publish(EX, f"{name('w')}.newer", json.dumps(newer).encode())
+    await inbox.wait_for_tag("newer")
+    assert inbox.messages[0].body == event("newer"), "the unknown field is dropped, the rest is as sent"
+
+
+async def test_a_poison_message_is_dead_lettered_after_its_deliveries_while_others_flow(
+    bus: Bus, raw: Raw, name: Name
+) -> None:
+    tries: list[int] = []
+    inbox = Inbox()
+
+    async def handler(message: Message) -> None:
+        if message.body["containerId"] == "poison":
+            tries.append(1)
+            raise RuntimeError("this handler always fails on this message")
+        inbox.record(message)
+
+    await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], handler)
+    await bus.publish(EX, f"{name('w')}.poison", event("poison"))
+    for i in range(20):
+        await bus.publish(EX, f"{name('w')}.ok", event(f"ok{i}"))
+    await inbox.wait(lambda i: len(i.messages) == 20)
+    async with asyncio.timeout(20):
+        while not any(key == f"{name('w')}.poison" for key, _ in await raw.dead_letters()):
+            await asyncio.sleep(0.05)
+    assert len(tries) == 8, "delivered max_deliveries (8) times in all, then dead-lettered"
+    await bus.publish(EX, f"{name('w')}.ok", event("after"))
+    await inbox.wait_for_tag("after")  # the consumer goes on
+    assert len(tries) == 8
+
+
 @pytest.mark.parametrize(
     ("exchange", "body"),
     [

@@ -27,7 +27,14 @@ class Cluster:
     """Writes one config per process and starts, kills and restarts component processes."""
 
     def __init__(
-        self, root: Path, db: str, bus: str, max_concurrent: int = 4, executioners: int = 1, schedulers: int = 1
+        self,
+        root: Path,
+        db: str,
+        bus: str,
+        max_concurrent: int = 4,
+        executioners: int = 1,
+        schedulers: int = 1,
+        **settings: Any,
     ) -> None:
         self.root = root
         self.names = (
@@ -52,6 +59,7 @@ class Cluster:
             },
             "executioners": [self.url(n) for n in self.names if n.startswith("executioner")],
             "container_types": [{"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}],
+            **settings,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -93,7 +101,9 @@ class Cluster:
             raise AssertionError(f"{name}: {error}\n{self.log(name)}") from None
 
     def kill(self, name: str) -> None:
-        os.killpg(self.processes[name].pid, signal.SIGKILL)
+        """kill -9 of the component's process alone: its containers' agents, in sessions of their
+        own, go on (as they would on another machine)."""
+        os.kill(self.processes[name].pid, signal.SIGKILL)
         self.processes[name].wait()
 
     def log(self, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -182,3 +183,39 @@ def write_up_config(tmp_path: Path, max_concurrent: int = 2) -> tuple[Path, dict
         )
     )
     return config, ports
+
+
+# -- processes of process containers, as the host sees them -------------------------------------
+# Each agent of the process provider is PID 1 of a PID namespace of its own: the pids task code sees
+# ($$, $!, $PPID) are that namespace's. A bootstrapper says where it runs ($INFRAX_WORK_DIR); these
+# turn that and its pids into the host's.
+
+
+def agent_pid(work_dir: str) -> int:
+    """The host pid of the agent whose run directory is `work_dir`."""
+    path = Path(work_dir)
+    home = next(p.parent for p in [path, *path.parents] if p.name == "work")
+    outer = int((home / "pid").read_text())
+    children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
+    command = Path(f"/proc/{outer}/cmdline").read_bytes().split(b"\0")[0]
+    return int(children[0]) if command.endswith(b"unshare") and children else outer
+
+
+def host_pid(work_dir: str, pid: int) -> int:
+    """The host pid of process `pid` as task code in `work_dir` saw it."""
+    agent = agent_pid(work_dir)
+    namespace = os.readlink(f"/proc/{agent}/ns/pid")
+    if namespace == os.readlink("/proc/self/ns/pid"):
+        return pid
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "pid") != namespace:
+                continue
+            line = next(x for x in (entry / "status").read_text().splitlines() if x.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(line.split()[-1]) == pid:
+            return int(entry.name)
+    raise LookupError(f"no process {pid} in the namespace of the agent of {work_dir}")

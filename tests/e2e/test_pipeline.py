@@ -7,7 +7,12 @@ import os
 import signal
 from pathlib import Path
 
-from tests.e2e.conftest import script, task
+from tests.e2e.conftest import agent_pid, host_pid, script, task
+
+
+def _split(line: str) -> tuple[str, int]:
+    work_dir, pid = line.split()
+    return work_dir, int(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -57,46 +62,49 @@ async def test_passing_and_failing_tasks(start_stack, tmp_path: Path) -> None:
 async def test_max_run_time_kills_the_process_tree(start_stack, tmp_path: Path) -> None:
     infrax = await start_stack()
     pid_file = tmp_path / "child.pid"
-    sleeper = script(tmp_path, "slow.sh", f"sleep 1000 &\necho $! > {pid_file}\nsleep 1000\n")
+    sleeper = script(tmp_path, "slow.sh", f'sleep 1000 &\necho "$INFRAX_WORK_DIR $!" > {pid_file}\nsleep 1000\n')
     submitted = await infrax.submit([task("slow", sleeper, maxRunTime=1)])
+    await _wait_for(lambda: pid_file.exists() and pid_file.read_text().endswith("\n"), 10, "the child to start")
+    child = host_pid(*_split(pid_file.read_text()))
 
     request = await infrax.wait_request(submitted["id"], timeout=30)
 
     partition = request.tasks[0].partitions[0]
     assert partition.state == "failed"
     assert "maxRunTime" in (partition.message or "")
-    child = int(pid_file.read_text())
     await _wait_for(lambda: not _alive(child), 5, "the background child to be killed")
 
 
 async def test_lost_agent_runs_again_on_a_new_container(start_stack, tmp_path: Path) -> None:
     infrax = await start_stack()
     agents = tmp_path / "agents"
-    flaky = script(tmp_path, "flaky.sh", f'echo $PPID >> {agents}\n[ "$INFRAX_RUN" = "1" ] && exit 0\nsleep 60\n')
+    flaky = script(
+        tmp_path, "flaky.sh", f'echo $INFRAX_WORK_DIR >> {agents}\n[ "$INFRAX_RUN" = "1" ] && exit 0\nsleep 60\n'
+    )
     submitted = await infrax.submit([task("flaky", flaky, retries=2)])
     await _wait_for(lambda: agents.exists() and agents.read_text().strip(), message="the first run to start")
-    first_agent = int(agents.read_text().split()[0])
+    first_agent = agent_pid(agents.read_text().split()[0])
 
     os.kill(first_agent, signal.SIGKILL)
     request = await infrax.wait_request(submitted["id"], timeout=30)
 
     partition = request.tasks[0].partitions[0]
     assert (partition.state, partition.run) == ("completed", 1)
-    second_agent = int(agents.read_text().split()[1])
-    assert second_agent != first_agent
+    first_dir, second_dir = agents.read_text().split()[:2]
+    assert Path(second_dir).parent != Path(first_dir).parent, "the re-run ran on the same container"
 
 
 async def test_lost_agent_past_retries_ends_as_exception(start_stack, tmp_path: Path) -> None:
     infrax = await start_stack()
     agents = tmp_path / "agents"
-    doomed = script(tmp_path, "doomed.sh", f"echo $PPID >> {agents}\nsleep 60\n")
+    doomed = script(tmp_path, "doomed.sh", f"echo $INFRAX_WORK_DIR >> {agents}\nsleep 60\n")
     submitted = await infrax.submit([task("doomed", doomed, retries=1)])
     for attempt in (1, 2):
         await _wait_for(
             lambda n=attempt: agents.exists() and len(agents.read_text().split()) >= n,
             message=f"run {attempt} to start",
         )
-        os.kill(int(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
+        os.kill(agent_pid(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
 
     request = await infrax.wait_request(submitted["id"], timeout=30)
 
@@ -110,10 +118,11 @@ async def test_cancel_stops_running_and_queued_partitions(start_stack, tmp_path:
     infrax = await start_stack()
     pids = tmp_path / "pids"
     pids.mkdir()
-    long = script(tmp_path, "long.sh", f"echo $$ > {pids}/$INFRAX_CHUNK\nsleep 60\n")
+    long = script(tmp_path, "long.sh", f'echo "$INFRAX_WORK_DIR $$" > {pids}/$INFRAX_CHUNK\nsleep 60\n')
     files = [f"f{i}.py" for i in range(5)]
     submitted = await infrax.submit([task("long", long, files, partitions=5)], jobId="job-to-cancel")
     await _wait_for(lambda: len(list(pids.iterdir())) == 3, message="three partitions running (the type's maximum)")
+    running = [host_pid(*_split(p.read_text())) for p in pids.iterdir()]
 
     response = await infrax["scheduler"].post("/api/v1/jobs/job-to-cancel/cancel")
     assert response.status_code == 200, response.text
@@ -121,7 +130,6 @@ async def test_cancel_stops_running_and_queued_partitions(start_stack, tmp_path:
     request = await infrax.request(submitted["id"])
     assert request.state == "cancelled"
     assert [p.state for p in request.tasks[0].partitions] == ["cancelled"] * 5
-    running = [int(p.read_text()) for p in pids.iterdir()]
     await _wait_for(lambda: not any(_alive(pid) for pid in running), 10, "cancelled processes to die")
     # A request queued after the cancel runs behind anything still dispatchable of the cancelled
     # one (the queue is in order): once it is done, a queued partition that survived would have started.

@@ -99,13 +99,22 @@ async def job_in(client: httpx.AsyncClient, job_id: str, *states: str, timeout: 
 
 
 class RecordingGitHub:
-    def __init__(self) -> None:
+    """Records every status posted; refuses the first `refuse_first` with a 502, as GitHub under load."""
+
+    def __init__(self, refuse_first: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
-        recorded = self.requests
+        self.refused: list[dict[str, Any]] = []
+        recorded, refused = self.requests, self.refused
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if len(refused) < refuse_first:
+                    refused.append({"path": self.path, "body": json.loads(raw or b"null")})
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 recorded.append(
                     {
                         "method": "POST",

@@ -19,6 +19,7 @@ from infrax.bus.messages import PartitionStatus
 from infrax.jobmaster.treeherder import pulse_jobs
 from infrax.model import TaskPartition
 from infrax.sample_project import break_one_test, make_sample_repo
+from tests.e2e.conftest import agent_pid
 from tests.jobmaster.conftest import commit, git, job_in, pulse_job_schema, wait_for
 
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/\d+$")
@@ -103,7 +104,7 @@ async def test_an_agent_loss_is_a_retry_and_then_an_exception(
     messages = await collecting(infrax)
     agents = tmp_path / "agents"
     doomed = tmp_path / "doomed.sh"
-    doomed.write_text(f"#!/bin/sh\necho $PPID >> {agents}\nsleep 60\n")
+    doomed.write_text(f"#!/bin/sh\necho $INFRAX_WORK_DIR >> {agents}\nsleep 60\n")
     doomed.chmod(0o755)
     repo = tmp_path / "doomed"
     repo.mkdir()
@@ -126,7 +127,7 @@ tasks:
     assert pushed.status_code == 201, pushed.text
     for attempt in (1, 2):
         await wait_for(lambda n=attempt: _started(agents, n), 20, f"run {attempt - 1} to start")
-        os.kill(int(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
+        os.kill(agent_pid(agents.read_text().split()[attempt - 1]), signal.SIGKILL)
     job = await job_in(infrax["jobmaster"], pushed.json()["id"], "exception", "completed", "failed", timeout=30)
     assert job["state"] == "exception"
 

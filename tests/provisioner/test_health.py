@@ -9,12 +9,14 @@ import signal
 import time
 
 from infrax.model import ContainerState, ContainerType
+from tests.e2e.conftest import agent_pid
 
 from .conftest import MakeHarness, make_offer, wait_for
 
 
 def _pid(slot) -> int:  # type: ignore[no-untyped-def]
-    return slot.provider._processes[slot.id].pid
+    """The agent's own pid (the container's process is `unshare`, its parent, where namespaces work)."""
+    return agent_pid(str(slot.provider.root / slot.id / "work"))
 
 
 async def test_busy_container_that_stops_answering_is_lost_within_10_seconds(harness: MakeHarness) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from infrax.bus import topics
 from infrax.bus.messages import RunStatus
 from infrax.model import ContainerType, State
+from tests.e2e.conftest import agent_pid
 
 from .stacks import bootstrapper, running_stack, task
 
@@ -23,7 +24,7 @@ LINUX = ContainerType(name="linux", tags=["linux"], max_concurrent=2, min_warm=1
 
 
 def _agent_pid(provisioner, container_id: str) -> int:  # type: ignore[no-untyped-def]
-    return provisioner.slots[container_id].provider._processes[container_id].pid  # type: ignore[no-any-return]
+    return agent_pid(str(provisioner.slots[container_id].provider.root / container_id / "work"))
 
 
 async def test_unanswering_agent_mid_partition_is_replaced_and_the_partition_rerun(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Nothing runs in the background: the test calls the steps the scheduler's loops c
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -98,6 +99,11 @@ class RecordingBus(MemoryBus):
     ) -> None:
         await super().publish(exchange, routing_key, body, headers=headers)
         self.sent.append((exchange, routing_key, body))
+
+    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
+        messages = list(messages)
+        await super().publish_encoded(messages)
+        self.sent += [(exchange, key, json.loads(data)) for exchange, key, data in messages]
 
 
 class Harness:

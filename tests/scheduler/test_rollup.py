@@ -105,6 +105,7 @@ async def test_cancel_ends_every_unfinished_part_and_stops_what_runs(harness: Ha
     harness.forget_events()
 
     cancelled = await harness.scheduler.cancel_request(request.id)
+    await harness.scheduler.published()
 
     assert cancelled.state == S.CANCELLED
     assert sorted(p.state for p in cancelled.tasks[0].partitions) == [S.CANCELLED, S.CANCELLED, S.COMPLETED]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,11 @@ class ContainerProvider(abc.ABC):
     @abc.abstractmethod
     async def list(self) -> list[str]:
         """Ids of every container this provider owns, including leaked ones."""
+
+    async def adoptable(self) -> builtins.list[tuple[str, str, Endpoint]]:
+        """(container id, container type, endpoint) of this provider's containers that may still
+        run: what a provisioner after a crash tries to adopt. A provider that cannot tell says none."""
+        return []
 
     async def close(self) -> None:
         return None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ from infrax.model import ContainerType
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
 
 READY = "INFRAX-AGENT-READY "
+log = logging.getLogger(__name__)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 
@@ -32,8 +35,39 @@ class ProcessProvider(ContainerProvider):
         self.run_as: str | None = self.options.get("run_as")
         # The agent is standard library only: any Python 3.11+ the run_as user may execute.
         self.python = str(self.options.get("python") or sys.executable)
+        # An agent nobody has spoken to for this long exits (a provisioner heartbeats its containers
+        # every few seconds, and one that restarts adopts them: this only ends agents left for good).
+        self.orphan_timeout = float(self.options.get("orphan_timeout", 120.0))
+        # Each agent as PID 1 of its own PID namespace (with its own /proc), where the host allows:
+        # when the agent dies, however it dies, the kernel kills every process of its runs, also
+        # those that left with setsid. "auto": where `unshare` works; true: required; false: never.
+        self.pid_namespace = self.options.get("pid_namespace", "auto")
+        self._unshare: list[str] | None = None
+        self._probing = asyncio.Lock()
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._drainers: set[asyncio.Task[None]] = set()
+
+    async def _namespace_prefix(self) -> list[str]:
+        async with self._probing:  # the first creates come all at once: one probe, and all wait for it
+            if self._unshare is None:
+                prefix: list[str] = []
+                if self.pid_namespace is not False and shutil.which("unshare"):
+                    command = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+                    probe = await asyncio.create_subprocess_exec(
+                        *command, "true", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                    )
+                    if await probe.wait() == 0:
+                        prefix = command
+                if not prefix and self.pid_namespace is True:
+                    raise ProviderError("pid_namespace is required, but `unshare --pid` does not work here")
+                if not prefix:
+                    log.warning(
+                        "provider %s: no PID namespace per agent here (`unshare --pid` needs root); processes a "
+                        "run leaves behind are killed when it ends, but survive an agent killed mid-run",
+                        self.name,
+                    )
+                self._unshare = prefix
+        return self._unshare
 
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
         started = time.monotonic()
@@ -48,6 +82,7 @@ class ProcessProvider(ContainerProvider):
             # The child keeps its own copy of the log's descriptor; this process closes its own at once.
             with (home / "agent.log").open("ab") as agent_log:
                 process = await asyncio.create_subprocess_exec(
+                    *await self._namespace_prefix(),
                     *self._as_user(),
                     self.python,
                     "-m",
@@ -60,8 +95,8 @@ class ProcessProvider(ContainerProvider):
                     str(home / "work"),
                     "--kill-grace",
                     str(self.kill_grace),
-                    "--parent-pid",
-                    str(os.getpid()),
+                    "--orphan-timeout",
+                    str(self.orphan_timeout),
                     "--secret-stdin",
                     stdout=asyncio.subprocess.PIPE,
                     stderr=agent_log,
@@ -86,6 +121,10 @@ class ProcessProvider(ContainerProvider):
             raise ProviderError(f"agent of container {container_id} did not start: {error or 'timed out'}") from error
         self.start_durations.append(time.monotonic() - started)
         self._drainers.add(asyncio.create_task(self._drain(process)))
+        # What a provisioner after this one needs to adopt it (the secret it derives again).
+        (home / "endpoint.json").write_text(
+            json.dumps({"host": endpoint.host, "port": endpoint.port, "type": container_type.name})
+        )
         return endpoint
 
     def _as_user(self) -> list[str]:
@@ -144,6 +183,21 @@ class ProcessProvider(ContainerProvider):
                 _signal_group(pid, signal.SIGKILL)
         await asyncio.to_thread(shutil.rmtree, home, True)
 
+    async def adoptable(self) -> builtins.list[tuple[str, str, Endpoint]]:
+        found = []
+        for container_id in await self.list():
+            home = self.root / container_id
+            pid = _read_pid(home)
+            try:
+                info = json.loads((home / "endpoint.json").read_text())
+                endpoint = Endpoint(str(info["host"]), int(info["port"]))
+                type_name = str(info["type"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if pid is not None and _is_agent(pid):
+                found.append((container_id, type_name, endpoint))
+        return found
+
     async def list(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -151,6 +205,21 @@ class ProcessProvider(ContainerProvider):
 
     async def close(self) -> None:
         await asyncio.gather(*(self.destroy(cid) for cid in list(self._processes)), return_exceptions=True)
+
+
+def agent_pid(home: Path) -> int | None:
+    """The pid of the agent of the container in `home`: the child of `unshare` where the agent has a
+    PID namespace of its own, else the container's process itself."""
+    pid = _read_pid(home)
+    if pid is None:
+        return None
+    try:
+        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"unshare"):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            return int(children[0]) if children else None
+    except OSError:
+        return None
+    return pid
 
 
 def _read_pid(home: Path) -> int | None:
