@@ -563,8 +563,13 @@ async def _exited(process: asyncio.subprocess.Process) -> None:
             await asyncio.sleep(0.005)
         return
     loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(descriptor, lambda: gone.done() or gone.set_result(None))
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(descriptor, exited)
     try:
         await gone
     finally:

@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.model import Task, TaskPartition, TaskRequest, TaskRequestSubmission
-from infrax.scheduler.service import NotFound, Rejected, Scheduler
+from infrax.scheduler.queries import NotFound
+from infrax.scheduler.service import Rejected, Scheduler
 from infrax.web import add_error_handlers
 
 

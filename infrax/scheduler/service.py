@@ -13,29 +13,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.auth.runs import RunTokens
 from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
-from infrax.bus.messages import BusMessage, ContainerEvent, RunStatus
+from infrax.bus.messages import BusMessage, RunStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError
 from infrax.model import (
-    FINAL_STATES,
     ContainerType,
-    PartitionOffer,
     PlanRequest,
     State,
-    Task,
     TaskDefinition,
-    TaskPartition,
     TaskRequest,
     TaskRequestSubmission,
     is_final,
     new_id,
     pick_container_type,
-    run_id_of,
     utcnow,
 )
 from infrax.optimizer.client import OptimizerClient
@@ -43,16 +37,17 @@ from infrax.outbox import Outbox
 from infrax.provisioner.client import ProvisionerClient
 from infrax.retry import outage
 from infrax.scheduler import records
+from infrax.scheduler.cancelling import Cancelling
 from infrax.scheduler.definitions import Known, TaskDefinitions
+from infrax.scheduler.dispatch import Dispatching
 from infrax.scheduler.events import outgoing, partition_status, request_status, task_status
-from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, IN_FLIGHT, Recovery
+from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, Recovery
 from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, request_state, settle_tasks, transition
 from infrax.store import Database, StoreError
 from infrax.store.tables import partitions, requests, scheduler_outbox, tasks
 
 log = logging.getLogger(__name__)
 
-DISPATCH_BATCH = 64
 DISPATCH_LINGER = 0.002
 
 
@@ -60,11 +55,7 @@ class Rejected(Exception):
     """A submission the scheduler refuses; the message says why (answered as HTTP 422)."""
 
 
-class NotFound(Exception):
-    pass
-
-
-class Scheduler:
+class Scheduler(Dispatching, Cancelling):
     def __init__(
         self,
         db: Database,
@@ -206,47 +197,6 @@ class Scheduler:
             + f" (known tags: {', '.join(known)})"
         )
 
-    async def get_request(self, request_id: str) -> TaskRequest:
-        async with self.db.begin() as conn:
-            request = await records.load_request(conn, request_id)
-        if request is None:
-            raise NotFound(f"no task request {request_id}")
-        return request
-
-    async def list_requests(self, job_id: str | None = None, state: str | None = None) -> list[TaskRequest]:
-        query = select(requests).order_by(requests.c.created_at.desc()).limit(500)
-        if job_id:
-            query = query.where(requests.c.job_id == job_id)
-        if state:
-            query = query.where(requests.c.state == state)
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [records.request_from_row(r) for r in rows]
-
-    async def get_task(self, task_id: str) -> Task:
-        async with self.db.begin() as conn:
-            task = await records.load_task(conn, task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id}")
-        return task
-
-    async def get_partition(self, partition_id: str) -> TaskPartition:
-        async with self.db.begin() as conn:
-            partition = await records.load_partition(conn, partition_id)
-        if partition is None:
-            raise NotFound(f"no partition {partition_id}")
-        return partition
-
-    async def list_partitions(self, request_id: str | None = None, state: str | None = None) -> list[TaskPartition]:
-        query = select(partitions).order_by(partitions.c.seq)
-        if request_id:
-            query = query.where(partitions.c.request_id == request_id)
-        if state:
-            query = query.where(partitions.c.state == state)
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [records.partition_from_row(r) for r in rows]
-
     # -- planning ---------------------------------------------------------------------------
 
     async def _keep_doing(
@@ -364,150 +314,6 @@ class Scheduler:
         self._dispatch_wanted.set()
         return True
 
-    # -- dispatching ------------------------------------------------------------------------
-
-    async def dispatch_batch(self) -> bool:
-        """Offer as many queued partitions as the provisioner says it can take; True if more may follow."""
-        now_mono = time.monotonic()
-        # A type blocked for long is tried again even without a capacity event, in case one was lost.
-        self._blocked_types = {t: since for t, since in self._blocked_types.items() if now_mono - since < 2.0}
-        if now_mono - self._free_checked > 1.0:
-            self._free = await self.provisioner.capacity()
-            self._free_checked = now_mono
-        free = {t: n for t, n in self._free.items() if n > 0 and t not in self._blocked_types}
-        if not free:
-            return False
-        claimed: list[Any] = []
-        # Each claim is one statement that locks, skips what another scheduler holds and marks in one go.
-        async with self.db.each_alone() as conn:
-            for container_type, room in free.items():
-                claimable = (
-                    select(partitions.c.id)
-                    .where(
-                        partitions.c.state == State.QUEUED,
-                        partitions.c.claimed_by.is_(None),
-                        partitions.c.container_type == container_type,
-                    )
-                    .order_by(partitions.c.priority.desc(), partitions.c.seq)
-                    .limit(min(room, DISPATCH_BATCH))
-                    .with_for_update(skip_locked=True)
-                )
-                claimed += (
-                    (
-                        await conn.execute(
-                            update(partitions)
-                            .where(partitions.c.id.in_(claimable.scalar_subquery()))
-                            .values(claimed_by=self.instance, claimed_at=utcnow())
-                            .returning(*partitions.c)
-                        )
-                    )
-                    .mappings()
-                    .all()
-                )
-            if not claimed:
-                return False
-            claimed = sorted(claimed, key=lambda p: (-p["priority"], p["seq"]))
-            offers = [await self._offer_for(conn, p) for p in claimed]
-        try:
-            answers = await self.provisioner.offer(offers)
-        except BaseException:
-            await self._unclaim([p["id"] for p in claimed])
-            raise
-        accepted = {a.run_id for a in answers if a.accepted}
-        for answer, offer in zip(answers, offers, strict=True):
-            self._free[offer.container_type] = max(0, self._free.get(offer.container_type, 0) - 1)
-            if not answer.accepted:
-                self._free[offer.container_type] = 0
-                self._blocked_types.setdefault(offer.container_type, time.monotonic())
-                log.debug("provisioner rejected %s: %s", answer.run_id, answer.reason)
-        accepted_ids = [o.partition_id for o in offers if o.run_id in accepted]
-        rejected_ids = [o.partition_id for o in offers if o.run_id not in accepted]
-        if rejected_ids:
-            await self._unclaim(rejected_ids)
-        if not accepted_ids:
-            return False
-        offered = {o.partition_id: o for o in offers}
-        async with self.outbox.begin() as (conn, messages):
-            # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
-            dispatched = (
-                (
-                    await conn.execute(
-                        update(partitions)
-                        .where(
-                            partitions.c.id.in_(accepted_ids),
-                            partitions.c.claimed_by == self.instance,
-                            partitions.c.state == State.QUEUED,
-                        )
-                        .values(state=State.DISPATCHED, dispatched_at=utcnow(), claimed_by=None)
-                        .returning(*partitions.c)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            if len(dispatched) < len(accepted_ids):
-                await conn.execute(
-                    update(partitions)
-                    .where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
-                    .values(claimed_by=None)
-                )
-            messages += outgoing(
-                partition_status(
-                    records.partition_from_row(row),
-                    State.QUEUED,
-                    offered[row["id"]].task_name,
-                    {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision},
-                )
-                for row in dispatched
-            )
-        return True
-
-    async def _unclaim(self, ids: list[str]) -> None:
-        async with self.db.each_alone() as conn:
-            await conn.execute(
-                update(partitions)
-                .where(partitions.c.id.in_(ids), partitions.c.claimed_by == self.instance)
-                .values(claimed_by=None)
-            )
-
-    async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
-        definition, project, revision, trusted = await self._definitions.get(conn, part["task_id"])
-        return PartitionOffer(
-            run_id=run_id_of(part["id"], part["run"]),
-            partition_id=part["id"],
-            task_id=part["task_id"],
-            request_id=part["request_id"],
-            job_id=part["job_id"],
-            task_name=definition.name,
-            index=part["idx"],
-            count=part["count"],
-            run=part["run"],
-            container_type=part["container_type"],
-            files=part["files"],
-            bootstrapper=definition.bootstrapper,
-            bootstrapper_arguments=definition.bootstrapper_arguments,
-            env=definition.env,
-            max_run_time=definition.max_run_time,
-            project=project,
-            revision=revision,
-            trusted=trusted,
-            run_token=None
-            if self.run_tokens is None
-            else self.run_tokens.make(
-                run_id_of(part["id"], part["run"]), part["id"], part["run"], part["job_id"], definition.max_run_time
-            ),
-        )
-
-    async def _on_capacity(self, message: Message) -> None:
-        event = ContainerEvent.model_validate(message.body)
-        if event.event == "free":
-            self._free[event.container_type] = self._free.get(event.container_type, 0) + event.count
-        else:
-            self._free_checked = 0.0  # ask the provisioner again
-        if event.event in ("free", "stopped", "lost"):
-            self._blocked_types.pop(event.container_type, None)
-            self._dispatch_wanted.set()
-
     # -- following runs ---------------------------------------------------------------------
 
     async def _on_run_status(self, message: Message) -> None:
@@ -600,75 +406,6 @@ class Scheduler:
 
     async def check_in_flight(self, grace: float) -> None:
         await self.recovery.check_in_flight(grace)
-
-    # -- cancel -----------------------------------------------------------------------------
-
-    async def cancel_request(self, request_id: str) -> TaskRequest:
-        await self._cancel(
-            requests.c.id == request_id, partitions.c.request_id == request_id, tasks.c.request_id == request_id
-        )
-        return await self.get_request(request_id)
-
-    async def cancel_job(self, job_id: str) -> list[str]:
-        await self._cancel(requests.c.job_id == job_id, partitions.c.job_id == job_id, tasks.c.job_id == job_id)
-        return [r.id for r in await self.list_requests(job_id=job_id)]
-
-    async def _cancel(self, request_clause: Any, partition_clause: Any, task_clause: Any) -> None:
-        now = utcnow()
-        events: list[BusMessage] = []
-        async with self.outbox.begin() as (conn, messages):
-            found = (await conn.execute(select(requests).where(request_clause))).mappings().all()
-            if not found:
-                raise NotFound("no such task request or job")
-            parts = (
-                (
-                    await conn.execute(
-                        select(partitions).where(partition_clause, partitions.c.state.not_in(list(FINAL_STATES)))
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            in_flight = [run_id_of(p["id"], p["run"]) for p in parts if p["state"] in IN_FLIGHT]
-            for part in parts:
-                row = dict(part) | {"state": State.CANCELLED, "finished_at": now, "message": "cancelled"}
-                await conn.execute(
-                    update(partitions)
-                    .where(partitions.c.id == part["id"])
-                    .values(state=State.CANCELLED, finished_at=now, message="cancelled", claimed_by=None)
-                )
-                task = await self._definitions.get(conn, part["task_id"])
-                events.append(
-                    partition_status(
-                        records.partition_from_row(row),
-                        part["state"],
-                        task.definition.name,
-                        {"project": task.project, "revision": task.revision},
-                    )
-                )
-            for task_row in (
-                (await conn.execute(select(tasks).where(task_clause, tasks.c.state.not_in(list(FINAL_STATES)))))
-                .mappings()
-                .all()
-            ):
-                await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=State.CANCELLED))
-                events.append(task_status(task_row, State.CANCELLED, task_row["state"]))
-            for request_row in found:
-                if not is_final(request_row["state"]):
-                    await conn.execute(
-                        update(requests)
-                        .where(requests.c.id == request_row["id"])
-                        .values(state=State.CANCELLED, updated_at=now)
-                    )
-                    events.append(
-                        request_status(request_row["id"], request_row["job_id"], State.CANCELLED, request_row["state"])
-                    )
-            messages += outgoing(events)
-        if in_flight:
-            try:
-                await self.provisioner.cancel(in_flight)
-            except ServiceError as error:
-                log.warning("could not stop cancelled runs %s: %s", in_flight, error)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -1,0 +1,182 @@
+"""Dispatching: claim queued partitions, offer them to the provisioner, mark the accepted ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from infrax.auth.runs import RunTokens
+from infrax.bus import Message
+from infrax.bus.messages import ContainerEvent
+from infrax.model import PartitionOffer, State, run_id_of, utcnow
+from infrax.outbox import Outbox
+from infrax.provisioner.client import ProvisionerClient
+from infrax.scheduler import records
+from infrax.scheduler.definitions import TaskDefinitions
+from infrax.scheduler.events import outgoing, partition_status
+from infrax.store import Database
+from infrax.store.tables import partitions
+
+log = logging.getLogger(__name__)
+
+DISPATCH_BATCH = 64
+
+
+class Dispatching:
+    db: Database
+    outbox: Outbox
+    provisioner: ProvisionerClient
+    run_tokens: RunTokens | None
+    instance: str
+    _definitions: TaskDefinitions
+    _dispatch_wanted: asyncio.Event
+    _blocked_types: dict[str, float]
+    _free: dict[str, int]
+    _free_checked: float
+
+    async def dispatch_batch(self) -> bool:
+        """Offer as many queued partitions as the provisioner says it can take; True if more may follow."""
+        now_mono = time.monotonic()
+        # A type blocked for long is tried again even without a capacity event, in case one was lost.
+        self._blocked_types = {t: since for t, since in self._blocked_types.items() if now_mono - since < 2.0}
+        if now_mono - self._free_checked > 1.0:
+            self._free = await self.provisioner.capacity()
+            self._free_checked = now_mono
+        free = {t: n for t, n in self._free.items() if n > 0 and t not in self._blocked_types}
+        if not free:
+            return False
+        claimed: list[Any] = []
+        # Each claim is one statement that locks, skips what another scheduler holds and marks in one go.
+        async with self.db.each_alone() as conn:
+            for container_type, room in free.items():
+                claimable = (
+                    select(partitions.c.id)
+                    .where(
+                        partitions.c.state == State.QUEUED,
+                        partitions.c.claimed_by.is_(None),
+                        partitions.c.container_type == container_type,
+                    )
+                    .order_by(partitions.c.priority.desc(), partitions.c.seq)
+                    .limit(min(room, DISPATCH_BATCH))
+                    .with_for_update(skip_locked=True)
+                )
+                claimed += (
+                    (
+                        await conn.execute(
+                            update(partitions)
+                            .where(partitions.c.id.in_(claimable.scalar_subquery()))
+                            .values(claimed_by=self.instance, claimed_at=utcnow())
+                            .returning(*partitions.c)
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+            if not claimed:
+                return False
+            claimed = sorted(claimed, key=lambda p: (-p["priority"], p["seq"]))
+            offers = [await self._offer_for(conn, p) for p in claimed]
+        try:
+            answers = await self.provisioner.offer(offers)
+        except BaseException:
+            await self._unclaim([p["id"] for p in claimed])
+            raise
+        accepted = {a.run_id for a in answers if a.accepted}
+        for answer, offer in zip(answers, offers, strict=True):
+            self._free[offer.container_type] = max(0, self._free.get(offer.container_type, 0) - 1)
+            if not answer.accepted:
+                self._free[offer.container_type] = 0
+                self._blocked_types.setdefault(offer.container_type, time.monotonic())
+                log.debug("provisioner rejected %s: %s", answer.run_id, answer.reason)
+        accepted_ids = [o.partition_id for o in offers if o.run_id in accepted]
+        rejected_ids = [o.partition_id for o in offers if o.run_id not in accepted]
+        if rejected_ids:
+            await self._unclaim(rejected_ids)
+        if not accepted_ids:
+            return False
+        offered = {o.partition_id: o for o in offers}
+        async with self.outbox.begin() as (conn, messages):
+            # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
+            dispatched = (
+                (
+                    await conn.execute(
+                        update(partitions)
+                        .where(
+                            partitions.c.id.in_(accepted_ids),
+                            partitions.c.claimed_by == self.instance,
+                            partitions.c.state == State.QUEUED,
+                        )
+                        .values(state=State.DISPATCHED, dispatched_at=utcnow(), claimed_by=None)
+                        .returning(*partitions.c)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            if len(dispatched) < len(accepted_ids):
+                await conn.execute(
+                    update(partitions)
+                    .where(partitions.c.id.in_(accepted_ids), partitions.c.claimed_by == self.instance)
+                    .values(claimed_by=None)
+                )
+            messages += outgoing(
+                partition_status(
+                    records.partition_from_row(row),
+                    State.QUEUED,
+                    offered[row["id"]].task_name,
+                    {"project": offered[row["id"]].project, "revision": offered[row["id"]].revision},
+                )
+                for row in dispatched
+            )
+        return True
+
+    async def _unclaim(self, ids: list[str]) -> None:
+        async with self.db.each_alone() as conn:
+            await conn.execute(
+                update(partitions)
+                .where(partitions.c.id.in_(ids), partitions.c.claimed_by == self.instance)
+                .values(claimed_by=None)
+            )
+
+    async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
+        definition, project, revision, trusted = await self._definitions.get(conn, part["task_id"])
+        return PartitionOffer(
+            run_id=run_id_of(part["id"], part["run"]),
+            partition_id=part["id"],
+            task_id=part["task_id"],
+            request_id=part["request_id"],
+            job_id=part["job_id"],
+            task_name=definition.name,
+            index=part["idx"],
+            count=part["count"],
+            run=part["run"],
+            container_type=part["container_type"],
+            files=part["files"],
+            bootstrapper=definition.bootstrapper,
+            bootstrapper_arguments=definition.bootstrapper_arguments,
+            env=definition.env,
+            max_run_time=definition.max_run_time,
+            project=project,
+            revision=revision,
+            trusted=trusted,
+            run_token=None
+            if self.run_tokens is None
+            else self.run_tokens.make(
+                run_id_of(part["id"], part["run"]), part["id"], part["run"], part["job_id"], definition.max_run_time
+            ),
+        )
+
+    async def _on_capacity(self, message: Message) -> None:
+        event = ContainerEvent.model_validate(message.body)
+        if event.event == "free":
+            self._free[event.container_type] = self._free.get(event.container_type, 0) + event.count
+        else:
+            self._free_checked = 0.0  # ask the provisioner again
+        if event.event in ("free", "stopped", "lost"):
+            self._blocked_types.pop(event.container_type, None)
+            self._dispatch_wanted.set()
