@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ def _project(repo: Path, journal: Path, work: float) -> str:
     (repo / "ci").mkdir()
     (repo / "ci" / "work.sh").write_text(
         "#!/bin/sh\n"
-        f'echo "start $INFRAX_PARTITION_ID $INFRAX_RUN $(date +%s.%N)" >> {journal}\n'
+        f'echo "start $INFRAX_PARTITION_ID $INFRAX_RUN $(date +%s.%N) $INFRAX_WORK_DIR" >> {journal}\n'
         f"setsid sh -c 'sleep {work}; echo \"done $INFRAX_PARTITION_ID $INFRAX_RUN $(date +%s.%N)\" >> {journal}' &\n"
         "wait\n"
     )
@@ -242,20 +243,28 @@ async def test_job_master_killed_for_3_seconds_and_github_statuses_still_arrive(
 
 
 async def test_agents_killed_mid_run(experiment: Any) -> None:
-    run = await experiment(work=0.3)
-    containers = Path(run.cluster.base["data_dir"]) / "containers" / "process"
+    run = await experiment(work=0.4)
     async with run.cluster.client("jobmaster", timeout=60) as jobmaster:
         job_id = await run.push(jobmaster)
         await run.until_done(40)
         run.fault()
         killed = 0
-        for _ in range(3):  # three rounds, each killing every agent that is running something
-            for pid in _agent_pids(containers):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            await run.until_done(run.done() + 20)
+        for _ in range(20):
+            # Agents whose run started less than 0.2 s ago: it has 0.2 s of work left, a journal
+            # line from it after the kill would be a process that outlived its agent.
+            entries = run.entries()
+            finished = {(e[1], e[2]) for e in entries if e[0] == "done"}
+            now = time.time()
+            for e in entries:
+                if e[0] == "start" and (e[1], e[2]) not in finished and now - float(e[3]) < 0.2:
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        os.kill(agent_pid(e[4]), signal.SIGKILL)
+                        killed += 1
+            if killed >= 12:
+                break
+            await run.until_done(run.done() + 8)
         run.restored()
-        assert killed >= 8
+        assert killed >= 12
     await run.outcome(f"kill -9 of {killed} agents", job_id)
 
 
@@ -275,17 +284,6 @@ async def test_rabbitmq_outage_of_10_seconds(experiment: Any) -> None:
         assert "Traceback" not in log, f"{name} logged a traceback:\n{log[-3000:]}"
         warnings = [line for line in log.splitlines() if "WARNING" in line and "broker" in line]
         assert len(warnings) <= 4, f"{name} logged {len(warnings)} broker warnings:\n" + "\n".join(warnings[:10])
-
-
-def _agent_pids(containers: Path) -> list[int]:
-    """The agents (PID 1 of their namespace, the child of `unshare`) of every container."""
-    pids = []
-    for work in containers.glob("*/work"):
-        try:
-            pids.append(agent_pid(str(work)))
-        except (OSError, ValueError, IndexError):
-            continue  # a container just starting or just gone
-    return pids
 
 
 def _pg_ctl(action: str) -> None:
