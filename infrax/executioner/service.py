@@ -17,7 +17,7 @@ from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, Ag
 from infrax.agent.protocol import MAX_INLINE_BOOTSTRAPPER
 from infrax.auth.runs import RunTokens
 from infrax.batcher import Batcher
-from infrax.bus import Bus, topics
+from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
 from infrax.http import ServiceError
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, utcnow
@@ -36,9 +36,6 @@ _RECORD_FINAL = (
     .values(
         {c: bindparam(f"b_{c}") for c in ("state", "exit_code", "message", "duration", "file_durations", "finished_at")}
     )
-)
-_RECORD_STARTED = (
-    update(runs).where(runs.c.run_id == bindparam("b_run_id"), runs.c.state == "accepted").values(state="running")
 )
 BOOTSTRAPPERS_KEPT = 64  # at most 64 × 512 KiB in memory
 # A dropped connection to an agent is re-attached this many times (the run goes on meanwhile);
@@ -91,7 +88,6 @@ class Executioner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running_published: dict[str, asyncio.Task[None]] = {}  # run id -> its `running` stored
         self._cancel_requested: set[str] = set()  # runs whose cancel was asked for: their end is `cancelled`
-        self._started = Batcher(self._record_started, max_batch=500)
         self._finals = Batcher(self._record_finals, max_batch=500)
         self._releases = Batcher(self._release, max_batch=500)
         # Every run status is written here with the run's state; the relay publishes it.
@@ -102,7 +98,6 @@ class Executioner:
         """Re-attach to the runs that were in flight when this executioner stopped: they went on in
         their agents meanwhile. In the background: this executioner takes new runs at once."""
         self.outbox.start()
-        self._started.start()
         self._finals.start()
         self._releases.start()
         self._resuming = asyncio.create_task(self._resume(), name="executioner-resume")
@@ -114,7 +109,6 @@ class Executioner:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        await self._started.stop()
         await self._finals.stop()
         await self._releases.stop()
         await self.outbox.stop()
@@ -323,7 +317,7 @@ class Executioner:
             elif kind == "started" and run_id not in self._running_published:
                 # Not awaited: storing it (and so its message) would hold up reading the run's output,
                 # and a short run's end. `_finish` waits for it before the final status.
-                self._running_published[run_id] = asyncio.create_task(self._store_started(assignment))
+                self._running_published[run_id] = asyncio.create_task(self._announce_started(assignment))
             elif kind == "exit":
                 return self._exit_status(assignment, message)
         raise AgentConnectionLost("the agent closed the stream without an exit status")
@@ -461,19 +455,16 @@ class Executioner:
             self._tasks.pop(run_id, None)
             self._cancel_requested.discard(run_id)
 
-    async def _store_started(self, assignment: ExecutionAssignment) -> None:
+    async def _announce_started(self, assignment: ExecutionAssignment) -> None:
+        """`running` is news, not state this executioner stores (it stores a run's acceptance and its
+        end): published at once, not through the outbox. If the broker is away it is dropped after
+        its retries; the final status, which is stored and goes through the outbox, says all that
+        matters, and always after this one (`_finish` waits for it)."""
+        status = self._status(assignment, "running")
         try:
-            await self._started.submit(self._status(assignment, "running"))
-        except StoreError as error:  # the final state, stored later, says all that matters
-            log.warning("could not store that run %s started: %s", assignment.offer.run_id, error)
-
-    async def _record_started(self, statuses: list[RunStatus]) -> None:
-        async def store() -> None:
-            async with self.outbox.begin() as (conn, messages):
-                await conn.execute(_RECORD_STARTED, [{"b_run_id": s.run_id} for s in statuses])
-                messages += [_outgoing(s) for s in statuses]
-
-        await retry(store, on=StoreError, deadline=self.outage_deadline, maximum=2.0, during=outage("the database"))
+            await self.bus.publish(*_outgoing(status))
+        except BusError as error:
+            log.info("that run %s started was not published: %s", status.run_id, error)
 
     async def _release(self, releases: list[Release]) -> None:
         try:
