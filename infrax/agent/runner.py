@@ -577,6 +577,15 @@ async def _exited(process: asyncio.subprocess.Process) -> None:
         os.close(descriptor)
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True  # gone
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+
+
 async def kill_leftovers(run_id: str, rounds: int = 50) -> int:
     """Kill every child of this agent: with the run's own process reaped, any child left is an
     orphan of the run (re-parented to us as the subreaper). Each one's process group goes too,
@@ -606,6 +615,17 @@ async def kill_leftovers(run_id: str, rounds: int = 50) -> int:
 
 
 def _children_of(parent: int) -> list[int]:
+    """Live children of `parent`: from /proc's children lists where the kernel keeps them (a few
+    reads), else by scanning every process (milliseconds on a busy host)."""
+    try:
+        tasks = os.listdir(f"/proc/{parent}/task")
+        listed = set()
+        for tid in tasks:
+            with open(f"/proc/{parent}/task/{tid}/children") as handle:
+                listed.update(int(pid) for pid in handle.read().split())
+        return [pid for pid in listed if not _zombie(pid)]
+    except (OSError, ValueError):
+        pass
     found = []
     try:
         entries = os.listdir("/proc")
