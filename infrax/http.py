@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
+
+from infrax.retry import Outage, retry
+
+T = TypeVar("T")
 
 
 class ServiceError(Exception):
@@ -21,6 +26,20 @@ class ServiceError(Exception):
         """The component is down, overloaded or failing (no answer, 5xx, 429): worth waiting for,
         and never the fault of whatever was being asked for."""
         return self.status is None or self.status >= 500 or self.status == 429
+
+
+async def while_unavailable(work: Callable[[], Awaitable[T]], deadline: float, during: Outage) -> T:
+    """`await work()`, waiting with backoff while the component it calls is down or failing (no
+    answer, 5xx, 429) for at most `deadline` seconds; a refusal (another 4xx) is raised at once."""
+    return await retry(
+        work,
+        on=ServiceError,
+        when=lambda e: isinstance(e, ServiceError) and e.unavailable,
+        deadline=deadline,
+        first=0.2,
+        maximum=2.0,
+        during=during,
+    )
 
 
 class ServiceClient:

@@ -619,7 +619,7 @@ def _children_of(parent: int) -> list[int]:
     reads), else by scanning every process (milliseconds on a busy host)."""
     try:
         tasks = os.listdir(f"/proc/{parent}/task")
-        listed = set()
+        listed: set[int] = set()
         for tid in tasks:
             with open(f"/proc/{parent}/task/{tid}/children") as handle:
                 listed.update(int(pid) for pid in handle.read().split())

@@ -19,7 +19,7 @@ from infrax.auth.runs import RunTokens
 from infrax.batcher import Batcher
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
-from infrax.http import ServiceError
+from infrax.http import ServiceError, while_unavailable
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, utcnow
 from infrax.outbox import Outbox, Outgoing
 from infrax.provisioner.client import ProvisionerClient
@@ -119,13 +119,8 @@ class Executioner:
             return
         wanted = {row["run_id"]: ExecutionAssignment.model_validate(row["assignment"]) for row in rows}
         try:
-            found = await retry(
-                lambda: self.provisioner.access(list(wanted)),
-                on=ServiceError,
-                when=lambda e: isinstance(e, ServiceError) and e.unavailable,
-                deadline=self.outage_deadline,
-                maximum=2.0,
-                during=outage("the provisioner"),
+            found = await while_unavailable(
+                lambda: self.provisioner.access(list(wanted)), self.outage_deadline, outage("the provisioner")
             )
         except ServiceError as error:
             log.warning("cannot re-attach to %d runs: %s", len(wanted), error)
@@ -469,13 +464,8 @@ class Executioner:
     async def _release(self, releases: list[Release]) -> None:
         try:
             # A provisioner that is down or restarting is waited for: it adopts the containers.
-            await retry(
-                lambda: self.provisioner.release_many(releases),
-                on=ServiceError,
-                when=lambda e: isinstance(e, ServiceError) and e.unavailable,
-                deadline=self.outage_deadline,
-                maximum=2.0,
-                during=outage("the provisioner"),
+            await while_unavailable(
+                lambda: self.provisioner.release_many(releases), self.outage_deadline, outage("the provisioner")
             )
         except ServiceError as error:
             # The container is the provisioner's to sort out; the run's outcome is already recorded.

@@ -28,7 +28,7 @@ from infrax.background import BackgroundTasks
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import ContainerEvent, RunStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
-from infrax.http import ServiceError
+from infrax.http import ServiceError, while_unavailable
 from infrax.model import (
     Container,
     ContainerAccess,
@@ -43,7 +43,7 @@ from infrax.model import (
 from infrax.provisioner.health import HEARTBEAT_ERRORS, HealthMonitor, ProviderHealth
 from infrax.provisioner.metrics import Histogram
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
-from infrax.retry import outage, retry
+from infrax.retry import outage
 
 log = logging.getLogger(__name__)
 
@@ -409,14 +409,8 @@ class Provisioner:
         try:
             # An executioner that is down or restarting is waited for (nothing is offered meanwhile:
             # see `capacity`); only one that refuses, or stays away past the deadline, loses them.
-            await retry(
-                lambda: self.executioner.execute(assignments),
-                on=ServiceError,
-                when=lambda e: isinstance(e, ServiceError) and e.unavailable,
-                deadline=self.outage_deadline,
-                first=0.2,
-                maximum=2.0,
-                during=self._executioner_outage,
+            await while_unavailable(
+                lambda: self.executioner.execute(assignments), self.outage_deadline, self._executioner_outage
             )
         except ServiceError as error:
             log.warning("executioner did not take %d runs: %s", len(assignments), error)
