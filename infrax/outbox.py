@@ -121,12 +121,8 @@ class Outbox:
             try:
                 while await self.relay_once():
                     pass
-            except BusError as error:
-                self._broker.failed(error)
-                pause = min(max(pause * 2, 0.1), 2.0)
-                continue
-            except StoreError as error:
-                self._store.failed(error)
+            except (BusError, StoreError) as error:
+                (self._broker if isinstance(error, BusError) else self._store).failed(error)
                 pause = min(max(pause * 2, 0.1), 2.0)
                 continue
             except Exception:

@@ -578,12 +578,8 @@ async def _exited(process: asyncio.subprocess.Process) -> None:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return True  # gone
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+    """Exited (a zombie) or gone."""
+    return (_stat_fields(pid) or [b"Z"])[0] == b"Z"
 
 
 async def kill_leftovers(run_id: str, rounds: int = 50) -> int:
@@ -626,23 +622,26 @@ def _children_of(parent: int) -> list[int]:
         return [pid for pid in listed if not _zombie(pid)]
     except (OSError, ValueError):
         pass
-    found = []
     try:
-        entries = os.listdir("/proc")
+        entries = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
         return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == parent and fields[0] != b"Z":
-            found.append(int(entry))
-    return found
+    return [pid for pid in entries if _parent(pid) == parent and not _zombie(pid)]
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat after the command name (state, ppid, …); None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -290,8 +290,8 @@ class Executioner:
                 drops += 1
                 if drops > REATTACH_ATTEMPTS:
                     raise AgentUnreachable(f"{error} (re-attached {REATTACH_ATTEMPTS} times)") from None
-                if attach or stream.last_seq is not None:
-                    next_seq = next_seq if stream.last_seq is None else stream.last_seq + 1
+                if stream.last_seq is not None:
+                    next_seq = stream.last_seq + 1
                 attach = True  # a run the agent never got is then unknown to it: lost, and re-run
                 log.info("run %s: connection to its agent dropped (%s); re-attaching from %d", run_id, error, next_seq)
                 await asyncio.sleep(0.1 * drops)

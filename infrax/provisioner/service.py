@@ -160,11 +160,7 @@ class Provisioner:
         adopted = set()
         for container_id, type_name, endpoint in await provider.adoptable():
             container_type = self.types.get(type_name)
-            if (
-                container_id not in found
-                or container_type is None
-                or type_name not in [t.name for t in self.types.values() if provider.name in t.providers]
-            ):
+            if container_id not in found or container_type is None or provider.name not in container_type.providers:
                 continue
             secret = self.run_tokens.container_secret(container_id)
             try:

@@ -401,12 +401,6 @@ class Scheduler(Dispatching, Cancelling):
             except Exception:
                 log.exception("in-flight check failed")
 
-    async def release_stale_claims(self, everything: bool = False) -> None:
-        await self.recovery.release_stale_claims(everything)
-
-    async def check_in_flight(self, grace: float) -> None:
-        await self.recovery.check_in_flight(grace)
-
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     try:

@@ -20,6 +20,7 @@ from yarl import URL
 
 from infrax.config import COMPONENTS, Config
 from infrax.model import ContainerType, TaskRequest, is_final
+from infrax.provisioner.providers.process import agent_pid as process_agent_pid
 from infrax.stack import Stack
 from tests.conftest import fresh_postgres_url
 
@@ -195,10 +196,10 @@ def agent_pid(work_dir: str) -> int:
     """The host pid of the agent whose run directory is `work_dir`."""
     path = Path(work_dir)
     home = next(p.parent for p in [path, *path.parents] if p.name == "work")
-    outer = int((home / "pid").read_text())
-    children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
-    command = Path(f"/proc/{outer}/cmdline").read_bytes().split(b"\0")[0]
-    return int(children[0]) if command.endswith(b"unshare") and children else outer
+    pid = process_agent_pid(home)
+    if pid is None:
+        raise LookupError(f"no agent runs in {home}")
+    return pid
 
 
 def host_pid(work_dir: str, pid: int) -> int:
