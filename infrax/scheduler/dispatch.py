@@ -38,9 +38,15 @@ class Dispatching:
     _blocked_types: dict[str, float]
     _free: dict[str, int]
     _free_checked: float
+    # Claims this scheduler could not give back when its offer ended (the database was away): a
+    # claim is only held while offering, so these go back at the next round, or no one would
+    # ever offer those partitions again (a live scheduler's claims are not released by others).
+    _unclaim_later: set[str]
 
     async def dispatch_batch(self) -> bool:
         """Offer as many queued partitions as the provisioner says it can take; True if more may follow."""
+        if self._unclaim_later:
+            await self._unclaim(list(self._unclaim_later))
         now_mono = time.monotonic()
         # A type blocked for long is tried again even without a capacity event, in case one was lost.
         self._blocked_types = {t: since for t, since in self._blocked_types.items() if now_mono - since < 2.0}
@@ -100,6 +106,15 @@ class Dispatching:
         if not accepted_ids:
             return False
         offered = {o.partition_id: o for o in offers}
+        try:
+            await self._mark_dispatched(accepted_ids, offered)
+        except BaseException:
+            # Accepted, but not marked: offered again later, the provisioner answers "already accepted".
+            self._unclaim_later.update(accepted_ids)
+            raise
+        return True
+
+    async def _mark_dispatched(self, accepted_ids: list[str], offered: dict[str, PartitionOffer]) -> None:
         async with self.outbox.begin() as (conn, messages):
             # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
             dispatched = (
@@ -133,15 +148,19 @@ class Dispatching:
                 )
                 for row in dispatched
             )
-        return True
 
     async def _unclaim(self, ids: list[str]) -> None:
-        async with self.db.each_alone() as conn:
-            await conn.execute(
-                update(partitions)
-                .where(partitions.c.id.in_(ids), partitions.c.claimed_by == self.instance)
-                .values(claimed_by=None)
-            )
+        try:
+            async with self.db.each_alone() as conn:
+                await conn.execute(
+                    update(partitions)
+                    .where(partitions.c.id.in_(ids), partitions.c.claimed_by == self.instance)
+                    .values(claimed_by=None)
+                )
+        except BaseException:
+            self._unclaim_later.update(ids)
+            raise
+        self._unclaim_later.difference_update(ids)
 
     async def _offer_for(self, conn: AsyncConnection, part: Any) -> PartitionOffer:
         definition, project, revision, trusted = await self._definitions.get(conn, part["task_id"])

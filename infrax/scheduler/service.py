@@ -83,6 +83,7 @@ class Scheduler(Dispatching, Cancelling):
         # What the provisioner can take, kept current by its events so that not every dispatch asks.
         self._free: dict[str, int] = {}
         self._free_checked = 0.0
+        self._unclaim_later: set[str] = set()
         self._container_types: list[ContainerType] = []
         self._types_fetched = 0.0
         self._definitions = TaskDefinitions()

@@ -133,10 +133,31 @@ class Experiment:
     def restored(self) -> None:
         self.fault_ended = time.time()
 
+    async def _diagnosis(self, jobmaster: httpx.AsyncClient, job_id: str) -> str:
+        """What a stuck job's request, partitions, journal and processes say, for the failure's text."""
+        job = (await jobmaster.get(f"/api/v1/jobs/{job_id}")).json()
+        lines = [f"job: {job}"]
+        if job.get("requestId"):
+            async with self.cluster.client("scheduler-1", timeout=60) as scheduler:
+                request = (await scheduler.get(f"/api/v1/task-requests/{job['requestId']}")).json()
+            partitions = [p for task in request.get("tasks", []) for p in task["partitions"]]
+            lines.append(
+                f"request: {request.get('state')}, partitions: {collections.Counter(p['state'] for p in partitions)}"
+            )
+            lines += [f"  {p}" for p in partitions if p["state"] != "completed"][:5]
+        kinds = collections.Counter(e[0] for e in self.entries())
+        lines.append(f"journal: {dict(kinds)}")
+        for name in self.cluster.names:
+            lines.append(f"--- {name} log (tail) ---\n{self.cluster.log(name)[-2500:]}")
+        return "\n".join(lines)
+
     async def outcome(self, name: str, job_id: str) -> dict[str, Any]:
         """The assertions every fault test makes; returns the job."""
         async with self.cluster.client("jobmaster", timeout=60) as jobmaster:
-            job = await wait_final(jobmaster, f"/api/v1/jobs/{job_id}", timeout=300)
+            try:
+                job = await wait_final(jobmaster, f"/api/v1/jobs/{job_id}", timeout=300)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{await self._diagnosis(jobmaster, job_id)}") from None
         async with self.cluster.client("scheduler-1", timeout=60) as scheduler:
             request = (await scheduler.get(f"/api/v1/task-requests/{job['requestId']}")).json()
         partitions = request["tasks"][0]["partitions"]
