@@ -58,6 +58,9 @@ class Config:
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     urls: dict[str, str] = field(default_factory=dict)  # overrides, e.g. scheduler: http://ci-1:7312
+    # The one base URL every URL infrax hands out starts with (logs, jobs, Treeherder's tc_root_url),
+    # behind a proxy that routes by path (docs/code-hosts.md); None: each component's own URL.
+    public_url: str | None = None
     container_types: list[ContainerType] = field(default_factory=default_container_types)
     providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig("process")])
     executioners: list[str] = field(default_factory=list)  # URLs; default: the one executioner's URL

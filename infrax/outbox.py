@@ -22,7 +22,7 @@ from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.bus import Bus, schemas
-from infrax.bus.base import BusError
+from infrax.bus.base import CC, BusError, Encoded
 from infrax.model import utcnow
 from infrax.retry import outage
 from infrax.store import Database, StoreError
@@ -33,7 +33,8 @@ RELAY_BATCH = 1000
 RELAY_LINGER = 0.002
 POLL_INTERVAL = 1.0  # for rows another process wrote (or a crash left); new rows wake the relay
 
-Outgoing = tuple[str, str, dict[str, Any]]  # exchange, routing key, body
+# exchange, routing key, body[, CC: more routing keys of the same message]
+Outgoing = tuple[str, str, dict[str, Any]] | tuple[str, str, dict[str, Any], list[str]]
 
 
 class Outbox:
@@ -70,8 +71,9 @@ class Outbox:
                 "routing_key": key,
                 "body": schemas.encode(exchange, body).decode(),
                 "created_at": now,
+                "cc": " ".join(cc[0]) if cc and cc[0] else None,
             }
-            for exchange, key, body in messages
+            for exchange, key, body, *cc in messages
         ]
         if rows:
             await conn.execute(insert(self.table), rows)
@@ -136,7 +138,7 @@ class Outbox:
     async def relay_once(self) -> bool:
         """Publish the oldest stored messages; True when more may be waiting."""
         table = self.table
-        query = select(table.c.id, table.c.exchange, table.c.routing_key, table.c.body).order_by(table.c.id)
+        query = select(table.c.id, table.c.exchange, table.c.routing_key, table.c.body, table.c.cc).order_by(table.c.id)
         if self.db.is_sqlite:
             # One process owns an SQLite file, and its one connection is everybody's: not held while
             # the broker confirms.
@@ -144,7 +146,7 @@ class Outbox:
                 rows = (await conn.execute(query.limit(RELAY_BATCH))).all()
             if not rows:
                 return False
-            await self.bus.publish_encoded((r.exchange, r.routing_key, r.body.encode()) for r in rows)
+            await self.bus.publish_encoded(map(_encoded, rows))
             async with self.db.begin() as conn:
                 await conn.execute(delete(table).where(table.c.id.in_([r.id for r in rows])))
         else:
@@ -158,10 +160,16 @@ class Outbox:
                 rows = (await conn.execute(query.limit(RELAY_BATCH))).all()
                 if not rows:
                     return False
-                await self.bus.publish_encoded((r.exchange, r.routing_key, r.body.encode()) for r in rows)
+                await self.bus.publish_encoded(map(_encoded, rows))
                 # By id, never `id <= last`: a row of a transaction that committed after the SELECT
                 # (with a smaller id, taken earlier) is not published yet and must stay.
                 await conn.execute(delete(table).where(table.c.id.in_([r.id for r in rows])))
         self._broker.recovered()
         self._store.recovered()
         return len(rows) == RELAY_BATCH
+
+
+def _encoded(row: Any) -> Encoded:
+    if row.cc:
+        return (row.exchange, row.routing_key, row.body.encode(), {CC: row.cc.split()})
+    return (row.exchange, row.routing_key, row.body.encode())

@@ -169,7 +169,7 @@ class Stack:
                 bus,
                 ProvisionerClient(self.client("provisioner")),
                 config.data_dir / "logs",
-                self.urls["executioner"],
+                config.public_url or self.urls["executioner"],
                 name=config.name or "executioner",
                 run_tokens=self.run_tokens,
                 jobmaster_url=self.urls.get("jobmaster") or config.url("jobmaster"),
@@ -226,7 +226,7 @@ class Stack:
                 bus,
                 SchedulerClient(self.client("scheduler")),
                 load_logic(self.logic),
-                self.urls["jobmaster"],
+                config.public_url or self.urls["jobmaster"],
                 settings=JobMasterSettings.from_config(config),
             )
             app = jobmaster_app(service, self.security)

@@ -35,6 +35,13 @@ class DeadLetter:
     reason: str
 
 
+# AMQP's sender-selected distribution (a RabbitMQ extension): a header listing more routing keys
+# the one message is routed by, as Taskcluster's queue CCs each task route as `route.<route>`.
+CC = "CC"
+
+Encoded = tuple[str, str, bytes] | tuple[str, str, bytes, dict[str, Any]]  # exchange, key, data[, headers]
+
+
 class BusError(Exception):
     """The bus could not do what was asked (after its own bounded retries)."""
 
@@ -96,10 +103,13 @@ class Bus(abc.ABC):
         for exchange, routing_key, body in messages:
             await self.publish(exchange, routing_key, body)
 
-    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
-        """Publish messages `schemas.encode` already checked and encoded (an outbox's rows), in order."""
-        for exchange, routing_key, data in messages:
-            await self.publish(exchange, routing_key, schemas.decode(exchange, data))
+    async def publish_encoded(self, messages: Iterable[Encoded]) -> None:
+        """Publish messages `schemas.encode` already checked and encoded (an outbox's rows), in
+        order, each with its headers when it has them (`CC`: more routing keys of the one message)."""
+        for exchange, routing_key, data, *headers in messages:
+            await self.publish(
+                exchange, routing_key, schemas.decode(exchange, data), headers=headers[0] if headers else None
+            )
 
     @abc.abstractmethod
     async def subscribe(

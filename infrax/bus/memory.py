@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from infrax.bus import schemas
-from infrax.bus.base import Bus, DeadLetter, Handler, Message, Subscription, topic_matches
+from infrax.bus.base import CC, Bus, DeadLetter, Encoded, Handler, Message, Subscription, topic_matches
 from infrax.retry import delay
 
 log = logging.getLogger(__name__)
@@ -90,17 +90,19 @@ class MemoryBus(Bus):
         for exchange, key, data in encoded:
             self._route(exchange, key, data, checked=True)
 
-    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
-        for exchange, key, data in messages:
-            self._route(exchange, key, data, checked=True)
+    async def publish_encoded(self, messages: Iterable[Encoded]) -> None:
+        for exchange, key, data, *headers in messages:
+            self._route(exchange, key, data, headers[0] if headers else None, checked=True)
 
     def _route(
         self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None, checked: bool = False
     ) -> None:
         # Unchecked by default: the tests inject invalid messages here, as a foreign publisher would.
         envelope = _Envelope(exchange, routing_key, data, dict(headers or {}), checked=checked)
+        # As RabbitMQ's sender-selected distribution: routed by its key and each CC key, once per queue.
+        keys = [routing_key, *envelope.headers.get(CC, [])]
         for queue in self._queues.values():
-            if any(ex == envelope.exchange and topic_matches(key, envelope.routing_key) for ex, key in queue.bindings):
+            if any(ex == envelope.exchange and any(topic_matches(b, k) for k in keys) for ex, b in queue.bindings):
                 queue.messages.append(envelope)
                 queue.ready.set()
 

@@ -35,7 +35,7 @@ from yarl import URL
 
 from infrax.background import BackgroundTasks
 from infrax.bus import amqp_driver, schemas
-from infrax.bus.base import Bus, BusError, Handler, Message, Subscription
+from infrax.bus.base import Bus, BusError, Encoded, Handler, Message, Subscription
 from infrax.retry import delay, outage, retry
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,13 @@ class RabbitMQBus(Bus):
         encoded = [(exchange, key, schemas.encode(exchange, body)) for exchange, key, body in messages]
         await asyncio.gather(*(self._enqueue(exchange, key, data) for exchange, key, data in encoded))
 
-    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
-        await asyncio.gather(*(self._enqueue(exchange, key, data) for exchange, key, data in messages))
+    async def publish_encoded(self, messages: Iterable[Encoded]) -> None:
+        await asyncio.gather(
+            *(
+                self._enqueue(exchange, key, data, headers[0] if headers else None)
+                for exchange, key, data, *headers in messages
+            )
+        )
 
     def _enqueue(
         self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None

@@ -33,6 +33,8 @@ EXCHANGE_KINDS: Mapping[str, frozenset[str] | None] = {
     # Treeherder's pulse job messages follow Treeherder's own schema (pulse-job.json), which
     # whoever builds them checks; the bus only insists on a JSON object.
     topics.TREEHERDER: ANY_OBJECT,
+    # Taskcluster's queue messages: Taskcluster's schemas (task-*-message.yml), checked by the tests.
+    **dict.fromkeys(topics.TC_EXCHANGES, ANY_OBJECT),
 }
 
 VERSIONS = frozenset({WIRE_VERSION})

@@ -23,7 +23,15 @@ CONTAINERS = f"{PREFIX}/containers"  # provisioner: capacity freed or lost
 JOBS = f"{PREFIX}/job-status"  # job master: every job transition
 TREEHERDER = f"{PREFIX}/treeherder"  # job master: Treeherder pulse job messages
 
-ALL_EXCHANGES = (RUNS, PARTITIONS, TASKS, REQUESTS, CONTAINERS, JOBS, TREEHERDER)
+# Taskcluster's queue exchanges, as a stock Treeherder's pulse listener binds them: each partition
+# is a task there (docs/code-hosts.md). Routing keys are the queue's: `primary.<taskId>.<runId>.
+# <workerGroup>.<workerId>.<provisionerId>.<workerType>.<schedulerId>.<taskGroupId>._`, and each
+# task route R is CC'd as `route.R`.
+TASKCLUSTER_QUEUE = "exchange/taskcluster-queue/v1"
+TC_TASK_EVENTS = ("task-defined", "task-pending", "task-running", "task-completed", "task-failed", "task-exception")
+TC_EXCHANGES = tuple(f"{TASKCLUSTER_QUEUE}/{event}" for event in TC_TASK_EVENTS)
+
+ALL_EXCHANGES = (RUNS, PARTITIONS, TASKS, REQUESTS, CONTAINERS, JOBS, TREEHERDER, *TC_EXCHANGES)
 
 MISSING = "_"
 

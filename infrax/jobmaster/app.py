@@ -13,6 +13,7 @@ from infrax.jobmaster.github import WebhookError
 from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
 from infrax.jobmaster.pushlog import HgPushNotice, push_view
+from infrax.jobmaster.queue_api import queue_router
 from infrax.jobmaster.service import JobMaster, JobNotFound
 from infrax.model import NO_CONTROL, Job, PushSubmission
 from infrax.web import add_error_handlers
@@ -107,6 +108,8 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
     ) -> dict[str, Any]:
         """The recorded pushes, as hg.mozilla.org's `json-pushes?version=2` shows them."""
         return await jobmaster.hg.json_pushes(repository, start_id, end_id, full)
+
+    app.include_router(queue_router(jobmaster))
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

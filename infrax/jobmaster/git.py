@@ -61,6 +61,10 @@ async def read_file(repository: str, revision: str, path: str) -> bytes | None:
         return None
 
 
+async def author_email(repository: str, revision: str) -> str:
+    return (await git(repository, "log", "-1", "--format=%ae", revision)).decode().strip()
+
+
 async def list_files(repository: str, revision: str) -> list[str]:
     return (await git(repository, "ls-tree", "-r", "--name-only", "-z", revision)).decode().split("\0")[:-1]
 

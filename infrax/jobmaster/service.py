@@ -183,6 +183,7 @@ class JobMaster:
             "changedPaths": checkout.changed_paths,
             "tasks": [t.wire() for t in plan.tasks],
             "vcs": reader.vcs,
+            "author": await reader.author(revision),  # Treeherder's owner when no pusher is known
         }
         if reader.path != checkout.repository:
             details["readFrom"] = reader.path

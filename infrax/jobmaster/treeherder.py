@@ -1,4 +1,6 @@
-"""Treeherder: every partition state change as a pulse job message on `exchange/infrax/v1/treeherder`.
+"""Treeherder: every partition state change as Taskcluster queue messages (the exchanges a stock
+Treeherder reads, `taskcluster.py`) and as a pulse job message on `exchange/infrax/v1/treeherder`,
+both written through the job master's outbox with the partition's run history (`task_runs.py`).
 
 The messages follow Treeherder's job schema (`schemas/pulse-job.yml` in mozilla/treeherder):
 the push is the job's revision (`origin.revision`, with the hg push id or the pull request
@@ -26,14 +28,16 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from infrax.bus import Message, Subscription, topics
 from infrax.bus.messages import PartitionStatus
-from infrax.model import State, TaskPartition
+from infrax.jobmaster import task_runs
+from infrax.jobmaster import taskcluster as tc
+from infrax.jobmaster.task_runs import TcRun, TcTask
+from infrax.model import State
 from infrax.store.tables import jobs
 
 if TYPE_CHECKING:
@@ -46,8 +50,6 @@ PREFETCH = 64
 REPORTED_STATES = frozenset({State.PENDING, State.QUEUED, State.RUNNING, *RESULTS})
 LOG_NAME = "live_backing_log"  # the name Treeherder's log parser looks for
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
-_OS = ("linux", "windows", "macosx", "macos", "osx", "android", "freebsd")
-_ARCH = ("x86_64", "aarch64", "arm64", "x86", "i386", "armv7")
 
 
 class TreeherderReporter:
@@ -94,34 +96,51 @@ class TreeherderReporter:
             return
         status = PartitionStatus.model_validate(message.body)
         part = status.partition
-        if part.job_id is None:
-            return
-        job = await self._job(part.job_id)
+        if part.job_id is None or status.revision is None or not _REVISION.match(status.revision):
+            return  # Treeherder files every job under a push of a 40-digit revision
+        job = await self.job_info(part.job_id)
         if job is None:
             return
-        for body in pulse_jobs(status, job, self.build_system):
-            await self.jobmaster.bus.publish(
-                topics.TREEHERDER,
-                topics.routing_key(
-                    part.job_id, part.task_id, part.id, body["retryId"], part.container_type, body["state"]
-                ),
-                body,
-            )
+        retries = job["retries"].get(status.task_name, 0)
+        async with self.jobmaster.outbox.begin() as (conn, messages):
+            task, runs, events = await task_runs.record(conn, status)
+            cc = [f"route.{tc.route(job['project'], job['revision'], job.get('id'))}"]
+            for event, run in events:
+                messages.append(
+                    (
+                        tc.exchange(event),
+                        tc.routing_key(task, None if event == "defined" else run),
+                        tc.message(event, task, runs, run, retries),
+                        cc,
+                    )
+                )
+                for body in pulse_jobs(event, task, run, job, self.build_system):
+                    key = topics.routing_key(
+                        part.job_id, part.task_id, part.id, run.run, part.container_type, body["state"]
+                    )
+                    messages.append((topics.TREEHERDER, key, body))
 
-    async def _job(self, job_id: str) -> dict[str, Any] | None:
-        """What Treeherder needs of the job: project, push id or pull request, owner, URL (cached)."""
+    async def job_info(self, job_id: str) -> dict[str, Any] | None:
+        """What Treeherder needs of the job: project, revision, push id or pull request, owner,
+        URL and each task's retries (cached)."""
         if job_id in self._jobs:
             return self._jobs[job_id]
         async with self.jobmaster.db.begin() as conn:
-            row = (await conn.execute(select(jobs.c.project, jobs.c.details).where(jobs.c.id == job_id))).first()
+            row = (
+                await conn.execute(select(jobs.c.project, jobs.c.revision, jobs.c.details).where(jobs.c.id == job_id))
+            ).first()
         if row is None:
             return None  # not (yet) a job of this job master: not cached, it may still come
-        origin = (row.details or {}).get("origin") or {}
+        details = row.details or {}
+        origin = details.get("origin") or {}
+        pusher = origin.get("user")
         info = {
             "project": row.project,
+            "revision": row.revision,
             "url": f"{self.jobmaster.public_url}/api/v1/jobs/{job_id}",
             "id": origin.get("pushId", origin.get("pullRequest")),
-            "owner": origin.get("user"),
+            "owner": owner(pusher, details.get("author"), self.build_system),
+            "retries": {t.get("name"): t.get("retries", 0) for t in details.get("tasks", [])},
         }
         self._jobs[job_id] = info
         while len(self._jobs) > 1000:
@@ -129,72 +148,78 @@ class TreeherderReporter:
         return info
 
 
-def pulse_jobs(status: PartitionStatus, job: dict[str, Any], build_system: str = "infrax") -> list[dict[str, Any]]:
-    """The Treeherder job messages one partition transition makes (none, one, or a retry and a pending)."""
-    part = status.partition
-    if status.revision is None or not _REVISION.match(status.revision):
+def owner(pusher: Any, author: Any, build_system: str) -> str:
+    """Who Treeherder shows a job is for: the pusher, else the commit's author, else the build system."""
+    for who in (pusher, author):
+        if isinstance(who, str) and who.strip():
+            return who.strip()[:50]
+    return build_system
+
+
+PULSE_STATE = {
+    "pending": ("pending", "unknown"),
+    "running": ("running", "unknown"),
+    "completed": ("completed", "success"),
+    "failed": ("completed", "fail"),
+}
+
+
+def pulse_jobs(
+    event: str, task: TcTask, run: TcRun, job: dict[str, Any], build_system: str = "infrax"
+) -> list[dict[str, Any]]:
+    """The Treeherder job message of one run's event (none for `defined`: Treeherder shows a job once pending)."""
+    if event == "defined":
         return []
-    state = State(part.state)
-    if state == State.QUEUED and status.previous_state is not None and part.run > 0:
-        lost = part.model_copy(update={"run": part.run - 1, "queued_at": None})
-        retry = _message(status, lost, job, build_system, "completed", "retry")
-        retry["isRetried"] = True
-        retry["timeCompleted"] = _time(part.queued_at)
-        if retry["timeCompleted"] is None:
-            del retry["timeCompleted"]
-        return [retry, _message(status, part, job, build_system, "pending", "unknown")]
-    if state in (State.QUEUED, State.DISPATCHED, State.PENDING):
-        return [_message(status, part, job, build_system, "pending", "unknown")]
-    if state == State.RUNNING:
-        return [_message(status, part, job, build_system, "running", "unknown")]
-    if state in RESULTS:
-        return [_message(status, part, job, build_system, "completed", RESULTS[state])]
-    return []  # skipped: a skipped task has no partitions to show
+    if event == "exception":
+        retried = run.reason_resolved == "worker-shutdown"
+        result = "retry" if retried else "canceled" if run.reason_resolved == "canceled" else "exception"
+        body = _message(task, run, job, build_system, "completed", result)
+        if retried:
+            body["isRetried"] = True
+        return [body]
+    state, result = PULSE_STATE[event]
+    return [_message(task, run, job, build_system, state, result)]
 
 
 def _message(
-    status: PartitionStatus, part: TaskPartition, job: dict[str, Any], build_system: str, state: str, result: str
+    task: TcTask, run: TcRun, job: dict[str, Any], build_system: str, state: str, result: str
 ) -> dict[str, Any]:
-    origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": status.revision}
+    origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": job["revision"]}
     if isinstance(job.get("id"), int):
         origin["id"] = job["id"]
-    task = status.task_name
+    display: dict[str, Any] = {
+        "jobName": f"{task.task_name} {task.idx}/{task.count}"[:140],
+        "jobSymbol": tc.task_symbol(task.task_name),
+        "groupSymbol": task.task_name[:25],
+        "groupName": task.task_name[:255],
+    }
+    if task.count > 1:  # Treeherder shows jobSymbol and chunkId together: u1, u2, u3
+        display |= {"chunkId": task.idx, "chunkCount": task.count}
     body: dict[str, Any] = {
-        "taskId": f"{_guid(part.id)}/{part.run}",
-        "retryId": part.run,
+        "taskId": f"{_guid(task.partition_id)}/{run.run}",
+        "retryId": run.run,
         "buildSystem": build_system,
+        "owner": job["owner"],
         "origin": origin,
-        "display": {
-            "jobName": f"{task} {part.index}/{part.count}"[:140],
-            "jobSymbol": str(part.index),
-            "groupSymbol": task[:25],
-            "groupName": task[:255],
-            "chunkId": part.index,
-            "chunkCount": part.count,
-        },
+        "display": display,
         "state": state,
         "result": result,
         "jobKind": "test",
         "tier": 1,
         "reason": "scheduled",
         "productName": job["project"][:125],
-        "buildMachine": _machine(part),
+        "buildMachine": _machine(task, run),
         "jobInfo": {"links": [{"url": job["url"], "linkText": "job", "label": "infrax"}]},
         "version": 1,
     }
-    if part.message and state == "completed":
-        body["jobInfo"]["summary"] = part.message
-    if isinstance(job.get("owner"), str) and job["owner"].strip():
-        body["owner"] = job["owner"].strip()[:50]
-    if part.log_url and state in ("running", "completed") and len(part.log_url) <= 255:
-        body["logs"] = [{"name": LOG_NAME, "url": part.log_url}]
-    for key, value in (
-        ("timeScheduled", part.queued_at),
-        ("timeStarted", part.started_at),
-        ("timeCompleted", part.finished_at if state == "completed" else None),
-    ):
+    if run.message and state == "completed":
+        body["jobInfo"]["summary"] = run.message
+    if run.log_url and state in ("running", "completed") and len(run.log_url) <= 255:
+        body["logs"] = [{"name": LOG_NAME, "url": run.log_url}]
+    # Every time known on every message: Treeherder overwrites all of a job's times each time.
+    for key, value in (("timeScheduled", run.scheduled), ("timeStarted", run.started), ("timeCompleted", run.resolved)):
         if value is not None:
-            body[key] = _time(value)
+            body[key] = value.isoformat()
     return body
 
 
@@ -206,21 +231,12 @@ def _guid(partition_id: str) -> str:
         return re.sub(r"[^A-Za-z0-9+-]", "-", partition_id)[:40] or "partition"
 
 
-def _machine(part: TaskPartition) -> dict[str, str]:
-    kind = part.container_type.lower()
-    machine = {
-        "platform": _word(part.container_type, 100),
-        "os": next((o for o in _OS if o in kind), "unknown"),
-        "architecture": next((a for a in _ARCH if a in kind), "unknown"),
-    }
-    if part.container_id:
-        machine["name"] = _word(part.container_id, 50)
+def _machine(task: TcTask, run: TcRun) -> dict[str, str]:
+    machine = tc.machine(task.container_type)
+    if run.worker_id:
+        machine["name"] = _word(run.worker_id, 50)
     return machine
 
 
 def _word(text: str, limit: int) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:limit] or "-"
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()

@@ -43,6 +43,15 @@ class Source:
         except (git.GitError, hg.HgError) as error:
             raise VcsError(str(error)) from error
 
+    async def author(self, revision: str) -> str | None:
+        """The revision's author's e-mail address, or None when it cannot be read."""
+        try:
+            if self.vcs == "hg":
+                return await hg.author_email(self.path, revision) or None
+            return await git.author_email(self.path, revision) or None
+        except (git.GitError, hg.HgError):
+            return None
+
     async def changed_paths(self, revision: str) -> list[str]:
         try:
             if self.vcs == "hg":

@@ -226,6 +226,7 @@ def _outbox(name: str) -> Table:
         Column("routing_key", Text, nullable=False),
         Column("body", Text, nullable=False),  # the encoded message, checked when written
         Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("cc", Text),  # more routing keys of the same one message (AMQP's CC header), space-separated
     )
 
 
@@ -253,4 +254,38 @@ commit_statuses = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("deadline_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text),
+)
+
+
+# What the job master tells Treeherder about each partition, as a Taskcluster task: the partition
+# (the Treeherder job) and each of its runs, so that every message and the queue API carry every
+# run's times (Treeherder overwrites a job's times with each message it stores).
+tc_tasks = Table(
+    "jobmaster_tc_tasks",
+    metadata,
+    Column("partition_id", ID, primary_key=True),
+    Column("job_id", ID, nullable=False, index=True),
+    Column("request_id", ID, nullable=False),
+    Column("task_id", ID, nullable=False),
+    Column("task_name", String(200), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("container_type", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+tc_runs = Table(
+    "jobmaster_tc_runs",
+    metadata,
+    Column("partition_id", ID, primary_key=True),
+    Column("run", Integer, primary_key=True),
+    Column("state", String(20), nullable=False),  # Taskcluster's: pending running completed failed exception
+    Column("reason_created", String(30), nullable=False),
+    Column("reason_resolved", String(30)),
+    Column("worker_id", String(100)),
+    Column("log_url", Text),
+    Column("message", Text),
+    Column("scheduled", DateTime(timezone=True), nullable=False),
+    Column("started", DateTime(timezone=True)),
+    Column("resolved", DateTime(timezone=True)),
 )

@@ -356,3 +356,25 @@ async def test_rabbitmq_restart_loses_nothing_and_the_consumer_resumes(rabbitmq_
         await bus.close()
     assert set(inbox.tags) == set(tags)  # duplicates are allowed (at least once), losses are not
     assert sum(m.redelivered for m in inbox.messages) >= 5  # the unacked ones came back
+
+
+async def test_a_message_cc_d_to_more_keys_reaches_each_bound_queue_once(bus: Bus, name: Name) -> None:
+    """Taskcluster's queue CCs each task route (`route.<route>`): one message, routed by every key."""
+    word = name("w")
+    exchange = topics.TC_EXCHANGES[1]
+    by_primary, by_route, by_both, by_neither = Inbox(), Inbox(), Inbox(), Inbox()
+    await bus.subscribe(name("primary"), exchange, [f"{word}.primary.#", f"{word}.end"], by_primary)
+    await bus.subscribe(name("route"), exchange, [f"{word}.route.#", f"{word}.end"], by_route)
+    await bus.subscribe(name("both"), exchange, [f"{word}.#"], by_both)
+    await bus.subscribe(name("neither"), exchange, [f"{word}.other.#", f"{word}.end"], by_neither)
+    cc = {"CC": [f"{word}.route.tc-treeherder.v2.p.r.1"]}
+    await bus.publish_encoded([(exchange, f"{word}.primary.t.0", json.dumps({"containerId": "x"}).encode(), cc)])
+    await bus.publish(exchange, f"{word}.end", {"containerId": "end"})
+    for inbox in (by_primary, by_route, by_both, by_neither):
+        await inbox.wait_for_tag("end")
+    assert (by_primary.tags, by_route.tags, by_both.tags, by_neither.tags) == (
+        ["x", "end"],
+        ["x", "end"],
+        ["x", "end"],
+        ["end"],
+    )

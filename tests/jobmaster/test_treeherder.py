@@ -7,7 +7,7 @@ import os
 import re
 import signal
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import pytest
 
 from infrax.bus import Message, topics
 from infrax.bus.messages import PartitionStatus
-from infrax.jobmaster.treeherder import pulse_jobs
+from infrax.jobmaster.task_runs import TcRun, TcTask, advance
+from infrax.jobmaster.treeherder import owner, pulse_jobs
 from infrax.model import TaskPartition
 from infrax.sample_project import break_one_test, make_sample_repo
 from tests.e2e.conftest import agent_pid
@@ -175,9 +176,8 @@ def status(state: str, run: int = 0, previous: str | None = "running", **fields:
         state=state,
         run=run,
         priority=0,
-        queued_at=NOW,
         log_url="http://127.0.0.1:7314/api/v1/runs/0123456789abcdef0123456789abcdef-0/log",
-        **fields,
+        **{"queued_at": NOW, **fields},
     )
     return PartitionStatus(
         previous_state=previous,
@@ -188,14 +188,42 @@ def status(state: str, run: int = 0, previous: str | None = "running", **fields:
     )
 
 
-JOB = {"project": "my.project", "url": "http://127.0.0.1:7310/api/v1/jobs/j", "id": 7, "owner": "octocat"}
+JOB = {
+    "project": "my.project",
+    "revision": "a" * 40,
+    "url": "http://127.0.0.1:7310/api/v1/jobs/j",
+    "id": 7,
+    "owner": "octocat",
+    "retries": {},
+}
+TASK = TcTask(
+    "0123456789abcdef0123456789abcdef",
+    "j",
+    "r" * 32,
+    "t",
+    "mochitest-browser-chrome-with-a-long-name",
+    2,
+    4,
+    "linux_x86_64",
+    NOW,
+)
+
+
+def made(*statuses: PartitionStatus) -> list[list[dict[str, Any]]]:
+    """The pulse job messages each status makes, one partition's statuses in order."""
+    runs: list[TcRun] = []
+    out = []
+    for one in statuses:
+        events, _ = advance(runs, one, NOW)
+        out.append([body for event, run in events for body in pulse_jobs(event, TASK, run, JOB)])
+    return out
 
 
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        ("queued", [("pending", "unknown")]),
-        ("dispatched", [("pending", "unknown")]),
+        ("queued", []),  # a repeat of the first
+        ("dispatched", []),  # Treeherder knows no dispatched: still pending
         ("running", [("running", "unknown")]),
         ("completed", [("completed", "success")]),
         ("failed", [("completed", "fail")]),
@@ -207,35 +235,52 @@ JOB = {"project": "my.project", "url": "http://127.0.0.1:7310/api/v1/jobs/j", "i
 def test_states_map_to_treeherder_states_and_results(
     state: str, expected: list[tuple[str, str]], validator: jsonschema.Draft6Validator
 ) -> None:
-    made = pulse_jobs(status(state, started_at=NOW, finished_at=NOW, message="why"), JOB)
-    assert [(m["state"], m["result"]) for m in made] == expected
-    for message in made:
+    first, then = made(status("queued", previous=None), status(state, started_at=NOW, finished_at=NOW, message="why"))
+    assert [(m["state"], m["result"]) for m in first] == [("pending", "unknown")]
+    assert [(m["state"], m["result"]) for m in then] == expected
+    for message in first + then:
         validator.validate(message)
         assert message["taskId"] == "01234567-89ab-cdef-0123-456789abcdef/0"
         assert message["origin"] == {"project": "my-project", "revision": "a" * 40, "id": 7}
+        assert message["owner"] == "octocat"
         assert message["display"]["groupSymbol"] == "mochitest-browser-chrome-"  # 25 characters
-        assert (message["display"]["chunkId"], message["display"]["chunkCount"]) == (2, 4)
+        # Treeherder shows jobSymbol and chunkId together: mbcwaln2, not 22
+        assert (message["display"]["jobSymbol"], message["display"]["chunkId"]) == ("mbcwaln", 2)
+        assert message["display"]["chunkCount"] == 4
+        assert message["timeScheduled"] == NOW.isoformat()
+    for message in then:
+        if message["state"] == "completed":
+            assert message["timeStarted"] == message["timeCompleted"] == NOW.isoformat()
 
 
-def test_a_requeued_partition_retries_the_lost_run_and_is_pending_as_the_next(
+def test_a_requeued_partition_retries_the_lost_run_with_its_times_and_is_pending_as_the_next(
     validator: jsonschema.Draft6Validator,
 ) -> None:
-    retry, pending = pulse_jobs(status("queued", run=1, previous="running"), JOB)
+    later = NOW + timedelta(seconds=30)
+    _, (running,), (retry, pending) = made(
+        status("queued", previous=None),
+        status("running", started_at=NOW + timedelta(seconds=1), container_id="c-1"),
+        status("queued", run=1, previous="running", queued_at=later),
+    )
     assert (retry["taskId"].endswith("/0"), retry["state"], retry["result"], retry["isRetried"]) == (
         True,
         "completed",
         "retry",
         True,
     )
+    # The lost run keeps every time it had: Treeherder overwrites a job's times with each message.
+    assert retry["timeScheduled"] == NOW.isoformat() and retry["timeStarted"] == running["timeStarted"]
+    assert retry["timeCompleted"] == later.isoformat() and retry["logs"] == running["logs"]
     assert (pending["taskId"].endswith("/1"), pending["state"], pending["retryId"]) == (True, "pending", 1)
-    assert "logs" not in pending
-    for message in (retry, pending):
+    assert pending["timeScheduled"] == later.isoformat() and "logs" not in pending
+    for message in (running, retry, pending):
         validator.validate(message)
 
 
-def test_partitions_without_a_job_revision_are_not_reported() -> None:
-    assert pulse_jobs(status("running").model_copy(update={"revision": None}), JOB) == []
-    assert pulse_jobs(status("running").model_copy(update={"revision": "abc"}), JOB) == []
+def test_the_owner_is_the_pusher_else_the_author_else_the_build_system() -> None:
+    assert owner("octocat", "a@example.org", "infrax") == "octocat"
+    assert owner(None, "a@example.org", "infrax") == "a@example.org"
+    assert owner(" ", None, "infrax") == "infrax"
 
 
 async def test_reports_of_one_partition_keep_their_order_while_others_go_ahead() -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from infrax.bus.base import Encoded
 from infrax.bus.memory import MemoryBus
 from infrax.bus.messages import BusMessage, PartitionStatus, RequestStatus, RunStatus, TaskStatus
 from infrax.executioner.client import ExecutionerClient
@@ -100,10 +101,10 @@ class RecordingBus(MemoryBus):
         await super().publish(exchange, routing_key, body, headers=headers)
         self.sent.append((exchange, routing_key, body))
 
-    async def publish_encoded(self, messages: Iterable[tuple[str, str, bytes]]) -> None:
+    async def publish_encoded(self, messages: Iterable[Encoded]) -> None:
         messages = list(messages)
         await super().publish_encoded(messages)
-        self.sent += [(exchange, key, json.loads(data)) for exchange, key, data in messages]
+        self.sent += [(exchange, key, json.loads(data)) for exchange, key, data, *_ in messages]
 
 
 class Harness:

@@ -1,0 +1,201 @@
+"""A stock Treeherder's view: every partition a task on Taskcluster-queue-shaped exchanges, each
+message valid against Taskcluster's own queue schemas, and the queue API it calls answering for
+every task of a demo job, re-runs included."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import slugid
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT6
+
+from infrax.bus import Message, topics
+from infrax.jobmaster import taskcluster as tc
+from infrax.sample_project import make_sample_repo
+from tests.conftest import shared_path
+from tests.e2e.conftest import agent_pid
+from tests.jobmaster.conftest import commit, git, job_in, wait_for
+
+
+def _resolved(node: Any, constants: dict[str, Any]) -> Any:
+    """Taskcluster's YAML dialect as plain JSON Schema: `{$const: name}` is the constant itself."""
+    if isinstance(node, dict):
+        if set(node) == {"$const"}:
+            return _resolved(constants[node["$const"]], constants)
+        return {k: _resolved(v, constants) for k, v in node.items() if k != "$schema"}
+    if isinstance(node, list):
+        return [_resolved(v, constants) for v in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def queue_schemas() -> dict[str, jsonschema.Draft6Validator]:
+    folder = shared_path("reference", "taskcluster", "queue-schemas")
+    constants = yaml.safe_load((folder / "constants.yml").read_text())
+    schemas = {p.stem: _resolved(yaml.safe_load(p.read_text()), constants) for p in (folder / "v1").glob("*.yml")}
+    registry: Registry = Registry().with_resources(
+        (f"{name}.json", Resource.from_contents(schema, default_specification=DRAFT6))
+        for name, schema in schemas.items()
+    )
+    return {
+        name: jsonschema.Draft6Validator(
+            schema, registry=registry, format_checker=jsonschema.Draft6Validator.FORMAT_CHECKER
+        )
+        for name, schema in schemas.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def treeherder_config() -> jsonschema.Draft7Validator:
+    schema = yaml.safe_load(shared_path("reference", "treeherder", "task-treeherder-config.yml").read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
+async def collecting(infrax: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def collect(message: Message) -> None:
+        seen.append((message.exchange, message.routing_key, message.body))
+
+    for exchange in topics.TC_EXCHANGES:  # as Treeherder's pulse listener binds them: `#`
+        await infrax.stack.bus.subscribe(f"test-{exchange.rsplit('/', 1)[1]}", exchange, ["#"], collect)
+    return seen
+
+
+def parse_route(route: str) -> dict[str, Any]:
+    """Treeherder's route parser (treeherder/etl/taskcluster_pulse/parse_route.py), as it reads one."""
+    words = route.split(".")
+    project = words[2].split("/")[-1]
+    return {
+        "destination": words[0],
+        "project": project,
+        "revision": words[3],
+        "id": int(words[4]) if len(words) == 5 else 0,
+    }
+
+
+async def test_a_demo_job_s_messages_and_queue_api_are_taskcluster_s(
+    start_stack: Any,
+    tmp_path: Path,
+    queue_schemas: dict[str, jsonschema.Draft6Validator],
+    treeherder_config: jsonschema.Draft7Validator,
+) -> None:
+    infrax = await start_stack()
+    seen = await collecting(infrax)
+    jobmaster = infrax["jobmaster"]
+    repo = tmp_path / "sample"
+    revision = make_sample_repo(repo)
+    pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})
+    assert (await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception"))["state"] == "completed"
+
+    async def three_completed() -> bool:
+        return sum(1 for exchange, _, _ in seen if exchange.endswith("task-completed")) == 3
+
+    await wait_for(three_completed, 10, "task-completed for each of the 3 partitions")
+    events = [exchange.rsplit("/", 1)[1] for exchange, _, _ in seen]
+    assert {e: events.count(e) for e in set(events)} == {
+        "task-defined": 3,
+        "task-pending": 3,
+        "task-running": 3,
+        "task-completed": 3,
+    }
+    task_ids = set()
+    for exchange, key, body in seen:
+        event = exchange.rsplit("/", 1)[1]
+        queue_schemas[f"{event}-message"].validate(body)
+        task_id = body["status"]["taskId"]
+        task_ids.add(task_id)
+        words = key.split(".")
+        assert (
+            len(words) == 10
+            and words[:2] == ["primary", task_id]
+            and words[5:8] == ["infrax", "linux-x86-64", "infrax"]
+        )
+        assert words[2] == ("_" if event == "task-defined" else str(body["runId"]))
+    assert len(task_ids) == 3
+
+    for task_id in task_ids:
+        definition = (await jobmaster.get(f"/api/queue/v1/task/{task_id}")).json()
+        treeherder_config.validate(definition["extra"]["treeherder"])
+        (route,) = [r for r in definition["routes"] if r.startswith("tc-treeherder.")]
+        assert parse_route(route) == {
+            "destination": "tc-treeherder",
+            "project": "sample",
+            "revision": revision,
+            "id": 0,
+        }
+        assert definition["metadata"]["owner"] == "sample@infrax.invalid" or definition["metadata"]["owner"]
+        assert definition["extra"]["treeherder"]["groupSymbol"] == "unit"
+        status = (await jobmaster.get(f"/api/queue/v1/task/{task_id}/status")).json()["status"]
+        queue_schemas["task-status"].validate(status)
+        assert status["state"] == "completed" and [r["state"] for r in status["runs"]] == ["completed"]
+        log = await jobmaster.get(f"/api/queue/v1/task/{task_id}/runs/0/artifacts/{tc.LOG_ARTIFACT}")
+        assert log.status_code == 303
+        assert "running 2 test files" in (await infrax["executioner"].get(log.headers["location"])).text
+    assert (await jobmaster.get("/api/queue/v1/task/AAAAAAAAQAaAAAAAAAAAAA")).status_code == 404
+    assert (await jobmaster.get("/api/queue/v1/task/not-a-slug")).status_code == 404
+    assert (await jobmaster.get(f"/api/queue/v1/task/{task_id}/runs/5/artifacts/{tc.LOG_ARTIFACT}")).status_code == 404
+
+
+async def test_a_lost_run_is_resolved_worker_shutdown_and_its_retry_answers_in_the_queue_api(
+    start_stack: Any, tmp_path: Path, queue_schemas: dict[str, jsonschema.Draft6Validator]
+) -> None:
+    infrax = await start_stack()
+    seen = await collecting(infrax)
+    agents = tmp_path / "agents"
+    once = tmp_path / "once.sh"
+    once.write_text(f"#!/bin/sh\necho $INFRAX_WORK_DIR >> {agents}\n[ $INFRAX_RUN = 0 ] && sleep 60\nexit 0\n")
+    once.chmod(0o755)
+    repo = tmp_path / "once"
+    repo.mkdir()
+    git(repo, "init", "--quiet")
+    git(repo, "config", "user.email", "author@infrax.invalid")
+    git(repo, "config", "user.name", "a")
+    commit(
+        repo,
+        {
+            ".infrax.yml": "version: 1\nproject: once\ntasks:\n"
+            f"  - {{name: once, containerTag: linux_x86_64, bootstrapper: {once}, files: [a.py], retries: 1}}\n"
+        },
+        "once",
+    )
+    pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
+    assert pushed.status_code == 201, pushed.text
+
+    async def started() -> bool:
+        return agents.exists() and len(agents.read_text().split()) >= 1
+
+    await wait_for(started, 20, "the first run to start")
+    os.kill(agent_pid(agents.read_text().split()[0]), signal.SIGKILL)
+    job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=30)
+    assert job["state"] == "completed"
+
+    async def completed() -> bool:
+        return any(exchange.endswith("task-completed") for exchange, _, _ in seen)
+
+    await wait_for(completed, 10, "task-completed of the re-run")
+    for exchange, _, body in seen:
+        queue_schemas[f"{exchange.rsplit('/', 1)[1]}-message"].validate(body)
+    lost = next(body for exchange, _, body in seen if exchange.endswith("task-exception"))
+    assert lost["runId"] == 0 and lost["status"]["runs"][0]["reasonResolved"] == "worker-shutdown"
+    assert lost["status"]["runs"][0]["started"] and lost["status"]["runs"][0]["resolved"]
+    task_id = lost["status"]["taskId"]
+    assert slugid.decode(task_id)
+    status = (await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}/status")).json()["status"]
+    queue_schemas["task-status"].validate(status)
+    assert [(r["runId"], r["state"], r["reasonCreated"]) for r in status["runs"]] == [
+        (0, "exception", "scheduled"),
+        (1, "completed", "retry"),
+    ]
+    definition = (await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}")).json()
+    assert definition["metadata"]["owner"] == "author@infrax.invalid"  # no pusher: the commit's author
+    for run in (0, 1):
+        log = await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}/runs/{run}/artifacts/{tc.LOG_ARTIFACT}")
+        assert log.status_code == 303, (run, log.text)
