@@ -35,6 +35,9 @@ EXCHANGE_KINDS: Mapping[str, frozenset[str] | None] = {
     topics.TREEHERDER: ANY_OBJECT,
     # Taskcluster's queue messages: Taskcluster's schemas (task-*-message.yml), checked by the tests.
     **dict.fromkeys(topics.TC_EXCHANGES, ANY_OBJECT),
+    # taskcluster-github's messages: its schemas (github-*-message.yml), checked by the tests.
+    topics.GITHUB_PUSH: ANY_OBJECT,
+    topics.GITHUB_PULL_REQUEST: ANY_OBJECT,
 }
 
 VERSIONS = frozenset({WIRE_VERSION})

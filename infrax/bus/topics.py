@@ -31,7 +31,23 @@ TASKCLUSTER_QUEUE = "exchange/taskcluster-queue/v1"
 TC_TASK_EVENTS = ("task-defined", "task-pending", "task-running", "task-completed", "task-failed", "task-exception")
 TC_EXCHANGES = tuple(f"{TASKCLUSTER_QUEUE}/{event}" for event in TC_TASK_EVENTS)
 
-ALL_EXCHANGES = (RUNS, PARTITIONS, TASKS, REQUESTS, CONTAINERS, JOBS, TREEHERDER, *TC_EXCHANGES)
+# taskcluster-github's: a GitHub push or pull request event, as Treeherder's push ingestion reads it.
+# Routing keys `primary.<organization>.<repository>[.<action>]`.
+GITHUB_PUSH = "exchange/taskcluster-github/v1/push"
+GITHUB_PULL_REQUEST = "exchange/taskcluster-github/v1/pull-request"
+
+ALL_EXCHANGES = (
+    RUNS,
+    PARTITIONS,
+    TASKS,
+    REQUESTS,
+    CONTAINERS,
+    JOBS,
+    TREEHERDER,
+    *TC_EXCHANGES,
+    GITHUB_PUSH,
+    GITHUB_PULL_REQUEST,
+)
 
 MISSING = "_"
 

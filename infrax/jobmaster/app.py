@@ -109,6 +109,23 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         """The recorded pushes, as hg.mozilla.org's `json-pushes?version=2` shows them."""
         return await jobmaster.hg.json_pushes(repository, start_id, end_id, full)
 
+    @app.get("/hg/{name}/json-pushes", **read)
+    @app.get("/hg/{name}/json-pushes/", **read)
+    async def hg_repository_json_pushes(
+        name: str = FastAPIPath(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$"),
+        start_id: int | None = Query(None, alias="startID", ge=0, le=2**31),
+        end_id: int | None = Query(None, alias="endID", ge=0, le=2**31),
+        changeset: str | None = Query(None, min_length=12, max_length=40, pattern=r"^[0-9a-f]+$"),
+        full: bool = False,
+        version: int = Query(2, ge=2, le=2),
+    ) -> dict[str, Any]:
+        """`<repository URL>/json-pushes/`, where Treeherder looks for a Mercurial repository's
+        pushes, when that URL is `<public URL>/hg/<name>` (the repository's last path segment)."""
+        repository = await jobmaster.hg.repository_named(name)
+        if repository is None:
+            raise HTTPException(404, f"no Mercurial repository named {name!r} (or more than one) has pushes here")
+        return await jobmaster.hg.json_pushes(repository, start_id, end_id, full, changeset)
+
     app.include_router(queue_router(jobmaster))
 
     @app.get("/api/v1/health")

@@ -33,3 +33,6 @@ class Checkout:
     # Pushed by someone with write access (a branch, an hg push, the CLI, a pull request of the
     # repository itself): its runs get the project's secrets. A fork's pull request never is.
     trusted: bool = True
+    # Messages announcing the event, written with the job it creates (a code host's push as
+    # taskcluster-github publishes it, for Treeherder): (exchange, routing key, body).
+    announcements: tuple[tuple[str, str, dict[str, Any]], ...] = ()

@@ -30,6 +30,7 @@ from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.mirrors import MirrorError, RevisionMissing
 from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.records import insert_once
+from infrax.jobmaster.tc_github import pull_request_message, push_message
 from infrax.jobmaster.vcs import Source
 from infrax.model import utcnow
 from infrax.store.tables import deliveries
@@ -188,6 +189,7 @@ class GitHubWebhooks:
             "github",
             origin,
             trusted=same_repository,
+            announcements=(pull_request_message(payload, delivery),),
         )
         return await self._start(checkout)
 
@@ -216,7 +218,14 @@ class GitHubWebhooks:
             },
         )
         checkout = Checkout(
-            Source("git", mirror), url, after, ref.removeprefix("refs/heads/"), changed, "github", origin
+            Source("git", mirror),
+            url,
+            after,
+            ref.removeprefix("refs/heads/"),
+            changed,
+            "github",
+            origin,
+            announcements=(push_message(payload, delivery),),
         )
         return await self._start(checkout)
 

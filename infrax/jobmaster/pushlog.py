@@ -270,10 +270,25 @@ class HgPushes:
             "message": "in the repository before the job master watched it",
         }
 
+    async def repository_named(self, name: str) -> str | None:
+        """The one recorded repository whose last path segment is `name` (`try` for
+        https://hg.example.org/try or /srv/hg/try): how `<public URL>/hg/<name>/json-pushes/`,
+        the address Treeherder builds from a repository URL, finds it. None for none, or two."""
+        async with self.jobmaster.db.begin() as conn:
+            keys = (await conn.execute(select(hg_repositories.c.repository))).scalars().all()
+        named = [k for k in keys if k.rstrip("/").rsplit("/", 1)[-1] == name]
+        return named[0] if len(named) == 1 else None
+
     async def json_pushes(
-        self, repository: str, start_id: int | None = None, end_id: int | None = None, full: bool = False
+        self,
+        repository: str,
+        start_id: int | None = None,
+        end_id: int | None = None,
+        full: bool = False,
+        changeset: str | None = None,
     ) -> dict[str, Any]:
-        """The recorded pushes as `json-pushes?version=2` answers: startID exclusive, endID inclusive."""
+        """The recorded pushes as `json-pushes?version=2` answers: startID exclusive, endID
+        inclusive; with `changeset`, the push that holds it (a full id or a prefix of 12 or more)."""
         key = repository_key(repository)
         query = select(hg_pushes).where(hg_pushes.c.repository == key).order_by(hg_pushes.c.push_id)
         if start_id is not None:
@@ -282,6 +297,8 @@ class HgPushes:
             query = query.where(hg_pushes.c.push_id <= end_id)
         async with self.jobmaster.db.begin() as conn:
             rows = (await conn.execute(query)).mappings().all()
+            if changeset is not None:
+                rows = [r for r in rows if any(c["node"].startswith(changeset) for c in r["changesets"])][:1]
             last = (
                 await conn.execute(select(func.max(hg_pushes.c.push_id)).where(hg_pushes.c.repository == key))
             ).scalar()

@@ -208,6 +208,7 @@ class JobMaster:
                     if checkout.origin is not None:
                         await conn.execute(insert(job_origins).values(_origin_row(job_id, checkout.origin)))
                 messages.append(_job_status(job_id, plan.project, revision, State.PENDING, None))
+                messages += checkout.announcements
                 created = True
             except IntegrityError:  # the same revision pushed twice at once
                 created = False

@@ -118,6 +118,12 @@ async def test_a_push_of_three_changesets_is_one_job_through_the_hook_and_pollin
     assert push["changesets"][0].keys() == example["changesets"][0].keys()
     short = (await jobmaster.get("/api/v1/hg/json-pushes", params={"repository": str(hooked)})).json()
     assert short["pushes"]["1"]["changesets"] == nodes
+    # Where Treeherder looks when the repository's URL is <public URL>/hg/<name>: `<url>/json-pushes/`.
+    as_treeherder_asks = await jobmaster.get(f"/hg/{hooked.name}/json-pushes/?full=1&version=2")
+    assert as_treeherder_asks.status_code == 200 and as_treeherder_asks.json() == log
+    by_changeset = await jobmaster.get(f"/hg/{hooked.name}/json-pushes", params={"changeset": nodes[1][:12]})
+    assert list(by_changeset.json()["pushes"]) == ["1"]
+    assert (await jobmaster.get("/hg/no-such-repository/json-pushes/")).status_code == 404
 
     job = await job_in(jobmaster, jobs[0]["id"], "completed", "failed", "exception")
     assert job["state"] == "completed", job  # its bootstrapper came out of the repository through `hg cat`
