@@ -316,3 +316,13 @@ async def test_reports_of_one_partition_keep_their_order_while_others_go_ahead()
     await asyncio.gather(*handlers)
     assert [r for r in reported if r[0] == "p1"] == [("p1", "queued"), ("p1", "running"), ("p1", "completed")]
     assert reporter._reporting == {}
+
+
+@pytest.mark.parametrize("revision", [None, "abc"])
+async def test_partitions_without_a_job_revision_are_not_reported(revision: str | None) -> None:
+    from infrax.jobmaster.treeherder import TreeherderReporter
+
+    # No job master: reporting anything would need it (AttributeError), so returning is the proof.
+    reporter = TreeherderReporter(jobmaster=None)  # type: ignore[arg-type]
+    body = status("running").model_copy(update={"revision": revision}).model_dump(mode="json", by_alias=True)
+    await reporter._report(Message(topics.PARTITIONS, "k", body, False, {}))
