@@ -152,7 +152,8 @@ class Stack:
         if "*" in self.config.allowed_hosts:
             return None
         names = {"127.0.0.1", "localhost", "::1", *self.config.allowed_hosts}
-        for url in [*self.urls.values(), *self.config.urls.values(), *self.config.executioners]:
+        public = [self.config.public_url] if self.config.public_url else []
+        for url in [*self.urls.values(), *self.config.urls.values(), *self.config.executioners, *public]:
             host = URL(url).host
             if host:
                 names.add(host)

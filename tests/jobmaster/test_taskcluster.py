@@ -199,3 +199,21 @@ async def test_a_lost_run_is_resolved_worker_shutdown_and_its_retry_answers_in_t
     for run in (0, 1):
         log = await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}/runs/{run}/artifacts/{tc.LOG_ARTIFACT}")
         assert log.status_code == 303, (run, log.text)
+
+
+async def test_every_url_handed_out_starts_with_the_public_url(start_stack: Any, tmp_path: Path) -> None:
+    infrax = await start_stack(public_url="https://ci.example.org/")
+    seen = await collecting(infrax)
+    repo = tmp_path / "sample"
+    revision = make_sample_repo(repo)
+    pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})
+    job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception")
+    request = (await infrax["scheduler"].get(f"/api/v1/task-requests/{job['requestId']}")).json()
+    log_urls = [p["logUrl"] for t in request["tasks"] for p in t["partitions"]]
+    assert log_urls and all(u.startswith("https://ci.example.org/api/v1/runs/") for u in log_urls), log_urls
+    task_id = seen[0][2]["status"]["taskId"]
+    definition = (await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}")).json()
+    assert definition["metadata"]["source"] == f"https://ci.example.org/api/v1/jobs/{job['id']}"
+    # Requests the proxy forwards with the public host name are answered (the Host check knows it).
+    through_proxy = await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}", headers={"Host": "ci.example.org"})
+    assert through_proxy.status_code == 200, through_proxy.text
