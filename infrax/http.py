@@ -51,17 +51,35 @@ class ServiceClient:
         self.http = http
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _body(await self._send(method, path, **kwargs))
+
+    async def every(self, path: str, params: dict[str, Any] | None = None, limit: int | None = None) -> list[Any]:
+        """Every item of a paginated list (following each page's `Link: rel="next"`), or its first `limit`."""
+        items: list[Any] = []
+        url: str | None = path
+        while url is not None and (limit is None or len(items) < limit):
+            response = await self._send("GET", url, params=params)
+            items += _body(response)
+            link = response.links.get("next")
+            url, params = (None if link is None else str(link["url"])), None
+        return items if limit is None else items[:limit]
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
             raise ServiceError(self.service, None, f"unreachable at {self.http.base_url}: {error!r}") from error
         if response.status_code >= 400:
             raise ServiceError(self.service, response.status_code, _detail(response))
-        if response.status_code == 204 or not response.content:
-            return None
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
+        return response
+
+
+def _body(response: httpx.Response) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    return response.text
 
 
 def _detail(response: httpx.Response) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse
 
@@ -16,6 +16,7 @@ from infrax.jobmaster.pushlog import HgPushNotice, push_view
 from infrax.jobmaster.queue_api import queue_router
 from infrax.jobmaster.service import JobMaster, JobNotFound
 from infrax.model import NO_CONTROL, Job, PushSubmission
+from infrax.pagination import PageRequest, link_next, page_request
 from infrax.web import add_error_handlers
 
 
@@ -52,8 +53,17 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         return job
 
     @app.get("/api/v1/jobs", response_model=list[Job], **read)
-    async def list_jobs(project: str | None = None, revision: str | None = None) -> list[Job]:
-        return await jobmaster.list_jobs(project, revision)
+    async def list_jobs(
+        request: Request,
+        response: Response,
+        project: str | None = None,
+        revision: str | None = None,
+        page: PageRequest = Depends(page_request),
+    ) -> list[Job]:
+        """Newest first, a page at a time (`limit`, `after`; the next page's URL in `Link`)."""
+        items, after = await jobmaster.list_jobs(project, revision, page)
+        link_next(request, response, page, after)
+        return items
 
     @app.get("/api/v1/jobs/{job_id}", response_model=Job, **read)
     async def get_job(job_id: str) -> Job:

@@ -16,7 +16,7 @@ class JobMasterClient(ServiceClient):
         return Job.model_validate(await self.call("GET", f"/api/v1/jobs/{job_id}"))
 
     async def find(self, revision: str) -> list[Job]:
-        return [Job.model_validate(j) for j in await self.call("GET", "/api/v1/jobs", params={"revision": revision})]
+        return [Job.model_validate(j) for j in await self.every("/api/v1/jobs", params={"revision": revision})]
 
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate(await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))

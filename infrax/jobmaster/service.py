@@ -46,6 +46,7 @@ from infrax.model import (
     utcnow,
 )
 from infrax.outbox import Outbox, Outgoing
+from infrax.pagination import DEFAULT_LIMIT, PageRequest, keyset, split, time_and_id
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
 from infrax.store.tables import job_origins, job_tasks, jobmaster_outbox, jobs
@@ -422,15 +423,21 @@ class JobMaster:
             row, [JobTask(id=t["task_id"], name=t["name"], state=t["state"], message=t["message"]) for t in task_rows]
         )
 
-    async def list_jobs(self, project: str | None = None, revision: str | None = None, limit: int = 100) -> list[Job]:
-        query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
+    async def list_jobs(
+        self, project: str | None = None, revision: str | None = None, page: PageRequest | None = None
+    ) -> tuple[list[Job], list[Any] | None]:
+        """Newest first, a page at a time; and the key the next page starts after."""
+        page = page or PageRequest(DEFAULT_LIMIT, None)
+        query = select(jobs)
         if project:
             query = query.where(jobs.c.project == project)
         if revision:
             query = query.where(jobs.c.revision.startswith(revision))
+        query = keyset(query, page, [jobs.c.created_at, jobs.c.id], descending=True, parse=time_and_id)
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [_job(r, []) for r in rows]
+        items, after = split(rows, page, lambda r: (aware(r["created_at"]), r["id"]))
+        return [_job(r, []) for r in items], after
 
     async def origins(self, job_id: str, host: str | None = None) -> list[dict[str, Any]]:
         query = select(job_origins).where(job_origins.c.job_id == job_id)

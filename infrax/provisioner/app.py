@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from infrax.auth import Security, route_options, secured_app
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
+from infrax.pagination import PageRequest, link_next, page_request, split
 from infrax.provisioner.metrics import render as render_metrics
 from infrax.provisioner.service import Provisioner
 from infrax.web import add_error_handlers
@@ -67,9 +68,15 @@ def create_app(provisioner: Provisioner, security: Security) -> FastAPI:
         return {"forwarded": provisioner.cancel(body.run_ids)}
 
     @app.get("/api/v1/containers", response_model=list[Container], **read)
-    async def containers() -> list[Container]:
-        """Every container: type, provider, state, current run, age and its last heartbeat."""
-        return provisioner.containers()
+    async def containers(
+        request: Request, response: Response, page: PageRequest = Depends(page_request)
+    ) -> list[Container]:
+        """The containers by id, a page at a time: type, provider, state, current run, age and last heartbeat."""
+        after = None if page.after is None else str(page.after[0])
+        listed = sorted((c for c in provisioner.containers() if after is None or c.id > after), key=lambda c: c.id)
+        items, next_key = split(listed[: page.limit + 1], page, lambda c: (c.id,))
+        link_next(request, response, page, next_key)
+        return items
 
     @app.post("/api/v1/containers/{container_id}/release", status_code=204, **route_options("provisioner:release"))
     async def release(container_id: str, body: ReleaseOne) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.model import Task, TaskPartition, TaskRequest, TaskRequestSubmission
+from infrax.pagination import PageRequest, link_next, page_request
 from infrax.scheduler.queries import NotFound
 from infrax.scheduler.service import Rejected, Scheduler
 from infrax.web import add_error_handlers
@@ -39,8 +40,17 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         return await scheduler.submit(submission)
 
     @app.get("/api/v1/task-requests", response_model=list[TaskRequest], **read)
-    async def list_requests(jobId: str | None = None, state: str | None = None) -> list[TaskRequest]:  # noqa: N803
-        return await scheduler.list_requests(job_id=jobId, state=state)
+    async def list_requests(
+        request: Request,
+        response: Response,
+        jobId: str | None = None,  # noqa: N803
+        state: str | None = None,
+        page: PageRequest = Depends(page_request),
+    ) -> list[TaskRequest]:
+        """Newest first, a page at a time (`limit`, `after`; the next page's URL in `Link`)."""
+        items, after = await scheduler.list_requests(job_id=jobId, state=state, page=page)
+        link_next(request, response, page, after)
+        return items
 
     @app.get("/api/v1/task-requests/{request_id}", response_model=TaskRequest, **read)
     async def get_request(request_id: str) -> TaskRequest:
@@ -58,7 +68,7 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
     @app.post("/api/v1/jobs/{job_id}/cancel", **route_options("scheduler:cancel:"))
     async def cancel_job(job_id: str, request: Request) -> dict[str, list[str]]:
         """Every request of a job: needs `scheduler:cancel:<project>` of each."""
-        for project in {r.project for r in await scheduler.list_requests(job_id=job_id)}:
+        for project in {r.project for r in (await scheduler.list_requests(job_id=job_id))[0]}:
             require(caller_of(request), f"scheduler:cancel:{project}")
         return {"cancelledRequests": await scheduler.cancel_job(job_id)}
 
@@ -67,10 +77,22 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         return await scheduler.get_task(task_id)
 
     @app.get("/api/v1/partitions", response_model=list[TaskPartition], **read)
-    async def list_partitions(requestId: str | None = None, state: str | None = None) -> list[TaskPartition]:  # noqa: N803
-        if not requestId and not state:
-            raise HTTPException(400, "give requestId or state to list partitions")
-        return await scheduler.list_partitions(request_id=requestId, state=state)
+    async def list_partitions(
+        request: Request,
+        response: Response,
+        requestId: str | None = None,  # noqa: N803
+        state: str | None = None,
+        page: PageRequest = Depends(page_request),
+    ) -> list[TaskPartition]:
+        """In queue order, a page at a time (`limit`, `after`; the next page's URL in `Link`)."""
+        items, after = await scheduler.list_partitions(request_id=requestId, state=state, page=page)
+        link_next(request, response, page, after)
+        return items
+
+    @app.get("/api/v1/partition-counts", **read)
+    async def partition_counts(requestId: str | None = None) -> dict[str, int]:  # noqa: N803
+        """How many partitions are in each state, of one request or of all (an aggregate query)."""
+        return await scheduler.count_partitions(request_id=requestId)
 
     @app.get("/api/v1/partitions/{partition_id}", response_model=TaskPartition, **read)
     async def get_partition(partition_id: str) -> TaskPartition:

@@ -13,7 +13,7 @@ class SchedulerClient(ServiceClient):
         return TaskRequest.model_validate(await self.call("POST", "/api/v1/task-requests", json=submission.wire()))
 
     async def list_requests(self, job_id: str) -> list[TaskRequest]:
-        body = await self.call("GET", "/api/v1/task-requests", params={"jobId": job_id})
+        body = await self.every("/api/v1/task-requests", params={"jobId": job_id})
         return [TaskRequest.model_validate(r) for r in body]
 
     async def get_request(self, request_id: str) -> TaskRequest:
@@ -26,5 +26,5 @@ class SchedulerClient(ServiceClient):
         return (await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))["cancelledRequests"]
 
     async def partitions(self, request_id: str) -> list[TaskPartition]:
-        body = await self.call("GET", "/api/v1/partitions", params={"requestId": request_id})
+        body = await self.every("/api/v1/partitions", params={"requestId": request_id})
         return [TaskPartition.model_validate(p) for p in body]

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.auth.runs import RunTokens
@@ -63,7 +63,9 @@ class Dispatching:
                 claimable = (
                     select(partitions.c.id)
                     .where(
-                        partitions.c.state == State.QUEUED,
+                        # Written out, not bound: so the planner sees ix_partitions_claimable's own
+                        # condition in every plan (a bound value hides it from a generic plan).
+                        partitions.c.state == literal_column(f"'{State.QUEUED.value}'"),
                         partitions.c.claimed_by.is_(None),
                         partitions.c.container_type == container_type,
                     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import func, select
 
 from infrax.model import Task, TaskPartition, TaskRequest
+from infrax.pagination import MAX_LIMIT, PageRequest, keyset, split, time_and_id
 from infrax.scheduler import records
-from infrax.store import Database
+from infrax.store import Database, aware
 from infrax.store.tables import partitions, requests
 
 
@@ -24,15 +27,21 @@ class Queries:
             raise NotFound(f"no task request {request_id}")
         return request
 
-    async def list_requests(self, job_id: str | None = None, state: str | None = None) -> list[TaskRequest]:
-        query = select(requests).order_by(requests.c.created_at.desc()).limit(500)
+    async def list_requests(
+        self, job_id: str | None = None, state: str | None = None, page: PageRequest | None = None
+    ) -> tuple[list[TaskRequest], list[Any] | None]:
+        """Newest first, a page at a time; and the key the next page starts after."""
+        page = page or PageRequest(MAX_LIMIT, None)
+        query = select(requests)
         if job_id:
             query = query.where(requests.c.job_id == job_id)
         if state:
             query = query.where(requests.c.state == state)
+        query = keyset(query, page, [requests.c.created_at, requests.c.id], descending=True, parse=time_and_id)
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [records.request_from_row(r) for r in rows]
+        items, after = split(rows, page, lambda r: (aware(r["created_at"]), r["id"]))
+        return [records.request_from_row(r) for r in items], after
 
     async def get_task(self, task_id: str) -> Task:
         async with self.db.begin() as conn:
@@ -48,12 +57,29 @@ class Queries:
             raise NotFound(f"no partition {partition_id}")
         return partition
 
-    async def list_partitions(self, request_id: str | None = None, state: str | None = None) -> list[TaskPartition]:
-        query = select(partitions).order_by(partitions.c.seq)
+    async def list_partitions(
+        self, request_id: str | None = None, state: str | None = None, page: PageRequest | None = None
+    ) -> tuple[list[TaskPartition], list[Any] | None]:
+        """In queue order (`seq`), a page at a time; and the key the next page starts after."""
+        page = page or PageRequest(MAX_LIMIT, None)
+        query = select(partitions)
         if request_id:
             query = query.where(partitions.c.request_id == request_id)
         if state:
             query = query.where(partitions.c.state == state)
         async with self.db.begin() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [records.partition_from_row(r) for r in rows]
+            rows = (await conn.execute(keyset(query, page, [partitions.c.seq], parse=_ints))).mappings().all()
+        items, after = split(rows, page, lambda r: (r["seq"],))
+        return [records.partition_from_row(r) for r in items], after
+
+    async def count_partitions(self, request_id: str | None = None) -> dict[str, int]:
+        """How many partitions are in each state (of one request, or of all): one aggregate query."""
+        query = select(partitions.c.state, func.count()).group_by(partitions.c.state)
+        if request_id:
+            query = query.where(partitions.c.request_id == request_id)
+        async with self.db.begin() as conn:
+            return {state: count for state, count in (await conn.execute(query)).all()}
+
+
+def _ints(key: list[Any]) -> list[int]:
+    return [int(v) for v in key]

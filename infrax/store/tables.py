@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -82,6 +83,18 @@ partitions = Table(
     Index("ix_partitions_queue", "state", "container_type", "priority", "seq"),
     # Adding partitions up to their task reads only which states occur: this index answers that alone.
     Index("ix_partitions_task_state", "task_id", "state"),
+)
+
+# The claim's own order over the claimable rows alone: the next partitions of a type are the first
+# entries, however many are queued behind them (ix_partitions_queue sorts priority the other way
+# from seq, so a claim read every queued row of the type to order them).
+Index(
+    "ix_partitions_claimable",
+    partitions.c.container_type,
+    partitions.c.priority.desc(),
+    partitions.c.seq,
+    postgresql_where=text("state = 'queued' AND claimed_by IS NULL"),
+    sqlite_where=text("state = 'queued' AND claimed_by IS NULL"),
 )
 
 runs = Table(

@@ -115,3 +115,31 @@ async def test_cancel_ends_every_unfinished_part_and_stops_what_runs(harness: Ha
     harness.forget_events()
     await harness.news(news(running, "cancelled"))
     assert harness.events() == []
+
+
+async def test_cancelling_a_large_request_leaves_nothing_queued_and_announces_every_transition(
+    harness: Harness,
+) -> None:
+    request = await harness.submit(definition("big", files=1000), definition("other", files=2))
+    harness.provisioner.room = 3
+    await harness.dispatch()
+    await harness.news(news(harness.provisioner.offers[0], "running"))
+    harness.forget_events()
+
+    cancelled = await harness.scheduler.cancel_request(request.id)
+    await harness.scheduler.published()
+
+    partitions = [p for task in cancelled.tasks for p in task.partitions]
+    assert len(partitions) == 1002 and {p.state for p in partitions} == {S.CANCELLED}
+    assert sorted(harness.provisioner.cancelled) == sorted(o.run_id for o in harness.provisioner.offers)
+    transitions = harness.partition_events()
+    assert (
+        len(transitions) == 1002 and len({e.partition.id for e in harness.events() if hasattr(e, "partition")}) == 1002
+    )
+    assert sorted(set(transitions)) == [(S.DISPATCHED, S.CANCELLED), (S.QUEUED, S.CANCELLED), (S.RUNNING, S.CANCELLED)]
+    assert transitions.count((S.DISPATCHED, S.CANCELLED)) == 2 and transitions.count((S.RUNNING, S.CANCELLED)) == 1
+    assert sorted((e.name, e.state) for e in harness.events() if isinstance(e, TaskStatus)) == [
+        ("big", S.CANCELLED),
+        ("other", S.CANCELLED),
+    ]
+    assert [e.state for e in harness.events() if isinstance(e, RequestStatus)] == [S.CANCELLED]

@@ -1,0 +1,32 @@
+"""the claim's index: claimable partitions of a type in claim order
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+CLAIMABLE = sa.text("state = 'queued' AND claimed_by IS NULL")
+
+
+def upgrade() -> None:
+    op.create_index(
+        "ix_partitions_claimable",
+        "scheduler_partitions",
+        ["container_type", sa.text("priority DESC"), "seq"],
+        postgresql_where=CLAIMABLE,
+        sqlite_where=CLAIMABLE,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_partitions_claimable", "scheduler_partitions")
