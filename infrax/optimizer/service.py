@@ -8,6 +8,7 @@ finish times give it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -22,6 +23,9 @@ from infrax.store import Database
 log = logging.getLogger(__name__)
 
 LEARNED_STATES = frozenset({State.COMPLETED, State.FAILED})  # a cancelled or lost run says little
+
+
+OFF_LOOP_FILES = 2000  # requests of fewer files are planned inline: a thread's hop would cost more
 
 
 class OptimizerService:
@@ -64,7 +68,11 @@ class OptimizerService:
             if kind is not None:
                 keys.add((task.name, kind.name))
         history = await self.history.load(request.project, keys)
-        return self.planner.plan(request, history, explain=explain)
+        if sum(len(t.files) for t in request.tasks) < OFF_LOOP_FILES:
+            return self.planner.plan(request, history, explain=explain)
+        # A big request takes the planner tens of milliseconds or more: in a thread, the GIL is
+        # handed back every few milliseconds, so health checks and streams go on meanwhile.
+        return await asyncio.to_thread(self.planner.plan, request, history, explain=explain)
 
     async def file_history(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
         return await self.history.rows(project, task_name, container_type)

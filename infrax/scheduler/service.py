@@ -55,6 +55,9 @@ class Rejected(Exception):
     """A submission the scheduler refuses; the message says why (answered as HTTP 422)."""
 
 
+PLAN_STEP = 500  # partitions written per step of planning a request
+
+
 class Scheduler(Dispatching, Cancelling):
     def __init__(
         self,
@@ -300,18 +303,26 @@ class Scheduler(Dispatching, Cancelling):
                     update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message)
                 )
                 events.append(task_status(task_row, state, State.PENDING, message))
-            if part_rows:
-                await conn.execute(insert(partitions), part_rows)
+            await self.outbox.add(conn, outgoing(events))
+            task_names = {t["id"]: t["name"] for t in task_rows}
+            # In steps, the event loop serving others between them: ten thousand partitions and their
+            # messages (each checked against its schema) are a second of work done at once.
+            for start in range(0, len(part_rows), PLAN_STEP):
+                step = part_rows[start : start + PLAN_STEP]
+                await conn.execute(insert(partitions), step)
+                await self.outbox.add(
+                    conn,
+                    outgoing(
+                        partition_status(records.partition_from_row(p), None, task_names[p["task_id"]], row)
+                        for p in step
+                    ),
+                )
+                await asyncio.sleep(0)
             planned_state = request_state(task_states)
             await conn.execute(
                 update(requests).where(requests.c.id == row["id"]).values(state=planned_state, updated_at=now)
             )
-            task_names = {t["id"]: t["name"] for t in task_rows}
-            events += [
-                partition_status(records.partition_from_row(p), None, task_names[p["task_id"]], row) for p in part_rows
-            ]
-            events.append(request_status(row["id"], row["job_id"], planned_state, State.PENDING))
-            messages += outgoing(events)
+            messages += outgoing([request_status(row["id"], row["job_id"], planned_state, State.PENDING)])
         self._dispatch_wanted.set()
         return True
 

@@ -81,6 +81,8 @@ partitions = Table(
     Column("claimed_by", String(100)),
     Column("claimed_at", DateTime(timezone=True)),
     Index("ix_partitions_queue", "state", "container_type", "priority", "seq"),
+    # A page of partitions in one state, in queue order (`GET /api/v1/partitions?state=…`).
+    Index("ix_partitions_state_seq", "state", "seq"),
     # Adding partitions up to their task reads only which states occur: this index answers that alone.
     Index("ix_partitions_task_state", "task_id", "state"),
 )

@@ -1,4 +1,4 @@
-"""the claim's index: claimable partitions of a type in claim order
+"""the claim's index (claimable partitions of a type in claim order) and a page's (a state in queue order)
 
 Revision ID: 0008
 Revises: 0007
@@ -26,7 +26,9 @@ def upgrade() -> None:
         postgresql_where=CLAIMABLE,
         sqlite_where=CLAIMABLE,
     )
+    op.create_index("ix_partitions_state_seq", "scheduler_partitions", ["state", "seq"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_partitions_state_seq", "scheduler_partitions")
     op.drop_index("ix_partitions_claimable", "scheduler_partitions")

@@ -1,0 +1,232 @@
+"""`make bench-backlog`: what a big backlog costs. Figures only; the targets are in #18's text.
+
+    .venv/bin/python benchmarks/backlog.py [--partitions 1000000] [--backend embedded] [--backend production]
+
+One stack in this process (all components, served on loopback), two container types: `busy`, two
+containers held by partitions that sleep for the whole run, and `fast`, warm containers for
+trivial partitions. The backlog is queued behind `busy`, in requests of the largest allowed size
+(10 tasks of 1,000 partitions). Printed: peak memory (this process holds every component), health
+p99 of every component during intake and after, the time to list one page of queued partitions,
+to count partitions by state and to cancel one 1,000-partition request, and the trivial-partition
+throughput on `fast` before the backlog and with it behind (same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console
+from rich.table import Table
+
+from infrax.bench import _throwaway_vhost
+from infrax.config import COMPONENTS, Config, ProviderConfig
+from infrax.model import MAX_PARTITIONS_PER_REQUEST, ContainerType
+from infrax.stack import Stack
+
+PER_TASK = 1000
+FAST = 16
+TRIVIAL_PARTITIONS = 2000
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 1e6
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
+
+
+class HealthProbe:
+    """Asks every component's health endpoint every 50 ms; latencies kept by phase."""
+
+    def __init__(self, clients: dict[str, httpx.AsyncClient]) -> None:
+        self.clients = clients
+        self.phase = "idle"
+        self.latencies: dict[str, list[float]] = {}
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            for client in self.clients.values():
+                t0 = time.perf_counter()
+                try:
+                    await client.get("/api/v1/health", timeout=30)
+                    latency = (time.perf_counter() - t0) * 1000
+                except httpx.HTTPError:
+                    latency = 30_000.0
+                self.latencies.setdefault(self.phase, []).append(latency)
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def wait_final(scheduler: httpx.AsyncClient, request_id: str, timeout: float) -> None:
+    """Polled by the counts of its partitions (an aggregate), not by reading the whole request."""
+    deadline = time.monotonic() + timeout
+    final = {"completed", "failed", "exception", "cancelled", "skipped"}
+    while set((await scheduler.get("/api/v1/partition-counts", params={"requestId": request_id})).json()) - final:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"request {request_id} not final after {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def wait_planned(scheduler: httpx.AsyncClient) -> None:
+    """Until no request waits to be planned (one row of the small requests table, not a count)."""
+    while (await scheduler.get("/api/v1/task-requests", params={"state": "pending", "limit": 1})).json():
+        await asyncio.sleep(0.2)
+
+
+def tasks(prefix: str, count: int, tag: str, bootstrapper: str, priority: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f"{prefix}-{i // PER_TASK}",
+            "files": [f"{prefix}/f{j}" for j in range(i, min(i + PER_TASK, count))],
+            "containerTag": [tag],
+            "bootstrapper": bootstrapper,
+            "partitions": min(PER_TASK, count - i),
+            "priority": priority,
+        }
+        for i in range(0, count, PER_TASK)
+    ]
+
+
+async def throughput(scheduler: httpx.AsyncClient, trivial: str) -> float:
+    t0 = time.monotonic()
+    response = await scheduler.post(
+        "/api/v1/task-requests", json={"tasks": tasks(f"t{uuid.uuid4().hex[:6]}", TRIVIAL_PARTITIONS, "fast", trivial)}
+    )
+    response.raise_for_status()
+    await wait_final(scheduler, response.json()["id"], timeout=600)
+    return TRIVIAL_PARTITIONS / (time.monotonic() - t0)
+
+
+async def run(console: Console, partitions: int, db: str = "", bus: str = "memory://") -> None:
+    root = Path(tempfile.mkdtemp(prefix="infrax-backlog-"))
+    trivial, sleeper = root / "trivial.sh", root / "sleeper.sh"
+    trivial.write_text("#!/bin/sh\nexit 0\n")
+    sleeper.write_text("#!/bin/sh\nsleep 3600\n")
+    for script in (trivial, sleeper):
+        script.chmod(0o755)
+    config = Config(
+        data_dir=root / "data",
+        db=db,
+        bus=bus,
+        ports={n: 0 for n in COMPONENTS},
+        container_types=[
+            ContainerType(name="busy", tags=["busy"], max_concurrent=2, min_warm=2, idle_timeout=3600),
+            ContainerType(name="fast", tags=["fast"], max_concurrent=FAST, min_warm=FAST, idle_timeout=3600),
+        ],
+        providers=[ProviderConfig("process")],
+    )
+    stack = Stack(config)
+    await stack.start()
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+    clients = {name: httpx.AsyncClient(base_url=url, headers=headers, timeout=60) for name, url in stack.urls.items()}
+    scheduler = clients["scheduler"]
+    probe = HealthProbe(clients)
+    try:
+        held = await scheduler.post("/api/v1/task-requests", json={"tasks": tasks("held", 2, "busy", str(sleeper))})
+        held.raise_for_status()
+        await asyncio.sleep(2)  # the two sleepers take both busy containers; the pool warms
+        empty_throughput = await throughput(scheduler, str(trivial))
+        idle_rss, idle_peak = rss_mb(), peak_mb()
+
+        probe.phase = "intake"
+        t0 = time.monotonic()
+        per_request = MAX_PARTITIONS_PER_REQUEST
+        for start in range(0, partitions, per_request):
+            body = {"tasks": tasks(f"b{start}", min(per_request, partitions - start), "busy", str(sleeper))}
+            (await scheduler.post("/api/v1/task-requests", json=body)).raise_for_status()
+        await wait_planned(scheduler)
+        intake_seconds = time.monotonic() - t0
+        probe.phase = "after"
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        page = await scheduler.get("/api/v1/partitions", params={"state": "queued", "limit": 100})
+        timings["list one page (100 queued partitions)"] = (time.perf_counter() - t) * 1000
+        assert len(page.json()) == 100 and "next" in page.links
+        t = time.perf_counter()
+        counts = (await scheduler.get("/api/v1/partition-counts")).json()
+        timings["count partitions by state"] = (time.perf_counter() - t) * 1000
+        doomed = await scheduler.post(
+            "/api/v1/task-requests", json={"tasks": tasks("doomed", 1000, "busy", str(sleeper))}
+        )
+        await wait_planned(scheduler)
+        t = time.perf_counter()
+        (await scheduler.post(f"/api/v1/task-requests/{doomed.json()['id']}/cancel")).raise_for_status()
+        timings["cancel one 1,000-partition request"] = (time.perf_counter() - t) * 1000
+        backlog_throughput = await throughput(scheduler, str(trivial))
+        await asyncio.sleep(2)
+    finally:
+        await probe.stop()
+        for client in clients.values():
+            await client.aclose()
+        await stack.stop()
+
+    backends = f"{db.split(':')[0] or 'sqlite'}, {bus.split(':')[0]}"
+    table = Table(title=f"infrax bench-backlog: {partitions:,} queued partitions ({backends})", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("queued (counted)", f"{counts.get('queued', 0):,}")
+    table.add_row(
+        "intake (submitted and planned)", f"{intake_seconds:.0f} s, {partitions / intake_seconds:,.0f} partitions/s"
+    )
+    table.add_row("memory, idle (after the empty-queue run): now / peak", f"{idle_rss:.0f} / {idle_peak:.0f} MB")
+    table.add_row("memory with the backlog: now / peak", f"{rss_mb():.0f} / {peak_mb():.0f} MB")
+    for phase in ("idle", "intake", "after"):
+        if probe.latencies.get(phase):
+            table.add_row(f"health p99, every component, {phase}", f"{p99(probe.latencies[phase]):.1f} ms")
+    for name, ms in timings.items():
+        table.add_row(name, f"{ms:.1f} ms")
+    table.add_row("trivial throughput, empty queue", f"{empty_throughput:.0f} partitions/s")
+    table.add_row("trivial throughput, backlog behind", f"{backlog_throughput:.0f} partitions/s")
+    console.print(table)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--partitions", type=int, default=1_000_000)
+    parser.add_argument("--backend", action="append", choices=["embedded", "production"])
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
+    args = parser.parse_args()
+    console = Console()
+    for backend in args.backend or ["embedded"]:
+        if backend == "embedded":
+            await run(console, args.partitions)
+            continue
+        import asyncpg
+
+        name = f"infrax_backlog_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(f"{args.postgres}/postgres")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            async with _throwaway_vhost(args.amqp, name) as bus:
+                await run(console, args.partitions, db=f"{args.postgres}/{name}", bus=bus)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
