@@ -79,11 +79,14 @@ class HealthProbe:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def wait_final(scheduler: httpx.AsyncClient, request_id: str, timeout: float) -> None:
+async def wait_final(scheduler: httpx.AsyncClient, request_id: str, count: int, timeout: float) -> None:
     """Polled by the counts of its partitions (an aggregate), not by reading the whole request."""
     deadline = time.monotonic() + timeout
     final = {"completed", "failed", "exception", "cancelled", "skipped"}
-    while set((await scheduler.get("/api/v1/partition-counts", params={"requestId": request_id})).json()) - final:
+    while True:
+        counts = (await scheduler.get("/api/v1/partition-counts", params={"requestId": request_id})).json()
+        if sum(counts.values()) == count and not set(counts) - final:
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"request {request_id} not final after {timeout} s")
         await asyncio.sleep(0.1)
@@ -115,7 +118,7 @@ async def throughput(scheduler: httpx.AsyncClient, trivial: str) -> float:
         "/api/v1/task-requests", json={"tasks": tasks(f"t{uuid.uuid4().hex[:6]}", TRIVIAL_PARTITIONS, "fast", trivial)}
     )
     response.raise_for_status()
-    await wait_final(scheduler, response.json()["id"], timeout=600)
+    await wait_final(scheduler, response.json()["id"], TRIVIAL_PARTITIONS, timeout=600)
     return TRIVIAL_PARTITIONS / (time.monotonic() - t0)
 
 

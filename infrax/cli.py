@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infrax.config import COMPONENTS, Config, ConfigError, load_config
-from infrax.console import Clients, job_table, show_failures, watch_job
+from infrax.console import Clients, job_table, show_failures, styled, watch_job
 from infrax.executioner.client import ExecutionerClient
 from infrax.http import ServiceError, tcp_client
 from infrax.jobmaster.client import JobMasterClient
@@ -214,6 +214,26 @@ def status(
             job = found[0]
         request = await clients.scheduler.get_request(job.request_id) if job.request_id else None
         console.print(job_table(job, request))
+
+    _run(main)
+
+
+@app.command()
+def jobs(
+    project: str | None = typer.Option(None, help="only this project's"),
+    limit: int = typer.Option(20, min=1, max=100_000, help="how many, newest first (pages are followed)"),
+    config: Path | None = ConfigOption,
+) -> None:
+    """List jobs, newest first."""
+    cfg = _config(config)
+
+    async def main() -> None:
+        table = Table("job", "project", "revision", "state", "created", title_justify="left")
+        for job in await _clients(cfg).jobmaster.jobs(project, limit):
+            table.add_row(
+                job.id[:12], job.project, job.revision[:12], styled(job.state), f"{job.created_at:%Y-%m-%d %H:%M}"
+            )
+        console.print(table)
 
     _run(main)
 

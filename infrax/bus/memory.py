@@ -36,6 +36,8 @@ class _Queue:
     bindings: set[tuple[str, str]] = field(default_factory=set)
     messages: deque[_Envelope] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    consumers: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set while below the bus's backlog bound
 
 
 class _MemorySubscription(Subscription):
@@ -59,8 +61,11 @@ class MemoryBus(Bus):
     Messages refused on receipt are kept in `dead_letters`, RabbitMQ's dead-letter queue here.
     """
 
-    def __init__(self, redelivery_delay: float = 0.1, max_deliveries: int = 8) -> None:
+    def __init__(self, redelivery_delay: float = 0.1, max_deliveries: int = 8, backlog: int = 10_000) -> None:
         self._queues: dict[str, _Queue] = {}
+        # An outbox relay waits while a consumed queue holds this many: what is not yet published
+        # stays in the store, not in this process's memory (RabbitMQ keeps its queues on disk).
+        self._backlog = backlog
         self._workers: set[asyncio.Task[None]] = set()
         self._redelivery_delay = redelivery_delay
         self._max_deliveries = max_deliveries
@@ -93,6 +98,10 @@ class MemoryBus(Bus):
     async def publish_encoded(self, messages: Iterable[Encoded]) -> None:
         for exchange, key, data, *headers in messages:
             self._route(exchange, key, data, headers[0] if headers else None, checked=True)
+        for queue in list(self._queues.values()):
+            while queue.consumers and len(queue.messages) >= self._backlog:
+                queue.room.clear()
+                await queue.room.wait()
 
     def _route(
         self, exchange: str, routing_key: str, data: bytes, headers: dict[str, Any] | None = None, checked: bool = False
@@ -131,6 +140,7 @@ class MemoryBus(Bus):
     async def _deliver(self, queue: _Queue, handler: Handler, prefetch: int) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(prefetch)
+        queue.consumers += 1
         try:
             while True:
                 while not queue.messages:
@@ -141,6 +151,8 @@ class MemoryBus(Bus):
                     slots.release()
                     continue
                 envelope = queue.messages.popleft()
+                if len(queue.messages) < self._backlog:
+                    queue.room.set()
                 try:
                     # What publish() checked never left this process: parsing gives each consumer its copy.
                     body = (
@@ -159,6 +171,8 @@ class MemoryBus(Bus):
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
         finally:
+            queue.consumers -= 1
+            queue.room.set()  # a queue no one consumes holds no publisher back
             # A cancelled consumer hands its unacked messages back to the queue before it is gone.
             for task in in_flight:
                 task.cancel()

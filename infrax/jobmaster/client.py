@@ -18,5 +18,10 @@ class JobMasterClient(ServiceClient):
     async def find(self, revision: str) -> list[Job]:
         return [Job.model_validate(j) for j in await self.every("/api/v1/jobs", params={"revision": revision})]
 
+    async def jobs(self, project: str | None = None, limit: int = 20) -> list[Job]:
+        """The newest `limit` jobs (of a project), following the list's pages."""
+        params = {"project": project, "limit": min(limit, 1000)} if project else {"limit": min(limit, 1000)}
+        return [Job.model_validate(j) for j in await self.every("/api/v1/jobs", params=params, limit=limit)]
+
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate(await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))

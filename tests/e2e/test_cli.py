@@ -68,6 +68,11 @@ async def test_push_status_and_logs_of_a_passing_and_a_failing_revision(running_
     assert "job: failed" in failed.stdout
     assert "AssertionError: 4 != 5" in failed.stdout, "the failing partition's log tail is not shown"
 
+    listed = infrax("jobs", config=config)
+    newest = infrax("jobs", "--limit", "1", config=config)
+    assert listed.returncode == 0 and listed.stdout.count("sample") == 2, listed.stdout
+    assert newest.returncode == 0 and newest.stdout.count("sample") == 1 and bad[:12] in newest.stdout
+
 
 def test_errors_are_one_clear_line_without_a_traceback(tmp_path: Path) -> None:
     config, _ = write_up_config(tmp_path)  # nothing listens on these ports

@@ -9,6 +9,7 @@ from sqlalchemy import insert, select
 
 from infrax.model import utcnow
 from infrax.pagination import PageRequest, decode_cursor, encode_cursor, keyset, split, time_and_id
+from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
 from infrax.store.tables import jobs
 from tests.jobmaster.conftest import wait_for
@@ -19,7 +20,7 @@ async def test_partitions_are_listed_once_each_while_requests_are_added(start_st
     scheduler = infrax["scheduler"]
     # They run while they are listed: a state changes, never a partition's place in the order.
     task = {"name": "t", "containerTag": ["linux"], "bootstrapper": "/bin/true"}
-    await infrax.submit([{**task, "files": [f"f{i}" for i in range(130)], "partitions": 130}])
+    first = await infrax.submit([{**task, "files": [f"f{i}" for i in range(130)], "partitions": 130}])
 
     async def planned() -> int:
         return sum((await scheduler.get("/api/v1/partition-counts")).json().values())
@@ -40,6 +41,9 @@ async def test_partitions_are_listed_once_each_while_requests_are_added(start_st
     assert len(seen) == len(set(seen)), "an item came twice"
     assert len(seen) >= existing and pages >= 4  # 130 and 2 more, 40 a page
     assert sum((await scheduler.get("/api/v1/partition-counts")).json().values()) == len(seen)
+    # The components' own client follows the pages: 130 partitions in two pages of 100.
+    every = await SchedulerClient(scheduler).partitions(first["id"])
+    assert len({p.id for p in every}) == len(every) == 130
     assert (await scheduler.get("/api/v1/partitions?after=not-a-cursor!")).status_code == 422
     assert (await scheduler.get(f"/api/v1/partitions?after={encode_cursor(['x', 'y'])}")).status_code == 400
     assert (await scheduler.get("/api/v1/partitions?limit=1001")).status_code == 422
