@@ -161,6 +161,11 @@ async def run(console: Console, partitions: int, db: str = "", bus: str = "memor
             (await scheduler.post("/api/v1/task-requests", json=body)).raise_for_status()
         await wait_planned(scheduler)
         intake_seconds = time.monotonic() - t0
+        # Every queued partition's news still goes out to its consumers; measured apart from the rest.
+        probe.phase = "announcing"
+        t1 = time.monotonic()
+        await stack.services["scheduler"].published()
+        announce_seconds = time.monotonic() - t1
         probe.phase = "after"
 
         timings: dict[str, float] = {}
@@ -194,9 +199,10 @@ async def run(console: Console, partitions: int, db: str = "", bus: str = "memor
     table.add_row(
         "intake (submitted and planned)", f"{intake_seconds:.0f} s, {partitions / intake_seconds:,.0f} partitions/s"
     )
+    table.add_row("announcing the backlog on the bus, after intake", f"{announce_seconds:.0f} s")
     table.add_row("memory, idle (after the empty-queue run): now / peak", f"{idle_rss:.0f} / {idle_peak:.0f} MB")
     table.add_row("memory with the backlog: now / peak", f"{rss_mb():.0f} / {peak_mb():.0f} MB")
-    for phase in ("idle", "intake", "after"):
+    for phase in ("idle", "intake", "announcing", "after"):
         if probe.latencies.get(phase):
             table.add_row(f"health p99, every component, {phase}", f"{p99(probe.latencies[phase]):.1f} ms")
     for name, ms in timings.items():

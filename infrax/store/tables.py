@@ -83,6 +83,13 @@ partitions = Table(
     Index("ix_partitions_queue", "state", "container_type", "priority", "seq"),
     # A page of partitions in one state, in queue order (`GET /api/v1/partitions?state=…`).
     Index("ix_partitions_state_seq", "state", "seq"),
+    # The claims held (a few, only while offering), which every heartbeat checks: not a scan of the queue.
+    Index(
+        "ix_partitions_claimed",
+        "claimed_by",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
     # Adding partitions up to their task reads only which states occur: this index answers that alone.
     Index("ix_partitions_task_state", "task_id", "state"),
 )

@@ -1,4 +1,5 @@
-"""the claim's index (claimable partitions of a type in claim order) and a page's (a state in queue order)
+"""indexes for a big backlog: the claim's (claimable partitions of a type in claim order), a page's
+(a state in queue order) and the heartbeat's (the claims held)
 
 Revision ID: 0008
 Revises: 0007
@@ -16,6 +17,7 @@ branch_labels = None
 depends_on = None
 
 CLAIMABLE = sa.text("state = 'queued' AND claimed_by IS NULL")
+CLAIMED = sa.text("claimed_by IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -27,8 +29,12 @@ def upgrade() -> None:
         sqlite_where=CLAIMABLE,
     )
     op.create_index("ix_partitions_state_seq", "scheduler_partitions", ["state", "seq"])
+    op.create_index(
+        "ix_partitions_claimed", "scheduler_partitions", ["claimed_by"], postgresql_where=CLAIMED, sqlite_where=CLAIMED
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_partitions_claimed", "scheduler_partitions")
     op.drop_index("ix_partitions_state_seq", "scheduler_partitions")
     op.drop_index("ix_partitions_claimable", "scheduler_partitions")
