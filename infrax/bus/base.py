@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,15 +136,13 @@ class Bus(abc.ABC):
 
 def topic_matches(binding_key: str, routing_key: str) -> bool:
     """AMQP topic matching: `*` is exactly one word, `#` is zero or more words."""
-    return _match(binding_key.split("."), routing_key.split("."))
+    return _topic_pattern(binding_key).fullmatch("." + routing_key) is not None
 
 
-def _match(pattern: list[str], words: list[str]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
-    if not words:
-        return False
-    return (head == "*" or head == words[0]) and _match(rest, words[1:])
+@functools.lru_cache(maxsize=4096)
+def _topic_pattern(binding_key: str) -> re.Pattern[str]:
+    r"""A binding key as a regular expression over `.` + the routing key: each word is `\.word`,
+    `*` one word, `#` any number of words (so `a.#` matches `a`). Compiled once per binding: the
+    in-process bus matches every message against every binding."""
+    words = {"*": r"\.[^.]+", "#": r"(?:\.[^.]+)*"}
+    return re.compile("".join(words.get(word, r"\." + re.escape(word)) for word in binding_key.split(".")))

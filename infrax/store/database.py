@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -63,6 +65,7 @@ class Database:
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
             self._turn = asyncio.Lock()
+            self._checkpointer = _Checkpointer(path) if path and path != ":memory:" else None
         else:
             self.engine: AsyncEngine = create_async_engine(self.url, pool_size=10, max_overflow=10)
             self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -81,6 +84,8 @@ class Database:
 
     async def close(self) -> None:
         if self.is_sqlite:
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
             self._sqlite.dispose()
         else:
             await self.engine.dispose()
@@ -198,7 +203,44 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Checkpoints run in a thread of their own (_Checkpointer): a commit that checkpoints copies and
+    # syncs megabytes, hundreds of milliseconds in the thread that drives the event loop.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file every second, from a thread and a connection of its
+    own (SQLite releases the GIL while it works); PASSIVE, so it never waits for, nor blocks, the
+    event loop's connection."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        connection: sqlite3.Connection | None = None
+        while not self._stopped.wait(self.INTERVAL):
+            try:
+                if connection is None:
+                    connection = sqlite3.connect(self._path, timeout=0.1, check_same_thread=False)
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as error:  # the next round tries again; the WAL only grows meanwhile
+                log.debug("checkpoint of %s postponed: %s", self._path, error)
+        if connection is not None:
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                pass
+            connection.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
 
 
 @overload
