@@ -380,10 +380,14 @@ class JobMaster:
             return
         values = {"job_id": status.job_id, "name": status.name, "state": status.state, "message": status.message}
         async with self.db.begin() as conn:
+            # Never back from a final state: a message published again after a broker outage (at
+            # least once) may bring a task's `running` after its `completed`.
             updated = await conn.execute(
-                update(job_tasks).where(job_tasks.c.task_id == status.task_id).values(**values)
+                update(job_tasks)
+                .where(job_tasks.c.task_id == status.task_id, job_tasks.c.state.not_in([str(s) for s in FINAL_STATES]))
+                .values(**values)
             )
-            if updated.rowcount == 0:
+            if updated.rowcount == 0 and not await _task_known(conn, status.task_id):
                 try:
                     async with conn.begin_nested():
                         await conn.execute(insert(job_tasks).values(task_id=status.task_id, **values))
@@ -497,6 +501,10 @@ def _job_status(
         job_id=job_id, project=project, revision=revision, state=state, previous_state=previous, message=message
     )
     return topics.JOBS, topics.routing_key(job_id, state=state), status.wire()
+
+
+async def _task_known(conn: Any, task_id: str) -> bool:
+    return (await conn.execute(select(job_tasks.c.task_id).where(job_tasks.c.task_id == task_id))).first() is not None
 
 
 def _origin_row(job_id: str, origin: Origin) -> dict[str, Any]:
