@@ -44,7 +44,7 @@ def queue_router(jobmaster: JobMaster) -> APIRouter:
     async def task_definition(task_id: str) -> dict[str, Any]:
         """The task's definition, with Treeherder's `extra.treeherder`."""
         task, _runs, job = await found(task_id)
-        return tc.definition(task, job, jobmaster.public_url)
+        return tc.definition(task, job)
 
     @router.get("/task/{task_id}/status", **read)
     async def task_status(task_id: str) -> dict[str, Any]:
@@ -64,18 +64,21 @@ def queue_router(jobmaster: JobMaster) -> APIRouter:
             ]
         }
 
-    @router.get("/task/{task_id}/runs/{run_id}/artifacts/public/logs/live_backing.log", **read)
-    async def run_log(task_id: str, run_id: int) -> RedirectResponse:
+    def log_of(runs: list[TcRun], run_id: int, task_id: str) -> RedirectResponse:
         """The run's log: a redirect to where the executioner serves it (as Taskcluster redirects)."""
-        _task, runs, _job = await found(task_id)
         run = run_of(runs, run_id, task_id)
         if not run.log_url:
             raise HTTPException(404, f"run {run_id} of task {task_id!r} has no log yet")
         return RedirectResponse(run.log_url, status_code=303)
 
+    @router.get("/task/{task_id}/runs/{run_id}/artifacts/public/logs/live_backing.log", **read)
+    async def run_log(task_id: str, run_id: int) -> RedirectResponse:
+        _task, runs, _job = await found(task_id)
+        return log_of(runs, run_id, task_id)
+
     @router.get("/task/{task_id}/artifacts/public/logs/live_backing.log", **read)
     async def latest_log(task_id: str) -> RedirectResponse:
         _task, runs, _job = await found(task_id)
-        return await run_log(task_id, max(0, len(runs) - 1))
+        return log_of(runs, max(0, len(runs) - 1), task_id)
 
     return router

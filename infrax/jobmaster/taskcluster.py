@@ -100,12 +100,11 @@ def time(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def definition(task: Any, job: dict[str, Any], root_url: str) -> dict[str, Any]:
+def definition(task: Any, job: dict[str, Any]) -> dict[str, Any]:
     """The task definition `GET /api/queue/v1/task/<taskId>` answers (`task.yml`'s shape), with
     Treeherder's `extra.treeherder` (`task-treeherder-config.yml`)."""
     created = task.created_at
     symbol = task_symbol(task.task_name)
-    kind = worker_type(task.container_type)
     treeherder: dict[str, Any] = {
         "symbol": f"{symbol}{task.idx}" if task.count > 1 else symbol,
         "groupSymbol": task.task_name[:25],
@@ -119,20 +118,12 @@ def definition(task: Any, job: dict[str, Any], root_url: str) -> dict[str, Any]:
     if task.count > 1:
         treeherder["chunks"] = {"current": task.idx, "total": task.count}
     return {
-        "provisionerId": PROVISIONER,
-        "workerType": kind,
-        "taskQueueId": f"{PROVISIONER}/{kind}",
-        "schedulerId": SCHEDULER,
-        "projectId": "none",
-        "taskGroupId": task_id(task.request_id),
+        **_queue_fields(task),
         "dependencies": [],
         "requires": "all-completed",
         "routes": [route(job["project"], job["revision"], job.get("id"))],
-        "priority": "medium",
-        "retries": job.get("retries", 0),
+        "retries": job["retries"].get(task.task_name, 0),
         "created": time(created),
-        "deadline": time(created + DEADLINE),
-        "expires": time(created + EXPIRES),
         "scopes": [],
         "payload": {},
         "metadata": {
@@ -146,18 +137,10 @@ def definition(task: Any, job: dict[str, Any], root_url: str) -> dict[str, Any]:
     }
 
 
-def machine(container_type: str) -> dict[str, str]:
-    kind = container_type.lower()
-    os = next((o for o in ("linux", "windows", "macosx", "android", "freebsd") if o in kind), "unknown")
-    arch = next((a for a in ("x86_64", "aarch64", "arm64", "x86", "i386", "armv7") if a in kind), "unknown")
-    return {"platform": _IDENTIFIER.sub("-", container_type)[:50] or "unknown", "os": os, "architecture": arch}
-
-
-def status(task: Any, runs: list[Any], retries: int) -> dict[str, Any]:
-    """`task-status.yml`: the task's state is its latest run's."""
+def _queue_fields(task: Any) -> dict[str, Any]:
+    """What a task's definition and its status both say of where it is queued and for how long."""
     kind = worker_type(task.container_type)
     return {
-        "taskId": task_id(task.partition_id),
         "provisionerId": PROVISIONER,
         "workerType": kind,
         "taskQueueId": f"{PROVISIONER}/{kind}",
@@ -167,6 +150,21 @@ def status(task: Any, runs: list[Any], retries: int) -> dict[str, Any]:
         "priority": "medium",
         "deadline": time(task.created_at + DEADLINE),
         "expires": time(task.created_at + EXPIRES),
+    }
+
+
+def machine(container_type: str) -> dict[str, str]:
+    kind = container_type.lower()
+    os = next((o for o in ("linux", "windows", "macosx", "android", "freebsd") if o in kind), "unknown")
+    arch = next((a for a in ("x86_64", "aarch64", "arm64", "x86", "i386", "armv7") if a in kind), "unknown")
+    return {"platform": _IDENTIFIER.sub("-", container_type)[:50] or "unknown", "os": os, "architecture": arch}
+
+
+def status(task: Any, runs: list[Any], retries: int) -> dict[str, Any]:
+    """`task-status.yml`: the task's state is its latest run's."""
+    return {
+        "taskId": task_id(task.partition_id),
+        **_queue_fields(task),
         "retriesLeft": max(0, retries - (len(runs) - 1)) if runs else retries,
         "state": runs[-1].state if runs else "unscheduled",
         "runs": [_run(r) for r in runs],
