@@ -5,16 +5,20 @@
 One stack in this process (all components, served on loopback), two container types: `busy`, two
 containers held by partitions that sleep for the whole run, and `fast`, warm containers for
 trivial partitions. The backlog is queued behind `busy`, in requests of the largest allowed size
-(10 tasks of 1,000 partitions). Printed: peak memory (this process holds every component), health
-p99 of every component during intake and after, the time to list one page of queued partitions,
-to count partitions by state and to cancel one 1,000-partition request, and the trivial-partition
-throughput on `fast` before the backlog and with it behind (same run).
+(10 tasks of 1,000 partitions), from a process of its own; the health of every component is asked
+every 50 ms from another, as an outside checker would. Printed: peak memory (this process holds
+every component; the agents are its children), health p99 by phase (idle, a trivial run on an
+empty queue, intake, the backlog at rest, a trivial run with it behind), the time to list one page
+of queued partitions, to count partitions by state and to cancel one 1,000-partition request, and
+the trivial-partition throughput on `fast` before the backlog and with it behind (same run).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -32,6 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 from infrax.bench import _throwaway_vhost
+from infrax.cli import run_event_loop
+from infrax.collector import settle_after_start
 from infrax.config import COMPONENTS, Config, ProviderConfig
 from infrax.model import MAX_PARTITIONS_PER_REQUEST, ContainerType
 from infrax.stack import Stack
@@ -39,6 +45,7 @@ from infrax.stack import Stack
 PER_TASK = 1000
 FAST = 16
 TRIVIAL_PARTITIONS = 2000
+IDLE_SECONDS = 3.0
 
 
 def rss_mb() -> float:
@@ -53,30 +60,52 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
 
 
-class HealthProbe:
-    """Asks every component's health endpoint every 50 ms; latencies kept by phase."""
-
-    def __init__(self, clients: dict[str, httpx.AsyncClient]) -> None:
-        self.clients = clients
-        self.phase = "idle"
-        self.latencies: dict[str, list[float]] = {}
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            for client in self.clients.values():
+def probe_health(urls: dict[str, str], stop: Any, results: Any) -> None:
+    """In a process of its own, as a real health checker is: every component's health every 50 ms.
+    Each answer's wall-clock time, component and latency go back when `stop` is set."""
+    samples: list[tuple[float, str, float]] = []
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            for name, url in urls.items():
                 t0 = time.perf_counter()
                 try:
-                    await client.get("/api/v1/health", timeout=30)
+                    client.get(f"{url}/api/v1/health")
                     latency = (time.perf_counter() - t0) * 1000
                 except httpx.HTTPError:
                     latency = 30_000.0
-                self.latencies.setdefault(self.phase, []).append(latency)
-            await asyncio.sleep(0.05)
+                samples.append((time.time(), name, latency))
+            stop.wait(0.05)
+    results.put(samples)
 
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+
+def submit_backlog(url: str, token: str, partitions: int, sleeper: str) -> None:
+    """In a process of its own, so building and encoding the requests is not the stack's work:
+    the backlog in requests of the largest allowed size, one after another."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
+        for start in range(0, partitions, MAX_PARTITIONS_PER_REQUEST):
+            body = {"tasks": tasks(f"b{start}", min(MAX_PARTITIONS_PER_REQUEST, partitions - start), "busy", sleeper)}
+            client.post("/api/v1/task-requests", json=body).raise_for_status()
+
+
+class Phases:
+    """Wall-clock boundaries of the run's phases, to file the probe's samples by."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[float, str]] = []
+
+    def enter(self, name: str) -> None:
+        self.starts.append((time.time(), name))
+
+    def latencies(self, samples: list[tuple[float, str, float]]) -> dict[str, list[float]]:
+        by_phase: dict[str, list[float]] = {}
+        for at, _component, latency in samples:
+            current = None
+            for start, name in self.starts:
+                if start <= at:
+                    current = name
+            if current is not None:
+                by_phase.setdefault(current, []).append(latency)
+        return by_phase
 
 
 async def wait_final(scheduler: httpx.AsyncClient, request_id: str, count: int, timeout: float) -> None:
@@ -122,6 +151,31 @@ async def throughput(scheduler: httpx.AsyncClient, trivial: str) -> float:
     return TRIVIAL_PARTITIONS / (time.monotonic() - t0)
 
 
+def descendants_peak_mb() -> tuple[int, float]:
+    """How many processes this one started are alive (the agents of the process containers), and
+    the highest peak RSS among them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, peak, todo = 0, 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                found += 1
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return found, peak
+
+
 async def run(console: Console, partitions: int, db: str = "", bus: str = "memory://") -> None:
     root = Path(tempfile.mkdtemp(prefix="infrax-backlog-"))
     trivial, sleeper = root / "trivial.sh", root / "sleeper.sh"
@@ -142,32 +196,47 @@ async def run(console: Console, partitions: int, db: str = "", bus: str = "memor
     )
     stack = Stack(config)
     await stack.start()
-    headers = {"Authorization": f"Bearer {stack.admin_token}"}
-    clients = {name: httpx.AsyncClient(base_url=url, headers=headers, timeout=60) for name, url in stack.urls.items()}
-    scheduler = clients["scheduler"]
-    probe = HealthProbe(clients)
+    settle_after_start()  # as `infrax up` does
+    spawn = multiprocessing.get_context("spawn")
+    stop_probe, probe_results = spawn.Event(), spawn.Queue()
+    probe = spawn.Process(target=probe_health, args=(stack.urls, stop_probe, probe_results), daemon=True)
+    phases = Phases()
+    scheduler = httpx.AsyncClient(
+        base_url=stack.urls["scheduler"], headers={"Authorization": f"Bearer {stack.admin_token}"}, timeout=60
+    )
     try:
         held = await scheduler.post("/api/v1/task-requests", json={"tasks": tasks("held", 2, "busy", str(sleeper))})
         held.raise_for_status()
+        probe.start()
         await asyncio.sleep(2)  # the two sleepers take both busy containers; the pool warms
+        phases.enter("idle")
+        await asyncio.sleep(IDLE_SECONDS)
+        phases.enter("trivial run, empty queue")
         empty_throughput = await throughput(scheduler, str(trivial))
+        phases.enter("idle, after it")
+        await asyncio.sleep(IDLE_SECONDS)
         idle_rss, idle_peak = rss_mb(), peak_mb()
 
-        probe.phase = "intake"
+        phases.enter("intake")
         t0 = time.monotonic()
-        per_request = MAX_PARTITIONS_PER_REQUEST
-        for start in range(0, partitions, per_request):
-            body = {"tasks": tasks(f"b{start}", min(per_request, partitions - start), "busy", str(sleeper))}
-            (await scheduler.post("/api/v1/task-requests", json=body)).raise_for_status()
+        submitter = spawn.Process(
+            target=submit_backlog, args=(stack.urls["scheduler"], stack.admin_token, partitions, str(sleeper))
+        )
+        submitter.start()
+        await asyncio.to_thread(submitter.join)
+        if submitter.exitcode != 0:
+            raise RuntimeError(f"the submitting process failed (exit code {submitter.exitcode})")
         await wait_planned(scheduler)
         intake_seconds = time.monotonic() - t0
         # Every queued partition's news still goes out to its consumers; measured apart from the rest.
-        probe.phase = "announcing"
+        phases.enter("announcing")
         t1 = time.monotonic()
         await stack.services["scheduler"].published()
         announce_seconds = time.monotonic() - t1
-        probe.phase = "after"
+        phases.enter("at rest, backlog queued")
+        await asyncio.sleep(IDLE_SECONDS)
 
+        phases.enter("list, count, cancel")
         timings: dict[str, float] = {}
         t = time.perf_counter()
         page = await scheduler.get("/api/v1/partitions", params={"state": "queued", "limit": 100})
@@ -183,12 +252,15 @@ async def run(console: Console, partitions: int, db: str = "", bus: str = "memor
         t = time.perf_counter()
         (await scheduler.post(f"/api/v1/task-requests/{doomed.json()['id']}/cancel")).raise_for_status()
         timings["cancel one 1,000-partition request"] = (time.perf_counter() - t) * 1000
+        phases.enter("trivial run, backlog behind")
         backlog_throughput = await throughput(scheduler, str(trivial))
-        await asyncio.sleep(2)
+        phases.enter("end")
+        agents, agent_peak = descendants_peak_mb()
     finally:
-        await probe.stop()
-        for client in clients.values():
-            await client.aclose()
+        stop_probe.set()
+        samples = probe_results.get(timeout=30) if probe.is_alive() else []
+        probe.join(timeout=10)
+        await scheduler.aclose()
         await stack.stop()
 
     backends = f"{db.split(':')[0] or 'sqlite'}, {bus.split(':')[0]}"
@@ -200,11 +272,18 @@ async def run(console: Console, partitions: int, db: str = "", bus: str = "memor
         "intake (submitted and planned)", f"{intake_seconds:.0f} s, {partitions / intake_seconds:,.0f} partitions/s"
     )
     table.add_row("announcing the backlog on the bus, after intake", f"{announce_seconds:.0f} s")
-    table.add_row("memory, idle (after the empty-queue run): now / peak", f"{idle_rss:.0f} / {idle_peak:.0f} MB")
-    table.add_row("memory with the backlog: now / peak", f"{rss_mb():.0f} / {peak_mb():.0f} MB")
-    for phase in ("idle", "intake", "announcing", "after"):
-        if probe.latencies.get(phase):
-            table.add_row(f"health p99, every component, {phase}", f"{p99(probe.latencies[phase]):.1f} ms")
+    table.add_row("memory of infrax up, idle: now / peak", f"{idle_rss:.0f} / {idle_peak:.0f} MB")
+    table.add_row("memory of infrax up, with the backlog: now / peak", f"{rss_mb():.0f} / {peak_mb():.0f} MB")
+    table.add_row(
+        f"memory of the {agents} processes it started (agents, planner): highest peak", f"{agent_peak:.0f} MB"
+    )
+    by_phase = phases.latencies(samples)
+    for _, name in phases.starts:
+        if by_phase.get(name):
+            values = by_phase[name]
+            table.add_row(
+                f"health p99 / max, {name} ({len(values)} answers)", f"{p99(values):.1f} / {max(values):.1f} ms"
+            )
     for name, ms in timings.items():
         table.add_row(name, f"{ms:.1f} ms")
     table.add_row("trivial throughput, empty queue", f"{empty_throughput:.0f} partitions/s")
@@ -238,4 +317,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_event_loop(main())  # uvloop, as `infrax up` runs

@@ -108,6 +108,7 @@ def _clients(config: Config) -> Clients:
 
 
 def _serve(components: tuple[str, ...], config: Config, logic: str) -> None:
+    from infrax.collector import settle_after_start
     from infrax.stack import Stack
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -118,6 +119,7 @@ def _serve(components: tuple[str, ...], config: Config, logic: str) -> None:
             await stack.start()
         except OSError as error:
             raise OSError(f"cannot start {', '.join(components)}: {error}") from error
+        settle_after_start()
         for name in components:
             console.print(f"[green]{name}[/] listening on {stack.urls[name]}")
         if stack.admin_token is not None:

@@ -15,6 +15,7 @@ from infrax.bus.base import CC, Bus, DeadLetter, Encoded, Handler, Message, Subs
 from infrax.retry import delay
 
 log = logging.getLogger(__name__)
+ROUTE_STEP = 50  # messages routed between turns of the event loop
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class MemoryBus(Bus):
     async def publish_encoded(self, messages: Iterable[Encoded]) -> None:
         for n, (exchange, key, data, *headers) in enumerate(messages, 1):
             self._route(exchange, key, data, headers[0] if headers else None, checked=True)
-            if n % 200 == 0:
+            if n % ROUTE_STEP == 0:
                 await asyncio.sleep(0)  # an outbox's round of a thousand: others get the loop between
         for queue in list(self._queues.values()):
             while queue.consumers and len(queue.messages) >= self._backlog:

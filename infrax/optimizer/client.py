@@ -12,8 +12,8 @@ class OptimizerClient(ServiceClient):
 
     async def plan(self, request: PlanRequest, *, explain: bool = False) -> ExecutionPlan:
         params = {"explain": "true"} if explain else None
-        body = await self.call("POST", "/api/v1/plans", json=request.wire(), params=params)
-        return ExecutionPlan.model_validate(body)
+        response = await self._send("POST", "/api/v1/plans", json=request.wire(), params=params)
+        return ExecutionPlan.model_validate_json(response.content)  # parsed and checked in one pass
 
     async def history(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
         """The learned runtime of each file of a task (all container types unless one is named)."""

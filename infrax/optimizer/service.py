@@ -8,7 +8,6 @@ finish times give it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from infrax.bus.messages import PartitionStatus
 from infrax.model import ExecutionPlan, PlanRequest, State, pick_container_type, run_id_of
 from infrax.optimizer.history import FileRuntime, RuntimeHistory, Sample
 from infrax.optimizer.planner import Planner
+from infrax.optimizer.workers import PlanningWorker
 from infrax.store import Database
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 LEARNED_STATES = frozenset({State.COMPLETED, State.FAILED})  # a cancelled or lost run says little
 
 
-OFF_LOOP_FILES = 2000  # requests of fewer files are planned inline: a thread's hop would cost more
+OFF_LOOP_FILES = 2000  # requests of fewer files are planned inline: the worker's round trip would cost more
 
 
 class OptimizerService:
@@ -42,12 +42,14 @@ class OptimizerService:
         self.bus = bus
         self.history = RuntimeHistory(db)
         self.planner = Planner(files_per_partition, tolerance=tolerance, default_duration=default_duration)
+        self.worker = PlanningWorker(self.planner)
         # Learning is not urgent, and one transaction per quarter second instead of one per run
         # took a third of the process's time off `make bench` on PostgreSQL + RabbitMQ.
         self._batcher: Batcher[Sample] = Batcher(self._record, max_batch=200, linger=0.25)
         self._subscriptions: list[Any] = []
 
     async def start(self) -> None:
+        self.worker.start()
         self._batcher.start()
         self._subscriptions = [
             await self.bus.subscribe(
@@ -60,19 +62,28 @@ class OptimizerService:
             await sub.cancel()
         self._subscriptions = []
         await self._batcher.stop()
+        self.worker.stop()
 
-    async def plan(self, request: PlanRequest, *, explain: bool = False) -> ExecutionPlan:
+    @staticmethod
+    def _history_keys(request: PlanRequest) -> set[tuple[str, str]]:
         keys = set()
         for task in request.tasks:
             kind = pick_container_type(task.container_tag, request.container_types)
             if kind is not None:
                 keys.add((task.name, kind.name))
-        history = await self.history.load(request.project, keys)
+        return keys
+
+    async def plan(self, request: PlanRequest, *, explain: bool = False) -> ExecutionPlan:
+        history = await self.history.load(request.project, self._history_keys(request))
+        return self.planner.plan(request, history, explain=explain)
+
+    async def plan_json(self, request: PlanRequest, *, explain: bool = False) -> bytes:
+        """The plan as the REST API answers it; a large request's made in the worker process."""
         if sum(len(t.files) for t in request.tasks) < OFF_LOOP_FILES:
-            return self.planner.plan(request, history, explain=explain)
-        # A big request takes the planner tens of milliseconds or more: in a thread, the GIL is
-        # handed back every few milliseconds, so health checks and streams go on meanwhile.
-        return await asyncio.to_thread(self.planner.plan, request, history, explain=explain)
+            plan = await self.plan(request, explain=explain)
+            return plan.model_dump_json(by_alias=True).encode()
+        history = await self.history.load(request.project, self._history_keys(request))
+        return await self.worker.plan_json(request, history, explain)
 
     async def file_history(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
         return await self.history.rows(project, task_name, container_type)

@@ -61,8 +61,7 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
     )
     async def cancel_request(request_id: str, request: Request) -> TaskRequest:
         """Needs `scheduler:cancel:<project>` of the request's project."""
-        found = await scheduler.get_request(request_id)
-        require(caller_of(request), f"scheduler:cancel:{found.project}")
+        require(caller_of(request), f"scheduler:cancel:{await scheduler.request_project(request_id)}")
         return await scheduler.cancel_request(request_id)
 
     @app.post("/api/v1/jobs/{job_id}/cancel", **route_options("scheduler:cancel:"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,6 +22,8 @@ from infrax.scheduler.recovery import IN_FLIGHT
 from infrax.store.tables import partitions, requests, tasks
 
 log = logging.getLogger(__name__)
+
+CANCEL_STEP = 100  # partitions' messages written per step of a cancel
 
 
 class Cancelling(Queries):
@@ -56,7 +59,7 @@ class Cancelling(Queries):
                 {"state": State.CANCELLED, "finished_at": now, "message": "cancelled", "claimed_by": None},
             )
             in_flight = [run_id_of(p["id"], p["run"]) for p in parts if p["previous"] in IN_FLIGHT]
-            for part in parts:
+            for n, part in enumerate(parts, 1):
                 task = await self._definitions.get(conn, part["task_id"])  # cached: once per task
                 events.append(
                     partition_status(
@@ -66,6 +69,12 @@ class Cancelling(Queries):
                         {"project": task.project, "revision": task.revision},
                     )
                 )
+                if n % CANCEL_STEP == 0:
+                    # Each message is a model checked against its schema: a thousand are 100 ms of
+                    # work, given in steps so health checks and streams go on between them.
+                    await self.outbox.add(conn, outgoing(events))
+                    events = []
+                    await asyncio.sleep(0)
             for task_row in await _cancel_rows(conn, tasks, task_clause, {"state": State.CANCELLED}):
                 events.append(task_status(task_row, State.CANCELLED, task_row["previous"]))
             for request_row in await _cancel_rows(

@@ -27,6 +27,14 @@ class Queries:
             raise NotFound(f"no task request {request_id}")
         return request
 
+    async def request_project(self, request_id: str) -> str:
+        """Its project alone (what a permission check needs), not the request with every partition."""
+        async with self.db.begin() as conn:
+            project = (await conn.execute(select(requests.c.project).where(requests.c.id == request_id))).scalar()
+        if project is None:
+            raise NotFound(f"no task request {request_id}")
+        return str(project)
+
     async def list_requests(
         self, job_id: str | None = None, state: str | None = None, page: PageRequest | None = None
     ) -> tuple[list[TaskRequest], list[Any] | None]:
@@ -38,7 +46,7 @@ class Queries:
         if state:
             query = query.where(requests.c.state == state)
         query = keyset(query, page, [requests.c.created_at, requests.c.id], descending=True, parse=time_and_id)
-        async with self.db.begin() as conn:
+        async with self.db.reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         items, after = split(rows, page, lambda r: (aware(r["created_at"]), r["id"]))
         return [records.request_from_row(r) for r in items], after
@@ -67,7 +75,7 @@ class Queries:
             query = query.where(partitions.c.request_id == request_id)
         if state:
             query = query.where(partitions.c.state == state)
-        async with self.db.begin() as conn:
+        async with self.db.reading() as conn:
             rows = (await conn.execute(keyset(query, page, [partitions.c.seq], parse=_ints))).mappings().all()
         items, after = split(rows, page, lambda r: (r["seq"],))
         return [records.partition_from_row(r) for r in items], after
@@ -77,7 +85,7 @@ class Queries:
         query = select(partitions.c.state, func.count()).group_by(partitions.c.state)
         if request_id:
             query = query.where(partitions.c.request_id == request_id)
-        async with self.db.begin() as conn:
+        async with self.db.reading() as conn:
             return {state: count for state, count in (await conn.execute(query)).all()}
 
 

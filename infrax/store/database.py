@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,7 @@ class Database:
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
             self._turn = asyncio.Lock()
+            self._reader = _ReaderThread(path) if path and path != ":memory:" else None
             self._checkpointer = _Checkpointer(path) if path and path != ":memory:" else None
         else:
             self.engine: AsyncEngine = create_async_engine(self.url, pool_size=10, max_overflow=10)
@@ -84,6 +86,8 @@ class Database:
 
     async def close(self) -> None:
         if self.is_sqlite:
+            if self._reader is not None:
+                self._reader.stop()
             if self._checkpointer is not None:
                 self._checkpointer.stop()
             self._sqlite.dispose()
@@ -99,6 +103,24 @@ class Database:
         stand alone: on PostgreSQL that spares the BEGIN and COMMIT round trips of a transaction,
         a third of a short one's cost. On SQLite it is `begin()`."""
         return self._connection(autocommit=True)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that may be long (a count over the whole queue, a page of it),
+        of data already committed. On SQLite its statements run in a thread and on a connection of
+        their own (WAL readers neither wait for the writer nor stop it), so the event loop's thread
+        and the one writer go on meanwhile; on PostgreSQL it is `each_alone()`."""
+        if not self.is_sqlite or self._reader is None:
+            async with self.each_alone() as conn:
+                yield conn
+            return
+        try:
+            yield self._reader.connection()  # type: ignore[misc]
+        except DBAPIError as error:
+            kind = _classify(error)
+            if kind is None:
+                raise
+            raise kind(f"{error.orig or error}") from error
 
     @asynccontextmanager
     async def _connection(self, autocommit: bool) -> AsyncIterator[AsyncConnection]:
@@ -207,6 +229,56 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # syncs megabytes, hundreds of milliseconds in the thread that drives the event loop.
     cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
+
+
+class _ReaderThread:
+    """One thread, one read-only SQLite connection: each statement is one hop to it and back,
+    its rows fetched there (a scan's work is in fetching them)."""
+
+    def __init__(self, path: str) -> None:
+        self._engine = create_engine(
+            "sqlite:///" + path,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=1,
+            max_overflow=0,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._sync: Connection | None = None
+
+    def connection(self) -> _ReaderConnection:
+        return _ReaderConnection(self)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, work)
+
+    def _in_thread(self, work: Callable[[Connection], T]) -> T:
+        if self._sync is None:
+            self._sync = self._engine.connect()
+            self._sync.exec_driver_sql("PRAGMA query_only=1")
+        try:
+            return work(self._sync)
+        finally:
+            self._sync.rollback()  # each statement its own snapshot: never a read transaction held open
+
+    def stop(self) -> None:
+        def close() -> None:
+            if self._sync is not None:
+                self._sync.close()
+
+        self._executor.submit(close)
+        self._executor.shutdown(wait=True)
+        self._engine.dispose()
+
+
+class _ReaderConnection:
+    """The part of AsyncConnection that infrax's reads use, over the reader thread."""
+
+    def __init__(self, reader: _ReaderThread) -> None:
+        self._reader = reader
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        frozen = await self._reader.run(lambda sync: sync.execute(statement, parameters).freeze())
+        return frozen()
 
 
 class _Checkpointer:

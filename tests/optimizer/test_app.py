@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import httpx
@@ -12,7 +14,7 @@ from infrax.model import ContainerType, PlanRequest, TaskDefinition
 from infrax.optimizer.app import create_app
 from infrax.optimizer.client import OptimizerClient
 from infrax.optimizer.history import Sample
-from infrax.optimizer.service import OptimizerService
+from infrax.optimizer.service import OFF_LOOP_FILES, OptimizerService
 from infrax.store import Database
 from tests.conftest import secured
 
@@ -106,3 +108,36 @@ async def test_the_client_plans_and_shows_history(service: OptimizerService, htt
 async def test_a_bad_request_says_what_is_wrong(http: httpx.AsyncClient) -> None:
     response = await http.post("/api/v1/plans", json={"project": "p", "tasks": [], "containerTypes": []})
     assert response.status_code == 422 and "tasks" in response.json()["detail"]
+
+
+def large_request() -> PlanRequest:
+    files = [f"tests/t{i}.py" for i in range(OFF_LOOP_FILES)]
+    return PlanRequest(
+        project="p",
+        tasks=[TaskDefinition(name="big", files=files, container_tag=["linux"], bootstrapper="run.sh", partitions=40)],
+        container_types=[LINUX],
+    )
+
+
+async def test_a_large_request_is_planned_in_the_worker_process_as_it_would_be_inline(
+    service: OptimizerService, http: httpx.AsyncClient
+) -> None:
+    planned = await OptimizerClient(http).plan(large_request())
+
+    assert service.worker.pid is not None and service.worker.pid != os.getpid()
+    assert planned == await service.plan(large_request())  # the planner's own answer, in this process
+    assert sorted(f for p in planned.tasks[0].partitions for f in p.files) == sorted(large_request().tasks[0].files)
+
+
+async def test_a_planning_worker_killed_is_replaced_and_the_plan_still_made(
+    service: OptimizerService, http: httpx.AsyncClient
+) -> None:
+    await OptimizerClient(http).plan(large_request())
+    victim = service.worker.pid
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+
+    planned = await OptimizerClient(http).plan(large_request())
+
+    assert len(planned.tasks[0].partitions) == 40
+    assert service.worker.pid not in (None, victim)
