@@ -45,7 +45,7 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
     table = Table(
         title=f"job {job.id[:12]}  {job.project}@{job.revision[:12]}  ",
         title_justify="left",
-        caption=Text.assemble("job: ", styled(job.state), f"  {job.message or ''}"),
+        caption=Text.assemble("job: ", styled(job.state), f"  {job.message or ''}", *_selections(request)),
         caption_justify="left",
     )
     for column in ("task", "partition", "files", "state", "run", "exit", "time", "log"):
@@ -67,6 +67,17 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
                 part.log_url or "",
             )
     return table
+
+
+def _selections(request: TaskRequest | None) -> list[str]:
+    """What each task's file patterns took: a pattern that took little is seen before it costs a green job."""
+    lines = []
+    for task in request.tasks if request else []:
+        patterns = task.definition.file_patterns
+        if patterns is not None:
+            counts = ", ".join(f"{pattern} {n}" for pattern, n in patterns.items())
+            lines.append(f"\n{task.name}: {len(task.definition.files)} files ({counts})")
+    return lines
 
 
 def _files(part: TaskPartition) -> str:

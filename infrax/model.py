@@ -121,7 +121,17 @@ class TaskDefinition(WireModel):
     )
     max_partitions: int = Field(default=64, ge=1, le=1000)
     paths: list[str] | None = Field(
-        default=None, description="source path globs the task depends on; None means everything"
+        default=None,
+        description="source path patterns (.gitignore's) the task depends on; None means everything",
+    )
+    allow_empty: bool = Field(
+        default=False, description="patterns selecting no file skip the task instead of refusing the push"
+    )
+    file_patterns: dict[str, int] | None = Field(
+        default=None,
+        max_length=1000,
+        description="the patterns `files` was selected by (a project's logic sets it), each with the count of "
+        "files it took; a task whose patterns took nothing is skipped",
     )
 
 

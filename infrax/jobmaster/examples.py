@@ -7,9 +7,9 @@ that changed only documentation: the job then completes at once.
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
+from infrax import pathspecs
 from infrax.jobmaster.plugin import Plan, ProjectLogic, Push, PushRejected
 from infrax.model import TaskDefinition
 
@@ -17,7 +17,7 @@ DOCS = ("docs/*", "*.md", "*.rst", "*.txt", "LICENSE*")
 
 
 def is_docs(path: str) -> bool:
-    return any(fnmatchcase(path, pattern) for pattern in DOCS)
+    return any(pathspecs.matches(path, pattern) for pattern in DOCS)
 
 
 class SkipDocsOnlyLogic(ProjectLogic):
@@ -25,7 +25,7 @@ class SkipDocsOnlyLogic(ProjectLogic):
         project = PurePosixPath(push.repository.rstrip("/")).name.removesuffix(".git") or "project"
         if push.changed_paths and all(is_docs(p) for p in push.changed_paths):
             return Plan(project=project, tasks=[])
-        tests = sorted(f for f in await push.list_files() if fnmatchcase(f, "tests/test_*.py"))
+        tests = sorted(pathspecs.select(["tests/test_*.py"], await push.list_files()).files)
         if not tests:
             raise PushRejected(f"no tests/test_*.py at revision {push.revision[:12]}")
         return Plan(

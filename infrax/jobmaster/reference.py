@@ -7,27 +7,28 @@
         containerTag: linux_x86_64
         bootstrapper: ci/run-tests.sh  # a path in the repository, or an http(s) URL
         bootstrapperArguments: ["--repository={repository}", "--revision={revision}"]
-        files: "tests/test_*.py"       # glob(s) over the revision's files, or an explicit list
+        files: "tests/**/test_*.py"    # pattern(s) over the revision's tracked files, or a list of files
+        allowEmpty: false              # a pattern that matches nothing refuses the push (true: skip the task)
         partitions: 3
         maxRunTime: 600
 
 `{repository}`, `{revision}`, `{branch}` and `{project}` are replaced in arguments and env values.
+Patterns are `.gitignore`'s (see infrax.pathspecs): `**/` is zero or more folders, `!` excludes.
 """
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from infrax import pathspecs
 from infrax.jobmaster.plugin import Plan, ProjectLogic, Push, PushRejected
 from infrax.model import TaskDefinition
 
 CONFIG_FILE = ".infrax.yml"
-_GLOB = set("*?[")
 
 
 class InfraxYamlLogic(ProjectLogic):
@@ -58,9 +59,18 @@ class InfraxYamlLogic(ProjectLogic):
             entry = dict(entry)
             files = entry.get("files", [])
             patterns = [files] if isinstance(files, str) else files
-            if any(_GLOB & set(p) for p in patterns):
+            if isinstance(patterns, list) and any(isinstance(p, str) and pathspecs.is_pattern(p) for p in patterns):
                 all_files = all_files if all_files is not None else await push.list_files()
-                entry["files"] = [f for f in all_files if any(fnmatchcase(f, p) for p in patterns)]
+                selection = pathspecs.select([str(p) for p in patterns], all_files)
+                if selection.empty and not entry.get("allowEmpty"):
+                    shown = ", ".join(repr(p) for p in selection.empty)
+                    raise PushRejected(
+                        f"{CONFIG_FILE}: tasks[{i}] ({entry.get('name', '?')}): files pattern {shown} matches none "
+                        f"of the {len(all_files)} files at {push.revision[:12]} (allowEmpty: true skips the task "
+                        "instead)"
+                    )
+                entry["files"] = selection.files
+                entry["filePatterns"] = selection.counts
             else:
                 entry["files"] = patterns
             bootstrapper = entry.get("bootstrapper")

@@ -15,8 +15,8 @@ import heapq
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from fnmatch import fnmatchcase
 
+from infrax import pathspecs
 from infrax.model import (
     ContainerType,
     ExecutionPlan,
@@ -30,8 +30,6 @@ from infrax.optimizer.history import FileHistory, History
 from infrax.optimizer.partitioning import Partitioning, lower_bound, partition, split_evenly
 
 __all__ = ["Planner", "choose_count", "pick_container_type", "split_evenly", "unchanged_reason"]
-
-_GLOB = set("*?[")
 
 
 class Planner:
@@ -92,6 +90,12 @@ class Planner:
         base.container_type = container_type.name
         why.append(f"container type {container_type.name}: the first whose tags include {task.container_tag}")
         skip, match = changed_paths_decision(task, request.changed_paths)
+        if not skip and task.file_patterns is not None:
+            selected = ", ".join(f"{p!r} {n}" for p, n in task.file_patterns.items())
+            if task.files:
+                why.append(f"files: {len(task.files)} selected by pattern ({selected})")
+            else:
+                skip = f"skipped: its file patterns took no file ({selected}; allowEmpty)"
         if skip:
             return base.model_copy(
                 update={"skipped": True, "reason": skip, "explanation": why + [skip] if explain else None}
@@ -268,15 +272,8 @@ def _simulate(
 
 
 def path_matches(path: str, pattern: str) -> bool:
-    """Glob match where `*` crosses `/`; a pattern without wildcards also matches what is below it."""
-    if fnmatchcase(path, pattern):
-        return True
-    if pattern.startswith("**/") and fnmatchcase(path, pattern[3:]):
-        return True  # `**/x` also means `x` at the top
-    if not _GLOB & set(pattern):
-        folder = pattern.rstrip("/")
-        return path == folder or path.startswith(folder + "/")
-    return False
+    """`.gitignore`'s rules (infrax.pathspecs): `**/` is zero or more folders, a folder takes what is below it."""
+    return pathspecs.matches(path, pattern)
 
 
 def changed_paths_decision(task: TaskDefinition, changed_paths: list[str] | None) -> tuple[str | None, str]:
