@@ -17,7 +17,7 @@ import gc
 
 # Youngest generation collected every 10,000 net allocations (default 700); the middle one every
 # 50 of those; the oldest when CPython's own rule also says so (a quarter more long-lived objects).
-THRESHOLDS = (10_000, 50, 1_000)
+THRESHOLDS = (10_000, 10, 10)
 
 
 def settle_after_start() -> None:

@@ -23,8 +23,11 @@ from infrax.optimizer.planner import Planner
 log = logging.getLogger(__name__)
 
 
-def _plan_json(planner: Planner, request: PlanRequest, history: History, explain: bool) -> bytes:
-    return planner.plan(request, history, explain=explain).model_dump_json(by_alias=True).encode()
+def _plan_json(planner: Planner, request: bytes, history: History, explain: bool) -> bytes:
+    # The request goes as its JSON, not pickled: a worker started after an upgrade of the files
+    # reads it by the wire format, which is versioned, not by the class layout of another release.
+    plan = planner.plan(PlanRequest.model_validate_json(request), history, explain=explain)
+    return plan.model_dump_json(by_alias=True).encode()
 
 
 class PlanningWorker:
@@ -52,9 +55,10 @@ class PlanningWorker:
 
     async def plan_json(self, request: PlanRequest, history: History, explain: bool) -> bytes:
         loop = asyncio.get_running_loop()
+        encoded = request.model_dump_json(by_alias=True).encode()
         while not self._unusable:
             try:
-                return await loop.run_in_executor(self._executor(), _plan_json, self.planner, request, history, explain)
+                return await loop.run_in_executor(self._executor(), _plan_json, self.planner, encoded, history, explain)
             except BrokenProcessPool:
                 # The worker died (killed, out of memory): a new one plans it again. One that dies
                 # twice in a row cannot start here (a `__main__` without its guard, say): a thread.
@@ -64,7 +68,7 @@ class PlanningWorker:
                 log.warning("the planning worker died%s", "; planning in a thread from now on" * self._unusable)
             else:
                 self._failures = 0
-        return await asyncio.to_thread(_plan_json, self.planner, request, history, explain)
+        return await asyncio.to_thread(_plan_json, self.planner, encoded, history, explain)
 
     def stop(self) -> None:
         if self._pool is not None:
