@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gc
 
-# Youngest generation collected every 10,000 net allocations (default 700); the middle one every
-# 50 of those; the oldest when CPython's own rule also says so (a quarter more long-lived objects).
+# Youngest generation collected every 10,000 net allocations (default 700), the middle one every
+# 10 of those, the oldest every 10 of those when CPython's own rule agrees (a quarter more
+# long-lived objects). Rarer still (50, 1,000), a million queued partitions left the process
+# at 165 MB instead of 147, for no gain in latency measured.
 THRESHOLDS = (10_000, 10, 10)
 
 

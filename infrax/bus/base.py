@@ -114,6 +114,11 @@ class Bus(abc.ABC):
             )
 
     @abc.abstractmethod
+    async def waiting(self) -> int:
+        """How many messages wait in the queues this bus consumes from, not yet handed to a
+        handler: the consumers' backlog (what a dashboard graphs, what "caught up" means)."""
+
+    @abc.abstractmethod
     async def subscribe(
         self,
         consumer: str,

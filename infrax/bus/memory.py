@@ -118,6 +118,9 @@ class MemoryBus(Bus):
                 queue.messages.append(envelope)
                 queue.ready.set()
 
+    async def waiting(self) -> int:
+        return sum(len(queue.messages) for queue in self._queues.values() if queue.consumers)
+
     async def subscribe(
         self,
         consumer: str,

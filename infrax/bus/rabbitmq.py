@@ -220,6 +220,19 @@ class RabbitMQBus(Bus):
                 if not confirmed.done():
                     confirmed.set_result(None)
 
+    async def waiting(self) -> int:
+        # A channel of its own: asked on the publishing one, passive declares kept answering a
+        # stale count (4 after the queue had emptied, where a fresh channel said 0).
+        channel = await self._started()[0].channel(publisher_confirms=False)
+        try:
+            total = 0
+            for name in {sub.queue_name for sub in self._subscriptions}:
+                declared = await channel.declare_queue(name, passive=True)  # asks its count, changes nothing
+                total += declared.declaration_result.message_count or 0
+            return total
+        finally:
+            await _close_quietly(channel)
+
     async def subscribe(
         self,
         consumer: str,
@@ -333,6 +346,7 @@ class _RabbitSubscription(Subscription):
     ) -> None:
         self._channel = channel
         self._queue = queue
+        self.queue_name = queue.name
         self._handler = handler
         self._bus = bus
         self._forget = forget

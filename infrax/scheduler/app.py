@@ -53,16 +53,16 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         return items
 
     @app.get("/api/v1/task-requests/{request_id}", response_model=TaskRequest, **read)
-    async def get_request(request_id: str) -> TaskRequest:
-        return await scheduler.get_request(request_id)
+    async def get_request(request_id: str) -> Response:
+        return _as_json(await scheduler.get_request(request_id))
 
     @app.post(
         "/api/v1/task-requests/{request_id}/cancel", response_model=TaskRequest, **route_options("scheduler:cancel:")
     )
-    async def cancel_request(request_id: str, request: Request) -> TaskRequest:
+    async def cancel_request(request_id: str, request: Request) -> Response:
         """Needs `scheduler:cancel:<project>` of the request's project."""
         require(caller_of(request), f"scheduler:cancel:{await scheduler.request_project(request_id)}")
-        return await scheduler.cancel_request(request_id)
+        return _as_json(await scheduler.cancel_request(request_id))
 
     @app.post("/api/v1/jobs/{job_id}/cancel", **route_options("scheduler:cancel:"))
     async def cancel_job(job_id: str, request: Request) -> dict[str, list[str]]:
@@ -102,3 +102,9 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _as_json(request: TaskRequest) -> Response:
+    """A request as its response model says, encoded once: FastAPI would check the model it is
+    again, and a request of ten thousand partitions is 50 ms of that on the event loop."""
+    return Response(request.model_dump_json(by_alias=True), media_type="application/json")

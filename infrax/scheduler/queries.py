@@ -21,7 +21,7 @@ class Queries:
     db: Database
 
     async def get_request(self, request_id: str) -> TaskRequest:
-        async with self.db.begin() as conn:
+        async with self.db.reading() as conn:  # ten thousand partitions, maybe: a long read
             request = await records.load_request(conn, request_id)
         if request is None:
             raise NotFound(f"no task request {request_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
@@ -79,8 +80,10 @@ async def load_request(conn: AsyncConnection, request_id: str) -> TaskRequest | 
         .all()
     )
     by_task: dict[str, list[TaskPartition]] = defaultdict(list)
-    for part in part_rows:
+    for n, part in enumerate(part_rows, 1):
         by_task[part["task_id"]].append(partition_from_row(part))
+        if n % 500 == 0:
+            await asyncio.sleep(0)  # a model per partition: the event loop serves others between steps
     return request_from_row(row, [task_from_row(t, by_task[t["id"]]) for t in task_rows])
 
 

@@ -296,7 +296,26 @@ async def test_subscribing_to_an_unknown_exchange_raises(bus: Bus, name: Name) -
         await bus.subscribe(name("c"), "exchange/infrax/v1/no-such-thing", ["#"], Inbox())
 
 
-@pytest.mark.parametrize("method", ["start", "close", "publish", "publish_all", "subscribe"])
+async def test_waiting_counts_what_the_consumers_have_not_taken_yet(bus: Bus, name: Name) -> None:
+    release, inbox = asyncio.Event(), Inbox()
+
+    async def held(message: Message) -> None:
+        await release.wait()
+        await inbox(message)
+
+    await bus.subscribe(name("c"), EX, [f"{name('w')}.#"], held, prefetch=1)
+    for i in range(5):
+        await bus.publish(EX, f"{name('w')}.{i}", event(str(i)))
+    async with asyncio.timeout(10):
+        while await bus.waiting() != 4:  # one is in the handler's hands, four wait
+            await asyncio.sleep(0.01)
+    release.set()
+    await inbox.wait(lambda got: len(got.messages) == 5)
+
+    assert await bus.waiting() == 0
+
+
+@pytest.mark.parametrize("method", ["start", "close", "publish", "publish_all", "subscribe", "waiting"])
 def test_implementations_have_the_interface_signatures(method: str) -> None:
     expected = inspect.signature(getattr(Bus, method))
     for implementation in (MemoryBus, RabbitMQBus):
