@@ -49,7 +49,6 @@ class OptimizerService:
         self._subscriptions: list[Any] = []
 
     async def start(self) -> None:
-        self.worker.start()
         self._batcher.start()
         self._subscriptions = [
             await self.bus.subscribe(

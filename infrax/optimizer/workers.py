@@ -5,7 +5,9 @@ event loop's process (even in a thread: the GIL) that much CPU stalls health che
 and heartbeats of every component `infrax up` holds. A worker process does the planning and
 hands back the plan as the JSON the REST API answers with, so the loop neither builds nor
 serialises the ten thousand partitions. One worker: plans are made one at a time anyway (a
-scheduler plans its requests in turn), and it keeps the process count, and memory, fixed.
+scheduler plans its requests in turn), and it keeps the process count, and memory, fixed. It is
+started by the first large request (spawning takes a second of CPU, which a test suite starting
+a hundred stacks should not pay for each).
 """
 
 from __future__ import annotations
@@ -48,10 +50,6 @@ class PlanningWorker:
         """The worker's process id, once it runs (None before, or planning in a thread)."""
         processes = getattr(self._pool, "_processes", None) or {}
         return next(iter(processes), None)
-
-    def start(self) -> None:
-        """Start the worker now, not at the first large request (spawning takes a second)."""
-        self._executor().submit(int)
 
     async def plan_json(self, request: PlanRequest, history: History, explain: bool) -> bytes:
         loop = asyncio.get_running_loop()
