@@ -244,6 +244,7 @@ class _ReaderThread:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._sync: Connection | None = None
+        self._stopped = False
 
     def connection(self) -> _ReaderConnection:
         return _ReaderConnection(self)
@@ -261,6 +262,10 @@ class _ReaderThread:
             self._sync.rollback()  # each statement its own snapshot: never a read transaction held open
 
     def stop(self) -> None:
+        if self._stopped:  # a database closed twice (a test's teardown after the stack's own)
+            return
+        self._stopped = True
+
         def close() -> None:
             if self._sync is not None:
                 self._sync.close()
