@@ -32,20 +32,28 @@ class Cancelling(Queries):
     _definitions: TaskDefinitions
 
     async def cancel_request(self, request_id: str) -> TaskRequest:
-        await self._cancel(
-            requests.c.id == request_id, partitions.c.request_id == request_id, tasks.c.request_id == request_id
+        answer = await self._cancel(
+            requests.c.id == request_id,
+            partitions.c.request_id == request_id,
+            tasks.c.request_id == request_id,
+            answer=request_id,
         )
-        return await self.get_request(request_id)
+        assert answer is not None
+        return answer
 
     async def cancel_job(self, job_id: str) -> list[str]:
         await self._cancel(requests.c.job_id == job_id, partitions.c.job_id == job_id, tasks.c.job_id == job_id)
         requests_of_job, _ = await self.list_requests(job_id=job_id)
         return [r.id for r in requests_of_job]
 
-    async def _cancel(self, request_clause: Any, partition_clause: Any, task_clause: Any) -> None:
+    async def _cancel(
+        self, request_clause: Any, partition_clause: Any, task_clause: Any, answer: str | None = None
+    ) -> TaskRequest | None:
         """One set-based statement per table, each returning the rows it changed with the state
         they had (to announce `previous_state`), and one outbox batch: a request of a thousand
-        partitions costs what one of ten does, give or take the rows."""
+        partitions costs what one of ten does, give or take the rows. With `answer`, that request
+        as the cancel left it, read in the same transaction: before the relay wakes to publish
+        the thousand messages, which would otherwise share the event loop with the reading."""
         now = utcnow()
         events: list[BusMessage] = []
         async with self.outbox.begin() as (conn, messages):
@@ -84,11 +92,13 @@ class Cancelling(Queries):
                     request_status(request_row["id"], request_row["job_id"], State.CANCELLED, request_row["previous"])
                 )
             messages += outgoing(events)
+            answered = await records.load_request(conn, answer) if answer is not None else None
         if in_flight:
             try:
                 await self.provisioner.cancel(in_flight)
             except ServiceError as error:
                 log.warning("could not stop cancelled runs %s: %s", in_flight, error)
+        return answered
 
 
 async def _cancel_rows(conn: AsyncConnection, table: Table, clause: Any, values: dict[str, Any]) -> list[Any]:
