@@ -36,8 +36,7 @@ class PlanningWorker:
     def __init__(self, planner: Planner) -> None:
         self.planner = planner
         self._pool: ProcessPoolExecutor | None = None
-        self._failures = 0
-        self._unusable = False
+        self._failures = 0  # deaths in a row
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -54,18 +53,18 @@ class PlanningWorker:
     async def plan_json(self, request: PlanRequest, history: History, explain: bool) -> bytes:
         loop = asyncio.get_running_loop()
         encoded = request.model_dump_json(by_alias=True).encode()
-        while not self._unusable:
+        while self._failures < 2:
             try:
-                return await loop.run_in_executor(self._executor(), _plan_json, self.planner, encoded, history, explain)
+                plan = await loop.run_in_executor(self._executor(), _plan_json, self.planner, encoded, history, explain)
             except BrokenProcessPool:
                 # The worker died (killed, out of memory): a new one plans it again. One that dies
                 # twice in a row cannot start here (a `__main__` without its guard, say): a thread.
                 self.stop()
                 self._failures += 1
-                self._unusable = self._failures >= 2
-                log.warning("the planning worker died%s", "; planning in a thread from now on" * self._unusable)
-            else:
-                self._failures = 0
+                log.warning("the planning worker died%s", "; planning in a thread from now on" * (self._failures >= 2))
+                continue
+            self._failures = 0
+            return plan
         return await asyncio.to_thread(_plan_json, self.planner, encoded, history, explain)
 
     def stop(self) -> None:
