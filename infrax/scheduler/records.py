@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from infrax.model import Task, TaskDefinition, TaskPartition, TaskRequest
+from infrax.model import FINAL_STATES, Task, TaskDefinition, TaskPartition, TaskRequest
 from infrax.store import aware
 from infrax.store.tables import partitions, requests, tasks
 
@@ -65,7 +65,12 @@ def request_from_row(row: RowMapping, task_list: list[Task] | None = None) -> Ta
     )
 
 
-async def load_request(conn: AsyncConnection, request_id: str) -> TaskRequest | None:
+async def load_request(
+    conn: AsyncConnection, request_id: str, partitions_known: list[TaskPartition] | None = None
+) -> TaskRequest | None:
+    """A request with its tasks and partitions; with `partitions_known`, every one of its
+    partitions, as the caller has them (a cancel: those it ended and those already ended), and
+    none read again."""
     row = (await conn.execute(select(requests).where(requests.c.id == request_id))).mappings().first()
     if row is None:
         return None
@@ -74,17 +79,33 @@ async def load_request(conn: AsyncConnection, request_id: str) -> TaskRequest | 
         .mappings()
         .all()
     )
-    part_rows = (
-        (await conn.execute(select(partitions).where(partitions.c.request_id == request_id).order_by(partitions.c.idx)))
-        .mappings()
-        .all()
-    )
     by_task: dict[str, list[TaskPartition]] = defaultdict(list)
-    for n, part in enumerate(part_rows, 1):
-        by_task[part["task_id"]].append(partition_from_row(part))
-        if n % 500 == 0:
-            await asyncio.sleep(0)  # a model per partition: the event loop serves others between steps
+    if partitions_known is not None:
+        for part in sorted(partitions_known, key=lambda p: p.index):
+            by_task[part.task_id].append(part)
+    else:
+        part_rows = (
+            (
+                await conn.execute(
+                    select(partitions).where(partitions.c.request_id == request_id).order_by(partitions.c.idx)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        for n, part_row in enumerate(part_rows, 1):
+            by_task[part_row["task_id"]].append(partition_from_row(part_row))
+            if n % 500 == 0:
+                await asyncio.sleep(0)  # a model per partition: the event loop serves others between steps
     return request_from_row(row, [task_from_row(t, by_task[t["id"]]) for t in task_rows])
+
+
+async def ended_partitions(conn: AsyncConnection, request_id: str) -> list[TaskPartition]:
+    """A request's partitions already in a final state."""
+    rows = await conn.execute(
+        select(partitions).where(partitions.c.request_id == request_id, partitions.c.state.in_(list(FINAL_STATES)))
+    )
+    return [partition_from_row(r) for r in rows.mappings().all()]
 
 
 async def load_task(conn: AsyncConnection, task_id: str) -> Task | None:

@@ -109,6 +109,7 @@ async def test_cancel_ends_every_unfinished_part_and_stops_what_runs(harness: Ha
 
     assert cancelled.state == S.CANCELLED
     assert sorted(p.state for p in cancelled.tasks[0].partitions) == [S.CANCELLED, S.CANCELLED, S.COMPLETED]
+    assert cancelled == await harness.scheduler.get_request(request.id), "answered as it is stored, in order"
     assert harness.provisioner.cancelled == [running.run_id], "only the run still in flight is stopped"
     assert sorted((b, a) for b, a in harness.partition_events()) == [(S.QUEUED, S.CANCELLED), (S.RUNNING, S.CANCELLED)]
     # The cancelled run's own end, arriving later, changes nothing.
