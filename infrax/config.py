@@ -67,6 +67,10 @@ class Config:
     name: str = ""  # this process's instance name, e.g. executioner-2; it must stay the same across restarts
     files_per_partition: int = 10  # when a task gives neither a partition count nor a target
     agent_kill_grace: float = 5.0
+    # -- artifacts (README, docs/rest-api.md) --
+    artifact_dir: Path | None = None  # the filesystem artifact store; None: data_dir/artifacts
+    artifact_expiry_days: float = 30.0  # a run's artifacts and log are kept this long
+    artifact_max_run_bytes: int = 10 * 1024**3  # what one run may keep, all its artifacts together
     in_flight_check_interval: float = 10.0
     dispatch_timeout: float = 120.0  # a dispatched run unknown to the executioner after this is lost
     # -- failures (docs/architecture.md, "Nothing accepted is lost") --

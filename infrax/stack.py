@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ import uvicorn
 from fastapi import FastAPI
 from yarl import URL
 
+from infrax.artifacts import FilesystemArtifacts
 from infrax.auth import SERVICE_SCOPES, Guard, Security, TokenStore
 from infrax.auth.admin import ensure_admin_token
 from infrax.auth.runs import RunTokens
 from infrax.bus import Bus, open_bus
 from infrax.config import COMPONENTS, Config
 from infrax.executioner.app import create_app as executioner_app
+from infrax.executioner.artifacts import ArtifactKeeper
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.executioner.service import Executioner
 from infrax.http import tcp_client
@@ -177,6 +180,11 @@ class Stack:
                 jobmaster=self.client("jobmaster", timeout=30.0),
                 project_secrets=config.project_secrets,
                 outage_deadline=config.outage_deadline,
+                artifacts=ArtifactKeeper(
+                    FilesystemArtifacts(config.artifact_dir or config.data_dir / "artifacts"),
+                    expiry=timedelta(days=config.artifact_expiry_days),
+                    max_run_bytes=config.artifact_max_run_bytes,
+                ),
             )
             app = executioner_app(service, self.security)
         elif name == "provisioner":

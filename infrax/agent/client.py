@@ -42,6 +42,7 @@ __all__ = [
 
 # Code used for answers the agent should never have sent.
 BAD_RESPONSE = "bad-response"
+ARTIFACT_CHUNK = 1 << 20
 
 
 class AgentError(Exception):
@@ -200,6 +201,37 @@ class AgentClient:
         if from_seq:
             message["fromSeq"] = from_seq
         return RunStream(self, message, run_id)
+
+    async def fetch_artifact(self, run_id: str, name: str, chunk_size: int = ARTIFACT_CHUNK) -> AsyncIterator[bytes]:
+        """The bytes of one artifact of an ended run, a chunk at a time, over a connection of its
+        own; AgentError (code `no-artifact`) when the run left no such file, AgentConnectionLost
+        when fewer bytes came than announced. The agent's side pauses while a chunk is handled, so
+        what is in memory stays a chunk or two, whatever the artifact's size."""
+        connection = await self._connect({"type": MessageType.FETCH_ARTIFACT, "runId": run_id, "name": name})
+        try:
+            header = await connection.receive(self.request_timeout, waiting_for=f"artifact {name!r}")
+            size = header.get("size")
+            if header["type"] != MessageType.ARTIFACT or not isinstance(size, int) or size < 0:
+                raise AgentError(BAD_RESPONSE, f"agent at {self.address} answered an artifact fetch with {header!r}")
+            remaining = size
+            while remaining:
+                try:
+                    chunk = await asyncio.wait_for(
+                        connection.reader.read(min(remaining, chunk_size)), self.request_timeout
+                    )
+                except (TimeoutError, ConnectionError) as exc:
+                    chunk, cause = b"", f": {exc or type(exc).__name__}"
+                else:
+                    cause = ""
+                if not chunk:
+                    raise AgentConnectionLost(
+                        f"artifact {name!r} of run {run_id!r} from {self.address} ended {remaining} bytes "
+                        f"short of its {size}{cause}"
+                    )
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await connection.close()
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run over a new connection; True if that run was running on the agent."""

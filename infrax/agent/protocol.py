@@ -63,6 +63,8 @@ class MessageType:
     CANCEL: Final = "cancel"
     CANCELLED: Final = "cancelled"
     ATTACH: Final = "attach"
+    FETCH_ARTIFACT: Final = "fetch-artifact"
+    ARTIFACT: Final = "artifact"
 
 
 class ErrorCode:
@@ -73,6 +75,7 @@ class ErrorCode:
     BAD_REQUEST: Final = "bad-request"
     BUSY: Final = "busy"
     UNKNOWN_RUN: Final = "unknown-run"
+    NO_ARTIFACT: Final = "no-artifact"
     INTERNAL: Final = "internal"
 
 

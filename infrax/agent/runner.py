@@ -28,6 +28,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Final
 
+from infrax.agent.artifacts import listing
 from infrax.agent.protocol import (
     AGENT_NAME,
     MAX_LINE_BYTES,
@@ -36,7 +37,7 @@ from infrax.agent.protocol import (
     RunStatus,
     encode,
 )
-from infrax.agent.workspace import BOOTSTRAPPER_NAME, FILES_LIST_NAME, REPORT_DIR_NAME, Workspace
+from infrax.agent.workspace import ARTIFACTS_DIR_NAME, BOOTSTRAPPER_NAME, FILES_LIST_NAME, REPORT_DIR_NAME, Workspace
 
 __all__ = ["BootstrapError", "OutputLog", "Run", "RunSettings", "sanitize_run_id"]
 
@@ -304,6 +305,7 @@ class Run:
             durations = self._read_durations()
             if durations is not None:
                 extra["fileDurations"] = durations
+            extra.update(await self._artifacts())
         except BootstrapError as exc:
             status, exit_code, message = RunStatus.ERROR, None, str(exc)
             if exc.infrastructure:
@@ -468,6 +470,7 @@ class Run:
             INFRAX_WORK_DIR=str(self.directory),
             INFRAX_FILES_LIST=str(self.directory / FILES_LIST_NAME),
             INFRAX_REPORT_DIR=str(self.directory / REPORT_DIR_NAME),
+            INFRAX_ARTIFACTS_DIR=str(self.artifacts_dir),
         )
         return argv, env
 
@@ -492,6 +495,21 @@ class Run:
             content = await asyncio.to_thread(_read_file, path)
             cache.put(path, stamp, content)
         return content
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.directory / ARTIFACTS_DIR_NAME
+
+    async def _artifacts(self) -> dict[str, Any]:
+        """What the run left to keep, for the exit message (which the executioner fetches it by)."""
+        try:
+            with os.scandir(self.artifacts_dir) as entries:
+                if next(entries, None) is None:
+                    return {}  # the usual case, and no trip to a thread for it
+        except OSError:
+            return {}
+        found, omitted = await asyncio.to_thread(listing, self.artifacts_dir)
+        return {"artifacts": found, **({"artifactsOmitted": omitted} if omitted else {})}
 
     def _read_durations(self) -> dict[str, float] | None:
         """Read the optional ``durations.json`` a bootstrapper left in the report directory."""

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, Final, TextIO
 
+from infrax.agent.artifacts import NotAnArtifact, open_artifact
 from infrax.agent.protocol import (
     AGENT_NAME,
     PROTOCOL_VERSION,
@@ -176,6 +177,8 @@ class Agent:
             await self._handle_run(reader, writer, request)
         elif kind == MessageType.ATTACH:
             await self._handle_attach(reader, writer, request)
+        elif kind == MessageType.FETCH_ARTIFACT:
+            await self._handle_fetch_artifact(writer, request)
         elif kind == MessageType.CANCEL:
             await self._handle_cancel(writer, request)
         else:
@@ -262,6 +265,29 @@ class Agent:
             return
         log.info("client attached to run %s from seq %d", run_id, from_seq)
         await self._stream(reader, writer, run, from_seq)
+
+    async def _handle_fetch_artifact(self, writer: Writer, message: dict[str, Any]) -> None:
+        """One artifact of the last run, once it has ended: an `artifact` line with its size, then
+        exactly that many bytes, sent from the file by the kernel (`sendfile`), then the end of the
+        connection. Never of a run still going: its task could still change what it left."""
+        run_id, name = message.get("runId"), message.get("name")
+        if not isinstance(run_id, str) or not run_id or not isinstance(name, str):
+            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "fields 'runId' and 'name' must be strings"))
+            return
+        run = self._last_run
+        if run is None or run.run_id != run_id or not run.finished:
+            state = "has not ended" if run is not None and run.run_id == run_id else "is not this agent's last run"
+            await _send(writer, error_message(ErrorCode.UNKNOWN_RUN, f"run {run_id!r} {state}"))
+            return
+        try:
+            fd, size = open_artifact(run.artifacts_dir, name)
+        except NotAnArtifact as exc:
+            await _send(writer, error_message(ErrorCode.NO_ARTIFACT, str(exc)))
+            return
+        with os.fdopen(fd, "rb") as file:
+            await _send(writer, {"type": MessageType.ARTIFACT, "runId": run_id, "name": name, "size": size})
+            await asyncio.get_running_loop().sendfile(writer.transport, file, 0, size)
+            await writer.drain()
 
     async def _handle_cancel(self, writer: Writer, message: dict[str, Any]) -> None:
         run_id = message.get("runId")

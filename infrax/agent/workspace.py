@@ -1,12 +1,12 @@
 """The agent's run directories: a fresh one for each run, the old ones removed.
 
-Every run gets `<workdir>/runs/<name>/` holding its bootstrapper, `files.txt` and an empty
-`report/`, and nothing else of earlier runs is left under `runs/`. Old directories are
+Every run gets `<workdir>/runs/<name>/` holding its bootstrapper, `files.txt`, an empty
+`report/` and an empty `artifacts/`, and nothing else of earlier runs is left under `runs/`. Old directories are
 renamed into `.trash/` at once and removed by a thread of their own, so a run never waits
 for a large checkout to be deleted.
 
-A run that leaves its directory with just those three entries (`report/` still empty, the
-two files still plain files) hands it on: it is renamed for the next run, `files.txt` is
+A run that leaves its directory with just those four entries (`report/` and `artifacts/` still
+empty, the two files still plain files) hands it on: it is renamed for the next run, `files.txt` is
 written again and the bootstrapper too unless it still holds, byte for byte and mode 0755,
 what the next run needs. On a container running short partition after partition, making and
 deleting those directories was most of the agent's own work (measured with `make bench`);
@@ -27,8 +27,10 @@ from typing import Final
 BOOTSTRAPPER_NAME: Final = "bootstrapper"
 FILES_LIST_NAME: Final = "files.txt"
 REPORT_DIR_NAME: Final = "report"
+ARTIFACTS_DIR_NAME: Final = "artifacts"
 TRASH_DIR_NAME: Final = ".trash"  # beside runs/: old run directories on their way out
-_ENTRIES: Final = frozenset({BOOTSTRAPPER_NAME, FILES_LIST_NAME, REPORT_DIR_NAME})
+_ENTRIES: Final = frozenset({BOOTSTRAPPER_NAME, FILES_LIST_NAME, REPORT_DIR_NAME, ARTIFACTS_DIR_NAME})
+_EMPTY_DIRECTORIES: Final = (REPORT_DIR_NAME, ARTIFACTS_DIR_NAME)
 
 
 class Workspace:
@@ -54,14 +56,15 @@ class Workspace:
             _write(directory / FILES_LIST_NAME, files_text, 0o644)
         else:
             directory.mkdir()
-            (directory / REPORT_DIR_NAME).mkdir()
+            for name in _EMPTY_DIRECTORIES:
+                (directory / name).mkdir()
             _write(directory / FILES_LIST_NAME, files_text, 0o644)
             _write(directory / BOOTSTRAPPER_NAME, bootstrapper, 0o755)
         self._handed = directory
         return directory
 
     def _reusable(self) -> Path | None:
-        """The last run's directory if it holds just the three entries it got, `report/` empty."""
+        """The last run's directory if it holds just the entries it got, its folders empty."""
         if self._handed is None:
             return None
         try:
@@ -69,14 +72,15 @@ class Workspace:
                 entries = {entry.name: entry for entry in scan}
             if (
                 entries.keys() != _ENTRIES
-                or not entries[REPORT_DIR_NAME].is_dir(follow_symlinks=False)
+                or not all(entries[name].is_dir(follow_symlinks=False) for name in _EMPTY_DIRECTORIES)
                 or not entries[BOOTSTRAPPER_NAME].is_file(follow_symlinks=False)
                 or not entries[FILES_LIST_NAME].is_file(follow_symlinks=False)
             ):
                 return None
-            with os.scandir(entries[REPORT_DIR_NAME].path) as report:
-                if next(report, None) is not None:
-                    return None
+            for name in _EMPTY_DIRECTORIES:
+                with os.scandir(entries[name].path) as inside:
+                    if next(inside, None) is not None:
+                        return None
         except OSError:
             return None
         return self._handed

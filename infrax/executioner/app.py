@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from infrax.artifacts import Artifact, ArtifactNotFound
 from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
 from infrax.executioner.service import Executioner
 from infrax.model import ExecutionAssignment, WireModel
+from infrax.pagination import PageRequest, link_next, page_request
 from infrax.web import add_error_handlers
 
 
@@ -25,6 +30,23 @@ class RunIds(WireModel):
 class RunView(WireModel):
     status: RunStatus
     log_path: str
+
+
+class ArtifactView(WireModel):
+    """What a run left (or its log, `infrax/log.txt`): download it from `url`."""
+
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    created_at: datetime
+    expires_at: datetime
+    url: str
+
+
+# Artifacts are the task's bytes, served from an infrax origin: a page among them runs sandboxed
+# (no scripts, no same-origin), and a browser takes the declared type as it is.
+ARTIFACT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Content-Type-Options": "nosniff"}
 
 
 def create_app(executioner: Executioner, security: Security) -> FastAPI:
@@ -64,6 +86,77 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
             headers={"X-Log-Complete": str(complete).lower(), "X-Log-Offset": str(offset + len(content))},
         )
 
+    async def run_of(partition_id: str, run: int | None) -> str:
+        run_id = await executioner.run_id_of(partition_id, run)
+        if run_id is None:
+            raise HTTPException(404, f"no run {'' if run is None else f'{run} '}of partition {partition_id} here")
+        return run_id
+
+    def listing(
+        run_id: str, artifacts: list[Artifact], base: str, request: Request, response: Response, page: PageRequest
+    ) -> list[ArtifactView]:
+        after = str(page.after[0]) if page.after else None
+        names = [a for a in artifacts if after is None or a.name > after]
+        shown = names[: page.limit]
+        link_next(request, response, page, [shown[-1].name] if len(names) > page.limit else None)
+        return [
+            ArtifactView(
+                name=a.name,
+                size=a.size,
+                content_type=a.content_type,
+                sha256=a.sha256,
+                created_at=a.created_at,
+                expires_at=a.expires_at,
+                url=f"{executioner.public_url}{base}/{a.name}",
+            )
+            for a in shown
+        ]
+
+    async def download(run_id: str, name: str) -> StreamingResponse:
+        try:
+            artifact = await executioner.artifacts.store.get(run_id, name)
+        except (ArtifactNotFound, ValueError):
+            raise HTTPException(404, f"run {run_id} has no artifact {name!r}") from None
+        chunks = executioner.artifacts.store.read(run_id, name)
+        return StreamingResponse(
+            _guarded(chunks),
+            media_type=artifact.content_type,
+            headers={"Content-Length": str(artifact.size), "ETag": f'"{artifact.sha256}"', **ARTIFACT_HEADERS},
+        )
+
+    @app.get("/api/v1/runs/{run_id}/artifacts", response_model=list[ArtifactView], **read)
+    async def list_run_artifacts(
+        run_id: str, request: Request, response: Response, page: PageRequest = Depends(page_request)
+    ) -> list[ArtifactView]:
+        """What the run left, by name, its log among them; a page at a time."""
+        if await executioner.get_run(run_id) is None:
+            raise HTTPException(404, f"no run {run_id}")
+        found = await executioner.artifacts.store.list(run_id)
+        return listing(run_id, found, f"/api/v1/runs/{run_id}/artifacts", request, response, page)
+
+    @app.get("/api/v1/runs/{run_id}/artifacts/{name:path}", **read)
+    async def get_run_artifact(run_id: str, name: str) -> StreamingResponse:
+        return await download(run_id, name)
+
+    @app.get("/api/v1/partitions/{partition_id}/artifacts", response_model=list[ArtifactView], **read)
+    async def list_partition_artifacts(
+        partition_id: str,
+        request: Request,
+        response: Response,
+        run: int | None = Query(None, ge=0, le=1000, description="which run; default: the latest"),
+        page: PageRequest = Depends(page_request),
+    ) -> list[ArtifactView]:
+        """What the partition's latest run (or `run`) left, by name."""
+        run_id = await run_of(partition_id, run)
+        found = await executioner.artifacts.store.list(run_id)
+        return listing(run_id, found, f"/api/v1/runs/{run_id}/artifacts", request, response, page)
+
+    @app.get("/api/v1/partitions/{partition_id}/artifacts/{name:path}", **read)
+    async def get_partition_artifact(
+        partition_id: str, name: str, run: int | None = Query(None, ge=0, le=1000)
+    ) -> StreamingResponse:
+        return await download(await run_of(partition_id, run), name)
+
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -78,3 +171,13 @@ def _read_from(path: object, offset: int) -> bytes:
             return f.read()
     except FileNotFoundError:
         return b""
+
+
+async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks; an artifact swept between the answer's head and its body ends the body short,
+    which the client sees against Content-Length."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ArtifactNotFound:
+        return

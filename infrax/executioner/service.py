@@ -15,12 +15,14 @@ from sqlalchemy import bindparam, insert, select, update
 
 from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
 from infrax.agent.protocol import MAX_INLINE_BOOTSTRAPPER
+from infrax.artifacts import FilesystemArtifacts
 from infrax.auth.runs import RunTokens
 from infrax.batcher import Batcher
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
+from infrax.executioner.artifacts import ArtifactKeeper
 from infrax.http import ServiceError, while_unavailable
-from infrax.model import ExecutionAssignment, PartitionOffer, Release, utcnow
+from infrax.model import ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
 from infrax.outbox import Outbox, Outgoing
 from infrax.provisioner.client import ProvisionerClient
 from infrax.retry import outage, retry
@@ -65,6 +67,7 @@ class Executioner:
         jobmaster: httpx.AsyncClient | None = None,
         project_secrets: dict[str, dict[str, str]] | None = None,
         outage_deadline: float = 600.0,
+        artifacts: ArtifactKeeper | None = None,
     ) -> None:
         self.name = name
         # How long an unreachable job master or provisioner is waited for before a run gives up on it.
@@ -93,6 +96,8 @@ class Executioner:
         # Every run status is written here with the run's state; the relay publishes it.
         self.outbox = Outbox(db, bus, executioner_outbox)
         self._resuming: asyncio.Task[None] | None = None
+        # What runs leave, and their logs: kept before their end is stored, so a run seen ended has them.
+        self.artifacts = artifacts or ArtifactKeeper(FilesystemArtifacts(self.log_dir / "artifacts"))
 
     async def start(self) -> None:
         """Re-attach to the runs that were in flight when this executioner stopped: they went on in
@@ -100,6 +105,7 @@ class Executioner:
         self.outbox.start()
         self._finals.start()
         self._releases.start()
+        self.artifacts.start()
         self._resuming = asyncio.create_task(self._resume(), name="executioner-resume")
 
     async def stop(self) -> None:
@@ -109,9 +115,11 @@ class Executioner:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()  # a stopped executioner is done with every run: `finished` waits for none
         await self._finals.stop()
         await self._releases.stop()
         await self.outbox.stop()
+        await self.artifacts.stop()
 
     async def _resume(self) -> None:
         rows = await retry(self._in_flight_rows, on=StoreError, during=outage("the database"))
@@ -125,7 +133,10 @@ class Executioner:
         except ServiceError as error:
             log.warning("cannot re-attach to %d runs: %s", len(wanted), error)
             found = []
-        reachable = {access.run_id: access for access in found}
+        # Runs this process took since it started are its own already (read above as in flight, they
+        # were accepted while this looked): re-attaching to one would follow it twice.
+        wanted = {run_id: stored for run_id, stored in wanted.items() if run_id not in self.active}
+        reachable = {access.run_id: access for access in found if access.run_id in wanted}
         log.info("re-attaching to %d of the %d runs in flight", len(reachable), len(wanted))
         for run_id, stored in wanted.items():
             access = reachable.get(run_id)
@@ -247,8 +258,9 @@ class Executioner:
                 log_file.write(
                     "[infrax] the executioner restarted; re-attached to the run, its output from the start\n"
                 )
+            left: dict[str, Any] = {}
             try:
-                final = await self._follow(client, assignment, log_file, attach=resume)
+                final, left = await self._follow(client, assignment, log_file, attach=resume)
             except Unavailable as error:
                 final = self._status(assignment, "exception", message=str(error))
             except AgentUnreachable as error:
@@ -265,16 +277,19 @@ class Executioner:
                 final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
             if final.duration is None:
                 final.duration = round(time.monotonic() - started, 3)
+            if left.get("artifacts") or left.get("artifactsOmitted"):
+                await self.artifacts.keep(client, offer.run_id, left, lambda text: log_file.write(f"[infrax] {text}\n"))
             log_file.write(
                 f"[infrax] {final.state}"
                 f"{'' if final.exit_code is None else f' (exit code {final.exit_code})'}"
                 f"{'' if not final.message else f': {final.message}'}\n"
             )
+        await self.artifacts.keep_log(offer.run_id, path)
         await self._finish(assignment, final, healthy)
 
     async def _follow(
         self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any, attach: bool
-    ) -> RunStatus:
+    ) -> tuple[RunStatus, dict[str, Any]]:
         """The run's messages until its exit; a dropped connection is re-attached from the next
         output message, the run going on in the agent meanwhile. Only an agent that is gone (no
         longer answers, or no longer knows the run) loses the run."""
@@ -300,7 +315,10 @@ class Executioner:
                     raise AgentUnreachable(f"the agent no longer has the run: {error}") from None
                 raise
 
-    async def _stream(self, stream: Any, assignment: ExecutionAssignment, log_file: Any) -> RunStatus:
+    async def _stream(
+        self, stream: Any, assignment: ExecutionAssignment, log_file: Any
+    ) -> tuple[RunStatus, dict[str, Any]]:
+        """The run's end, and the agent's `exit` message about it."""
         run_id = assignment.offer.run_id
         async for message in stream:
             kind = message.get("type")
@@ -314,7 +332,7 @@ class Executioner:
                 # and a short run's end. `_finish` waits for it before the final status.
                 self._running_published[run_id] = asyncio.create_task(self._announce_started(assignment))
             elif kind == "exit":
-                return self._exit_status(assignment, message)
+                return self._exit_status(assignment, message), message
         raise AgentConnectionLost("the agent closed the stream without an exit status")
 
     def _exit_status(self, assignment: ExecutionAssignment, message: dict[str, Any]) -> RunStatus:
@@ -518,6 +536,14 @@ class Executioner:
             file_durations=row["file_durations"],
         )
         return status, Path(row["log_path"])
+
+    async def run_id_of(self, partition_id: str, run: int | None = None) -> str | None:
+        """The id of the partition's run `run` this executioner had, or of its latest."""
+        query = select(runs.c.run_id).where(runs.c.partition_id == partition_id)
+        if run is not None:
+            query = query.where(runs.c.run_id == run_id_of(partition_id, run))
+        async with self.db.begin() as conn:
+            return (await conn.execute(query.order_by(runs.c.created_at.desc()).limit(1))).scalar()
 
     async def cancel(self, run_ids: list[str]) -> list[str]:
         cancelled = []

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from infrax.agent.client import AgentClient
+from infrax.config import ProviderConfig
 from infrax.model import ContainerType
 from infrax.provisioner.image import ImageError, ensure_agent_image
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError, make_provider
@@ -215,3 +216,32 @@ def run_to_exit() -> RunToExit:
         return stream.exit, "".join(output)
 
     return run
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Path:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def docker_provider(docker_url: str, agent_image: str, scripts: Path) -> Any:
+    owner = f"test-{uuid.uuid4().hex[:10]}"
+
+    def make(name: str, capacity: int | None = None, **options: Any) -> ProviderConfig:
+        # The bootstrappers are on the host: mount their folder (only it) read-only at the same path.
+        return ProviderConfig(
+            name,
+            kind="docker",
+            capacity=capacity,
+            options={
+                "url": docker_url,
+                "image": agent_image,
+                "owner": owner,
+                "extra_mounts": [str(scripts)],
+                **options,
+            },
+        )
+
+    return make

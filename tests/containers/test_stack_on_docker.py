@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from infrax.config import ProviderConfig
 from infrax.model import ContainerState, ContainerType, PartitionOffer, State
 from tests.provisioner.stacks import bootstrapper, running_stack, task
 
@@ -26,35 +22,6 @@ for n in range(1, 65):
     print(f"holding {8 * n} MiB", flush=True)
 print("allocated everything: the limit was not enforced")
 """
-
-
-@pytest.fixture
-def scripts(tmp_path: Path) -> Path:
-    folder = tmp_path / "scripts"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def docker_provider(docker_url: str, agent_image: str, scripts: Path) -> Any:
-    owner = f"test-{uuid.uuid4().hex[:10]}"
-
-    def make(name: str, capacity: int | None = None, **options: Any) -> ProviderConfig:
-        # The bootstrappers are on the host: mount their folder (only it) read-only at the same path.
-        return ProviderConfig(
-            name,
-            kind="docker",
-            capacity=capacity,
-            options={
-                "url": docker_url,
-                "image": agent_image,
-                "owner": owner,
-                "extra_mounts": [str(scripts)],
-                **options,
-            },
-        )
-
-    return make
 
 
 def _in_engine(docker_client: Any, container_id: str) -> bool:

@@ -16,7 +16,7 @@ from infrax.bus import Message, topics
 from infrax.bus.memory import MemoryBus
 from infrax.bus.messages import RunStatus
 from infrax.executioner.service import Executioner
-from infrax.model import ExecutionAssignment, Release
+from infrax.model import ContainerAccess, ExecutionAssignment, Release
 from infrax.provisioner.client import ProvisionerClient
 from infrax.store import Database
 from tests.agent.conftest import SECRET, AgentProcess, start_agent
@@ -29,9 +29,13 @@ class RecordingProvisioner(ProvisionerClient):
     def __init__(self) -> None:
         super().__init__(httpx.AsyncClient(base_url="http://provisioner.invalid"))
         self.releases: list[Release] = []
+        self.containers: dict[str, ContainerAccess] = {}  # run id -> where it runs, for a restarted executioner
 
     async def release_many(self, releases: list[Release]) -> None:
         self.releases += releases
+
+    async def access(self, run_ids: list[str]) -> list[ContainerAccess]:
+        return [self.containers[r] for r in run_ids if r in self.containers]
 
 
 class Made:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infrax.executioner.service import Executioner
+from infrax.model import ContainerAccess
 from tests.agent.conftest import StartAgent
 from tests.executioner.conftest import Made, assignment, journal_lines, journal_script
 
@@ -97,3 +98,23 @@ async def test_a_wrong_secret_is_refused_by_the_agent_and_runs_nothing(
 
     assert final.state == "exception"
     assert journal_lines(journal) == []
+
+
+async def test_a_run_taken_while_the_executioner_looks_for_runs_to_resume_is_followed_once(
+    made: Made, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    agent = await start_agent()
+    script, journal = journal_script(tmp_path, "echo once\n")
+    work = assignment(agent, script)
+    # The provisioner knows where it runs, as it would for a run in flight before a restart.
+    made.provisioner.containers[work.offer.run_id] = ContainerAccess(
+        run_id=work.offer.run_id, container_id=work.container_id, host=work.host, port=work.port, secret=work.secret
+    )
+    executioner = await made.executioner()  # its look for runs to resume has begun
+    await executioner.execute([work])
+    await made.final(work.offer.run_id)
+
+    assert made.of(work.offer.run_id) == ["running", "completed"]
+    log = executioner.log_path(work.offer.run_id).read_text()
+    assert log.count(f"[infrax] run {work.offer.run_id}") == 1 and log.count("once") == 1, log
+    assert len(journal_lines(journal)) == 1

@@ -1,0 +1,173 @@
+"""Keeping what a run left: its artifacts, fetched from its agent when it ends, and its log.
+
+The agent lists what the task wrote under `$INFRAX_ARTIFACTS_DIR` in the run's `exit` message;
+each is fetched over a connection of its own and streamed into the artifact store, so neither
+side holds more than a chunk of it. The listing is the task's word, and the task is hostile:
+every name is checked here again, and what a run may keep is bounded in size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
+from infrax.artifacts import ArtifactExists, ArtifactStore, InvalidArtifactName, check_name
+from infrax.model import utcnow
+
+log = logging.getLogger(__name__)
+
+# infrax's own artifacts of a run (its log); a task's names may not start with it.
+RESERVED_PREFIX = "infrax/"
+LOG_ARTIFACT = "infrax/log.txt"
+SWEEP_INTERVAL = 3600.0
+FILE_CHUNK = 1 << 20
+
+
+@dataclass
+class Kept:
+    count: int = 0
+    size: int = 0
+    refused: int = 0
+
+
+class ArtifactKeeper:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        expiry: timedelta = timedelta(days=30),
+        max_run_bytes: int = 10 << 30,
+        sweep_interval: float = SWEEP_INTERVAL,
+    ) -> None:
+        self.store = store
+        self.expiry = expiry
+        self.max_run_bytes = max_run_bytes
+        self.sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def keep(
+        self, client: AgentClient, run_id: str, exit_message: dict[str, Any], note: Callable[[str], object]
+    ) -> Kept:
+        """Every artifact the exit message lists, fetched and stored; what was not kept is noted
+        in the run's log (`note`), with why. A run resumed after a restart of this executioner
+        finds what its first try kept: those are not fetched twice."""
+        kept = Kept()
+        listed = exit_message.get("artifacts")
+        omitted = exit_message.get("artifactsOmitted")
+        if isinstance(omitted, int) and omitted > 0:
+            note(f"{omitted} more files under $INFRAX_ARTIFACTS_DIR were not listed (at most 1,000 a run)")
+        if not isinstance(listed, list):
+            return kept
+        expires_at = utcnow() + self.expiry
+        for entry in listed:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            size = entry.get("size") if isinstance(entry, dict) else None
+            reason = self._refusal(run_id, name, size, kept)
+            if reason is not None:
+                kept.refused += 1
+                note(f"artifact not kept: {reason}")
+                continue
+            assert isinstance(name, str) and isinstance(size, int)
+            try:
+                artifact = await self.store.put(
+                    run_id,
+                    name,
+                    client.fetch_artifact(run_id, name),
+                    content_type=content_type_of(name),
+                    expires_at=expires_at,
+                )
+            except ArtifactExists:
+                artifact = await self.store.get(run_id, name)
+            except (AgentError, AgentConnectionLost, AgentUnreachable, OSError) as error:
+                kept.refused += 1
+                note(f"artifact {name} not kept: {error}")
+                continue
+            kept.count += 1
+            kept.size += artifact.size
+        if kept.count:
+            note(f"kept {kept.count} artifacts ({_size(kept.size)})")
+        return kept
+
+    def _refusal(self, run_id: str, name: Any, size: Any, kept: Kept) -> str | None:
+        if not isinstance(name, str) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return "the agent listed an entry without a name and a size"
+        try:
+            check_name(run_id, name)
+        except InvalidArtifactName as error:
+            return str(error)
+        if name.startswith(RESERVED_PREFIX):
+            return f"{name!r}: names under {RESERVED_PREFIX} are infrax's own"
+        if kept.size + size > self.max_run_bytes:
+            return f"{name} ({_size(size)}) would take the run past its {_size(self.max_run_bytes)} of artifacts"
+        return None
+
+    async def keep_log(self, run_id: str, path: Path) -> None:
+        """The run's whole log, as an artifact beside the others."""
+        try:
+            await self.store.put(
+                run_id,
+                LOG_ARTIFACT,
+                _file_chunks(path),
+                content_type="text/plain; charset=utf-8",
+                expires_at=utcnow() + self.expiry,
+            )
+        except ArtifactExists:
+            pass  # kept by this run's first try, before a restart
+        except OSError as error:
+            log.warning("could not keep the log of run %s as an artifact: %s", run_id, error)
+
+    # -- expiry ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="artifact-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                swept = await self.store.sweep(utcnow())
+                if swept:
+                    log.info("removed %d expired artifacts", swept)
+            except OSError as error:
+                log.warning("could not sweep expired artifacts: %s", error)
+            await asyncio.sleep(self.sweep_interval)
+
+
+def content_type_of(name: str) -> str:
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if guessed is None or encoding is not None:  # `dist.tar.gz` is gzip data, not a tar file
+        return {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}.get(
+            encoding or "", "application/octet-stream"
+        )
+    if guessed.startswith("text/") or guessed in ("application/xml", "application/json"):
+        return f"{guessed}; charset=utf-8"
+    return guessed
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with await asyncio.to_thread(path.open, "rb") as file:
+        while chunk := await asyncio.to_thread(file.read, FILE_CHUNK):
+            yield chunk
+
+
+def _size(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    scaled = float(size)
+    for unit in ("KB", "MB", "GB"):
+        scaled /= 1000
+        if scaled < 1000 or unit == "GB":
+            break
+    return f"{scaled:.1f} {unit}"
