@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -102,6 +102,14 @@ def _runnable_bootstrapper(value: str) -> str:
     return value
 
 
+class Fetch(WireModel):
+    """An artifact of a task this one depends on, put in `$INFRAX_FETCHES_DIR` (`fetches/` in the
+    run's working directory) before the bootstrapper starts."""
+
+    task: str = Field(min_length=1, max_length=200, description="a task named in `dependsOn`")
+    artifact: str = Field(min_length=1, max_length=1024, description="its name, e.g. `dist/app.tar.gz`")
+
+
 class TaskDefinition(WireModel):
     """One task as a task request carries it (the design note's Task object)."""
 
@@ -133,6 +141,17 @@ class TaskDefinition(WireModel):
         description="the patterns `files` was selected by (a project's logic sets it), each with the count of "
         "files it took; a task whose patterns took nothing is skipped",
     )
+    depends_on: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="names of tasks of the same request: this one stays pending until they have ended",
+    )
+    requires: Literal["all-completed", "all-finished"] = Field(
+        default="all-completed",
+        description="all-completed: a dependency that did not complete cancels this task; all-finished: "
+        "it runs once they have ended, however",
+    )
+    fetches: list[Fetch] = Field(default_factory=list, max_length=100)
 
 
 class TaskRequestSubmission(WireModel):
@@ -165,6 +184,9 @@ class TaskRequestSubmission(WireModel):
         files = sum(len(t.files) for t in self.tasks)
         if files > MAX_FILES_PER_REQUEST:
             raise ValueError(f"a task request may name at most {MAX_FILES_PER_REQUEST} files; this one names {files}")
+        from infrax.graph import check_graph  # graph.py reads these models
+
+        check_graph(self.tasks)
         return self
 
 
@@ -300,6 +322,15 @@ class PlanRequest(WireModel):
     changed_paths: list[str] | None = None
 
 
+class FetchSource(WireModel):
+    """Where a fetch's artifact is: the runs of its task's partitions that completed, in index order
+    (the first that has it gives it)."""
+
+    task: str
+    artifact: str
+    run_ids: list[str] = Field(max_length=1000)
+
+
 class PartitionOffer(WireModel):
     """What the scheduler offers the provisioner: one run of one partition."""
 
@@ -324,6 +355,7 @@ class PartitionOffer(WireModel):
     run_token: str | None = Field(
         default=None, max_length=2000, description="the scheduler's token of this very run (infrax.auth.runs)"
     )
+    fetches: list[FetchSource] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
     def _run_id_names_the_run(self) -> PartitionOffer:

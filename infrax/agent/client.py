@@ -233,6 +233,31 @@ class AgentClient:
         finally:
             await connection.close()
 
+    async def stage(self, run_id: str, name: str, size: int, chunks: AsyncIterator[bytes]) -> None:
+        """Put a file in place for the run `run_id` is about to be (`$INFRAX_FETCHES_DIR/<name>`),
+        streamed from `chunks`, which must give exactly `size` bytes."""
+        connection = await self._connect({"type": MessageType.STAGE, "runId": run_id, "name": name, "size": size})
+        try:
+            sent = 0
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > size:
+                    raise ValueError(f"{name}: more than the {size} bytes announced")
+                try:
+                    connection.writer.write(chunk)
+                    await connection.writer.drain()
+                except ConnectionError as exc:
+                    raise AgentConnectionLost(
+                        f"agent at {self.address} hung up while {name} was staged: {exc}"
+                    ) from None
+            if sent != size:
+                raise ValueError(f"{name}: {sent} bytes, not the {size} announced")
+            reply = await connection.receive(self.request_timeout, waiting_for=f"{name!r} staged")
+            if reply["type"] != MessageType.STAGED:
+                raise AgentError(BAD_RESPONSE, f"agent at {self.address} answered a staging with {reply!r}")
+        finally:
+            await connection.close()
+
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run over a new connection; True if that run was running on the agent."""
         reply = await self._request({"type": MessageType.CANCEL, "runId": run_id}, MessageType.CANCELLED)

@@ -65,6 +65,8 @@ class MessageType:
     ATTACH: Final = "attach"
     FETCH_ARTIFACT: Final = "fetch-artifact"
     ARTIFACT: Final = "artifact"
+    STAGE: Final = "stage"
+    STAGED: Final = "staged"
 
 
 class ErrorCode:

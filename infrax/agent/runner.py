@@ -37,6 +37,7 @@ from infrax.agent.protocol import (
     RunStatus,
     encode,
 )
+from infrax.agent.staging import FETCHES_DIR_NAME, take_staged
 from infrax.agent.workspace import ARTIFACTS_DIR_NAME, BOOTSTRAPPER_NAME, FILES_LIST_NAME, REPORT_DIR_NAME, Workspace
 
 __all__ = ["BootstrapError", "OutputLog", "Run", "RunSettings", "sanitize_run_id"]
@@ -449,6 +450,7 @@ class Run:
             # A few small local writes: cheaper here than a trip to a worker thread, which was most
             # of a short run's cost. Removing old checkouts, which can be large, happens elsewhere.
             self.settings.workspace.prepare(self.directory.name, content, list(self.request.files))
+            take_staged(self.settings.workdir, self.directory.name, self.directory)
         except OSError as exc:
             raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
         # Without a shebang execve() fails with ENOEXEC; run such scripts with sh
@@ -471,6 +473,7 @@ class Run:
             INFRAX_FILES_LIST=str(self.directory / FILES_LIST_NAME),
             INFRAX_REPORT_DIR=str(self.directory / REPORT_DIR_NAME),
             INFRAX_ARTIFACTS_DIR=str(self.artifacts_dir),
+            INFRAX_FETCHES_DIR=str(self.directory / FETCHES_DIR_NAME),
         )
         return argv, env
 

@@ -33,7 +33,8 @@ from infrax.agent.protocol import (
     read_message,
     set_keepalive,
 )
-from infrax.agent.runner import Run, RunSettings
+from infrax.agent.runner import Run, RunSettings, sanitize_run_id
+from infrax.agent.staging import STAGED_DIR_NAME, StagingError, finish_staged, open_staged
 
 __all__ = ["READY_PREFIX", "Agent", "serve"]
 
@@ -47,6 +48,8 @@ REFUSAL_LINGER: Final = 1.0  # seconds a refused client has to read the refusal 
 # On shutdown, connections still streaming get this long to flush the exit message.
 SHUTDOWN_FLUSH_TIMEOUT: Final = 1.0
 PARENT_CHECK_INTERVAL: Final = 1.0
+MAX_STAGED_BYTES: Final = 64 * 1024**3
+STAGE_CHUNK: Final = 1024 * 1024
 
 Writer = asyncio.StreamWriter
 Reader = asyncio.StreamReader
@@ -179,6 +182,8 @@ class Agent:
             await self._handle_attach(reader, writer, request)
         elif kind == MessageType.FETCH_ARTIFACT:
             await self._handle_fetch_artifact(writer, request)
+        elif kind == MessageType.STAGE:
+            await self._handle_stage(reader, writer, request)
         elif kind == MessageType.CANCEL:
             await self._handle_cancel(writer, request)
         else:
@@ -288,6 +293,54 @@ class Agent:
             await _send(writer, {"type": MessageType.ARTIFACT, "runId": run_id, "name": name, "size": size})
             await asyncio.get_running_loop().sendfile(writer.transport, file, 0, size)
             await writer.drain()
+
+    async def _handle_stage(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:
+        """A file for a run about to start: `size` raw bytes follow the request's line; answered
+        `staged` once they are all on disk, in place."""
+        run_id, name, size = message.get("runId"), message.get("name"), message.get("size")
+        if (
+            not isinstance(run_id, str)
+            or not run_id
+            or not isinstance(name, str)
+            or isinstance(size, bool)
+            or not isinstance(size, int)
+            or not 0 <= size <= MAX_STAGED_BYTES
+        ):
+            await _send(
+                writer,
+                error_message(
+                    ErrorCode.BAD_REQUEST,
+                    f"fields 'runId' and 'name' must be strings and 'size' 0 to {MAX_STAGED_BYTES} bytes",
+                ),
+            )
+            return
+        if self.running is not None:
+            await _send(writer, error_message(ErrorCode.BUSY, f"agent is busy with run {self.running.run_id!r}"))
+            return
+        try:
+            directory, fd, temporary = open_staged(
+                self.settings.workdir / STAGED_DIR_NAME, sanitize_run_id(run_id), name
+            )
+        except StagingError as exc:
+            await _send(writer, error_message(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        try:
+            with os.fdopen(fd, "wb") as file:
+                remaining = size
+                while remaining:
+                    chunk = await reader.read(min(remaining, STAGE_CHUNK))
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"", remaining)
+                    file.write(chunk)
+                    remaining -= len(chunk)
+            finish_staged(directory, temporary, name.rsplit("/", 1)[-1])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=directory)
+                os.close(directory)
+            raise
+        log.info("staged %s (%d bytes) for run %s", name, size, run_id)
+        await _send(writer, {"type": MessageType.STAGED, "runId": run_id, "name": name, "size": size})
 
     async def _handle_cancel(self, writer: Writer, message: dict[str, Any]) -> None:
         run_id = message.get("runId")

@@ -9,6 +9,7 @@ every name is checked here again, and what a run may keep is bounded in size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Callable
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from infrax.agent.client import AgentClient, AgentConnectionLost, AgentError, AgentUnreachable
-from infrax.artifacts import ArtifactExists, ArtifactStore, InvalidArtifactName, check_name
-from infrax.model import utcnow
+from infrax.artifacts import ArtifactExists, ArtifactNotFound, ArtifactStore, InvalidArtifactName, check_name
+from infrax.model import PartitionOffer, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ RESERVED_PREFIX = "infrax/"
 LOG_ARTIFACT = "infrax/log.txt"
 SWEEP_INTERVAL = 3600.0
 FILE_CHUNK = 1 << 20
+
+
+class MissingFetch(Exception):
+    """A fetch's artifact is in none of its task's runs: the run fails, saying which."""
 
 
 @dataclass
@@ -121,6 +126,25 @@ class ArtifactKeeper:
             pass  # kept by this run's first try, before a restart
         except OSError as error:
             log.warning("could not keep the log of run %s as an artifact: %s", run_id, error)
+
+    # -- fetches -----------------------------------------------------------------------------
+
+    async def stage_fetches(self, client: AgentClient, offer: PartitionOffer, note: Callable[[str], object]) -> None:
+        """Each of the run's fetches put in place on its agent, from the first of its task's runs
+        that left it; MissingFetch when none did (the dependency's doing, not infrax's)."""
+        for fetch in offer.fetches:
+            found = None
+            for owner in fetch.run_ids:
+                with contextlib.suppress(ArtifactNotFound, InvalidArtifactName):
+                    found = await self.store.get(owner, fetch.artifact)
+                    break
+            if found is None:
+                raise MissingFetch(
+                    f"fetch {fetch.artifact!r} from {fetch.task!r}: none of its completed runs left it "
+                    f"({len(fetch.run_ids)} looked at)"
+                )
+            await client.stage(offer.run_id, fetch.artifact, found.size, self.store.read(found.owner, found.name))
+            note(f"fetched {fetch.artifact} ({_size(found.size)}) from {fetch.task}, run {found.owner}")
 
     # -- expiry ------------------------------------------------------------------------------
 

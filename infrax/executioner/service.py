@@ -20,7 +20,7 @@ from infrax.auth.runs import RunTokens
 from infrax.batcher import Batcher
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
-from infrax.executioner.artifacts import ArtifactKeeper
+from infrax.executioner.artifacts import ArtifactKeeper, MissingFetch
 from infrax.http import ServiceError, while_unavailable
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
 from infrax.outbox import Outbox, Outgoing
@@ -263,6 +263,8 @@ class Executioner:
                 final, left = await self._follow(client, assignment, log_file, attach=resume)
             except Unavailable as error:
                 final = self._status(assignment, "exception", message=str(error))
+            except MissingFetch as error:
+                final = self._status(assignment, "failed", message=str(error))
             except AgentUnreachable as error:
                 healthy = False
                 final = self._status(assignment, "exception", message=f"lost the agent: {error}")
@@ -295,6 +297,10 @@ class Executioner:
         longer answers, or no longer knows the run) loses the run."""
         run_id = assignment.offer.run_id
         next_seq, drops = 0, 0
+        if not attach and assignment.offer.fetches:
+            await self.artifacts.stage_fetches(
+                client, assignment.offer, lambda text: log_file.write(f"[infrax] {text}\n")
+            )
         while True:
             stream = (
                 client.attach(run_id, next_seq) if attach else client.run(await self._agent_request(assignment.offer))

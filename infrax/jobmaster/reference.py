@@ -11,6 +11,8 @@
         allowEmpty: false              # a pattern that matches nothing refuses the push (true: skip the task)
         partitions: 3
         maxRunTime: 600
+        dependsOn: [build]             # tasks of this push it waits for (requires: all-completed | all-finished)
+        fetches: [{task: build, artifact: dist/app.tar.gz}]   # into $INFRAX_FETCHES_DIR before it starts
 
 `{repository}`, `{revision}`, `{branch}` and `{project}` are replaced in arguments and env values.
 Patterns are `.gitignore`'s (see infrax.pathspecs): `**/` is zero or more folders, `!` excludes.
@@ -25,6 +27,7 @@ import yaml
 from pydantic import ValidationError
 
 from infrax import pathspecs
+from infrax.graph import check_graph
 from infrax.jobmaster.plugin import Plan, ProjectLogic, Push, PushRejected
 from infrax.model import TaskDefinition
 
@@ -83,6 +86,10 @@ class InfraxYamlLogic(ProjectLogic):
             except ValidationError as error:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
                 raise PushRejected(f"{CONFIG_FILE}: tasks[{i}] ({entry.get('name', '?')}): {problems}") from error
+        try:
+            check_graph(tasks)
+        except ValueError as error:
+            raise PushRejected(f"{CONFIG_FILE}: {error}") from None
         return Plan(project=project, tasks=tasks)
 
 

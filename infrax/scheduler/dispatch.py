@@ -13,14 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from infrax.auth.runs import RunTokens
 from infrax.bus import Message
 from infrax.bus.messages import ContainerEvent
-from infrax.model import PartitionOffer, State, run_id_of, utcnow
+from infrax.model import FetchSource, PartitionOffer, State, TaskDefinition, run_id_of, utcnow
 from infrax.outbox import Outbox
 from infrax.provisioner.client import ProvisionerClient
 from infrax.scheduler import records
 from infrax.scheduler.definitions import TaskDefinitions
 from infrax.scheduler.events import outgoing, partition_status
 from infrax.store import Database
-from infrax.store.tables import partitions
+from infrax.store.tables import partitions, tasks
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ class Dispatching:
             project=project,
             revision=revision,
             trusted=trusted,
+            fetches=await _fetch_sources(conn, part["request_id"], definition) if definition.fetches else [],
             run_token=None
             if self.run_tokens is None
             else self.run_tokens.make(
@@ -201,3 +202,20 @@ class Dispatching:
         if event.event in ("free", "stopped", "lost"):
             self._blocked_types.pop(event.container_type, None)
             self._dispatch_wanted.set()
+
+
+async def _fetch_sources(conn: AsyncConnection, request_id: str, definition: TaskDefinition) -> list[FetchSource]:
+    """Each fetch with the runs that can give its artifact: its task's completed partitions' runs."""
+    wanted = {f.task for f in definition.fetches}
+    found = (
+        await conn.execute(
+            select(tasks.c.name, partitions.c.id, partitions.c.run)
+            .join(partitions, partitions.c.task_id == tasks.c.id)
+            .where(tasks.c.request_id == request_id, tasks.c.name.in_(wanted), partitions.c.state == State.COMPLETED)
+            .order_by(partitions.c.idx)
+        )
+    ).all()
+    runs: dict[str, list[str]] = {name: [] for name in wanted}
+    for name, partition_id, run in found:
+        runs[name].append(run_id_of(partition_id, run))
+    return [FetchSource(task=f.task, artifact=f.artifact, run_ids=runs[f.task]) for f in definition.fetches]

@@ -43,9 +43,10 @@ from infrax.scheduler.cancelling import Cancelling
 from infrax.scheduler.definitions import Known, TaskDefinitions
 from infrax.scheduler.dispatch import Dispatching
 from infrax.scheduler.events import outgoing, partition_status, request_status, task_status
+from infrax.scheduler.graph import release_dependents
 from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, Recovery
-from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, request_state, settle_tasks, transition
-from infrax.store import Database, StoreError
+from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, settle_request, settle_tasks, transition
+from infrax.store import Database, StoreError, aware
 from infrax.store.tables import partitions, requests, scheduler_outbox, tasks
 
 log = logging.getLogger(__name__)
@@ -228,27 +229,12 @@ class Scheduler(Dispatching, Cancelling):
                 await asyncio.sleep(backoff)
 
     async def plan_next(self) -> bool:
-        """Plan the oldest pending request; False when none is pending (the planning loop's step)."""
-        async with self.db.begin() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        select(requests)
-                        .where(requests.c.state == State.PENDING)
-                        .order_by(requests.c.created_at)
-                        .limit(1)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if row is None:
-                return False
-            task_rows = (
-                (await conn.execute(select(tasks).where(tasks.c.request_id == row["id"]).order_by(tasks.c.position)))
-                .mappings()
-                .all()
-            )
+        """Plan the oldest ready dependent task, else the oldest pending request (the tasks of it
+        that depend on none); False when nothing waits (the planning loop's step)."""
+        found = await self._next_to_plan()
+        if found is None:
+            return False
+        row, task_rows, dependent = found
         definitions = [TaskDefinition.model_validate(t["definition"]) for t in task_rows]
         if not self._container_types or time.monotonic() - self._types_fetched > 10.0:
             self._container_types = await self.provisioner.container_types()
@@ -263,18 +249,24 @@ class Scheduler(Dispatching, Cancelling):
         )
         await asyncio.sleep(0)  # the plan's decoding was one step: the writing is the next ones
         order = {key: i for i, key in enumerate(plan.dispatch_order)}
-        seq_base = time.time_ns() // 1000 * 1000  # microseconds, so requests planned later queue later
+        # Microseconds, so requests planned later queue later; a dependent (the tests of a build) queues
+        # where its request does, not behind everything submitted since.
+        seq_base = (int(aware(row["created_at"]).timestamp() * 1e6) if dependent else time.time_ns() // 1000) * 1000
         now = utcnow()
         events: list[BusMessage] = []
         queued: list[tuple[Any, PlannedTask]] = []
         async with self.outbox.begin() as (conn, messages):
             # Locked: another scheduler may have planned it meanwhile, or a cancel come in.
-            current = (
-                await conn.execute(select(requests.c.state).where(requests.c.id == row["id"]).with_for_update())
-            ).scalar()
+            if dependent:
+                current = (
+                    await conn.execute(select(tasks.c.state).where(tasks.c.id == task_rows[0]["id"]).with_for_update())
+                ).scalar()
+            else:
+                current = (
+                    await conn.execute(select(requests.c.state).where(requests.c.id == row["id"]).with_for_update())
+                ).scalar()
             if current != State.PENDING:
                 return True
-            task_states: list[str] = []
             for task_row, planned in zip(task_rows, plan.tasks, strict=True):
                 if planned.container_type is None:
                     state, message = State.EXCEPTION, planned.reason
@@ -283,7 +275,6 @@ class Scheduler(Dispatching, Cancelling):
                 else:
                     state, message = State.QUEUED, None
                     queued.append((task_row, planned))
-                task_states.append(state)
                 await conn.execute(
                     update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message)
                 )
@@ -323,13 +314,55 @@ class Scheduler(Dispatching, Cancelling):
                     ),
                 )
                 await asyncio.sleep(0)
-            planned_state = request_state(task_states)
-            await conn.execute(
-                update(requests).where(requests.c.id == row["id"]).values(state=planned_state, updated_at=now)
-            )
-            messages += outgoing([request_status(row["id"], row["job_id"], planned_state, State.PENDING)])
+            # A task skipped or refused here ends the wait of its dependents (or cancels them).
+            released, ready = await release_dependents(conn, row["id"])
+            messages += outgoing(released + await settle_request(conn, row["id"]))
         self._dispatch_wanted.set()
+        if ready:
+            self._plan_wanted.set()
         return True
+
+    async def _next_to_plan(self) -> tuple[Any, list[Any], bool] | None:
+        """(request row, the task rows to plan now, whether that is one ready dependent)."""
+        async with self.db.begin() as conn:
+            ready = (
+                (
+                    await conn.execute(
+                        select(tasks)
+                        .where(tasks.c.state == State.PENDING, tasks.c.ready_at.is_not(None))
+                        .order_by(tasks.c.ready_at)
+                        .limit(1)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if ready is not None:
+                of_ready = (
+                    (await conn.execute(select(requests).where(requests.c.id == ready["request_id"]))).mappings().one()
+                )
+                return of_ready, [ready], True
+            row = (
+                (
+                    await conn.execute(
+                        select(requests)
+                        .where(requests.c.state == State.PENDING)
+                        .order_by(requests.c.created_at)
+                        .limit(1)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            task_rows = (
+                (await conn.execute(select(tasks).where(tasks.c.request_id == row["id"]).order_by(tasks.c.position)))
+                .mappings()
+                .all()
+            )
+        # Dependents wait: they are planned when what they depend on has ended (scheduler/graph.py).
+        return row, [t for t in task_rows if not t["definition"].get("dependsOn")], False
 
     # -- following runs ---------------------------------------------------------------------
 
@@ -391,10 +424,12 @@ class Scheduler(Dispatching, Cancelling):
                     event.duration = measured[row["id"]].duration
                     event.file_durations = measured[row["id"]].file_durations
                 events.append(event)
-            events += await settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
-            messages += outgoing(events)
+            settled, ready = await settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
+            messages += outgoing(events + settled)
         if requeued:
             self._dispatch_wanted.set()
+        if ready:
+            self._plan_wanted.set()
 
     # -- lost runs --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from infrax.bus.messages import BusMessage, RunStatus
 from infrax.model import State, run_id_of, utcnow
 from infrax.scheduler.aggregate import aggregate
 from infrax.scheduler.events import request_status, task_status
+from infrax.scheduler.graph import release_dependents
 from infrax.store.tables import partitions, requests, tasks
 
 MUTABLE = (
@@ -89,11 +90,13 @@ def request_state(task_states: Iterable[str]) -> State:
     return aggregate(states)
 
 
-async def settle_tasks(conn: AsyncConnection, task_ids: Iterable[str]) -> list[BusMessage]:
-    """Recompute each task from its partitions and each touched request from its tasks."""
+async def settle_tasks(conn: AsyncConnection, task_ids: Iterable[str]) -> tuple[list[BusMessage], int]:
+    """Recompute each task from its partitions and each touched request from its tasks (its
+    dependents released or cancelled on the way); the messages, and how many dependents became
+    ready to plan."""
     task_ids = list(task_ids)
     if not task_ids:
-        return []
+        return [], 0
     events: list[BusMessage] = []
     task_rows = (
         (await conn.execute(select(tasks).where(tasks.c.id.in_(task_ids)).order_by(tasks.c.id).with_for_update()))
@@ -117,9 +120,13 @@ async def settle_tasks(conn: AsyncConnection, task_ids: Iterable[str]) -> list[B
             await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=state))
             events.append(task_status(task_row, state, task_row["state"]))
             request_ids.add(task_row["request_id"])
+    ready = 0
     for request_id in sorted(request_ids):
+        released, now_ready = await release_dependents(conn, request_id)
+        events += released
+        ready += now_ready
         events += await settle_request(conn, request_id)
-    return events
+    return events, ready
 
 
 async def settle_request(conn: AsyncConnection, request_id: str) -> list[BusMessage]:

@@ -52,6 +52,15 @@ tasks = Table(
     Column("definition", JSON, nullable=False),
     Column("state", String(20), nullable=False),
     Column("message", Text),
+    # A dependent task's dependencies all ended as it requires: it waits to be planned (infrax/graph.py).
+    Column("ready_at", DateTime(timezone=True)),
+)
+# The planner's next ready dependents: the few waiting, not a scan of every task.
+Index(
+    "ix_tasks_ready",
+    tasks.c.ready_at,
+    postgresql_where=text("state = 'pending' AND ready_at IS NOT NULL"),
+    sqlite_where=text("state = 'pending' AND ready_at IS NOT NULL"),
 )
 
 partitions = Table(

@@ -116,3 +116,41 @@ async def test_the_next_run_starts_with_an_empty_artifacts_dir(
     assert [m["data"].strip() for m in messages if m["type"] == "output"] == ["0"]
     with pytest.raises(AgentError):
         await fetch(client, "r1", "one.txt")  # the last run is r2 now
+
+
+async def stage(client: AgentClient, run_id: str, name: str, content: bytes) -> None:
+    async def chunks() -> Any:
+        for i in range(0, len(content), 4096):
+            yield content[i : i + 4096]
+
+    await client.stage(run_id, name, len(content), chunks())
+
+
+async def test_a_staged_file_is_in_the_runs_fetches_dir_and_no_one_elses(
+    agent: AgentProcess, script: Callable[[str, str], Path]
+) -> None:
+    client = agent.client()
+    await stage(client, "r1", "dist/app.tar.gz", b"the build" * 1000)
+    await stage(client, "r1", "dist/app.tar.gz", b"the build, again")  # a restarted executioner's second try
+    await stage(client, "other", "secret.txt", b"for another run")
+    looks = script("looks.sh", '#!/bin/sh\ncd "$INFRAX_FETCHES_DIR" && find . -type f | sort && cat dist/app.tar.gz\n')
+    messages = await collect(client.run(run_request("r1", looks)))
+    assert "".join(m["data"] for m in messages if m["type"] == "output") == "./dist/app.tar.gz\nthe build, again"
+    assert not (agent.workdir / "staged" / "other").exists(), "what was staged for another run is gone"
+
+
+async def test_a_link_planted_where_files_are_staged_sends_nothing_elsewhere(
+    agent: AgentProcess, script: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    client = agent.client()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # What a task could leave for the next run: `staged/<its id>/dist` as a link out.
+    (agent.workdir / "staged" / "r2").mkdir(parents=True)
+    (agent.workdir / "staged" / "r2" / "dist").symlink_to(elsewhere)
+    with pytest.raises(AgentError) as refused:
+        await stage(client, "r2", "dist/app.tar.gz", b"x")
+    assert refused.value.code == "bad-request" and "cannot stage" in str(refused.value)
+    with pytest.raises(AgentError):
+        await stage(client, "r2", "../outside", b"x")
+    assert list(elsewhere.iterdir()) == []

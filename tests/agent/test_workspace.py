@@ -37,16 +37,21 @@ def wait_trash_empty(workspace: Workspace) -> None:
         time.sleep(0.01)
 
 
-def test_each_run_gets_exactly_its_three_entries(tmp_path: Path) -> None:
+def test_each_run_gets_exactly_its_four_entries(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
     first = workspace.prepare("run-1", BOOT, ["a", "b"])
-    assert contents(first) == {"bootstrapper": BOOT, "files.txt": b"a\nb\n", "report": None}
+    assert contents(first) == {"bootstrapper": BOOT, "files.txt": b"a\nb\n", "report": None, "artifacts": None}
     assert os.stat(first / "bootstrapper").st_mode & 0o7777 == 0o755
 
     second = workspace.prepare("run-2", b"#!/bin/sh\necho other\n", ["c"])
     assert not first.exists()
     assert [p.name for p in workspace.runs_dir.iterdir()] == ["run-2"]
-    assert contents(second) == {"bootstrapper": b"#!/bin/sh\necho other\n", "files.txt": b"c\n", "report": None}
+    assert contents(second) == {
+        "bootstrapper": b"#!/bin/sh\necho other\n",
+        "files.txt": b"c\n",
+        "report": None,
+        "artifacts": None,
+    }
     assert os.stat(second / "bootstrapper").st_mode & 0o7777 == 0o755
 
 
@@ -56,13 +61,20 @@ def test_a_directory_left_as_it_was_is_handed_on_without_the_trash(tmp_path: Pat
     with held(first) as identity:
         second = workspace.prepare("run-2", BOOT, ["b"])
         assert os.path.samestat(second.stat(), identity)  # renamed, not made anew
-    assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"b\n", "report": None}
+    assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"b\n", "report": None, "artifacts": None}
     assert not workspace.trash.directory.exists() or not any(workspace.trash.directory.iterdir())
 
 
 @pytest.mark.parametrize(
     "change",
-    ["added file", "report written", "files.txt now a symlink", "report removed", "bootstrapper now a symlink"],
+    [
+        "added file",
+        "report written",
+        "artifact left",
+        "files.txt now a symlink",
+        "report removed",
+        "bootstrapper now a symlink",
+    ],
 )
 def test_a_directory_a_run_added_to_or_replaced_in_is_never_handed_on(tmp_path: Path, change: str) -> None:
     workspace = Workspace(tmp_path)
@@ -73,6 +85,8 @@ def test_a_directory_a_run_added_to_or_replaced_in_is_never_handed_on(tmp_path: 
         (first / "checkout.tar").write_bytes(b"x" * 100)
     elif change == "report written":
         (first / "report" / "durations.json").write_text("{}")
+    elif change == "artifact left":
+        (first / "artifacts" / "junit.xml").write_text("<testsuite/>")
     elif change == "bootstrapper now a symlink":
         (first / "bootstrapper").unlink()
         (first / "bootstrapper").symlink_to(outside)
@@ -88,7 +102,7 @@ def test_a_directory_a_run_added_to_or_replaced_in_is_never_handed_on(tmp_path: 
         second = workspace.prepare("run-2", BOOT, ["a"])
         assert not os.path.samestat(second.stat(), identity)
     assert second.stat().st_mode & 0o777 != 0o701, "the first run's directory was handed on"
-    assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}
+    assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None, "artifacts": None}
     assert outside.read_text() == "keep me\n"
     wait_trash_empty(workspace)
     assert not first.exists()
@@ -101,7 +115,7 @@ def test_leftovers_of_an_earlier_agent_are_cleared(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
     directory = workspace.prepare("run-1", BOOT, [])
     assert sorted(p.name for p in runs.iterdir()) == ["run-1"]
-    assert contents(directory) == {"bootstrapper": BOOT, "files.txt": b"", "report": None}
+    assert contents(directory) == {"bootstrapper": BOOT, "files.txt": b"", "report": None, "artifacts": None}
     wait_trash_empty(workspace)
 
 
@@ -110,7 +124,7 @@ def test_the_same_run_again_gets_its_directory_back_clean(tmp_path: Path) -> Non
     first = workspace.prepare("run-1", BOOT, ["a"])
     (first / "left-behind").write_text("x")
     again = workspace.prepare("run-1", BOOT, ["a"])
-    assert contents(again) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}
+    assert contents(again) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None, "artifacts": None}
 
 
 @pytest.mark.parametrize("change", ["rewritten, same size", "mode changed", "files.txt edited", "files.txt longer"])
@@ -132,5 +146,5 @@ def test_a_handed_on_directory_gets_its_files_written_again_where_they_differ(tm
         assert os.path.samestat(second.stat(), identity)
     finally:
         os.close(identity_fd)
-    assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None}
+    assert contents(second) == {"bootstrapper": BOOT, "files.txt": b"a\n", "report": None, "artifacts": None}
     assert os.stat(second / "bootstrapper").st_mode & 0o7777 == 0o755
