@@ -14,7 +14,7 @@ from rich.text import Text
 from infrax.executioner.client import ExecutionerClient
 from infrax.http import ServiceError
 from infrax.jobmaster.client import JobMasterClient
-from infrax.model import Job, TaskPartition, TaskRequest, is_final, run_id_of
+from infrax.model import Job, State, TaskPartition, TaskRequest, is_final, run_id_of
 from infrax.scheduler.client import SchedulerClient
 
 STATE_STYLE = {
@@ -53,11 +53,14 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
     if request is None:
         return table
     for task in request.tasks:
+        needs = task.definition.depends_on
+        label = f"{task.name} ← {', '.join(needs)}" if needs else task.name
         if not task.partitions:
-            table.add_row(task.name, "-", "-", styled(task.state), "", "", "", task.message or "")
-        for part in task.partitions:
+            waiting = f"waits for {', '.join(needs)}" if needs and task.state == State.PENDING else ""
+            table.add_row(label, "-", "-", styled(task.state), "", "", "", task.message or waiting)
+        for n, part in enumerate(task.partitions):
             table.add_row(
-                task.name,
+                label if n == 0 else task.name,
                 f"{part.index}/{part.count}",
                 _files(part),
                 styled(part.state),

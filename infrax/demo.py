@@ -22,8 +22,8 @@ async def run_demo(console: Console, keep: bool = False) -> int:
     """Returns the exit code: 0 when the first push passed and the second failed, as they should."""
     root = Path(tempfile.mkdtemp(prefix="infrax-demo-"))
     repo = root / "sample"
-    good = make_sample_repo(repo)
-    console.print(f"[bold]sample project[/] with 6 test files: {repo}")
+    good = make_sample_repo(repo, build=True)
+    console.print(f"[bold]sample project[/] with 6 test files, built once and tested in 3 partitions: {repo}")
     config = Config(data_dir=root / "data", ports={name: 0 for name in COMPONENTS})
     stack = Stack(config)
     await stack.start()

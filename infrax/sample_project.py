@@ -23,6 +23,31 @@ echo "running $# test files at ${revision}"
 exec python3 run_tests.py "$@"
 """
 
+BUILD = """#!/bin/sh
+# Build the pushed revision: a source tarball, the artifact the test partitions fetch.
+set -e
+repository=""; revision=""
+for argument in "$@"; do
+  case "$argument" in
+    --repository=*) repository="${argument#--repository=}" ;;
+    --revision=*) revision="${argument#--revision=}" ;;
+  esac
+done
+git clone --quiet --no-checkout "$repository" src
+mkdir -p "$INFRAX_ARTIFACTS_DIR/dist"
+git -C src archive --format=tar.gz --prefix=calc/ -o "$INFRAX_ARTIFACTS_DIR/dist/calc.tar.gz" "$revision"
+echo "built dist/calc.tar.gz at ${revision}"
+"""
+
+TEST_BUILD = """#!/bin/sh
+# Run the partition's test files against the build it fetched.
+set -e
+tar xzf "$INFRAX_FETCHES_DIR/dist/calc.tar.gz"
+cd calc
+echo "running $# test files against the build"
+exec python3 run_tests.py "$@"
+"""
+
 RUN_TESTS = '''"""Runs the given test files with unittest; exits non-zero when any test fails."""
 import sys
 import unittest
@@ -57,6 +82,26 @@ tasks:
 """
 
 
+# The demo's shape, Firefox CI's: one build, then test partitions on what it built.
+BUILD_THEN_TEST_CONFIG = """version: 1
+project: sample
+tasks:
+  - name: build
+    containerTag: linux_x86_64
+    bootstrapper: ci/build.sh
+    bootstrapperArguments: ["--repository={repository}", "--revision={revision}"]
+    maxRunTime: 120
+  - name: unit
+    containerTag: linux_x86_64
+    bootstrapper: ci/test.sh
+    files: "tests/test_*.py"
+    partitions: 3
+    dependsOn: [build]
+    fetches: [{task: build, artifact: dist/calc.tar.gz}]
+    maxRunTime: 120
+"""
+
+
 def _test_file(n: int) -> str:
     return f"""import unittest
 
@@ -76,18 +121,21 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_sample_repo(path: Path, test_files: int = 6) -> str:
-    """Create the repository with one commit whose tests pass; return that commit's id."""
+def make_sample_repo(path: Path, test_files: int = 6, *, build: bool = False) -> str:
+    """Create the repository with one commit whose tests pass; return that commit's id. With
+    `build`, its tasks are a build and test partitions that fetch what it built."""
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "--quiet", "--initial-branch=main")
     git(path, "config", "user.email", "demo@infrax.invalid")
     git(path, "config", "user.name", "infrax demo")
     (path / "ci").mkdir(exist_ok=True)
-    (path / "ci" / "bootstrap.sh").write_text(BOOTSTRAP)
-    (path / "ci" / "bootstrap.sh").chmod(0o755)
+    scripts = {"build.sh": BUILD, "test.sh": TEST_BUILD} if build else {"bootstrap.sh": BOOTSTRAP}
+    for name, text in scripts.items():
+        (path / "ci" / name).write_text(text)
+        (path / "ci" / name).chmod(0o755)
     (path / "run_tests.py").write_text(RUN_TESTS)
     (path / "calc.py").write_text(CALC)
-    (path / ".infrax.yml").write_text(CONFIG)
+    (path / ".infrax.yml").write_text(BUILD_THEN_TEST_CONFIG if build else CONFIG)
     (path / "tests").mkdir(exist_ok=True)
     (path / "tests" / "__init__.py").write_text("")
     for n in range(1, test_files + 1):

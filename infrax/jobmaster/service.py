@@ -101,6 +101,7 @@ class JobMaster:
         ]
         if self.settings.treeherder:
             self._subscriptions.append(await self.treeherder.subscribe())
+            self._subscriptions.append(await self.treeherder.subscribe_tasks())
         await self._submit_unsubmitted()
         self.hg.start()
         self._reconciler = asyncio.create_task(self._keep_reconciling(), name="jobmaster-reconcile")

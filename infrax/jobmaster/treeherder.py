@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from infrax.bus import Message, Subscription, topics
-from infrax.bus.messages import PartitionStatus
+from infrax.bus.messages import PartitionStatus, TaskStatus
 from infrax.jobmaster import task_runs
 from infrax.jobmaster import taskcluster as tc
 from infrax.jobmaster.task_runs import TcRun, TcTask
@@ -69,6 +69,30 @@ class TreeherderReporter:
             self._on_partition_status,
             prefetch=PREFETCH,
         )
+
+    async def subscribe_tasks(self) -> Subscription:
+        """A dependent task not planned yet has no partitions, so no job of its own: it is shown as
+        one `unscheduled` job of its group until it is planned (then `superseded` by its partitions'
+        jobs) or cancelled (then `canceled`, saying why)."""
+        return await self.jobmaster.bus.subscribe(
+            "jobmaster-treeherder-tasks", topics.TASKS, ["#"], self._on_task_status, prefetch=1
+        )
+
+    async def _on_task_status(self, message: Message) -> None:
+        status = TaskStatus.model_validate(message.body)
+        if status.job_id is None or State.PENDING not in (status.state, status.previous_state):
+            return
+        job = await self.job_info(status.job_id)
+        if job is None or status.name not in job["dependents"] or not _REVISION.match(job["revision"]):
+            return
+        if status.state == State.PENDING:
+            state, result = "unscheduled", "unknown"
+        else:
+            state, result = "completed", PLACEHOLDER_RESULTS.get(State(status.state), "superseded")
+        body = placeholder_job(status, job, self.build_system, state, result)
+        key = topics.routing_key(status.job_id, status.task_id, state=state)
+        async with self.jobmaster.outbox.begin() as (_, messages):
+            messages.append((topics.TREEHERDER, key, body))
 
     async def _on_partition_status(self, message: Message) -> None:
         """Report one partition's news once its earlier news is reported.
@@ -141,6 +165,7 @@ class TreeherderReporter:
             "id": origin.get("pushId", origin.get("pullRequest")),
             "owner": owner(pusher, details.get("author"), self.build_system),
             "retries": {t.get("name"): t.get("retries", 0) for t in details.get("tasks", [])},
+            "dependents": {t.get("name"): t for t in details.get("tasks", []) if t.get("dependsOn")},
         }
         self._jobs[job_id] = info
         while len(self._jobs) > 1000:
@@ -220,6 +245,49 @@ def _message(
     for key, value in (("timeScheduled", run.scheduled), ("timeStarted", run.started), ("timeCompleted", run.resolved)):
         if value is not None:
             body[key] = value.isoformat()
+    return body
+
+
+PLACEHOLDER_RESULTS = {State.CANCELLED: "canceled", State.EXCEPTION: "exception"}
+
+
+def placeholder_job(
+    status: TaskStatus, job: dict[str, Any], build_system: str, state: str, result: str
+) -> dict[str, Any]:
+    """The Treeherder job standing for a dependent task until it is planned: its GUID the task's."""
+    origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": job["revision"]}
+    if isinstance(job.get("id"), int):
+        origin["id"] = job["id"]
+    task = job["dependents"].get(status.name, {})
+    needs = ", ".join(task.get("dependsOn", []))
+    tags = task.get("containerTag") or ["-"]
+    body: dict[str, Any] = {
+        "taskId": f"{_guid(status.task_id)}/0",
+        "retryId": 0,
+        "buildSystem": build_system,
+        "owner": job["owner"],
+        "origin": origin,
+        "display": {
+            "jobName": f"{status.name} (after {needs})"[:140],
+            "jobSymbol": tc.task_symbol(status.name),
+            "groupSymbol": status.name[:25],
+            "groupName": status.name[:255],
+        },
+        "state": state,
+        "result": result,
+        "jobKind": "test",
+        "tier": 1,
+        "reason": "scheduled",
+        "productName": job["project"][:125],
+        # Where its partitions will run, so it is shown on their row.
+        "buildMachine": {"name": "-", **tc.machine(tags[0] if isinstance(tags, list) else str(tags))},
+        "jobInfo": {"links": [{"url": job["url"], "linkText": "job", "label": "infrax"}]},
+        "version": 1,
+        "timeScheduled": status.timestamp.isoformat(),
+    }
+    if state == "completed":
+        body["jobInfo"]["summary"] = status.message or f"planned: its partitions are jobs of group {status.name}"
+        body["timeCompleted"] = status.timestamp.isoformat()
     return body
 
 

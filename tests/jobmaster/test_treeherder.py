@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -326,3 +327,30 @@ async def test_partitions_without_a_job_revision_are_not_reported(revision: str 
     reporter = TreeherderReporter(jobmaster=None)  # type: ignore[arg-type]
     body = status("running").model_copy(update={"revision": revision}).model_dump(mode="json", by_alias=True)
     await reporter._report(Message(topics.PARTITIONS, "k", body, False, {}))
+
+
+async def test_a_dependent_not_yet_planned_is_an_unscheduled_job_until_its_partitions_are_jobs(
+    start_stack, tmp_path: Path, validator: jsonschema.Draft6Validator
+) -> None:
+    infrax = await start_stack()
+    messages = await collecting(infrax)
+    repo = tmp_path / "sample"
+    revision = make_sample_repo(repo, build=True)
+    pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})
+    assert pushed.status_code == 201, pushed.text
+    job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception")
+    assert job["state"] == "completed"
+    unit = next(t for t in job["tasks"] if t["name"] == "unit")
+
+    async def all_final() -> dict[str, list[tuple[str, str]]] | None:
+        runs = by_run(messages, revision)
+        return runs if len(runs) == 5 and all(s[-1][0] == "completed" for s in runs.values()) else None
+
+    runs = await wait_for(all_final, 10, "the build's, the placeholder's and the 3 unit partitions' last messages")
+    for message in messages:
+        validator.validate(message)
+    placeholder = f"{uuid.UUID(hex=unit['id'])}/0"
+    assert runs[placeholder] == [("unscheduled", "unknown"), ("completed", "superseded")]
+    shown = next(m for m in messages if m["taskId"] == placeholder)
+    assert shown["display"]["jobName"] == "unit (after build)" and shown["display"]["groupSymbol"] == "unit"
+    assert sorted(s[-1][1] for guid, s in runs.items() if guid != placeholder) == ["success"] * 4
