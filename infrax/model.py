@@ -110,6 +110,19 @@ class Fetch(WireModel):
     artifact: str = Field(min_length=1, max_length=1024, description="its name, e.g. `dist/app.tar.gz`")
 
 
+class CheckoutOptions(WireModel):
+    """How a partition's checkout of its job's revision is made."""
+
+    sparse: list[Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00\r\n-][^\x00\r\n]*$")]] | None = (
+        Field(
+            default=None,
+            min_length=1,
+            max_length=1000,
+            description="git: only these paths are written (.gitignore patterns, git's non-cone sparse checkout)",
+        )
+    )
+
+
 class TaskDefinition(WireModel):
     """One task as a task request carries it (the design note's Task object)."""
 
@@ -152,6 +165,10 @@ class TaskDefinition(WireModel):
         "it runs once they have ended, however",
     )
     fetches: list[Fetch] = Field(default_factory=list, max_length=100)
+    checkout: bool | CheckoutOptions = Field(
+        default=True,
+        description="a partition of a job starts in a checkout of the job's revision; false: in an empty directory",
+    )
 
 
 class TaskRequestSubmission(WireModel):
@@ -356,6 +373,7 @@ class PartitionOffer(WireModel):
         default=None, max_length=2000, description="the scheduler's token of this very run (infrax.auth.runs)"
     )
     fetches: list[FetchSource] = Field(default_factory=list, max_length=100)
+    checkout: CheckoutOptions | None = Field(default=None, description="its job's revision to check out, and how")
 
     @model_validator(mode="after")
     def _run_id_names_the_run(self) -> PartitionOffer:

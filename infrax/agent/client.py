@@ -258,6 +258,12 @@ class AgentClient:
         finally:
             await connection.close()
 
+    async def source_state(self, key: str) -> list[str]:
+        """The revisions the agent's cache of project `key` holds."""
+        reply = await self._request({"type": MessageType.SOURCE_STATE, "key": key}, MessageType.SOURCE_STATE)
+        revisions = reply.get("revisions")
+        return [r for r in revisions if isinstance(r, str)] if isinstance(revisions, list) else []
+
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run over a new connection; True if that run was running on the agent."""
         reply = await self._request({"type": MessageType.CANCEL, "runId": run_id}, MessageType.CANCELLED)

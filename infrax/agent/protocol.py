@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import math
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -66,6 +67,7 @@ class MessageType:
     FETCH_ARTIFACT: Final = "fetch-artifact"
     ARTIFACT: Final = "artifact"
     STAGE: Final = "stage"
+    SOURCE_STATE: Final = "source-state"
     STAGED: Final = "staged"
 
 
@@ -164,6 +166,7 @@ class RunRequest:
     env: dict[str, str] = field(default_factory=dict)
     bootstrapper_token: str | None = field(default=None, repr=False)  # never in a log line
     bootstrapper_content: bytes | None = field(default=None, repr=False)  # given inline: nothing to fetch
+    checkout: dict[str, Any] | None = None  # {vcs, key, revision, sparse?}: see infrax.agent.checkout
 
 
 # An inline bootstrapper travels in the run message's line (MAX_LINE_BYTES): 512 KiB at most.
@@ -248,6 +251,7 @@ def parse_run_request(message: dict[str, Any]) -> RunRequest:
             raise ProtocolError("field 'bootstrapperContent' is not base64") from None
 
     return RunRequest(
+        checkout=_parse_checkout(message.get("checkout")),
         bootstrapper_content=content,
         bootstrapper_token=token,
         run_id=run_id,
@@ -257,6 +261,30 @@ def parse_run_request(message: dict[str, Any]) -> RunRequest:
         files=files,
         env=env,
     )
+
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+_NODE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _parse_checkout(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("field 'checkout' must be an object")
+    if value.get("vcs") not in ("git", "hg"):
+        raise ProtocolError("field 'checkout.vcs' must be 'git' or 'hg'")
+    if not isinstance(value.get("key"), str) or not _KEY.match(value["key"]):
+        raise ProtocolError("field 'checkout.key' must be a word of letters, digits, '-' and '_'")
+    if not isinstance(value.get("revision"), str) or not _NODE.match(value["revision"]):
+        raise ProtocolError("field 'checkout.revision' must be 40 hexadecimal digits")
+    sparse = value.get("sparse")
+    if sparse is not None:
+        paths = _check_string_list(sparse, "checkout.sparse")
+        if not paths or len(paths) > 1000 or any(not p or p.startswith("-") for p in paths):
+            raise ProtocolError("field 'checkout.sparse' must list 1 to 1000 paths, none starting with '-'")
+        sparse = list(paths)
+    return {"vcs": value["vcs"], "key": value["key"], "revision": value["revision"], "sparse": sparse}
 
 
 def set_keepalive(writer: asyncio.StreamWriter) -> None:

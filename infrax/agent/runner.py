@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from infrax.agent.artifacts import listing
+from infrax.agent.checkout import CHECKOUT_DIR_NAME, CheckoutError, check_out
 from infrax.agent.protocol import (
     AGENT_NAME,
     MAX_LINE_BYTES,
@@ -266,6 +267,8 @@ class Run:
         self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._shebang = ""
+        self.cwd = self.directory  # its checkout, when it has one
+        self.checkout_seconds: float | None = None
 
     @property
     def run_id(self) -> str:
@@ -307,6 +310,8 @@ class Run:
             if durations is not None:
                 extra["fileDurations"] = durations
             extra.update(await self._artifacts())
+            if self.checkout_seconds is not None:
+                extra["checkoutSeconds"] = round(self.checkout_seconds, 3)
         except BootstrapError as exc:
             status, exit_code, message = RunStatus.ERROR, None, str(exc)
             if exc.infrastructure:
@@ -360,7 +365,7 @@ class Run:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                    cwd=self.directory,
+                    cwd=self.cwd,
                     env=env,
                     # Own process group: lets us signal the whole tree at once.
                     start_new_session=True,
@@ -453,6 +458,19 @@ class Run:
             take_staged(self.settings.workdir, self.directory.name, self.directory)
         except OSError as exc:
             raise BootstrapError(f"could not create run directory {self.directory}: {exc}") from None
+        if self.request.checkout is not None:
+            try:
+                self.checkout_seconds = await asyncio.to_thread(
+                    check_out,
+                    self.settings.workdir,
+                    self.request.checkout,
+                    self.directory,
+                    self.directory / FETCHES_DIR_NAME,
+                )
+            except (CheckoutError, OSError) as exc:
+                # infrax's source did not arrive whole, or the image lacks git: not the task's doing.
+                raise BootstrapError(f"checkout of {self.request.checkout['revision'][:12]}: {exc}", True) from None
+            self.cwd = self.directory / CHECKOUT_DIR_NAME
         # Without a shebang execve() fails with ENOEXEC; run such scripts with sh
         # the way a shell would.
         if content.startswith(b"#!"):
@@ -474,6 +492,7 @@ class Run:
             INFRAX_REPORT_DIR=str(self.directory / REPORT_DIR_NAME),
             INFRAX_ARTIFACTS_DIR=str(self.artifacts_dir),
             INFRAX_FETCHES_DIR=str(self.directory / FETCHES_DIR_NAME),
+            INFRAX_CHECKOUT_DIR=str(self.directory / CHECKOUT_DIR_NAME),
         )
         return argv, env
 

@@ -19,6 +19,7 @@ import time
 from typing import Any, Final, TextIO
 
 from infrax.agent.artifacts import NotAnArtifact, open_artifact
+from infrax.agent.checkout import KEY, CheckoutError, cache_state
 from infrax.agent.protocol import (
     AGENT_NAME,
     PROTOCOL_VERSION,
@@ -184,6 +185,8 @@ class Agent:
             await self._handle_fetch_artifact(writer, request)
         elif kind == MessageType.STAGE:
             await self._handle_stage(reader, writer, request)
+        elif kind == MessageType.SOURCE_STATE:
+            await self._handle_source_state(writer, request)
         elif kind == MessageType.CANCEL:
             await self._handle_cancel(writer, request)
         else:
@@ -341,6 +344,19 @@ class Agent:
             raise
         log.info("staged %s (%d bytes) for run %s", name, size, run_id)
         await _send(writer, {"type": MessageType.STAGED, "runId": run_id, "name": name, "size": size})
+
+    async def _handle_source_state(self, writer: Writer, message: dict[str, Any]) -> None:
+        """Which revisions the cache of `key` (a project) holds: what its next checkout need not fetch."""
+        key = message.get("key")
+        if not isinstance(key, str) or not KEY.match(key):
+            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'key' must be a project's name"))
+            return
+        try:
+            revisions = await asyncio.to_thread(cache_state, self.settings.workdir, key)
+        except CheckoutError as exc:
+            log.warning("cache of %s unreadable (%s): it is filled again", key, exc)
+            revisions = []
+        await _send(writer, {"type": MessageType.SOURCE_STATE, "key": key, "revisions": revisions})
 
     async def _handle_cancel(self, writer: Writer, message: dict[str, Any]) -> None:
         run_id = message.get("runId")

@@ -33,6 +33,7 @@ class RunStatus(BusMessage):
     log_url: str | None = None
     duration: float | None = None
     file_durations: dict[str, float] | None = None
+    checkout_seconds: float | None = Field(default=None, description="of `duration`, the checkout's share")
 
 
 class PartitionStatus(BusMessage):

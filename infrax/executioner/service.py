@@ -21,6 +21,7 @@ from infrax.batcher import Batcher
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import ArtifactKeeper, MissingFetch
+from infrax.executioner.sources import SourceUnavailable, stage_source
 from infrax.http import ServiceError, while_unavailable
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
 from infrax.outbox import Outbox, Outgoing
@@ -261,7 +262,7 @@ class Executioner:
             left: dict[str, Any] = {}
             try:
                 final, left = await self._follow(client, assignment, log_file, attach=resume)
-            except Unavailable as error:
+            except (Unavailable, SourceUnavailable) as error:
                 final = self._status(assignment, "exception", message=str(error))
             except MissingFetch as error:
                 final = self._status(assignment, "failed", message=str(error))
@@ -279,6 +280,8 @@ class Executioner:
                 final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
             if final.duration is None:
                 final.duration = round(time.monotonic() - started, 3)
+            if isinstance(left.get("checkoutSeconds"), int | float):
+                log_file.write(f"[infrax] checkout took {left['checkoutSeconds']:.2f} s\n")
             if left.get("artifacts") or left.get("artifactsOmitted"):
                 await self.artifacts.keep(client, offer.run_id, left, lambda text: log_file.write(f"[infrax] {text}\n"))
             log_file.write(
@@ -297,14 +300,22 @@ class Executioner:
         longer answers, or no longer knows the run) loses the run."""
         run_id = assignment.offer.run_id
         next_seq, drops = 0, 0
-        if not attach and assignment.offer.fetches:
-            await self.artifacts.stage_fetches(
-                client, assignment.offer, lambda text: log_file.write(f"[infrax] {text}\n")
-            )
+        checkout: dict[str, Any] | None = None
+        if not attach:
+
+            def note(text: str) -> None:
+                log_file.write(f"[infrax] {text}\n")
+
+            if assignment.offer.fetches:
+                await self.artifacts.stage_fetches(client, assignment.offer, note)
+            spool = self.log_dir / "spool"
+            checkout = await stage_source(client, assignment.offer, self.jobmaster, spool, self.outage_deadline, note)
         while True:
-            stream = (
-                client.attach(run_id, next_seq) if attach else client.run(await self._agent_request(assignment.offer))
-            )
+            if attach:
+                stream = client.attach(run_id, next_seq)
+            else:
+                request = await self._agent_request(assignment.offer)
+                stream = client.run({**request, "checkout": checkout} if checkout else request)
             try:
                 return await self._stream(stream, assignment, log_file)
             except AgentConnectionLost as error:
@@ -357,6 +368,7 @@ class Executioner:
             message=text,
             duration=message.get("duration"),
             file_durations=message.get("fileDurations"),
+            checkout_seconds=message.get("checkoutSeconds"),
         )
 
     def _redacted(self, project: str, text: str) -> str:

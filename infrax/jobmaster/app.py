@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as FastAPIPath
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.jobmaster.github import WebhookError
@@ -15,6 +15,7 @@ from infrax.jobmaster.plugin import PushRejected
 from infrax.jobmaster.pushlog import HgPushNotice, push_view
 from infrax.jobmaster.queue_api import queue_router
 from infrax.jobmaster.service import JobMaster, JobNotFound
+from infrax.jobmaster.vcs import VcsError
 from infrax.model import NO_CONTROL, Job, PushSubmission
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.web import add_error_handlers
@@ -86,6 +87,28 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         if content is None:
             raise HTTPException(404, f"no file {path!r} at the revision of job {job_id}")
         return Response(content, media_type="application/octet-stream")
+
+    @app.get("/api/v1/jobs/{job_id}/source", **route_options("jobmaster:read-files:"))
+    async def source_for_a_cache(
+        job_id: str,
+        request: Request,
+        have: list[str] = Query([], max_length=50, description="revisions the cache holds (40 hex digits)"),
+    ) -> Response:
+        """What a container's cache holding `have` lacks to check out the job's revision: a git pack
+        or an hg bundle (`X-Infrax-Vcs`), streamed; 204 when it lacks nothing. Needs
+        `jobmaster:read-files:<job id>`."""
+        require(caller_of(request), f"jobmaster:read-files:{job_id}")
+        try:
+            found = await jobmaster.source_pack(job_id, have)
+        except VcsError as error:
+            raise HTTPException(409, f"the source of job {job_id} cannot be read: {error}") from None
+        headers = {"X-Infrax-Vcs": found.vcs, "X-Infrax-Revision": found.revision}
+        if found.path is None:
+            return Response(status_code=204, headers=headers)
+        size = found.path.stat().st_size
+        return StreamingResponse(
+            found.chunks(), media_type="application/octet-stream", headers={**headers, "Content-Length": str(size)}
+        )
 
     @app.post("/api/v1/github/webhook", status_code=202, **route_options(public=True))
     async def github_webhook(request: Request) -> JSONResponse:

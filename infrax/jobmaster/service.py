@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import JobStatus, RequestStatus, TaskStatus
 from infrax.http import ServiceError
+from infrax.jobmaster import git, hg
 from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.github import GitHubWebhooks
 from infrax.jobmaster.mirrors import MirrorError, Mirrors
@@ -29,6 +30,7 @@ from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.pushlog import HgPushes
 from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.settings import JobMasterSettings
+from infrax.jobmaster.sources import Pack, pack
 from infrax.jobmaster.statuses import CommitStatuses
 from infrax.jobmaster.treeherder import TreeherderReporter
 from infrax.jobmaster.vcs import Source, VcsError
@@ -488,11 +490,22 @@ class JobMaster:
         return cancelled
 
     async def file_at_revision(self, job_id: str, path: str) -> bytes | None:
+        reader, revision = await self._source_of(job_id)
+        return await reader.read_file(revision, path)
+
+    async def source_pack(self, job_id: str, have: list[str]) -> Pack:
+        """What a container's cache holding `have` lacks of the job's revision (infrax.jobmaster.sources)."""
+        reader, revision = await self._source_of(job_id)
+        try:
+            return await pack(reader, revision, have)
+        except (git.GitError, hg.HgError) as error:
+            raise VcsError(str(error)) from error
+
+    async def _source_of(self, job_id: str) -> tuple[Source, str]:
         job = await self.get(job_id)
         async with self.db.begin() as conn:
             details = (await conn.execute(select(jobs.c.details).where(jobs.c.id == job_id))).scalar() or {}
-        reader = Source(details.get("vcs", "git"), details.get("readFrom", job.repository))
-        return await reader.read_file(job.revision, path)
+        return Source(details.get("vcs", "git"), details.get("readFrom", job.repository)), job.revision
 
 
 def _job_status(

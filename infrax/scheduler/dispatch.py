@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from infrax.auth.runs import RunTokens
 from infrax.bus import Message
 from infrax.bus.messages import ContainerEvent
-from infrax.model import FetchSource, PartitionOffer, State, TaskDefinition, run_id_of, utcnow
+from infrax.model import CheckoutOptions, FetchSource, PartitionOffer, State, TaskDefinition, run_id_of, utcnow
 from infrax.outbox import Outbox
 from infrax.provisioner.client import ProvisionerClient
 from infrax.scheduler import records
@@ -186,6 +186,7 @@ class Dispatching:
             revision=revision,
             trusted=trusted,
             fetches=await _fetch_sources(conn, part["request_id"], definition) if definition.fetches else [],
+            checkout=_checkout(definition) if part["job_id"] is not None else None,
             run_token=None
             if self.run_tokens is None
             else self.run_tokens.make(
@@ -219,3 +220,9 @@ async def _fetch_sources(conn: AsyncConnection, request_id: str, definition: Tas
     for name, partition_id, run in found:
         runs[name].append(run_id_of(partition_id, run))
     return [FetchSource(task=f.task, artifact=f.artifact, run_ids=runs[f.task]) for f in definition.fetches]
+
+
+def _checkout(definition: TaskDefinition) -> CheckoutOptions | None:
+    if definition.checkout is False:
+        return None
+    return definition.checkout if isinstance(definition.checkout, CheckoutOptions) else CheckoutOptions()

@@ -172,8 +172,8 @@ def check(validators: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, An
 
     def validate(message: dict[str, Any]) -> dict[str, Any]:
         name = message["type"]
-        if name == "heartbeat":
-            name = "heartbeat-response"
+        if name in ("heartbeat", "source-state"):
+            name = f"{name}-response"
         validators[name].validate(message)
         validators["agent-message"].validate(message)
         return message

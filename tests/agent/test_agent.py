@@ -509,7 +509,14 @@ def test_client_messages_match_schemas(validators: dict[str, Any]) -> None:
         "run": {"type": "run", **run_request("r", "https://example.com/b.sh", files=["a"], env={"A": "b"})},
         "cancel": {"type": "cancel", "runId": "r"},
         "attach": {"type": "attach", "runId": "r", "fromSeq": 3},
+        "fetch-artifact": {"type": "fetch-artifact", "runId": "r", "name": "reports/junit.xml"},
+        "stage": {"type": "stage", "runId": "r", "name": "dist/app.tar.gz", "size": 10},
+        "source-state-request": {"type": "source-state", "key": "sample"},
+        "run-with-checkout": {
+            "type": "run",
+            **run_request("r", "/b.sh", checkout={"vcs": "git", "key": "sample", "revision": "a" * 40}),
+        },
     }
     for name, message in examples.items():
-        validators[name].validate(message)
+        validators[name.removesuffix("-with-checkout")].validate(message)
         validators["client-message"].validate(message)

@@ -154,3 +154,19 @@ async def test_a_link_planted_where_files_are_staged_sends_nothing_elsewhere(
     with pytest.raises(AgentError):
         await stage(client, "r2", "../outside", b"x")
     assert list(elsewhere.iterdir()) == []
+
+
+async def test_a_cache_names_what_it_holds_and_a_bad_checkout_is_infrax_s_failure_not_the_tasks(
+    agent: AgentProcess, script: Callable[[str, str], Path], check: Check
+) -> None:
+    client = agent.client()
+    assert await client.source_state("sample") == []
+    with pytest.raises(AgentError):
+        await client.source_state("../etc")
+    # A revision neither cached nor staged: the checkout fails, as the infrastructure's failure.
+    request = run_request(
+        "r1", script("t.sh", "#!/bin/sh\ntrue\n"), checkout={"vcs": "git", "key": "p", "revision": "b" * 40}
+    )
+    messages = await collect(client.run(request), check)
+    assert messages[-1]["status"] == "error" and messages[-1]["infrastructure"] is True
+    assert "checkout of bbbbbbbbbbbb" in messages[-1]["message"]

@@ -1,0 +1,122 @@
+"""A run's checkout of its job's revision, from a cache the container keeps.
+
+The container has no route to the code host, nor to infrax: the executioner asks which revisions
+the cache holds (`source-state`), gets from the job master what the revision needs besides them
+(a git pack, a Mercurial bundle, or nothing), and stages it with the run as `.infrax-source`. Here
+it goes into the cache (`<workdir>/cache/<project>.git` or `.hg`), and the run gets a checkout in
+`checkout/` of its run directory: for git a clone sharing the cache's objects (`--shared`, nothing
+copied) with only the revision's files written, or only the `sparse` paths; for Mercurial a local
+clone (hard links) updated to the revision. The next partition of the project on this container
+fetches only what is new.
+
+Standard library only: this module runs inside bare containers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+CACHE_DIR_NAME: Final = "cache"
+CHECKOUT_DIR_NAME: Final = "checkout"
+SOURCE_NAME: Final = ".infrax-source"  # staged with the run: what the cache lacks
+STATE_LIMIT: Final = 50  # revisions a cache names; the job master takes at most this many
+KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+REVISION: Final = re.compile(r"^[0-9a-f]{40}$")
+_GIT_ENV: Final = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+
+
+class CheckoutError(Exception):
+    """The checkout could not be made; the message says which step and why."""
+
+
+def hg_command() -> str:
+    beside = Path(sys.executable).parent / "hg"
+    return str(beside) if beside.exists() else (shutil.which("hg") or "hg")
+
+
+def cache_state(workdir: Path, key: str) -> list[str]:
+    """The revisions the project's caches hold, newest first (at most STATE_LIMIT)."""
+    revisions: list[str] = []
+    git_cache, hg_cache = _caches(workdir, key)
+    if (git_cache / "HEAD").exists():
+        listed = _run(
+            [
+                "git",
+                "-C",
+                str(git_cache),
+                "for-each-ref",
+                "--sort=-committerdate",
+                "--format=%(objectname)",
+                "refs/infrax/",
+            ],
+            "list the cache",
+        )
+        revisions += listed.split()
+    if (hg_cache / ".hg").is_dir():
+        listed = _run(
+            [hg_command(), "-R", str(hg_cache), "log", "-r", "heads(all())", "-T", "{node}\n"], "list the cache"
+        )
+        revisions += listed.split()
+    return revisions[:STATE_LIMIT]
+
+
+def check_out(workdir: Path, spec: dict[str, Any], run_dir: Path, fetched: Path) -> float:
+    """The checkout in `run_dir/checkout`; the seconds it took."""
+    started = time.monotonic()
+    git_cache, hg_cache = _caches(workdir, spec["key"])
+    source = fetched / SOURCE_NAME
+    target = run_dir / CHECKOUT_DIR_NAME
+    revision = spec["revision"]
+    if spec["vcs"] == "git":
+        if not (git_cache / "HEAD").exists():
+            git_cache.parent.mkdir(parents=True, exist_ok=True)
+            _run(["git", "init", "--quiet", "--bare", str(git_cache)], "make the cache")
+        if source.exists():
+            with source.open("rb") as pack:
+                _run(["git", "-C", str(git_cache), "index-pack", "--stdin", "--fix-thin"], "add the new objects", pack)
+            source.unlink()
+        _run(["git", "-C", str(git_cache), "update-ref", f"refs/infrax/{revision}", revision], "keep the revision")
+        _run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(git_cache), str(target)], "clone the cache")
+        if spec.get("sparse"):
+            _run(
+                ["git", "-C", str(target), "sparse-checkout", "set", "--no-cone", "--", *spec["sparse"]],
+                "limit the checkout to its sparse paths",
+            )
+        _run(
+            ["git", "-C", str(target), "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", revision],
+            "check out the revision",
+        )
+    else:
+        if not (hg_cache / ".hg").is_dir():
+            hg_cache.parent.mkdir(parents=True, exist_ok=True)
+            _run([hg_command(), "init", str(hg_cache)], "make the cache")
+        if source.exists():
+            _run([hg_command(), "-R", str(hg_cache), "unbundle", "--quiet", str(source)], "add the new changesets")
+            source.unlink()
+        _run([hg_command(), "clone", "--quiet", "--noupdate", str(hg_cache), str(target)], "clone the cache")
+        _run([hg_command(), "-R", str(target), "update", "--quiet", "-r", revision], "check out the revision")
+    return time.monotonic() - started
+
+
+def _caches(workdir: Path, key: str) -> tuple[Path, Path]:
+    root = workdir / CACHE_DIR_NAME
+    return root / f"{key}.git", root / f"{key}.hg"
+
+
+def _run(argv: list[str], step: str, stdin: Any = subprocess.DEVNULL) -> str:
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    try:
+        done = subprocess.run(argv, stdin=stdin, capture_output=True, env={**env, **_GIT_ENV}, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CheckoutError(f"could not {step}: {exc}") from None
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        raise CheckoutError(f"could not {step}: {said[-1] if said else f'exit code {done.returncode}'}")
+    return done.stdout.decode(errors="replace")
