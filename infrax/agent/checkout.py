@@ -5,8 +5,8 @@ the cache holds (`source-state`), gets from the job master what the revision nee
 (a git pack, a Mercurial bundle, or nothing), and stages it with the run as `.infrax-source`. Here
 it goes into the cache (`<workdir>/cache/<project>.git` or `.hg`), and the run gets a checkout in
 `checkout/` of its run directory: for git a clone sharing the cache's objects (`--shared`, nothing
-copied) with only the revision's files written, or only the `sparse` paths; for Mercurial a local
-clone (hard links) updated to the revision. The next partition of the project on this container
+copied) with only the revision's files written, or only the `sparse` paths; for Mercurial a share
+of the cache's store (`hg share`) updated to the revision. The next partition of the project on this container
 fetches only what is new.
 
 Standard library only: this module runs inside bare containers.
@@ -27,7 +27,7 @@ CACHE_DIR_NAME: Final = "cache"
 CHECKOUT_DIR_NAME: Final = "checkout"
 SOURCE_NAME: Final = ".infrax-source"  # staged with the run: what the cache lacks
 STATE_LIMIT: Final = 50  # revisions a cache names; the job master takes at most this many
-KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,119}$")
 REVISION: Final = re.compile(r"^[0-9a-f]{40}$")
 _GIT_ENV: Final = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
 
@@ -100,7 +100,9 @@ def check_out(workdir: Path, spec: dict[str, Any], run_dir: Path, fetched: Path)
         if source.exists():
             _run([hg_command(), "-R", str(hg_cache), "unbundle", "--quiet", str(source)], "add the new changesets")
             source.unlink()
-        _run([hg_command(), "clone", "--quiet", "--noupdate", str(hg_cache), str(target)], "clone the cache")
+        # Sharing the cache's store, not copying it: a clone of a 2,000-file repository copied 4,000 revlogs.
+        share = [hg_command(), "--config", "extensions.share=", "share", "--quiet", "--noupdate"]
+        _run([*share, str(hg_cache), str(target)], "share the cache")
         _run([hg_command(), "-R", str(target), "update", "--quiet", "-r", revision], "check out the revision")
     return time.monotonic() - started
 

@@ -12,12 +12,12 @@ import asyncio
 import base64
 import json
 import math
-import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from infrax.agent import PROTOCOL_VERSION
+from infrax.agent.checkout import KEY, REVISION
 
 __all__ = [
     "AGENT_NAME",
@@ -263,10 +263,6 @@ def parse_run_request(message: dict[str, Any]) -> RunRequest:
     )
 
 
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
-_NODE = re.compile(r"^[0-9a-f]{40}$")
-
-
 def _parse_checkout(value: object) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -274,9 +270,9 @@ def _parse_checkout(value: object) -> dict[str, Any] | None:
         raise ProtocolError("field 'checkout' must be an object")
     if value.get("vcs") not in ("git", "hg"):
         raise ProtocolError("field 'checkout.vcs' must be 'git' or 'hg'")
-    if not isinstance(value.get("key"), str) or not _KEY.match(value["key"]):
+    if not isinstance(value.get("key"), str) or not KEY.match(value["key"]):
         raise ProtocolError("field 'checkout.key' must be a word of letters, digits, '-' and '_'")
-    if not isinstance(value.get("revision"), str) or not _NODE.match(value["revision"]):
+    if not isinstance(value.get("revision"), str) or not REVISION.match(value["revision"]):
         raise ProtocolError("field 'checkout.revision' must be 40 hexadecimal digits")
     sparse = value.get("sparse")
     if sparse is not None:

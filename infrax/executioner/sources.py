@@ -47,7 +47,10 @@ async def stage_source(
     if jobmaster is None:
         note("no checkout: this executioner has no job master to get the source from")
         return None
-    have = await client.source_state(offer.project)
+    # A cache per project and trust: a pull request's run, which may tamper with what its container
+    # keeps, never fills the cache a trusted push's run checks out from (Taskcluster's cache levels).
+    key = f"{'t' if offer.trusted else 'u'}-{offer.project}"
+    have = await client.source_state(key)
     await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=spool, prefix="source-") as file:
 
@@ -90,7 +93,7 @@ async def stage_source(
             note(f"its cache had the revision ({len(have)} revisions cached)")
     return {
         "vcs": answer.headers["x-infrax-vcs"],
-        "key": offer.project,
+        "key": key,
         "revision": answer.headers["x-infrax-revision"],
         **({"sparse": offer.checkout.sparse} if offer.checkout.sparse else {}),
     }

@@ -37,10 +37,10 @@ def run(vcs: str, repo: Path, *args: str) -> str:
     return subprocess.run([*command, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_repo(vcs: str, repo: Path, extra: str = "") -> str:
+def make_repo(vcs: str, repo: Path, extra: str = "", bootstrapper: str = PYTEST_ONLY) -> str:
     repo.mkdir(parents=True)
     (repo / "ci").mkdir()
-    (repo / "ci" / "test.sh").write_text(PYTEST_ONLY)
+    (repo / "ci" / "test.sh").write_text(bootstrapper)
     (repo / "ci" / "test.sh").chmod(0o755)
     (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     (repo / "tests").mkdir()
@@ -109,12 +109,12 @@ async def test_a_bootstrapper_that_only_runs_pytest_passes_and_a_warm_container_
     assert "2 passed" in log and "(1 revisions cached)" in log, log
     sent = [int(n.replace(",", "")) for n in re.findall(r"sent ([\d,]+) bytes of source", log)]
     if vcs == "git":
-        cache = work / "cache" / "co-git.git"
+        cache = work / "cache" / "u-co-git.git"
         new_objects = run("git", repo, "rev-list", "--objects", second, "--not", first).splitlines()
         # The second pack holds exactly the second commit's new objects: commit, trees, one file.
         assert packs(cache) == [packs(cache)[0], len(new_objects)] and len(new_objects) == 4
     else:
-        cache = work / "cache" / "co-hg.hg"
+        cache = work / "cache" / "u-co-hg.hg"
         assert run("hg", cache, "log", "-T", "{node}\n").split() == [second, first]
         run("hg", repo, "bundle", "--all", "-q", "--type", "none-v2", str(tmp_path / "all.hg"))
         assert sent and sent[0] < (tmp_path / "all.hg").stat().st_size / 2, "the second sent only what was new"
