@@ -4,10 +4,10 @@ The container has no route to the code host, nor to infrax: the executioner asks
 the cache holds (`source-state`), gets from the job master what the revision needs besides them
 (a git pack, a Mercurial bundle, or nothing), and stages it with the run as `.infrax-source`. Here
 it goes into the cache (`<workdir>/cache/<project>.git` or `.hg`), and the run gets a checkout in
-`checkout/` of its run directory: for git a clone sharing the cache's objects (`--shared`, nothing
-copied) with only the revision's files written, or only the `sparse` paths; for Mercurial a share
-of the cache's store (`hg share`) updated to the revision. The next partition of the project on this container
-fetches only what is new.
+`checkout/` of its run directory: for git a clone sharing the cache's objects (`--shared`,
+nothing copied) with only the revision's files written, or only the `sparse` paths; for Mercurial
+a share of the cache's store (`hg share`) updated to the revision. The next partition of the
+project on this container fetches only what is new.
 
 Standard library only: this module runs inside bare containers.
 """
@@ -41,30 +41,18 @@ def hg_command() -> str:
     return str(beside) if beside.exists() else (shutil.which("hg") or "hg")
 
 
-def cache_state(workdir: Path, key: str) -> list[str]:
-    """The revisions the project's caches hold, newest first (at most STATE_LIMIT)."""
-    revisions: list[str] = []
+def cache_state(workdir: Path, key: str) -> dict[str, list[str]]:
+    """The revisions each of the project's caches holds (`git`, `hg`), newest first, at most
+    STATE_LIMIT in all."""
+    state: dict[str, list[str]] = {"git": [], "hg": []}
     git_cache, hg_cache = _caches(workdir, key)
     if (git_cache / "HEAD").exists():
-        listed = _run(
-            [
-                "git",
-                "-C",
-                str(git_cache),
-                "for-each-ref",
-                "--sort=-committerdate",
-                "--format=%(objectname)",
-                "refs/infrax/",
-            ],
-            "list the cache",
-        )
-        revisions += listed.split()
-    if (hg_cache / ".hg").is_dir():
-        listed = _run(
-            [hg_command(), "-R", str(hg_cache), "log", "-r", "heads(all())", "-T", "{node}\n"], "list the cache"
-        )
-        revisions += listed.split()
-    return revisions[:STATE_LIMIT]
+        refs = ["for-each-ref", "--sort=-committerdate", "--format=%(objectname)", f"--count={STATE_LIMIT}"]
+        state["git"] = _run(["git", "-C", str(git_cache), *refs, "refs/infrax/"], "list the cache").split()
+    if (hg_cache / ".hg").is_dir() and len(state["git"]) < STATE_LIMIT:
+        heads = ["log", "-r", "heads(all())", "-T", "{node}\n", "--limit", str(STATE_LIMIT - len(state["git"]))]
+        state["hg"] = _run([hg_command(), "-R", str(hg_cache), *heads], "list the cache").split()
+    return state
 
 
 def check_out(workdir: Path, spec: dict[str, Any], run_dir: Path, fetched: Path) -> float:
@@ -112,7 +100,17 @@ def _caches(workdir: Path, key: str) -> tuple[Path, Path]:
     return root / f"{key}.git", root / f"{key}.hg"
 
 
+# A run can write to its cache (it is in the container, which is the task's): no hook or monitor
+# it plants there is ever run by the agent's git, nor a transport it names.
+_GIT_GUARDS: Final = (
+    *("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"),
+    *("-c", "protocol.allow=never", "-c", "protocol.file.allow=always"),
+)
+
+
 def _run(argv: list[str], step: str, stdin: Any = subprocess.DEVNULL) -> str:
+    if argv[0] == "git":
+        argv = ["git", *_GIT_GUARDS, *argv[1:]]
     env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
     try:
         done = subprocess.run(argv, stdin=stdin, capture_output=True, env={**env, **_GIT_ENV}, timeout=600, check=False)

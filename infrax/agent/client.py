@@ -258,11 +258,13 @@ class AgentClient:
         finally:
             await connection.close()
 
-    async def source_state(self, key: str) -> list[str]:
-        """The revisions the agent's cache of project `key` holds."""
+    async def source_state(self, key: str) -> dict[str, list[str]]:
+        """The revisions the agent's caches of `key` hold, by VCS (`git`, `hg`)."""
         reply = await self._request({"type": MessageType.SOURCE_STATE, "key": key}, MessageType.SOURCE_STATE)
-        revisions = reply.get("revisions")
-        return [r for r in revisions if isinstance(r, str)] if isinstance(revisions, list) else []
+        return {
+            vcs: [r for r in reply[vcs] if isinstance(r, str)] if isinstance(reply.get(vcs), list) else []
+            for vcs in ("git", "hg")
+        }
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run over a new connection; True if that run was running on the agent."""

@@ -352,11 +352,12 @@ class Agent:
             await _send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'key' must be a project's name"))
             return
         try:
-            revisions = await asyncio.to_thread(cache_state, self.settings.workdir, key)
+            state = await asyncio.to_thread(cache_state, self.settings.workdir, key)
         except CheckoutError as exc:
             log.warning("cache of %s unreadable (%s): it is filled again", key, exc)
-            revisions = []
-        await _send(writer, {"type": MessageType.SOURCE_STATE, "key": key, "revisions": revisions})
+            state = {"git": [], "hg": []}
+        answer = {"type": MessageType.SOURCE_STATE, "key": key, "revisions": state["git"] + state["hg"], **state}
+        await _send(writer, answer)
 
     async def _handle_cancel(self, writer: Writer, message: dict[str, Any]) -> None:
         run_id = message.get("runId")

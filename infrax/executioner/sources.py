@@ -50,7 +50,12 @@ async def stage_source(
     # A cache per project and trust: a pull request's run, which may tamper with what its container
     # keeps, never fills the cache a trusted push's run checks out from (Taskcluster's cache levels).
     key = f"{'t' if offer.trusted else 'u'}-{offer.project}"
-    have = await client.source_state(key)
+    state = await client.source_state(key)
+    for vcs, revisions in state.items():
+        if offer.revision in revisions:  # the warm case: nothing to ask the job master for
+            note(f"its cache had the revision ({len(revisions)} revisions cached)")
+            return _checkout(vcs, key, offer.revision, offer)
+    have = state["git"] + state["hg"]
     await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=spool, prefix="source-") as file:
 
@@ -91,12 +96,13 @@ async def stage_source(
             note(f"sent {size:,} bytes of source its cache lacked ({len(have)} revisions cached)")
         else:
             note(f"its cache had the revision ({len(have)} revisions cached)")
-    return {
-        "vcs": answer.headers["x-infrax-vcs"],
-        "key": key,
-        "revision": answer.headers["x-infrax-revision"],
-        **({"sparse": offer.checkout.sparse} if offer.checkout.sparse else {}),
-    }
+    return _checkout(answer.headers["x-infrax-vcs"], key, answer.headers["x-infrax-revision"], offer)
+
+
+def _checkout(vcs: str, key: str, revision: str, offer: PartitionOffer) -> dict[str, Any]:
+    assert offer.checkout is not None
+    sparse = {"sparse": offer.checkout.sparse} if offer.checkout.sparse else {}
+    return {"vcs": vcs, "key": key, "revision": revision, **sparse}
 
 
 async def _chunks(path: str) -> AsyncIterator[bytes]:

@@ -54,6 +54,27 @@ async def has_commit(repository: str, revision: str) -> bool:
     return True
 
 
+async def known_commits(repository: str, revisions: list[str]) -> set[str]:
+    """Which of `revisions` (full ids) are commits of the repository: one `git cat-file` for all."""
+    if not revisions:
+        return set()
+    process = await asyncio.create_subprocess_exec(
+        "git",
+        *_SAFE,
+        "-C",
+        repository,
+        "cat-file",
+        "--batch-check=%(objectname) %(objecttype)",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_ENV,
+    )
+    out, _ = await process.communicate("".join(f"{r}\n" for r in revisions).encode())
+    found = {line.split()[0] for line in out.decode(errors="replace").splitlines() if line.endswith(" commit")}
+    return found & set(revisions)
+
+
 async def read_file(repository: str, revision: str, path: str) -> bytes | None:
     try:
         return await git(repository, "show", f"{revision}:{path}")

@@ -50,7 +50,7 @@ async def pack(source: Source, revision: str, have: list[str]) -> Pack:
     if source.vcs == "hg":
         known = set(await hg.nodes(source.path, " or ".join(f"id({h})" for h in have))) if have else set()
     else:
-        known = {h for h in have if await git.has_commit(source.path, h)}
+        known = await git.known_commits(source.path, have)
     if revision in known:
         return Pack(source.vcs, revision, None)
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="infrax-source-"))

@@ -160,7 +160,7 @@ async def test_a_cache_names_what_it_holds_and_a_bad_checkout_is_infrax_s_failur
     agent: AgentProcess, script: Callable[[str, str], Path], check: Check
 ) -> None:
     client = agent.client()
-    assert await client.source_state("sample") == []
+    assert await client.source_state("sample") == {"git": [], "hg": []}
     with pytest.raises(AgentError):
         await client.source_state("../etc")
     # A revision neither cached nor staged: the checkout fails, as the infrastructure's failure.

@@ -103,18 +103,27 @@ async def test_a_bootstrapper_that_only_runs_pytest_passes_and_a_warm_container_
     assert "1 passed" in log and "sent" in log and "(0 revisions cached)" in log
     work = Path(re.search(r"work dir (\S+)", log).group(1)).parents[1]  # type: ignore[union-attr]
 
+    # What a run could leave in its container's cache for the next: a hook for git to run.
+    planted = tmp_path / "hook-ran"
+    for cache_dir in (work / "cache").glob("*.git"):
+        hook = cache_dir / "hooks" / "reference-transaction"
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text(f"#!/bin/sh\ntouch {planted}\n")
+        hook.chmod(0o755)
+
     second = commit(vcs, repo)
     job, log = await push(infrax, repo, second)
+    assert not planted.exists(), "the agent's git ran a hook a run planted in the cache"
     assert job["state"] == "completed", log
     assert "2 passed" in log and "(1 revisions cached)" in log, log
     sent = [int(n.replace(",", "")) for n in re.findall(r"sent ([\d,]+) bytes of source", log)]
     if vcs == "git":
-        cache = work / "cache" / "u-co-git.git"
+        [cache] = (work / "cache").glob("*-co-git.git")  # t- or u-: a trusted push or not
         new_objects = run("git", repo, "rev-list", "--objects", second, "--not", first).splitlines()
         # The second pack holds exactly the second commit's new objects: commit, trees, one file.
         assert packs(cache) == [packs(cache)[0], len(new_objects)] and len(new_objects) == 4
     else:
-        cache = work / "cache" / "u-co-hg.hg"
+        [cache] = (work / "cache").glob("*-co-hg.hg")
         assert run("hg", cache, "log", "-T", "{node}\n").split() == [second, first]
         run("hg", repo, "bundle", "--all", "-q", "--type", "none-v2", str(tmp_path / "all.hg"))
         assert sent and sent[0] < (tmp_path / "all.hg").stat().st_size / 2, "the second sent only what was new"
