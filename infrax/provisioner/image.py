@@ -3,7 +3,7 @@
 Two layers, both kept in the engine's image store:
 
 * the base, ``localhost/infrax-agent-base:bookworm``: a Debian root filesystem made with
-  ``debootstrap --variant=minbase --include=python3,git`` from the apt mirror this machine
+  ``debootstrap --variant=minbase --include=python3,git,mercurial,python3-pytest`` from the apt mirror this machine
   already uses, imported through the Engine API (about a minute, once per engine);
 * the agent image, ``localhost/infrax-agent:<hash>``: the base plus the agent's source
   (``infrax/__init__.py`` and ``infrax/agent/*.py``), built through the Engine API from a tar
@@ -34,10 +34,12 @@ import requests
 
 log = logging.getLogger(__name__)
 
-BASE_IMAGE = "localhost/infrax-agent-base:bookworm"
+# The tag names what is in it: a base built before Mercurial and pytest were is never taken for this one.
+BASE_IMAGE = "localhost/infrax-agent-base:bookworm-git-hg-pytest"
 AGENT_REPOSITORY = "localhost/infrax-agent"
 SUITE = "bookworm"
-PACKAGES = ("python3", "git")
+# What a checkout needs (git, Mercurial) and what a bootstrapper that only runs `python3 -m pytest` does.
+PACKAGES = ("python3", "git", "mercurial", "python3-pytest")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds infrax/
 
@@ -100,7 +102,7 @@ def build_agent_image(docker_url: str, force: bool = False) -> str:
 
 
 def build_base_image(client: docker.DockerClient, mirror: str | None = None) -> None:
-    """debootstrap a minimal bookworm with python3 and git here, then import it as BASE_IMAGE."""
+    """debootstrap a minimal bookworm with PACKAGES here, then import it as BASE_IMAGE."""
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed (scripts/setup-podman.sh installs it)")
     mirror = mirror or apt_mirror()

@@ -3,6 +3,7 @@ Mercurial, a warm container fetching only the new commits, sparse paths, or no c
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def make_repo(vcs: str, repo: Path, extra: str = "", bootstrapper: str = PYTEST_
         "from calc import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
     )
     (repo / "docs").mkdir()
-    (repo / "docs" / "big.txt").write_text("documentation\n" * 1000)
+    (repo / "docs" / "big.txt").write_text(os.urandom(16_000).hex())  # what a warm cache is not sent again
     (repo / ".infrax.yml").write_text(CONFIG.format(project=f"co-{vcs}", extra=extra))
     if vcs == "hg":
         run("hg", repo, "init")
