@@ -131,7 +131,9 @@ async def test_public_read_opens_the_read_only_operations_and_nothing_else(tmp_p
             status = (await call(stack, component, method, path, {})).status_code
             (closed if status in (401, 403) else opened).append((component, method, path))
         assert opened and all(method == "get" for _, method, _ in opened)
-        assert ("jobmaster", "get", "/api/v1/jobs/{job_id}/files/{path}") in closed, "a repository's files"
-        assert all(method != "get" for _, method, path in closed if "files" not in path)
+        # A repository's content stays behind a token: its files, and the source a cache is sent.
+        content = {"/api/v1/jobs/{job_id}/files/{path}", "/api/v1/jobs/{job_id}/source"}
+        assert {("jobmaster", "get", path) for path in content} <= set(closed)
+        assert all(method != "get" for _, method, path in closed if path not in content)
     finally:
         await stack.stop()
