@@ -121,6 +121,12 @@ class CheckoutOptions(WireModel):
             description="git: only these paths are written (.gitignore patterns, git's non-cone sparse checkout)",
         )
     )
+    depth: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="git: only the last N commits of history (a shallow checkout); Mercurial has no shallow clones",
+    )
 
 
 class TaskDefinition(WireModel):

@@ -66,12 +66,15 @@ def check_out(workdir: Path, spec: dict[str, Any], run_dir: Path, fetched: Path)
         if not (git_cache / "HEAD").exists():
             git_cache.parent.mkdir(parents=True, exist_ok=True)
             _run(["git", "init", "--quiet", "--bare", str(git_cache)], "make the cache")
+        if spec.get("shallow"):  # the pack's history ends there: the cache must know before taking it
+            known = set((git_cache / "shallow").read_text().split()) if (git_cache / "shallow").exists() else set()
+            (git_cache / "shallow").write_text("".join(f"{n}\n" for n in sorted(known | set(spec["shallow"]))))
         if source.exists():
             with source.open("rb") as pack:
                 _run(["git", "-C", str(git_cache), "index-pack", "--stdin", "--fix-thin"], "add the new objects", pack)
             source.unlink()
         _run(["git", "-C", str(git_cache), "update-ref", f"refs/infrax/{revision}", revision], "keep the revision")
-        _run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(git_cache), str(target)], "clone the cache")
+        _share_objects(git_cache, target)
         if spec.get("sparse"):
             _run(
                 ["git", "-C", str(target), "sparse-checkout", "set", "--no-cone", "--", *spec["sparse"]],
@@ -93,6 +96,15 @@ def check_out(workdir: Path, spec: dict[str, Any], run_dir: Path, fetched: Path)
         _run([*share, str(hg_cache), str(target)], "share the cache")
         _run([hg_command(), "-R", str(target), "update", "--quiet", "-r", revision], "check out the revision")
     return time.monotonic() - started
+
+
+def _share_objects(cache: Path, target: Path) -> None:
+    """A repository in `target` reading its objects from the cache's (what `clone --shared` does,
+    which a shallow cache refuses): nothing is copied, and no ref of the cache is needed."""
+    _run(["git", "init", "--quiet", str(target)], "make the checkout's repository")
+    (target / ".git" / "objects" / "info" / "alternates").write_text(f"{cache / 'objects'}\n")
+    if (cache / "shallow").exists():
+        shutil.copyfile(cache / "shallow", target / ".git" / "shallow")
 
 
 def _caches(workdir: Path, key: str) -> tuple[Path, Path]:

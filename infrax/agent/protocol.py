@@ -33,6 +33,7 @@ __all__ = [
     "error_message",
     "parse_run_request",
     "read_message",
+    "send",
     "set_keepalive",
 ]
 
@@ -108,6 +109,12 @@ def encode(message: dict[str, Any]) -> bytes:
     # of 6-12; every string we emit is known to be encodable (see _check_text).
     text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode("utf-8") + b"\n"
+
+
+async def send(writer: asyncio.StreamWriter, *messages: dict[str, Any]) -> None:
+    """Write messages as JSON lines, in one write."""
+    writer.write(b"".join(encode(message) for message in messages))
+    await writer.drain()
 
 
 def decode(line: bytes) -> dict[str, Any]:
@@ -280,7 +287,19 @@ def _parse_checkout(value: object) -> dict[str, Any] | None:
         if not paths or len(paths) > 1000 or any(not p or p.startswith("-") for p in paths):
             raise ProtocolError("field 'checkout.sparse' must list 1 to 1000 paths, none starting with '-'")
         sparse = list(paths)
-    return {"vcs": value["vcs"], "key": value["key"], "revision": value["revision"], "sparse": sparse}
+    shallow = value.get("shallow")
+    if shallow is not None:
+        nodes = _check_string_list(shallow, "checkout.shallow")
+        if len(nodes) > 10_000 or not all(REVISION.match(n) for n in nodes):
+            raise ProtocolError("field 'checkout.shallow' must list at most 10000 revisions of 40 hexadecimal digits")
+        shallow = list(nodes)
+    return {
+        "vcs": value["vcs"],
+        "key": value["key"],
+        "revision": value["revision"],
+        "sparse": sparse,
+        "shallow": shallow,
+    }
 
 
 def set_keepalive(writer: asyncio.StreamWriter) -> None:

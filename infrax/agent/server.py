@@ -18,8 +18,7 @@ import sys
 import time
 from typing import Any, Final, TextIO
 
-from infrax.agent.artifacts import NotAnArtifact, open_artifact
-from infrax.agent.checkout import KEY, CheckoutError, cache_state
+from infrax.agent import transfers
 from infrax.agent.protocol import (
     AGENT_NAME,
     PROTOCOL_VERSION,
@@ -32,10 +31,10 @@ from infrax.agent.protocol import (
     error_message,
     parse_run_request,
     read_message,
+    send,
     set_keepalive,
 )
-from infrax.agent.runner import Run, RunSettings, sanitize_run_id
-from infrax.agent.staging import STAGED_DIR_NAME, StagingError, finish_staged, open_staged
+from infrax.agent.runner import Run, RunSettings
 
 __all__ = ["READY_PREFIX", "Agent", "serve"]
 
@@ -49,8 +48,6 @@ REFUSAL_LINGER: Final = 1.0  # seconds a refused client has to read the refusal 
 # On shutdown, connections still streaming get this long to flush the exit message.
 SHUTDOWN_FLUSH_TIMEOUT: Final = 1.0
 PARENT_CHECK_INTERVAL: Final = 1.0
-MAX_STAGED_BYTES: Final = 64 * 1024**3
-STAGE_CHUNK: Final = 1024 * 1024
 
 Writer = asyncio.StreamWriter
 Reader = asyncio.StreamReader
@@ -137,7 +134,7 @@ class Agent:
         except Exception:  # one broken connection must not stop the agent
             log.exception("internal error while serving %s", peer)
             with contextlib.suppress(Exception):
-                await _send(writer, error_message(ErrorCode.INTERNAL, "internal agent error; see agent log"))
+                await send(writer, error_message(ErrorCode.INTERNAL, "internal agent error; see agent log"))
         finally:
             self._connections.discard(task)
             writer.close()
@@ -151,7 +148,7 @@ class Agent:
         refusal = self._check_hello(hello)
         if refusal is not None:
             log.warning("refused connection from %s: %s", writer.get_extra_info("peername"), refusal["message"])
-            await _send(writer, refusal)
+            await send(writer, refusal)
             # A client may have sent its request behind the hello. Closing with it unread would
             # reset the connection, and the client might lose the refusal: let it hang up first.
             with contextlib.suppress(Exception):
@@ -160,7 +157,7 @@ class Agent:
             return
         self.last_contact = time.monotonic()
         running = self.running
-        await _send(
+        await send(
             writer,
             {
                 "type": MessageType.WELCOME,
@@ -176,30 +173,30 @@ class Agent:
             return
         kind = request["type"]
         if kind == MessageType.HEARTBEAT:
-            await _send(writer, self._heartbeat())
+            await send(writer, self._heartbeat())
         elif kind == MessageType.RUN:
             await self._handle_run(reader, writer, request)
         elif kind == MessageType.ATTACH:
             await self._handle_attach(reader, writer, request)
         elif kind == MessageType.FETCH_ARTIFACT:
-            await self._handle_fetch_artifact(writer, request)
+            await transfers.send_artifact(writer, self._last_run, request)
         elif kind == MessageType.STAGE:
-            await self._handle_stage(reader, writer, request)
+            await transfers.receive_staged(reader, writer, self.running, self.settings.workdir, request)
         elif kind == MessageType.SOURCE_STATE:
-            await self._handle_source_state(writer, request)
+            await transfers.answer_source_state(writer, self.settings.workdir, request)
         elif kind == MessageType.CANCEL:
             await self._handle_cancel(writer, request)
         else:
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, f"unknown request type {kind!r}"))
+            await send(writer, error_message(ErrorCode.BAD_REQUEST, f"unknown request type {kind!r}"))
 
     async def _receive(self, reader: Reader, writer: Writer, what: str, timeout: float) -> dict[str, Any] | None:
         """Read one message; answers and returns None on timeout, bad input or EOF."""
         try:
             return await asyncio.wait_for(read_message(reader), timeout)
         except TimeoutError:
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, f"no {what} received within {timeout:g}s"))
+            await send(writer, error_message(ErrorCode.BAD_REQUEST, f"no {what} received within {timeout:g}s"))
         except ProtocolError as exc:
-            await _send(writer, error_message(exc.code, exc.message))
+            await send(writer, error_message(exc.code, exc.message))
         return None
 
     def _check_hello(self, hello: dict[str, Any]) -> dict[str, Any] | None:
@@ -235,11 +232,11 @@ class Agent:
         try:
             request = parse_run_request(message)
         except ProtocolError as exc:
-            await _send(writer, error_message(exc.code, f"invalid run request: {exc.message}"))
+            await send(writer, error_message(exc.code, f"invalid run request: {exc.message}"))
             return
         running = self.running
         if running is not None:
-            await _send(
+            await send(
                 writer,
                 error_message(
                     ErrorCode.BUSY, f"agent is busy with run {running.run_id!r}; cannot start {request.run_id!r}"
@@ -254,120 +251,35 @@ class Agent:
         self._last_run = run
         run.start().add_done_callback(self._on_run_done)
         log.info("run %s accepted (bootstrapper %s)", run.run_id, request.bootstrapper)
-        await _send(writer, {"type": MessageType.ACCEPTED, "runId": run.run_id})
+        await send(writer, {"type": MessageType.ACCEPTED, "runId": run.run_id})
         await self._stream(reader, writer, run, 0)
 
     async def _handle_attach(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:
         run_id = message.get("runId")
         from_seq = message.get("fromSeq", 0)
         if not isinstance(run_id, str) or not run_id:
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'runId' must be a non-empty string"))
+            await send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'runId' must be a non-empty string"))
             return
         if isinstance(from_seq, bool) or not isinstance(from_seq, int) or from_seq < 0:
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'fromSeq' must be a non-negative integer"))
+            await send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'fromSeq' must be a non-negative integer"))
             return
         run = self._last_run
         if run is None or run.run_id != run_id:
             known = f"the most recent run is {run.run_id!r}" if run else "it has not run anything yet"
-            await _send(writer, error_message(ErrorCode.UNKNOWN_RUN, f"this agent has no run {run_id!r}; {known}"))
+            await send(writer, error_message(ErrorCode.UNKNOWN_RUN, f"this agent has no run {run_id!r}; {known}"))
             return
         log.info("client attached to run %s from seq %d", run_id, from_seq)
         await self._stream(reader, writer, run, from_seq)
 
-    async def _handle_fetch_artifact(self, writer: Writer, message: dict[str, Any]) -> None:
-        """One artifact of the last run, once it has ended: an `artifact` line with its size, then
-        exactly that many bytes, sent from the file by the kernel (`sendfile`), then the end of the
-        connection. Never of a run still going: its task could still change what it left."""
-        run_id, name = message.get("runId"), message.get("name")
-        if not isinstance(run_id, str) or not run_id or not isinstance(name, str):
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "fields 'runId' and 'name' must be strings"))
-            return
-        run = self._last_run
-        if run is None or run.run_id != run_id or not run.finished:
-            state = "has not ended" if run is not None and run.run_id == run_id else "is not this agent's last run"
-            await _send(writer, error_message(ErrorCode.UNKNOWN_RUN, f"run {run_id!r} {state}"))
-            return
-        try:
-            fd, size = open_artifact(run.artifacts_dir, name)
-        except NotAnArtifact as exc:
-            await _send(writer, error_message(ErrorCode.NO_ARTIFACT, str(exc)))
-            return
-        with os.fdopen(fd, "rb") as file:
-            await _send(writer, {"type": MessageType.ARTIFACT, "runId": run_id, "name": name, "size": size})
-            await asyncio.get_running_loop().sendfile(writer.transport, file, 0, size)
-            await writer.drain()
-
-    async def _handle_stage(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:
-        """A file for a run about to start: `size` raw bytes follow the request's line; answered
-        `staged` once they are all on disk, in place."""
-        run_id, name, size = message.get("runId"), message.get("name"), message.get("size")
-        if (
-            not isinstance(run_id, str)
-            or not run_id
-            or not isinstance(name, str)
-            or isinstance(size, bool)
-            or not isinstance(size, int)
-            or not 0 <= size <= MAX_STAGED_BYTES
-        ):
-            await _send(
-                writer,
-                error_message(
-                    ErrorCode.BAD_REQUEST,
-                    f"fields 'runId' and 'name' must be strings and 'size' 0 to {MAX_STAGED_BYTES} bytes",
-                ),
-            )
-            return
-        if self.running is not None:
-            await _send(writer, error_message(ErrorCode.BUSY, f"agent is busy with run {self.running.run_id!r}"))
-            return
-        try:
-            directory, fd, temporary = open_staged(
-                self.settings.workdir / STAGED_DIR_NAME, sanitize_run_id(run_id), name
-            )
-        except StagingError as exc:
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        try:
-            with os.fdopen(fd, "wb") as file:
-                remaining = size
-                while remaining:
-                    chunk = await reader.read(min(remaining, STAGE_CHUNK))
-                    if not chunk:
-                        raise asyncio.IncompleteReadError(b"", remaining)
-                    file.write(chunk)
-                    remaining -= len(chunk)
-            finish_staged(directory, temporary, name.rsplit("/", 1)[-1])
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary, dir_fd=directory)
-                os.close(directory)
-            raise
-        log.info("staged %s (%d bytes) for run %s", name, size, run_id)
-        await _send(writer, {"type": MessageType.STAGED, "runId": run_id, "name": name, "size": size})
-
-    async def _handle_source_state(self, writer: Writer, message: dict[str, Any]) -> None:
-        """Which revisions the cache of `key` (a project) holds: what its next checkout need not fetch."""
-        key = message.get("key")
-        if not isinstance(key, str) or not KEY.match(key):
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'key' must be a project's name"))
-            return
-        try:
-            state = await asyncio.to_thread(cache_state, self.settings.workdir, key)
-        except CheckoutError as exc:
-            log.warning("cache of %s unreadable (%s): it is filled again", key, exc)
-            state = {"git": [], "hg": []}
-        answer = {"type": MessageType.SOURCE_STATE, "key": key, "revisions": state["git"] + state["hg"], **state}
-        await _send(writer, answer)
-
     async def _handle_cancel(self, writer: Writer, message: dict[str, Any]) -> None:
         run_id = message.get("runId")
         if not isinstance(run_id, str) or not run_id:
-            await _send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'runId' must be a non-empty string"))
+            await send(writer, error_message(ErrorCode.BAD_REQUEST, "field 'runId' must be a non-empty string"))
             return
         running = self.running
         found = running is not None and running.run_id == run_id and running.cancel()
         log.info("cancel for run %s (found: %s)", run_id, found)
-        await _send(writer, {"type": MessageType.CANCELLED, "runId": run_id, "found": found})
+        await send(writer, {"type": MessageType.CANCELLED, "runId": run_id, "found": found})
 
     def _on_run_done(self, task: asyncio.Task[None]) -> None:
         if os.getpid() == 1:
@@ -415,11 +327,6 @@ async def _listen(reader: Reader, run: Run) -> None:
             # The stream answers nothing but the run's own messages; a reply here
             # would be ambiguous, so unexpected input is only logged.
             log.warning("ignoring %r message on the stream of run %s", message["type"], run.run_id)
-
-
-async def _send(writer: Writer, *messages: dict[str, Any]) -> None:
-    writer.write(b"".join(encode(message) for message in messages))
-    await writer.drain()
 
 
 def _reap_orphans() -> None:

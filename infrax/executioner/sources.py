@@ -49,7 +49,9 @@ async def stage_source(
         return None
     # A cache per project and trust: a pull request's run, which may tamper with what its container
     # keeps, never fills the cache a trusted push's run checks out from (Taskcluster's cache levels).
-    key = f"{'t' if offer.trusted else 'u'}-{offer.project}"
+    depth = offer.checkout.depth
+    # A shallow cache apart from the full one: their histories must not mix.
+    key = f"{'t' if offer.trusted else 'u'}-{offer.project}" + (f"-d{depth}" if depth else "")
     state = await client.source_state(key)
     for vcs, revisions in state.items():
         if offer.revision in revisions:  # the warm case: nothing to ask the job master for
@@ -63,7 +65,9 @@ async def stage_source(
             file.seek(0)
             file.truncate()
             async with jobmaster.stream(
-                "GET", f"/api/v1/jobs/{offer.job_id}/source", params=[("have", h) for h in have]
+                "GET",
+                f"/api/v1/jobs/{offer.job_id}/source",
+                params=[*(("have", h) for h in have), *((("depth", str(depth)),) if depth else ())],
             ) as answer:
                 if answer.status_code >= 500 or answer.status_code == 429:
                     raise ServiceError("jobmaster", answer.status_code, (await answer.aread())[:200].decode())
@@ -96,7 +100,9 @@ async def stage_source(
             note(f"sent {size:,} bytes of source its cache lacked ({len(have)} revisions cached)")
         else:
             note(f"its cache had the revision ({len(have)} revisions cached)")
-    return _checkout(answer.headers["x-infrax-vcs"], key, answer.headers["x-infrax-revision"], offer)
+    checkout = _checkout(answer.headers["x-infrax-vcs"], key, answer.headers["x-infrax-revision"], offer)
+    shallow = answer.headers.get("x-infrax-shallow", "").split()
+    return {**checkout, "shallow": shallow} if shallow else checkout
 
 
 def _checkout(vcs: str, key: str, revision: str, offer: PartitionOffer) -> dict[str, Any]:

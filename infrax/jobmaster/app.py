@@ -93,16 +93,19 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         job_id: str,
         request: Request,
         have: list[str] = Query([], max_length=50, description="revisions the cache holds (40 hex digits)"),
+        depth: int | None = Query(None, ge=1, le=100_000, description="git: the revision's last N commits only"),
     ) -> Response:
         """What a container's cache holding `have` lacks to check out the job's revision: a git pack
         or an hg bundle (`X-Infrax-Vcs`), streamed; 204 when it lacks nothing. Needs
         `jobmaster:read-files:<job id>`."""
         require(caller_of(request), f"jobmaster:read-files:{job_id}")
         try:
-            found = await jobmaster.source_pack(job_id, have)
+            found = await jobmaster.source_pack(job_id, have, depth)
         except VcsError as error:
             raise HTTPException(409, f"the source of job {job_id} cannot be read: {error}") from None
         headers = {"X-Infrax-Vcs": found.vcs, "X-Infrax-Revision": found.revision}
+        if found.shallow:
+            headers["X-Infrax-Shallow"] = " ".join(found.shallow)
         if found.path is None:
             return Response(status_code=204, headers=headers)
         size = found.path.stat().st_size

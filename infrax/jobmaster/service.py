@@ -493,11 +493,11 @@ class JobMaster:
         reader, revision = await self._source_of(job_id)
         return await reader.read_file(revision, path)
 
-    async def source_pack(self, job_id: str, have: list[str]) -> Pack:
+    async def source_pack(self, job_id: str, have: list[str], depth: int | None = None) -> Pack:
         """What a container's cache holding `have` lacks of the job's revision (infrax.jobmaster.sources)."""
         reader, revision = await self._source_of(job_id)
         try:
-            return await pack(reader, revision, have)
+            return await pack(reader, revision, have, depth)
         except (git.GitError, hg.HgError) as error:
             raise VcsError(str(error)) from error
 

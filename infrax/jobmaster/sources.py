@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infrax.jobmaster import git, hg
@@ -32,6 +32,7 @@ class Pack:
     vcs: str
     revision: str
     path: Path | None  # None: the cache has all it needs
+    shallow: list[str] = field(default_factory=list)  # a shallow pack's boundary commits (git's `shallow` file)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self.path is not None
@@ -43,9 +44,11 @@ class Pack:
             await asyncio.to_thread(shutil.rmtree, self.path.parent, True)
 
 
-async def pack(source: Source, revision: str, have: list[str]) -> Pack:
+async def pack(source: Source, revision: str, have: list[str], depth: int | None = None) -> Pack:
     """What a cache holding `have` needs to check out `revision`, in a temporary file (streamed
-    then removed by `Pack.chunks`): a pack of hundreds of megabytes is never in memory."""
+    then removed by `Pack.chunks`): a pack of hundreds of megabytes is never in memory. With
+    `depth` (git), the revision's last `depth` commits whatever the cache holds: a shallow fetch
+    into a scratch repository, packed from there, with its boundary."""
     have = [h for h in have[:MAX_HAVES] if _NODE.match(h)]
     if source.vcs == "hg":
         known = set(await hg.nodes(source.path, " or ".join(f"id({h})" for h in have))) if have else set()
@@ -55,8 +58,11 @@ async def pack(source: Source, revision: str, have: list[str]) -> Pack:
         return Pack(source.vcs, revision, None)
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="infrax-source-"))
     path = folder / "source"
+    shallow: list[str] = []
     try:
-        if source.vcs == "hg":
+        if source.vcs == "git" and depth is not None:
+            shallow = await _git_shallow_pack(source.path, revision, depth, folder)
+        elif source.vcs == "hg":
             base = " or ".join(sorted(known)) or "null"
             bundle = ["bundle", "--quiet", "-r", revision, "--base", base, "--type", "none-v2", str(path)]
             await hg.hg(source.path, *bundle)
@@ -65,7 +71,19 @@ async def pack(source: Source, revision: str, have: list[str]) -> Pack:
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         raise
-    return Pack(source.vcs, revision, path)
+    return Pack(source.vcs, revision, path, shallow)
+
+
+async def _git_shallow_pack(repository: str, revision: str, depth: int, folder: Path) -> list[str]:
+    scratch = folder / "shallow.git"
+    await git.git(str(folder), "init", "--quiet", "--bare", str(scratch))
+    uri = Path(await asyncio.to_thread(os.path.abspath, repository)).as_uri()
+    await git.git(str(scratch), "-c", "protocol.version=2", "fetch", "--quiet", f"--depth={depth}", uri, revision)
+    await _git_pack(str(scratch), revision, [], folder / "source")
+    boundary = scratch / "shallow"
+    text = await asyncio.to_thread(boundary.read_text) if await asyncio.to_thread(boundary.exists) else ""
+    await asyncio.to_thread(shutil.rmtree, scratch, True)
+    return text.split()
 
 
 async def _git_pack(repository: str, revision: str, have: list[str], path: Path) -> None:

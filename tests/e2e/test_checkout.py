@@ -146,3 +146,17 @@ async def test_sparse_paths_and_no_checkout(start_stack, tmp_path: Path) -> None
     job, log = await push(infrax, bare, run("git", bare, "rev-parse", "HEAD"))
     assert job["state"] == "completed", log
     assert "calc.py" not in log and "bootstrapper" in log, "it starts in its run directory, no checkout"
+
+
+async def test_a_shallow_checkout_has_only_the_last_commits(start_stack, tmp_path: Path) -> None:
+    infrax = await start_stack(container_types=ONE_CONTAINER)
+    repo = tmp_path / "deep"
+    counts = '#!/bin/sh\necho "history $(git rev-list --count HEAD) commits"\nls tests\n'
+    make_repo("git", repo, extra="    checkout: {depth: 2}\n", bootstrapper=counts)
+    for n in range(5):
+        (repo / f"change{n}.txt").write_text(f"{n}\n")
+        run("git", repo, "add", "-A")
+        run("git", repo, "-c", "user.email=t@infrax.invalid", "-c", "user.name=t", "commit", "-q", "-m", f"c{n}")
+    job, log = await push(infrax, repo, run("git", repo, "rev-parse", "HEAD"))
+    assert job["state"] == "completed", log
+    assert "history 2 commits" in log and "test_add.py" in log, log
