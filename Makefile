@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test check bench bench-backlog bench-optimizer bench-containers services image install clean
+.PHONY: demo test check bench bench-backlog bench-checkout bench-optimizer bench-containers services image install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,10 +39,14 @@ bench: $(STAMP) services
 	$(VENV)/bin/infrax bench --backend embedded --backend production
 	$(PY) benchmarks/containers.py
 	$(PY) benchmarks/backlog.py --backend embedded --backend production
+	$(PY) benchmarks/checkout.py
 
 # A million queued partitions behind two busy containers, on SQLite and on PostgreSQL + RabbitMQ.
 bench-backlog: $(STAMP) services
 	$(PY) benchmarks/backlog.py --backend embedded --backend production
+
+bench-checkout: $(STAMP)
+	$(PY) benchmarks/checkout.py
 
 bench-containers: $(STAMP) services
 	$(PY) benchmarks/containers.py
