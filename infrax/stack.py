@@ -184,6 +184,7 @@ class Stack:
                     FilesystemArtifacts(config.artifact_dir or config.data_dir / "artifacts"),
                     expiry=timedelta(days=config.artifact_expiry_days),
                     max_run_bytes=config.artifact_max_run_bytes,
+                    log_dir=config.data_dir / "logs",
                 ),
             )
             app = executioner_app(service, self.security)

@@ -50,6 +50,7 @@ def cache_state(workdir: Path, key: str) -> dict[str, list[str]]:
         refs = ["for-each-ref", "--sort=-committerdate", "--format=%(objectname)", f"--count={STATE_LIMIT}"]
         state["git"] = _run(["git", "-C", str(git_cache), *refs, "refs/infrax/"], "list the cache").split()
     if (hg_cache / ".hg").is_dir() and len(state["git"]) < STATE_LIMIT:
+        _forget_config(hg_cache)
         heads = ["log", "-r", "heads(all())", "-T", "{node}\n", "--limit", str(STATE_LIMIT - len(state["git"]))]
         state["hg"] = _run([hg_command(), "-R", str(hg_cache), *heads], "list the cache").split()
     return state
@@ -88,6 +89,7 @@ def check_out(workdir: Path, spec: dict[str, Any], run_dir: Path, fetched: Path)
         if not (hg_cache / ".hg").is_dir():
             hg_cache.parent.mkdir(parents=True, exist_ok=True)
             _run([hg_command(), "init", str(hg_cache)], "make the cache")
+        _forget_config(hg_cache)
         if source.exists():
             _run([hg_command(), "-R", str(hg_cache), "unbundle", "--quiet", str(source)], "add the new changesets")
             source.unlink()
@@ -105,6 +107,12 @@ def _share_objects(cache: Path, target: Path) -> None:
     (target / ".git" / "objects" / "info" / "alternates").write_text(f"{cache / 'objects'}\n")
     if (cache / "shallow").exists():
         shutil.copyfile(cache / "shallow", target / ".git" / "shallow")
+
+
+def _forget_config(repository: Path) -> None:
+    """A run can write to its cache: a `.hg/hgrc` it planted there (hooks, extensions) is removed
+    before the agent's hg reads the cache; the cache needs none of its own."""
+    (repository / ".hg" / "hgrc").unlink(missing_ok=True)
 
 
 def _caches(workdir: Path, key: str) -> tuple[Path, Path]:

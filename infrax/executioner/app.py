@@ -13,6 +13,7 @@ from pydantic import Field
 from infrax.artifacts import Artifact, ArtifactNotFound
 from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
+from infrax.executioner.artifacts import LOG_ARTIFACT, file_chunks
 from infrax.executioner.service import Executioner
 from infrax.model import ExecutionAssignment, WireModel
 from infrax.pagination import PageRequest, link_next, page_request
@@ -112,7 +113,19 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
             for a in shown
         ]
 
+    async def with_log(run_id: str) -> list[Artifact]:
+        found = await executioner.artifacts.store.list(run_id)
+        stored = await executioner.get_run(run_id)
+        log = executioner.artifacts.log_artifact(run_id, stored[1]) if stored is not None else None
+        return sorted([*found, *([log] if log else [])], key=lambda a: a.name)
+
     async def download(run_id: str, name: str) -> StreamingResponse:
+        if name == LOG_ARTIFACT:
+            stored = await executioner.get_run(run_id)
+            log = executioner.artifacts.log_artifact(run_id, stored[1]) if stored is not None else None
+            if stored is None or log is None:
+                raise HTTPException(404, f"run {run_id} has no log")
+            return StreamingResponse(file_chunks(stored[1]), media_type=log.content_type, headers={**ARTIFACT_HEADERS})
         try:
             artifact = await executioner.artifacts.store.get(run_id, name)
         except (ArtifactNotFound, ValueError):
@@ -131,7 +144,7 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
         """What the run left, by name, its log among them; a page at a time."""
         if await executioner.get_run(run_id) is None:
             raise HTTPException(404, f"no run {run_id}")
-        found = await executioner.artifacts.store.list(run_id)
+        found = await with_log(run_id)
         return listing(run_id, found, f"/api/v1/runs/{run_id}/artifacts", request, response, page)
 
     @app.get("/api/v1/runs/{run_id}/artifacts/{name:path}", **read)
@@ -148,7 +161,7 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
     ) -> list[ArtifactView]:
         """What the partition's latest run (or `run`) left, by name."""
         run_id = await run_of(partition_id, run)
-        found = await executioner.artifacts.store.list(run_id)
+        found = await with_log(run_id)
         return listing(run_id, found, f"/api/v1/runs/{run_id}/artifacts", request, response, page)
 
     @app.get("/api/v1/partitions/{partition_id}/artifacts/{name:path}", **read)

@@ -99,6 +99,7 @@ class Executioner:
         self._resuming: asyncio.Task[None] | None = None
         # What runs leave, and their logs: kept before their end is stored, so a run seen ended has them.
         self.artifacts = artifacts or ArtifactKeeper(FilesystemArtifacts(self.log_dir / "artifacts"))
+        self.artifacts.log_dir = self.log_dir
 
     async def start(self) -> None:
         """Re-attach to the runs that were in flight when this executioner stopped: they went on in
@@ -289,7 +290,6 @@ class Executioner:
                 f"{'' if final.exit_code is None else f' (exit code {final.exit_code})'}"
                 f"{'' if not final.message else f': {final.message}'}\n"
             )
-        await self.artifacts.keep_log(offer.run_id, path)
         await self._finish(assignment, final, healthy)
 
     async def _follow(

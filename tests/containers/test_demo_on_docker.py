@@ -1,4 +1,5 @@
-"""The demo's job (a real git project, three partitions) through every component, on Podman containers."""
+"""The demo's job (a real git project: a build, then three test partitions on what it built) through
+every component, on Podman containers."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def docker_config(
 
 async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, agent_image: str) -> None:
     repo = tmp_path / "sample"
-    good = make_sample_repo(repo)
-    # The bootstrapper clones the repository by its host path: mount only that, read-only.
+    good = make_sample_repo(repo, build=True)
+    # The build clones the repository by its host path: mount only that, read-only.
     config = docker_config(tmp_path, docker_url, agent_image, repo, containers=3, idle_timeout=30, cpus=1)
     stack = Stack(config)
     await stack.start()
@@ -74,6 +75,8 @@ async def test_demo_job_on_docker_containers(tmp_path: Path, docker_url: str, ag
         await stack.stop()
 
     assert passed.state == "completed", passed.model_dump_json(indent=1)
+    assert {t.name: t.state for t in passed.tasks} == {"build": "completed", "unit": "completed"}
     assert failed.state == "failed", failed.model_dump_json(indent=1)
+    assert {t.name: t.state for t in failed.tasks} == {"build": "completed", "unit": "failed"}
     assert started, "no docker container was started"
     assert await provider.list() == []  # the provisioner removed its containers on stop

@@ -111,10 +111,13 @@ async def test_a_bootstrapper_that_only_runs_pytest_passes_and_a_warm_container_
         hook.parent.mkdir(exist_ok=True)
         hook.write_text(f"#!/bin/sh\ntouch {planted}\n")
         hook.chmod(0o755)
+    for cache_dir in (work / "cache").glob("*.hg"):
+        hooks = "".join(f"{event} = touch {planted}\n" for event in ("changegroup", "pretxnchangegroup", "update"))
+        (cache_dir / ".hg" / "hgrc").write_text(f"[hooks]\n{hooks}")
 
     second = commit(vcs, repo)
     job, log = await push(infrax, repo, second)
-    assert not planted.exists(), "the agent's git ran a hook a run planted in the cache"
+    assert not planted.exists(), "the agent's git or hg ran a hook a run planted in the cache"
     assert job["state"] == "completed", log
     assert "2 passed" in log and "(1 revisions cached)" in log, log
     sent = [int(n.replace(",", "")) for n in re.findall(r"sent ([\d,]+) bytes of source", log)]

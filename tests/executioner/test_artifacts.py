@@ -49,9 +49,11 @@ async def test_a_restart_mid_run_keeps_its_artifacts_once_and_ends_it_once(
     assert final.state == "completed" and [s for s in made.of(run_id) if s != "running"] == ["completed"]
     assert len(journal_lines(journal)) == 1
     kept = await again.artifacts.store.list(run_id)
-    assert [a.name for a in kept] == [LOG_ARTIFACT, "report.txt"]
-    log = b"".join([c async for c in again.artifacts.store.read(run_id, LOG_ARTIFACT)]).decode()
+    assert [a.name for a in kept] == ["report.txt"]
+    log = again.log_path(run_id).read_text()
     assert "re-attached" in log and "went" in log and "kept 1 artifacts" in log
+    shown = again.artifacts.log_artifact(run_id, again.log_path(run_id))
+    assert shown is not None and shown.name == LOG_ARTIFACT and shown.size == len(log.encode())
 
 
 async def test_what_takes_a_run_past_its_bound_is_not_kept_and_the_log_says_so(
@@ -68,7 +70,7 @@ async def test_what_takes_a_run_past_its_bound_is_not_kept_and_the_log_says_so(
     await executioner.execute([work])
     await made.final(work.offer.run_id)
 
-    assert [a.name for a in await executioner.artifacts.store.list(work.offer.run_id)] == ["a", LOG_ARTIFACT]
+    assert [a.name for a in await executioner.artifacts.store.list(work.offer.run_id)] == ["a"]
     log = executioner.log_path(work.offer.run_id).read_text()
     assert "artifact not kept: b (600 bytes) would take the run past its 1.0 KB of artifacts" in log
 
@@ -80,15 +82,17 @@ async def test_artifacts_and_logs_expire_when_their_time_is_up(
     script, _ = journal_script(tmp_path, 'echo x > "$INFRAX_ARTIFACTS_DIR/x"\n')
     executioner = await made.executioner()
     store = MemoryArtifacts()
-    executioner.artifacts = ArtifactKeeper(store, expiry=timedelta(days=7))
+    executioner.artifacts = ArtifactKeeper(store, expiry=timedelta(days=7), log_dir=executioner.log_dir)
     work = assignment(agent, script)
     await executioner.execute([work])
     await made.final(work.offer.run_id)
-    kept = await store.list(work.offer.run_id)
-    assert len(kept) == 2 and all(
-        timedelta(days=7) - timedelta(minutes=1) < a.expires_at - utcnow() <= timedelta(days=7) for a in kept
+    log = executioner.artifacts.log_artifact(work.offer.run_id, executioner.log_path(work.offer.run_id))
+    kept = [*await store.list(work.offer.run_id), log]
+    assert all(
+        a is not None and timedelta(days=7) - timedelta(minutes=1) < a.expires_at - utcnow() <= timedelta(days=7)
+        for a in kept
     )
 
-    assert await store.sweep(utcnow() + timedelta(days=6)) == 0
-    assert await store.sweep(utcnow() + timedelta(days=7, seconds=1)) == 2
-    assert await store.list(work.offer.run_id) == []
+    assert await executioner.artifacts.sweep(utcnow() + timedelta(days=6)) == 0
+    assert await executioner.artifacts.sweep(utcnow() + timedelta(days=7, seconds=1)) == 2, "the artifact and the log"
+    assert await store.list(work.offer.run_id) == [] and not executioner.log_path(work.offer.run_id).exists()
