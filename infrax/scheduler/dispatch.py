@@ -118,6 +118,14 @@ class Dispatching:
 
     async def _mark_dispatched(self, accepted_ids: list[str], offered: dict[str, PartitionOffer]) -> None:
         async with self.outbox.begin() as (conn, messages):
+            # Locked in id order first, as a run's news is applied: a fast agent's `running` can be
+            # applied while this marks its partition, and an UPDATE takes its rows in no order.
+            await conn.execute(
+                select(partitions.c.id)
+                .where(partitions.c.id.in_(accepted_ids))
+                .order_by(partitions.c.id)
+                .with_for_update()
+            )
             # Still ours and still queued: a cancel or a run's news may have come in meanwhile.
             dispatched = (
                 (
