@@ -209,34 +209,14 @@ def pulse_jobs(
 def _message(
     task: TcTask, run: TcRun, job: dict[str, Any], build_system: str, state: str, result: str
 ) -> dict[str, Any]:
-    origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": job["revision"]}
-    if isinstance(job.get("id"), int):
-        origin["id"] = job["id"]
     display: dict[str, Any] = {
         "jobName": f"{task.task_name} {task.idx}/{task.count}"[:140],
-        "jobSymbol": tc.task_symbol(task.task_name),
-        "groupSymbol": task.task_name[:25],
-        "groupName": task.task_name[:255],
+        **_group(task.task_name),
     }
     if task.count > 1:  # Treeherder shows jobSymbol and chunkId together: u1, u2, u3
         display |= {"chunkId": task.idx, "chunkCount": task.count}
-    body: dict[str, Any] = {
-        "taskId": f"{_guid(task.partition_id)}/{run.run}",
-        "retryId": run.run,
-        "buildSystem": build_system,
-        "owner": job["owner"],
-        "origin": origin,
-        "display": display,
-        "state": state,
-        "result": result,
-        "jobKind": "test",
-        "tier": 1,
-        "reason": "scheduled",
-        "productName": job["project"][:125],
-        "buildMachine": _machine(task, run),
-        "jobInfo": {"links": [{"url": job["url"], "linkText": "job", "label": "infrax"}]},
-        "version": 1,
-    }
+    body = _job(job, build_system, f"{_guid(task.partition_id)}/{run.run}", run.run, display, _machine(task, run))
+    body |= {"state": state, "result": result}
     if run.message and state == "completed":
         body["jobInfo"]["summary"] = run.message
     if run.log_url and state in ("running", "completed") and len(run.log_url) <= 255:
@@ -255,40 +235,46 @@ def placeholder_job(
     status: TaskStatus, job: dict[str, Any], build_system: str, state: str, result: str
 ) -> dict[str, Any]:
     """The Treeherder job standing for a dependent task until it is planned: its GUID the task's."""
-    origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": job["revision"]}
-    if isinstance(job.get("id"), int):
-        origin["id"] = job["id"]
     task = job["dependents"].get(status.name, {})
     needs = ", ".join(task.get("dependsOn", []))
     tags = task.get("containerTag") or ["-"]
-    body: dict[str, Any] = {
-        "taskId": f"{_guid(status.task_id)}/0",
-        "retryId": 0,
-        "buildSystem": build_system,
-        "owner": job["owner"],
-        "origin": origin,
-        "display": {
-            "jobName": f"{status.name} (after {needs})"[:140],
-            "jobSymbol": tc.task_symbol(status.name),
-            "groupSymbol": status.name[:25],
-            "groupName": status.name[:255],
-        },
-        "state": state,
-        "result": result,
-        "jobKind": "test",
-        "tier": 1,
-        "reason": "scheduled",
-        "productName": job["project"][:125],
-        # Where its partitions will run, so it is shown on their row.
-        "buildMachine": {"name": "-", **tc.machine(tags[0] if isinstance(tags, list) else str(tags))},
-        "jobInfo": {"links": [{"url": job["url"], "linkText": "job", "label": "infrax"}]},
-        "version": 1,
-        "timeScheduled": status.timestamp.isoformat(),
-    }
+    display = {"jobName": f"{status.name} (after {needs})"[:140], **_group(status.name)}
+    # Where its partitions will run, so it is shown on their row.
+    machine = {"name": "-", **tc.machine(tags[0] if isinstance(tags, list) else str(tags))}
+    body = _job(job, build_system, f"{_guid(status.task_id)}/0", 0, display, machine)
+    body |= {"state": state, "result": result, "timeScheduled": status.timestamp.isoformat()}
     if state == "completed":
         body["jobInfo"]["summary"] = status.message or f"planned: its partitions are jobs of group {status.name}"
         body["timeCompleted"] = status.timestamp.isoformat()
     return body
+
+
+def _group(task_name: str) -> dict[str, str]:
+    return {"jobSymbol": tc.task_symbol(task_name), "groupSymbol": task_name[:25], "groupName": task_name[:255]}
+
+
+def _job(
+    job: dict[str, Any], build_system: str, guid: str, retry: int, display: dict[str, Any], machine: dict[str, str]
+) -> dict[str, Any]:
+    """What every job message of a push says, whichever job it is."""
+    origin: dict[str, Any] = {"project": _word(job["project"], 50), "revision": job["revision"]}
+    if isinstance(job.get("id"), int):
+        origin["id"] = job["id"]
+    return {
+        "taskId": guid,
+        "retryId": retry,
+        "buildSystem": build_system,
+        "owner": job["owner"],
+        "origin": origin,
+        "display": display,
+        "jobKind": "test",
+        "tier": 1,
+        "reason": "scheduled",
+        "productName": job["project"][:125],
+        "buildMachine": machine,
+        "jobInfo": {"links": [{"url": job["url"], "linkText": "job", "label": "infrax"}]},
+        "version": 1,
+    }
 
 
 def _guid(partition_id: str) -> str:
