@@ -46,6 +46,7 @@ class PartitionStatus(BusMessage):
     # On a final state, what the run measured: its own time and the bootstrapper's per-file times.
     duration: float | None = None
     file_durations: dict[str, float] | None = None
+    checkout_seconds: float | None = Field(default=None, description="of `duration`, the checkout's share")
 
 
 class TaskStatus(BusMessage):

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Response
 from infrax.auth import Security, route_options, secured_app
 from infrax.model import ExecutionPlan, PlanRequest
 from infrax.optimizer.history import FileRuntime
+from infrax.optimizer.overheads import LearnedOverhead
 from infrax.optimizer.service import OptimizerService
 from infrax.web import add_error_handlers
 
@@ -33,6 +34,16 @@ def create_app(service: OptimizerService, security: Security) -> FastAPI:
     async def history(project: str, task: str, containerType: str | None = None) -> list[FileRuntime]:  # noqa: N803
         """What the optimizer learned of each file of one task."""
         return await service.file_history(project, task, containerType)
+
+    @app.get(
+        "/api/v1/overheads",
+        response_model=list[LearnedOverhead],
+        response_model_by_alias=True,
+        **route_options("optimizer:read", readable=True),
+    )
+    async def overheads(project: str, task: str) -> list[LearnedOverhead]:
+        """What the optimizer learned of one task's checkout and start, per container type."""
+        return await service.overheads(project, task)
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

@@ -5,7 +5,8 @@ A finished partition run (completed or failed) is one sample for each of its fil
 - files the bootstrapper reported in `$INFRAX_REPORT_DIR/durations.json` (the agent forwards it
   as the run's `fileDurations`) take the reported seconds;
 - the other files share what is left of the run's duration (duration minus the reported
-  seconds; nothing if that is not positive) in proportion to their current estimates, a file
+  seconds and the run's overhead: its measured checkout and the learned start of the task, see
+  `infrax.optimizer.overheads`; nothing if that is not positive) in proportion to their current estimates, a file
   without one counting as the median of the others' estimates, or all equally when none has one.
 
 A file's estimate is the mean of its first samples and then an exponential moving average,
@@ -26,6 +27,8 @@ from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.model import WireModel, utcnow
+from infrax.optimizer import overheads
+from infrax.optimizer.overheads import LearnedOverhead, Overhead
 from infrax.store import Conflict, Database, aware
 from infrax.store.tables import file_durations
 
@@ -60,6 +63,7 @@ class Sample:
     count: int
     duration: float | None
     file_durations: dict[str, float] | None = None
+    checkout_seconds: float | None = None
 
 
 class FileRuntime(WireModel):
@@ -82,6 +86,7 @@ def spread(
     duration: float | None,
     reported: Mapping[str, float] | None,
     estimates: Mapping[str, float],
+    overhead: float = 0.0,
 ) -> dict[str, float]:
     """Seconds per file of one run, by the rule in this module's docstring."""
     reported = reported or {}
@@ -89,7 +94,7 @@ def spread(
     rest = [f for f in files if f not in samples]
     if not rest or duration is None:
         return samples
-    left = duration - sum(samples.values())
+    left = duration - overhead - sum(samples.values())
     if left <= 0:
         return samples
     known = [estimates[f] for f in rest if f in estimates and estimates[f] > 0]
@@ -130,6 +135,14 @@ class RuntimeHistory:
                 found[key][file] = FileHistory(estimate, samples, index, count)
         return found
 
+    async def overheads(self, project: str, keys: Iterable[HistoryKey]) -> dict[HistoryKey, Overhead]:
+        async with self.db.begin() as conn:
+            return await overheads.load(conn, project, keys)
+
+    async def overhead_rows(self, project: str, task_name: str) -> list[LearnedOverhead]:
+        async with self.db.begin() as conn:
+            return await overheads.rows(conn, project, task_name)
+
     async def rows(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
         t = file_durations
         query = (
@@ -158,9 +171,12 @@ class RuntimeHistory:
             rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
             existing: set[tuple[str, str, str, str]] = set()
             await self._load_rows(conn, samples, rows, existing)
+            learned = await overheads.record(conn, samples, now)
             changed: set[tuple[str, str, str, str]] = set()
             for sample in samples:
-                changed |= _apply(sample, rows, now)
+                changed |= _apply(
+                    sample, rows, now, learned.get((sample.project, sample.task_name, sample.container_type))
+                )
             inserts = [rows[key] for key in changed if key not in existing]
             updates = [{f"b_{k}": v for k, v in rows[key].items()} for key in changed if key in existing]
             if inserts:
@@ -208,13 +224,16 @@ _KEY = ("project", "task_name", "container_type", "file")
 _MUTABLE = ("estimate", "samples", "last_duration", "partition_index", "partition_count", "recent_runs", "updated_at")
 
 
-def _apply(sample: Sample, rows: dict[tuple[str, str, str, str], dict[str, Any]], now: datetime) -> set[Any]:
+def _apply(
+    sample: Sample, rows: dict[tuple[str, str, str, str], dict[str, Any]], now: datetime, learned: Overhead | None
+) -> set[Any]:
     """Fold one run into the rows of its files (in memory); the keys of the rows it changed."""
+    overhead = (sample.checkout_seconds or 0.0) + (learned.start if learned and learned.start_samples else 0.0)
     prefix = (sample.project, sample.task_name, sample.container_type)
     fresh = [f for f in dict.fromkeys(sample.files) if sample.run_id not in _runs(rows.get(prefix + (f,)))]
     estimates = {f: rows[prefix + (f,)]["estimate"] for f in fresh if prefix + (f,) in rows}
     changed = set()
-    for f, seconds in spread(fresh, sample.duration, sample.file_durations, estimates).items():
+    for f, seconds in spread(fresh, sample.duration, sample.file_durations, estimates, overhead).items():
         key = prefix + (f,)
         row = rows.get(key)
         if row is None:

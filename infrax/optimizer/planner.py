@@ -3,7 +3,9 @@
 For each task, in order: the container type (the first carrying every requested tag); skip it
 when the push changed nothing it depends on; estimate each file (history, else the median of
 the task's known files, else `default_duration`); choose the partition count (explicit, else
-the fewest meeting `target_wall_time`, else `files_per_partition`); split the files so that the
+the fewest meeting `target_wall_time`, else `files_per_partition`; a partition's overhead
+is its container type's `overhead` plus what the optimizer learned of the task's checkout and
+start); split the files so that the
 longest partition is as short as possible, keeping files in the partition they last ran in
 while that costs at most `tolerance` of balance. Then the dispatch order: priority, higher
 first, then the longest expected partition first.
@@ -27,6 +29,7 @@ from infrax.model import (
     pick_container_type,
 )
 from infrax.optimizer.history import FileHistory, History
+from infrax.optimizer.overheads import Overhead, Overheads
 from infrax.optimizer.partitioning import Partitioning, lower_bound, partition, split_evenly
 
 __all__ = ["Planner", "choose_count", "pick_container_type", "split_evenly", "unchanged_reason"]
@@ -40,13 +43,29 @@ class Planner:
         self.tolerance = tolerance  # balance given up, at most, to keep files where they ran last
         self.default_duration = default_duration  # seconds per file of a task with no history at all
 
-    def plan(self, request: PlanRequest, history: History | None = None, *, explain: bool = False) -> ExecutionPlan:
+    def plan(
+        self,
+        request: PlanRequest,
+        history: History | None = None,
+        *,
+        explain: bool = False,
+        overheads: Overheads | None = None,
+    ) -> ExecutionPlan:
         types = {t.name: t for t in request.container_types}
-        planned = [self._plan_task(i, task, request, history or {}, explain) for i, task in enumerate(request.tasks)]
+        learned = overheads or {}
+        planned = [
+            self._plan_task(i, task, request, history or {}, learned, explain) for i, task in enumerate(request.tasks)
+        ]
+        overhead = {
+            task.position: types[task.container_type].overhead
+            + learned.get((task.name, task.container_type), Overhead()).seconds
+            for task in planned
+            if task.container_type
+        }
         queue = sorted(
             (
                 -task.priority,
-                -(part.expected_duration or 0.0) - types[task.container_type].overhead,
+                -(part.expected_duration or 0.0) - overhead[task.position],
                 task.position,
                 part.index,
             )
@@ -56,7 +75,10 @@ class Planner:
         )
         order = [(position, index) for _, _, position, index in queue]
         durations = {
-            (task.position, part.index): (task.container_type, part.expected_duration or 0.0)
+            (task.position, part.index): (
+                task.container_type,
+                (part.expected_duration or 0.0) + overhead[task.position],
+            )
             for task in planned
             if task.container_type and not task.skipped
             for part in task.partitions
@@ -70,7 +92,7 @@ class Planner:
                 f"{running} task(s) run in {len(order)} partition(s); {skipped} skipped; "
                 f"{len(planned) - running - skipped} without a container type",
                 "dispatch order: priority (higher first), then the longest expected partition (estimate plus "
-                "the container type's overhead) first; ties by task position, then partition number",
+                "its overhead) first; ties by task position, then partition number",
                 f"expected makespan {makespan:.1f} s: that order simulated on each container type's "
                 "max_concurrent containers, as if this request ran alone",
             ]
@@ -79,7 +101,13 @@ class Planner:
         )
 
     def _plan_task(
-        self, position: int, task: TaskDefinition, request: PlanRequest, history: History, explain: bool
+        self,
+        position: int,
+        task: TaskDefinition,
+        request: PlanRequest,
+        history: History,
+        overheads: Overheads,
+        explain: bool,
     ) -> PlannedTask:
         why: list[str] = []
         base = PlannedTask(position=position, name=task.name, container_type=None, priority=task.priority)
@@ -103,12 +131,18 @@ class Planner:
         why.append(match)
         files = list(dict.fromkeys(task.files))
         known = history.get((task.name, container_type.name), {})
+        learned = overheads.get((task.name, container_type.name), Overhead())
+        overhead = container_type.overhead + learned.seconds
+        why.append(
+            f"overhead {overhead:.1f} s a partition: {container_type.overhead:.1f} s of {container_type.name}'s "
+            f"own start, learned {learned.describe()}"
+        )
         durations = self._estimates(files, known, why)
-        count, chosen = self._count(task, files, durations, known, container_type, why)
+        count, chosen = self._count(task, files, durations, known, overhead, why)
         previous = {f: h.last_index for f in files if (h := known.get(f)) and h.last_count == count and h.last_index}
         ceiling = None
         if chosen is not None and task.target_wall_time:
-            goal = max(task.target_wall_time - container_type.overhead, max(durations))
+            goal = max(task.target_wall_time - overhead, max(durations))
             ceiling = goal if chosen.makespan <= goal * (1 + 1e-9) else None
         result = _split(files, durations, count, previous, self.tolerance, ceiling)
         why.append(_describe_balance(result, count))
@@ -122,10 +156,10 @@ class Planner:
             PlannedPartition(index=i + 1, files=part, expected_duration=round(load, 3))
             for i, (part, load) in enumerate(zip(result.parts, result.loads, strict=True))
         ]
-        makespan = result.makespan + container_type.overhead
+        makespan = result.makespan + overhead
         why.append(
             f"expected wall time {makespan:.1f} s: longest partition {result.makespan:.1f} s plus "
-            f"{container_type.overhead:.1f} s overhead of {container_type.name}"
+            f"{overhead:.1f} s overhead"
         )
         return base.model_copy(
             update={
@@ -157,7 +191,7 @@ class Planner:
         files: list[str],
         durations: list[float],
         known: Mapping[str, FileHistory],
-        container_type: ContainerType,
+        overhead: float,
         why: list[str],
     ) -> tuple[int, Partitioning | None]:
         n = max(1, len(files))
@@ -169,14 +203,12 @@ class Planner:
             )
             return count, None
         if task.target_wall_time and known and files:
-            count, chosen, tried = choose_count(
-                files, durations, task.target_wall_time, container_type.overhead, task.max_partitions
-            )
-            met = chosen.makespan + container_type.overhead <= task.target_wall_time * (1 + 1e-9)
-            attempts = ", ".join(f"{c}: {m + container_type.overhead:.1f} s" for c, m in tried)
+            count, chosen, tried = choose_count(files, durations, task.target_wall_time, overhead, task.max_partitions)
+            met = chosen.makespan + overhead <= task.target_wall_time * (1 + 1e-9)
+            attempts = ", ".join(f"{c}: {m + overhead:.1f} s" for c, m in tried)
             if met:
                 why.append(
-                    f"partitions: {count}, the fewest whose longest partition plus {container_type.overhead:.1f}"
+                    f"partitions: {count}, the fewest whose longest partition plus {overhead:.1f}"
                     f" s overhead meets the target {task.target_wall_time:.1f} s (tried {attempts})"
                 )
             else:
@@ -256,7 +288,8 @@ def _simulate(
     durations: Mapping[tuple[int, int], tuple[str | None, float]],
     types: Mapping[str, ContainerType],
 ) -> float:
-    """When the last partition would end, dispatched in `order` onto max_concurrent containers per type."""
+    """When the last partition would end, dispatched in `order` onto max_concurrent containers per type
+    (each partition's seconds include its overhead)."""
     slots: dict[str, list[float]] = {}
     end = 0.0
     for key in order:
@@ -265,7 +298,7 @@ def _simulate(
         kind = types[type_name]
         free = slots.setdefault(type_name, [0.0] * kind.max_concurrent)
         start = heapq.heappop(free)
-        finish = start + kind.overhead + seconds
+        finish = start + seconds
         heapq.heappush(free, finish)
         end = max(end, finish)
     return end

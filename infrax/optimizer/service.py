@@ -1,9 +1,9 @@
 """The optimizer service: plans with the runtime history it learns from the bus.
 
 A partition's final `PartitionStatus` (from the scheduler) says which project, task, container
-type and files it was and where it ran, and carries what its run measured: `duration` and the
-bootstrapper's `fileDurations`. Without a measured duration, the partition's own start and
-finish times give it.
+type and files it was and where it ran, and carries what its run measured: `duration`, the
+bootstrapper's `fileDurations` and the checkout's `checkoutSeconds`. Without a measured duration,
+the partition's own start and finish times give it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import PartitionStatus
 from infrax.model import ExecutionPlan, PlanRequest, State, pick_container_type, run_id_of
 from infrax.optimizer.history import FileRuntime, RuntimeHistory, Sample
+from infrax.optimizer.overheads import LearnedOverhead
 from infrax.optimizer.planner import Planner
 from infrax.optimizer.workers import PlanningWorker
 from infrax.store import Database
@@ -73,16 +74,23 @@ class OptimizerService:
         return keys
 
     async def plan(self, request: PlanRequest, *, explain: bool = False) -> ExecutionPlan:
-        history = await self.history.load(request.project, self._history_keys(request))
-        return self.planner.plan(request, history, explain=explain)
+        keys = self._history_keys(request)
+        history = await self.history.load(request.project, keys)
+        overheads = await self.history.overheads(request.project, keys)
+        return self.planner.plan(request, history, explain=explain, overheads=overheads)
 
     async def plan_json(self, request: PlanRequest, *, explain: bool = False) -> bytes:
         """The plan as the REST API answers it; a large request's made in the worker process."""
         if sum(len(t.files) for t in request.tasks) < OFF_LOOP_FILES:
             plan = await self.plan(request, explain=explain)
             return plan.model_dump_json(by_alias=True).encode()
-        history = await self.history.load(request.project, self._history_keys(request))
-        return await self.worker.plan_json(request, history, explain)
+        keys = self._history_keys(request)
+        history = await self.history.load(request.project, keys)
+        overheads = await self.history.overheads(request.project, keys)
+        return await self.worker.plan_json(request, history, overheads, explain)
+
+    async def overheads(self, project: str, task_name: str) -> list[LearnedOverhead]:
+        return await self.history.overhead_rows(project, task_name)
 
     async def file_history(self, project: str, task_name: str, container_type: str | None = None) -> list[FileRuntime]:
         return await self.history.rows(project, task_name, container_type)
@@ -109,6 +117,7 @@ class OptimizerService:
             count=part.count,
             duration=duration,
             file_durations=status.file_durations,
+            checkout_seconds=status.checkout_seconds,
         )
         await self._batcher.submit(sample)
 

@@ -20,15 +20,16 @@ from concurrent.futures.process import BrokenProcessPool
 
 from infrax.model import PlanRequest
 from infrax.optimizer.history import History
+from infrax.optimizer.overheads import Overheads
 from infrax.optimizer.planner import Planner
 
 log = logging.getLogger(__name__)
 
 
-def _plan_json(planner: Planner, request: bytes, history: History, explain: bool) -> bytes:
+def _plan_json(planner: Planner, request: bytes, history: History, overheads: Overheads, explain: bool) -> bytes:
     # The request goes as its JSON, not pickled: a worker started after an upgrade of the files
     # reads it by the wire format, which is versioned, not by the class layout of another release.
-    plan = planner.plan(PlanRequest.model_validate_json(request), history, explain=explain)
+    plan = planner.plan(PlanRequest.model_validate_json(request), history, explain=explain, overheads=overheads)
     return plan.model_dump_json(by_alias=True).encode()
 
 
@@ -50,12 +51,14 @@ class PlanningWorker:
         processes = getattr(self._pool, "_processes", None) or {}
         return next(iter(processes), None)
 
-    async def plan_json(self, request: PlanRequest, history: History, explain: bool) -> bytes:
+    async def plan_json(self, request: PlanRequest, history: History, overheads: Overheads, explain: bool) -> bytes:
         loop = asyncio.get_running_loop()
         encoded = request.model_dump_json(by_alias=True).encode()
         while self._failures < 2:
             try:
-                plan = await loop.run_in_executor(self._executor(), _plan_json, self.planner, encoded, history, explain)
+                plan = await loop.run_in_executor(
+                    self._executor(), _plan_json, self.planner, encoded, history, overheads, explain
+                )
             except BrokenProcessPool:
                 # The worker died (killed, out of memory): a new one plans it again. One that dies
                 # twice in a row cannot start here (a `__main__` without its guard, say): a thread.
@@ -65,7 +68,7 @@ class PlanningWorker:
                 continue
             self._failures = 0
             return plan
-        return await asyncio.to_thread(_plan_json, self.planner, encoded, history, explain)
+        return await asyncio.to_thread(_plan_json, self.planner, encoded, history, overheads, explain)
 
     def stop(self) -> None:
         if self._pool is not None:

@@ -423,6 +423,7 @@ class Scheduler(Dispatching, Cancelling):
                 if row["id"] in measured:
                     event.duration = measured[row["id"]].duration
                     event.file_durations = measured[row["id"]].file_durations
+                    event.checkout_seconds = measured[row["id"]].checkout_seconds
                 events.append(event)
             settled, ready = await settle_tasks(conn, {r["task_id"] for r, _ in changed.values()})
             messages += outgoing(events + settled)

@@ -184,6 +184,20 @@ file_durations = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+overheads = Table(
+    "optimizer_overheads",
+    metadata,
+    Column("project", String(200), primary_key=True),
+    Column("task_name", String(200), primary_key=True),
+    Column("container_type", String(100), primary_key=True),
+    Column("checkout", Float, nullable=False),  # seconds: the moving average of the runs' checkouts
+    Column("checkout_samples", Integer, nullable=False),
+    Column("start", Float, nullable=False),  # seconds of a run that no file's reported time accounts for
+    Column("start_samples", Integer, nullable=False),
+    Column("recent_runs", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 
 # -- job master: where jobs came from (code hosts) --------------------------------------------
 

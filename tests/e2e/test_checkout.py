@@ -3,6 +3,7 @@ Mercurial, a warm container fetching only the new commits, sparse paths, or no c
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -82,6 +83,17 @@ async def push(infrax: Running, repo: Path, revision: str) -> tuple[dict[str, An
     return job, log
 
 
+async def learned_overhead(infrax: Running, project: str, runs: int) -> dict[str, Any]:
+    """The optimizer's learned overhead of the task `unit`, once it has learned from `runs` runs."""
+    async with asyncio.timeout(30):
+        while True:
+            answer = await infrax["optimizer"].get("/api/v1/overheads", params={"project": project, "task": "unit"})
+            assert answer.status_code == 200, answer.text
+            if answer.json() and answer.json()[0]["checkoutSamples"] >= runs:
+                return answer.json()[0]
+            await asyncio.sleep(0.05)
+
+
 def packs(cache: Path) -> list[int]:
     """Objects in each pack of a git cache, oldest first."""
     found = sorted((cache / "objects" / "pack").glob("*.idx"), key=lambda p: p.stat().st_mtime_ns)
@@ -131,6 +143,11 @@ async def test_a_bootstrapper_that_only_runs_pytest_passes_and_a_warm_container_
         assert run("hg", cache, "log", "-T", "{node}\n").split() == [second, first]
         run("hg", repo, "bundle", "--all", "-q", "--type", "none-v2", str(tmp_path / "all.hg"))
         assert sent and sent[0] < (tmp_path / "all.hg").stat().st_size / 2, "the second sent only what was new"
+
+    # The optimizer learned each run's checkout as part of the task's overhead on its container type.
+    learned = await learned_overhead(infrax, f"co-{vcs}", runs=2)
+    assert learned["containerType"] == "linux_x86_64" and 0 < learned["checkout"] < 60, learned
+    assert re.search(r"checkout took [\d.]+ s", log), log
 
 
 async def test_sparse_paths_and_no_checkout(start_stack, tmp_path: Path) -> None:
