@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.bus import Bus, schemas
 from infrax.bus.base import CC, BusError, Encoded
+from infrax.bus.messages import BusMessage
 from infrax.model import utcnow
 from infrax.retry import outage
 from infrax.store import Database, StoreError
@@ -33,8 +34,9 @@ RELAY_BATCH = 1000
 RELAY_LINGER = 0.002
 POLL_INTERVAL = 1.0  # for rows another process wrote (or a crash left); new rows wake the relay
 
-# exchange, routing key, body[, CC: more routing keys of the same message]
-Outgoing = tuple[str, str, dict[str, Any]] | tuple[str, str, dict[str, Any], list[str]]
+# exchange, routing key, body (a plain object, or a message model)[, CC: more routing keys of it]
+Body = dict[str, Any] | BusMessage
+Outgoing = tuple[str, str, Body] | tuple[str, str, Body, list[str]]
 
 
 class Outbox:
@@ -63,13 +65,18 @@ class Outbox:
             self.wake()
 
     async def add(self, conn: AsyncConnection, messages: Iterable[Outgoing]) -> None:
-        """Write messages in the caller's transaction; checked now, so a bad one fails the change."""
+        """Write messages in the caller's transaction; checked now, so a bad one fails the change
+        (a model was checked when it was built)."""
         now = utcnow()
         rows = [
             {
                 "exchange": exchange,
                 "routing_key": key,
-                "body": schemas.encode(exchange, body).decode(),
+                "body": (
+                    schemas.encode_message(exchange, body)
+                    if isinstance(body, BusMessage)
+                    else schemas.encode(exchange, body)
+                ).decode(),
                 "created_at": now,
                 "cc": " ".join(cc[0]) if cc and cc[0] else None,
             }

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infrax.bus import topics
-from infrax.bus.messages import BUS_MESSAGES
+from infrax.bus.messages import BUS_MESSAGES, BusMessage
 from infrax.model import WIRE_VERSION
 
 ANY_OBJECT = None
@@ -65,6 +65,17 @@ def encode(exchange: str, body: Mapping[str, Any]) -> bytes:
         raise InvalidMessage(f"body for {exchange} is not JSON: {e}") from None
     _check(exchange, body, data)
     return data
+
+
+def encode_message(exchange: str, message: BusMessage) -> bytes:
+    """A message built as its model, so checked when it was built: its JSON, once the exchange is
+    known to carry its kind. `encode` would check a plain body by parsing it again, which is most
+    of the cost of a thousand messages written in one transaction (a cancel, a plan)."""
+    kinds = allowed_kinds(exchange)
+    kind = getattr(message, "kind", None)
+    if kinds is not ANY_OBJECT and kind not in (kinds or ()):
+        raise InvalidMessage(f"{exchange} carries kinds {sorted(kinds or ())}, not {kind!r}")
+    return message.model_dump_json(by_alias=True).encode()
 
 
 def decode(exchange: str, data: bytes) -> dict[str, Any]:

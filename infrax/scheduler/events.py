@@ -13,7 +13,7 @@ from infrax.outbox import Outgoing
 
 def outgoing(events: Iterable[BusMessage]) -> list[Outgoing]:
     """Each event with its exchange and routing key, as the outbox stores it."""
-    return [(*address(event), event.wire()) for event in events]
+    return [(*address(event), event) for event in events]
 
 
 def task_status(row: Any, state: State, previous: State | str | None, message: str | None = None) -> TaskStatus:

@@ -68,7 +68,7 @@ partitions = Table(
     metadata,
     Column("id", ID, primary_key=True),
     Column("seq", BigInteger, nullable=False),
-    Column("task_id", ID, nullable=False, index=True),
+    Column("task_id", ID, nullable=False),  # ix_partitions_task_state leads with it
     Column("request_id", ID, nullable=False, index=True),
     Column("job_id", ID),
     Column("idx", Integer, nullable=False),
@@ -89,7 +89,6 @@ partitions = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("claimed_by", String(100)),
     Column("claimed_at", DateTime(timezone=True)),
-    Index("ix_partitions_queue", "state", "container_type", "priority", "seq"),
     # A page of partitions in one state, in queue order (`GET /api/v1/partitions?state=…`).
     Index("ix_partitions_state_seq", "state", "seq"),
     # The claims held (a few, only while offering), which every heartbeat checks: not a scan of the queue.
@@ -104,8 +103,7 @@ partitions = Table(
 )
 
 # The claim's own order over the claimable rows alone: the next partitions of a type are the first
-# entries, however many are queued behind them (ix_partitions_queue sorts priority the other way
-# from seq, so a claim read every queued row of the type to order them).
+# entries, however many are queued behind them.
 Index(
     "ix_partitions_claimable",
     partitions.c.container_type,
