@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from infrax.bus.messages import PartitionStatus
+from infrax.bus.messages import PartitionStatus, TaskStatus
 from infrax.jobmaster import taskcluster as tc
 from infrax.model import State, utcnow
 from infrax.store import aware
@@ -151,6 +151,43 @@ async def record(conn: AsyncConnection, status: PartitionStatus) -> tuple[TcTask
     runs = await runs_of(conn, task.partition_id)
     events, changed = advance(runs, status, now)
     await save(conn, changed)
+    return task, runs, events
+
+
+PLACEHOLDER_REASONS = {State.CANCELLED: "canceled", State.EXCEPTION: "internal-error"}
+
+
+async def record_placeholder(
+    conn: AsyncConnection, status: TaskStatus, container_tag: str
+) -> tuple[TcTask, list[TcRun], list[Event]]:
+    """The Taskcluster task standing for a dependent not planned yet (its id the infrax task's,
+    `count` 0): pending while the task is, then resolved `exception` — `superseded` once its
+    partitions are tasks of their own, `canceled` when a dependency failed. Treeherder's
+    Taskcluster handler shows the first as a pending job and the second as `superseded` or
+    `usercancel`, as it does for Taskcluster's own tasks."""
+    now = status.timestamp
+    row = (await conn.execute(select(tc_tasks).where(tc_tasks.c.partition_id == status.task_id))).mappings().first()
+    if row is not None:
+        task = TcTask(**{**row, "created_at": aware(row["created_at"])})
+    else:
+        assert status.job_id is not None
+        task = TcTask(
+            status.task_id, status.job_id, status.request_id, status.task_id, status.name, 0, 0, container_tag, now
+        )
+        await upsert(conn, tc_tasks, asdict(task), ["partition_id"])
+    runs = await runs_of(conn, task.partition_id)
+    events: list[Event] = []
+    if status.state == State.PENDING:
+        if not runs:
+            runs.append(TcRun(task.partition_id, 0, "pending", "scheduled", now))
+            events += [("defined", runs[0]), ("pending", runs[0])]
+    elif runs and not runs[-1].final:
+        run = runs[-1]
+        run.state, run.resolved = "exception", now
+        run.reason_resolved = PLACEHOLDER_REASONS.get(State(status.state), "superseded")
+        run.message = status.message
+        events.append(("exception", run))
+    await save(conn, [run for _, run in events])
     return task, runs, events
 
 

@@ -117,6 +117,14 @@ def definition(task: Any, job: dict[str, Any]) -> dict[str, Any]:
     }
     if task.count > 1:
         treeherder["chunks"] = {"current": task.idx, "total": task.count}
+    if task.count == 0:  # a dependent not planned yet (task_runs.record_placeholder)
+        name, description = (
+            f"{task.task_name} (not planned yet)",
+            f"task {task.task_name}, waiting for its dependencies",
+        )
+    else:
+        name = f"{task.task_name} {task.idx}/{task.count}"
+        description = f"partition {task.idx} of {task.count} of task {task.task_name}"
     return {
         **_queue_fields(task),
         "dependencies": [],
@@ -127,8 +135,8 @@ def definition(task: Any, job: dict[str, Any]) -> dict[str, Any]:
         "scopes": [],
         "payload": {},
         "metadata": {
-            "name": f"{task.task_name} {task.idx}/{task.count}"[:255],
-            "description": f"partition {task.idx} of {task.count} of task {task.task_name}",
+            "name": name[:255],
+            "description": description,
             "owner": job["owner"],
             "source": job["url"],
         },

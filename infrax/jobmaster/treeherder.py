@@ -91,8 +91,14 @@ class TreeherderReporter:
             state, result = "completed", PLACEHOLDER_RESULTS.get(State(status.state), "superseded")
         body = placeholder_job(status, job, self.build_system, state, result)
         key = topics.routing_key(status.job_id, status.task_id, state=state)
-        async with self.jobmaster.outbox.begin() as (_, messages):
+        tags = job["dependents"][status.name].get("containerTag") or ["-"]
+        async with self.jobmaster.outbox.begin() as (conn, messages):
             messages.append((topics.TREEHERDER, key, body))
+            # And on the Taskcluster queue's exchanges, for a stock Treeherder.
+            task, runs, events = await task_runs.record_placeholder(
+                conn, status, tags[0] if isinstance(tags, list) else str(tags)
+            )
+            self._queue_messages(messages, job, task, runs, events)
 
     async def _on_partition_status(self, message: Message) -> None:
         """Report one partition's news once its earlier news is reported.
@@ -125,24 +131,32 @@ class TreeherderReporter:
         job = await self.job_info(part.job_id)
         if job is None:
             return
-        retries = job["retries"].get(status.task_name, 0)
         async with self.jobmaster.outbox.begin() as (conn, messages):
             task, runs, events = await task_runs.record(conn, status)
-            cc = [f"route.{tc.route(job['project'], job['revision'], job.get('id'))}"]
+            self._queue_messages(messages, job, task, runs, events)
             for event, run in events:
-                messages.append(
-                    (
-                        tc.exchange(event),
-                        tc.routing_key(task, None if event == "defined" else run),
-                        tc.message(event, task, runs, run, retries),
-                        cc,
-                    )
-                )
                 for body in pulse_jobs(event, task, run, job, self.build_system):
                     key = topics.routing_key(
                         part.job_id, part.task_id, part.id, run.run, part.container_type, body["state"]
                     )
                     messages.append((topics.TREEHERDER, key, body))
+
+    @staticmethod
+    def _queue_messages(
+        messages: list[Any], job: dict[str, Any], task: TcTask, runs: list[TcRun], events: list[task_runs.Event]
+    ) -> None:
+        """Taskcluster's queue messages of a task's events, routed (CC) by the push's Treeherder route."""
+        cc = [f"route.{tc.route(job['project'], job['revision'], job.get('id'))}"]
+        retries = job["retries"].get(task.task_name, 0)
+        for event, run in events:
+            messages.append(
+                (
+                    tc.exchange(event),
+                    tc.routing_key(task, None if event == "defined" else run),
+                    tc.message(event, task, runs, run, retries),
+                    cc,
+                )
+            )
 
     async def job_info(self, job_id: str) -> dict[str, Any] | None:
         """What Treeherder needs of the job: project, revision, push id or pull request, owner,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,51 @@ async def test_a_demo_job_s_messages_and_queue_api_are_taskcluster_s(
     assert (await jobmaster.get("/api/queue/v1/task/AAAAAAAAQAaAAAAAAAAAAA")).status_code == 404
     assert (await jobmaster.get("/api/queue/v1/task/not-a-slug")).status_code == 404
     assert (await jobmaster.get(f"/api/queue/v1/task/{task_id}/runs/5/artifacts/{tc.LOG_ARTIFACT}")).status_code == 404
+
+
+async def test_a_dependent_not_yet_planned_is_a_pending_task_then_superseded_by_its_partitions(
+    start_stack: Any,
+    tmp_path: Path,
+    queue_schemas: dict[str, jsonschema.Draft6Validator],
+    treeherder_config: jsonschema.Draft7Validator,
+) -> None:
+    """Build → unit: until the build ends, `unit` has no partitions, so a stock Treeherder would
+    show nothing of it; it sees a pending task standing for it, resolved `superseded` (Treeherder's
+    result of that name) once the partitions are tasks of their own."""
+    infrax = await start_stack()
+    seen = await collecting(infrax)
+    jobmaster = infrax["jobmaster"]
+    repo = tmp_path / "sample"
+    revision = make_sample_repo(repo, build=True)
+    pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})
+    job = await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception")
+    assert job["state"] == "completed"
+    unit = next(t for t in job["tasks"] if t["name"] == "unit")
+    placeholder = str(slugid.encode(uuid.UUID(hex=unit["id"])))
+
+    async def all_resolved() -> bool:
+        ends = [b for e, _, b in seen if e.rsplit("-", 1)[1] in ("completed", "exception")]
+        return len(ends) == 5  # the build, the 3 unit partitions and the placeholder
+
+    await wait_for(all_resolved, 10, "every task's last message")
+    for exchange, _, body in seen:
+        queue_schemas[f"{exchange.rsplit('/', 1)[1]}-message"].validate(body)
+    mine = [(e.rsplit("/", 1)[1], b) for e, _, b in seen if b["status"]["taskId"] == placeholder]
+    assert [e for e, _ in mine] == ["task-defined", "task-pending", "task-exception"]
+    pending_at = next(i for i, (e, _, b) in enumerate(seen) if b["status"]["taskId"] == placeholder)
+    request = await infrax.request(job["requestId"])
+    unit_partitions = {p.id for t in request.tasks if t.name == "unit" for p in t.partitions}
+    assert len(unit_partitions) == 3
+    first_unit = min(i for i, (_, _, b) in enumerate(seen) if tc.partition_id(b["status"]["taskId"]) in unit_partitions)
+    assert pending_at < first_unit  # shown before any of its partitions existed
+    assert mine[-1][1]["status"]["runs"][0]["reasonResolved"] == "superseded"
+    definition = (await jobmaster.get(f"/api/queue/v1/task/{placeholder}")).json()
+    treeherder_config.validate(definition["extra"]["treeherder"])
+    assert definition["extra"]["treeherder"]["groupSymbol"] == "unit"
+    assert definition["metadata"]["name"] == "unit (not planned yet)"
+    status = (await jobmaster.get(f"/api/queue/v1/task/{placeholder}/status")).json()["status"]
+    queue_schemas["task-status"].validate(status)
+    assert [(r["state"], r["reasonResolved"]) for r in status["runs"]] == [("exception", "superseded")]
 
 
 async def test_a_lost_run_is_resolved_worker_shutdown_and_its_retry_answers_in_the_queue_api(
