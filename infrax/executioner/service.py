@@ -22,6 +22,7 @@ from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import ArtifactKeeper, MissingFetch
 from infrax.executioner.sources import SourceUnavailable, stage_source
+from infrax.failures import FailureLines, failure_message
 from infrax.http import ServiceError, while_unavailable
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
 from infrax.outbox import Outbox, Outgoing
@@ -261,8 +262,9 @@ class Executioner:
                     "[infrax] the executioner restarted; re-attached to the run, its output from the start\n"
                 )
             left: dict[str, Any] = {}
+            failures = FailureLines()
             try:
-                final, left = await self._follow(client, assignment, log_file, attach=resume)
+                final, left = await self._follow(client, assignment, log_file, failures, attach=resume)
             except (Unavailable, SourceUnavailable) as error:
                 final = self._status(assignment, "exception", message=str(error))
             except MissingFetch as error:
@@ -281,6 +283,9 @@ class Executioner:
                 final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
             if final.duration is None:
                 final.duration = round(time.monotonic() - started, 3)
+            if final.state == "failed":
+                failures.close()
+                final.message = failure_message(final.message, failures.summary())
             if isinstance(left.get("checkoutSeconds"), int | float):
                 log_file.write(f"[infrax] checkout took {left['checkoutSeconds']:.2f} s\n")
             if left.get("artifacts") or left.get("artifactsOmitted"):
@@ -293,7 +298,7 @@ class Executioner:
         await self._finish(assignment, final, healthy)
 
     async def _follow(
-        self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any, attach: bool
+        self, client: AgentClient, assignment: ExecutionAssignment, log_file: Any, failures: FailureLines, attach: bool
     ) -> tuple[RunStatus, dict[str, Any]]:
         """The run's messages until its exit; a dropped connection is re-attached from the next
         output message, the run going on in the agent meanwhile. Only an agent that is gone (no
@@ -317,7 +322,7 @@ class Executioner:
                 request = await self._agent_request(assignment.offer)
                 stream = client.run({**request, "checkout": checkout} if checkout else request)
             try:
-                return await self._stream(stream, assignment, log_file)
+                return await self._stream(stream, assignment, log_file, failures)
             except AgentConnectionLost as error:
                 drops += 1
                 if drops > REATTACH_ATTEMPTS:
@@ -333,15 +338,17 @@ class Executioner:
                 raise
 
     async def _stream(
-        self, stream: Any, assignment: ExecutionAssignment, log_file: Any
+        self, stream: Any, assignment: ExecutionAssignment, log_file: Any, failures: FailureLines
     ) -> tuple[RunStatus, dict[str, Any]]:
-        """The run's end, and the agent's `exit` message about it."""
+        """The run's end, and the agent's `exit` message about it (the output's failure lines to `failures`)."""
         run_id = assignment.offer.run_id
         async for message in stream:
             kind = message.get("type")
             if kind == "output":
-                log_file.write(self._redacted(assignment.offer.project, message["data"]))
+                text = self._redacted(assignment.offer.project, message["data"])
+                log_file.write(text)
                 log_file.flush()
+                failures.feed(text)
             elif kind == "gap":
                 log_file.write(f"[infrax] {message.get('missed', 'some')} output messages were lost here\n")
             elif kind == "started" and run_id not in self._running_published:

@@ -249,7 +249,8 @@ def status_body(job: Job, public_url: str) -> dict[str, Any]:
         State.RUNNING: "running",
         State.COMPLETED: "all tasks passed" if job.tasks or job.message != "no tasks to run" else "no tasks to run",
         State.SKIPPED: "nothing to run",
-        State.FAILED: "failed: " + (", ".join(sorted(failed)) if failed else job.message or "a task failed"),
+        # What failed first (`infrax.failures`: "task unit: partition 2/3: exited with code 1: FAILED …").
+        State.FAILED: "failed: " + (job.message or ", ".join(sorted(failed)) or "a task failed"),
         State.EXCEPTION: "infrastructure error: " + (job.message or "a task could not be run"),
         State.CANCELLED: "cancelled",
     }[state]

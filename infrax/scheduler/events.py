@@ -28,8 +28,10 @@ def task_status(row: Any, state: State, previous: State | str | None, message: s
     )
 
 
-def request_status(request_id: str, job_id: str | None, state: State, previous: State | None) -> RequestStatus:
-    return RequestStatus(request_id=request_id, job_id=job_id, state=state, previous_state=previous)
+def request_status(
+    request_id: str, job_id: str | None, state: State, previous: State | None, message: str | None = None
+) -> RequestStatus:
+    return RequestStatus(request_id=request_id, job_id=job_id, state=state, previous_state=previous, message=message)
 
 
 def partition_status(

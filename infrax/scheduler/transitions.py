@@ -117,8 +117,9 @@ async def settle_tasks(conn: AsyncConnection, task_ids: Iterable[str]) -> tuple[
             continue
         state = aggregate(part_states[task_row["id"]], empty=State(task_row["state"]))
         if state != task_row["state"]:
-            await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=state))
-            events.append(task_status(task_row, state, task_row["state"]))
+            message = await _first_failure(conn, task_row["id"], state)
+            await conn.execute(update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message))
+            events.append(task_status(task_row, state, task_row["state"], message))
             request_ids.add(task_row["request_id"])
     ready = 0
     for request_id in sorted(request_ids):
@@ -135,5 +136,40 @@ async def settle_request(conn: AsyncConnection, request_id: str) -> list[BusMess
     state = request_state(states)
     if state == row["state"] or row["state"] == State.CANCELLED:
         return []
-    await conn.execute(update(requests).where(requests.c.id == request_id).values(state=state, updated_at=utcnow()))
-    return [request_status(request_id, row["job_id"], state, row["state"])]
+    message = None
+    if state in FAILURE_STATES:
+        failed = (
+            await conn.execute(
+                select(tasks.c.name, tasks.c.message)
+                .where(tasks.c.request_id == request_id, tasks.c.state == state)
+                .order_by(tasks.c.position)
+                .limit(1)
+            )
+        ).first()
+        if failed is not None:
+            message = f"task {failed.name}" + (f": {failed.message}" if failed.message else "")
+    await conn.execute(
+        update(requests).where(requests.c.id == request_id).values(state=state, message=message, updated_at=utcnow())
+    )
+    return [request_status(request_id, row["job_id"], state, row["state"], message)]
+
+
+FAILURE_STATES = (State.FAILED, State.EXCEPTION)
+
+
+async def _first_failure(conn: AsyncConnection, task_id: str, state: State) -> str | None:
+    """What a task that ended `failed` or `exception` says: its first such partition's message
+    (which carries the run's failure lines, `infrax.failures`)."""
+    if state not in FAILURE_STATES:
+        return None
+    first = (
+        await conn.execute(
+            select(partitions.c.idx, partitions.c.count, partitions.c.message)
+            .where(partitions.c.task_id == task_id, partitions.c.state == state)
+            .order_by(partitions.c.idx)
+            .limit(1)
+        )
+    ).first()
+    if first is None:
+        return None
+    return f"partition {first.idx}/{first.count}" + (f": {first.message}" if first.message else "")

@@ -48,7 +48,7 @@ async def test_a_failing_build_cancels_the_tests_with_the_reason(start_stack, tm
     done = await infrax.wait_request((await infrax.submit([build, test]))["id"])
     assert done.state == State.FAILED
     assert [(t.name, t.state, t.message) for t in done.tasks] == [
-        ("build", State.FAILED, None),
+        ("build", State.FAILED, "partition 1/1: exited with code 2"),  # what failed (infrax.failures)
         ("test", State.CANCELLED, "not run: its dependency 'build' ended failed"),
     ]
     assert done.tasks[1].partitions == []

@@ -236,3 +236,24 @@ async def test_bad_deliveries_get_a_clear_4xx_and_start_nothing(start_stack, tmp
     # A delivery that was refused was not consumed: its redelivery, now whole, is handled.
     retried = await deliver(jobmaster, "pull_request", body, "d-1")
     assert retried.status_code == 201, retried.text
+
+
+def test_a_failed_job_s_status_says_what_failed_within_github_s_limit() -> None:
+    from infrax.jobmaster.statuses import status_body
+    from infrax.model import Job, JobTask, State, utcnow
+
+    message = "task unit: partition 2/3: exited with code 1: FAIL: test_mul_2 (tests.test_2.Test2); " + "x" * 300
+    job = Job(
+        id="j1",
+        project="sample",
+        revision="a" * 40,
+        repository="/r",
+        source="github",
+        state=State.FAILED,
+        message=message,
+        created_at=utcnow(),
+        updated_at=utcnow(),
+        tasks=[JobTask(id="t", name="unit", state=State.FAILED, message=message[11:])],
+    )
+    body = status_body(job, "http://infrax.invalid")
+    assert body["state"] == "failure" and body["description"] == ("failed: " + message)[:140]

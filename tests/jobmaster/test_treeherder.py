@@ -85,7 +85,17 @@ async def test_every_message_of_a_demo_job_validates_and_a_failing_partition_fai
 
     bad = break_one_test(repo)
     pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": bad})
-    assert (await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception"))["state"] == "failed"
+    job = await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception")
+    assert job["state"] == "failed"
+    # What failed, said by the partition, its task and its job (infrax.failures).
+    what = "FAIL: test_mul_2 (tests.test_2.Test2"
+    request = await infrax.request(job["requestId"])
+    (part,) = [p for p in request.tasks[0].partitions if p.state == "failed"]
+    assert (part.message or "").startswith(f"exited with code 1: {what}"), part.message
+    assert (part.message or "").endswith("AssertionError: 4 != 5")
+    (task,) = job["tasks"]
+    assert task["message"] == f"partition {part.index}/3: {part.message}"
+    assert job["message"] == f"task unit: {task['message']}"
 
     async def bad_completed() -> dict[str, list[tuple[str, str]]] | None:
         runs = by_run(messages, bad)
@@ -96,7 +106,7 @@ async def test_every_message_of_a_demo_job_validates_and_a_failing_partition_fai
     failed = next(m for m in messages if m["origin"]["revision"] == bad and m.get("result") == "fail")
     validator.validate(failed)
     assert "AssertionError: 4 != 5" in (await infrax["executioner"].get(failed["logs"][0]["url"])).text
-    assert failed["jobInfo"]["summary"]
+    assert failed["jobInfo"]["summary"] == part.message
 
 
 async def test_an_agent_loss_is_a_retry_and_then_an_exception(
