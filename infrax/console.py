@@ -48,7 +48,7 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
         caption=Text.assemble("job: ", styled(job.state), f"  {job.message or ''}", *_selections(request)),
         caption_justify="left",
     )
-    for column in ("task", "partition", "files", "state", "run", "exit", "time", "log"):
+    for column in ("task", "chunk", "partition id", "files", "state", "run", "exit", "time", "log"):
         table.add_column(column, overflow="fold")
     if request is None:
         return table
@@ -57,11 +57,12 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
         label = f"{task.name} ← {', '.join(needs)}" if needs else task.name
         if not task.partitions:
             waiting = f"waits for {', '.join(needs)}" if needs and task.state == State.PENDING else ""
-            table.add_row(label, "-", "-", styled(task.state), "", "", "", task.message or waiting)
+            table.add_row(label, "-", "-", "-", styled(task.state), "", "", "", task.message or waiting)
         for n, part in enumerate(task.partitions):
             table.add_row(
                 label if n == 0 else task.name,
                 f"{part.index}/{part.count}",
+                part.id[:12],
                 _files(part),
                 styled(part.state),
                 str(part.run),
@@ -132,5 +133,7 @@ async def show_failures(clients: Clients, request: TaskRequest, console: Console
     for task in request.tasks:
         for part in task.partitions:
             if part.state in ("failed", "exception"):
-                console.rule(f"[red]{task.name} {part.index}/{part.count} {part.state}: {part.message or ''}")
+                console.rule(
+                    f"[red]{task.name} {part.index}/{part.count} ({part.id[:12]}) {part.state}: {part.message or ''}"
+                )
                 console.print(await log_tail(clients, part), markup=False, highlight=False)

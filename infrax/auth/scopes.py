@@ -21,7 +21,13 @@ SERVICE_SCOPES: Final[dict[str, tuple[str, ...]]] = {
     "provisioner": ("executioner:runs", "executioner:cancel"),
     "executioner": ("provisioner:release", "provisioner:access", "jobmaster:read-files:*"),
     "optimizer": (),
-    "jobmaster": ("scheduler:create-task-request:*", "scheduler:trusted:*", "scheduler:cancel:*", "scheduler:read"),
+    "jobmaster": (
+        "scheduler:create-task-request:*",
+        "scheduler:trusted:*",
+        "scheduler:cancel:*",
+        "scheduler:rerun:*",
+        "scheduler:read",
+    ),
 }
 
 

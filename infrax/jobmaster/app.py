@@ -9,6 +9,9 @@ from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
+from infrax.http import ServiceError
+from infrax.ids import ID_PREFIX
+from infrax.jobmaster.actions import JobBusy
 from infrax.jobmaster.github import WebhookError
 from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
@@ -16,7 +19,7 @@ from infrax.jobmaster.pushlog import HgPushNotice, push_view
 from infrax.jobmaster.queue_api import queue_router
 from infrax.jobmaster.service import JobMaster, JobNotFound
 from infrax.jobmaster.vcs import VcsError
-from infrax.model import NO_CONTROL, Job, PushSubmission
+from infrax.model import NO_CONTROL, Job, PushSubmission, State
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.web import add_error_handlers
 
@@ -33,6 +36,10 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
     @app.exception_handler(PushRejected)
     async def rejected(_request: Request, error: PushRejected) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(error)})
+
+    @app.exception_handler(JobBusy)
+    async def busy(_request: Request, error: JobBusy) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(error)})
 
     @app.exception_handler(WebhookError)
     async def webhook_refused(_request: Request, error: WebhookError) -> JSONResponse:
@@ -59,10 +66,12 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         response: Response,
         project: str | None = None,
         revision: str | None = None,
+        state: State | None = None,
+        idPrefix: str | None = Query(None, pattern=ID_PREFIX.pattern, description="ids that start so"),  # noqa: N803
         page: PageRequest = Depends(page_request),
     ) -> list[Job]:
         """Newest first, a page at a time (`limit`, `after`; the next page's URL in `Link`)."""
-        items, after = await jobmaster.list_jobs(project, revision, page)
+        items, after = await jobmaster.list_jobs(project, revision, page, state=state, id_prefix=idPrefix)
         link_next(request, response, page, after)
         return items
 
@@ -75,6 +84,19 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         """Needs `jobmaster:cancel:<project>` of the job's project."""
         require(caller_of(request), f"jobmaster:cancel:{(await jobmaster.get(job_id)).project}")
         return await jobmaster.cancel(job_id)
+
+    @app.post("/api/v1/jobs/{job_id}/rerun", response_model=Job, **route_options("jobmaster:rerun:"))
+    async def rerun_job(job_id: str, request: Request, failed: bool = False) -> Job:
+        """Run an ended job again (409 while it runs): all of it as a new task request under the
+        same job, or with `failed=true` only its failed partitions, each as its next run (409 when
+        none failed). Needs `jobmaster:rerun:<project>` of the job's project."""
+        require(caller_of(request), f"jobmaster:rerun:{(await jobmaster.get(job_id)).project}")
+        try:
+            return await jobmaster.rerun(job_id, failed_only=failed)
+        except ServiceError as error:
+            if error.status == 409:
+                raise JobBusy(error.detail) from error
+            raise
 
     @app.get("/api/v1/jobs/{job_id}/files/{path:path}", **route_options("jobmaster:read-files:"))
     async def file_at_revision(

@@ -23,5 +23,10 @@ class JobMasterClient(ServiceClient):
         params = {"project": project, "limit": min(limit, 1000)} if project else {"limit": min(limit, 1000)}
         return [Job.model_validate(j) for j in await self.every("/api/v1/jobs", params=params, limit=limit)]
 
+    async def rerun(self, job_id: str, failed: bool = False) -> Job:
+        return Job.model_validate(
+            await self.call("POST", f"/api/v1/jobs/{job_id}/rerun", params={"failed": str(failed).lower()})
+        )
+
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate(await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))

@@ -15,13 +15,15 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from infrax.bus import Bus, Message, topics
-from infrax.bus.messages import JobStatus, RequestStatus, TaskStatus
+from infrax.bus.messages import RequestStatus, TaskStatus
 from infrax.http import ServiceError
+from infrax.ids import prefix_clause
 from infrax.jobmaster import git, hg
+from infrax.jobmaster.actions import JobActions, job_status
 from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.github import GitHubWebhooks
 from infrax.jobmaster.mirrors import MirrorError, Mirrors
@@ -47,7 +49,7 @@ from infrax.model import (
     new_id,
     utcnow,
 )
-from infrax.outbox import Outbox, Outgoing
+from infrax.outbox import Outbox
 from infrax.pagination import DEFAULT_LIMIT, PageRequest, keyset, split, time_and_id
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
@@ -62,7 +64,7 @@ class JobNotFound(Exception):
     pass
 
 
-class JobMaster:
+class JobMaster(JobActions):
     def __init__(
         self,
         db: Database,
@@ -211,7 +213,7 @@ class JobMaster:
                     )
                     if checkout.origin is not None:
                         await conn.execute(insert(job_origins).values(_origin_row(job_id, checkout.origin)))
-                messages.append(_job_status(job_id, plan.project, revision, State.PENDING, None))
+                messages.append(job_status(job_id, plan.project, revision, State.PENDING, None))
                 messages += checkout.announcements
                 created = True
             except IntegrityError:  # the same revision pushed twice at once
@@ -225,8 +227,8 @@ class JobMaster:
 
     async def _again(self, job: Job, origin: Origin | None) -> tuple[Job, bool]:
         added = origin is not None and await self._add_origin(job.id, origin)
-        if job.state == State.CANCELLED:
-            await self._rerun(job.id)
+        if job.state == State.CANCELLED or (job.state == State.EXCEPTION and job.request_id is None):
+            await self._run_again(job.id, "pushed again")
             return await self.get(job.id), True
         if added and origin is not None and origin.host == "github":
             self.statuses.report_soon(job.id)  # the new pull request shows the job's state at once
@@ -234,34 +236,6 @@ class JobMaster:
 
     async def _add_origin(self, job_id: str, origin: Origin) -> bool:
         return await insert_once(self.db, job_origins, _origin_row(job_id, origin))
-
-    async def _rerun(self, job_id: str) -> None:
-        async with self.outbox.begin() as (conn, messages):
-            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update())).mappings().one()
-            if row["state"] != State.CANCELLED:
-                return
-            details = dict(row["details"] or {})
-            details["previousRequests"] = [
-                *details.get("previousRequests", []),
-                *([row["request_id"]] if row["request_id"] else []),
-            ]
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(state=State.PENDING, request_id=None, message=None, details=details, updated_at=utcnow())
-            )
-            await conn.execute(delete(job_tasks).where(job_tasks.c.job_id == job_id))
-            messages.append(
-                _job_status(
-                    job_id,
-                    row["project"],
-                    row["revision"],
-                    State.PENDING,
-                    State.CANCELLED,
-                    "pushed again after it was cancelled: running again",
-                )
-            )
-        await self._submit(job_id)
 
     async def _submit(self, job_id: str) -> None:
         """Send the job's task request; a job whose request did not get through is retried at start."""
@@ -289,12 +263,27 @@ class JobMaster:
                 )
             except ServiceError as error:
                 if error.status is not None and 400 <= error.status < 500:
-                    await self._set_state(row, State.EXCEPTION, f"the scheduler refused the tasks: {error.detail}")
+                    await self._refused(row, f"the scheduler refused the tasks: {error.detail}")
                     raise PushRejected(error.detail) from error
                 raise
             request_id = request.id
         async with self.db.begin() as conn:
             await conn.execute(update(jobs).where(jobs.c.id == job_id).values(request_id=request_id))
+
+    async def _refused(self, row: Any, message: str) -> None:
+        """The scheduler refused the job's tasks (a 4xx): the push is answered with that, and the
+        job is forgotten, so that the next push of the revision tries again instead of finding a
+        job in `exception`. Its end is announced, for whoever heard it was pending. A job run again
+        after a cancel keeps its history: it ends in `exception`, and a later push runs it again."""
+        if row["details"].get("previousRequests"):
+            await self._set_state(row, State.EXCEPTION, message)
+            return
+        async with self.outbox.begin() as (conn, messages):
+            await conn.execute(delete(job_origins).where(job_origins.c.job_id == row["id"]))
+            await conn.execute(delete(jobs).where(jobs.c.id == row["id"], jobs.c.request_id.is_(None)))
+            messages.append(
+                job_status(row["id"], row["project"], row["revision"], State.EXCEPTION, row["state"], message)
+            )
 
     async def _submit_unsubmitted(self) -> None:
         async with self.db.begin() as conn:
@@ -373,8 +362,10 @@ class JobMaster:
         if status.job_id is None:
             return
         row = await self._current(status.job_id, status.request_id)
-        if row is None or row["state"] == status.state or is_final(row["state"]):
-            return  # news of a job we finished already arrives late, or twice
+        if row is None or row["state"] == status.state:
+            return
+        if is_final(row["state"]) and status.previous_state != row["state"]:
+            return  # news of a job we finished already arrives late, or twice (a re-run leaves from where it is)
         await self._set_state(row, State(status.state), status.message, request_id=status.request_id)
 
     async def _on_task_status(self, message: Message) -> None:
@@ -383,12 +374,14 @@ class JobMaster:
             return
         values = {"job_id": status.job_id, "name": status.name, "state": status.state, "message": status.message}
         async with self.db.begin() as conn:
-            # Never back from a final state: a message published again after a broker outage (at
-            # least once) may bring a task's `running` after its `completed`.
+            # Never back from a final state, unless the news leaves from it (a re-run of failed
+            # partitions): a message published again after a broker outage (at least once) may
+            # bring a task's `running` after its `completed`.
+            current: ColumnElement[bool] = job_tasks.c.state.not_in([str(s) for s in FINAL_STATES])
+            if status.previous_state is not None and is_final(status.previous_state):
+                current = current | (job_tasks.c.state == status.previous_state)
             updated = await conn.execute(
-                update(job_tasks)
-                .where(job_tasks.c.task_id == status.task_id, job_tasks.c.state.not_in([str(s) for s in FINAL_STATES]))
-                .values(**values)
+                update(job_tasks).where(job_tasks.c.task_id == status.task_id, current).values(**values)
             )
             if updated.rowcount == 0 and not await _task_known(conn, status.task_id):
                 try:
@@ -408,7 +401,7 @@ class JobMaster:
             )
             if changed.rowcount:
                 messages.append(
-                    _job_status(row["id"], row["project"], row["revision"], state, State(row["state"]), message)
+                    job_status(row["id"], row["project"], row["revision"], state, State(row["state"]), message)
                 )
 
     # -- queries ----------------------------------------------------------------------------
@@ -431,13 +424,23 @@ class JobMaster:
         )
 
     async def list_jobs(
-        self, project: str | None = None, revision: str | None = None, page: PageRequest | None = None
+        self,
+        project: str | None = None,
+        revision: str | None = None,
+        page: PageRequest | None = None,
+        *,
+        state: str | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[Job], list[Any] | None]:
         """Newest first, a page at a time; and the key the next page starts after."""
         page = page or PageRequest(DEFAULT_LIMIT, None)
         query = select(jobs)
         if project:
             query = query.where(jobs.c.project == project)
+        if state:
+            query = query.where(jobs.c.state == state)
+        if id_prefix:
+            query = query.where(prefix_clause(jobs.c.id, id_prefix))
         if revision:
             query = query.where(jobs.c.revision.startswith(revision))
         query = keyset(query, page, [jobs.c.created_at, jobs.c.id], descending=True, parse=time_and_id)
@@ -452,42 +455,6 @@ class JobMaster:
             query = query.where(job_origins.c.host == host)
         async with self.db.begin() as conn:
             return [dict(r) for r in (await conn.execute(query.order_by(job_origins.c.created_at))).mappings().all()]
-
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        if job.request_id:
-            await self.scheduler.cancel_job(job_id)
-        elif not is_final(job.state):
-            async with self.db.begin() as conn:
-                row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one()
-            await self._set_state(row, State.CANCELLED, "cancelled before its tasks were submitted")
-        return await self.get(job_id)
-
-    async def cancel_pull_request(self, repository: str, number: int) -> list[Job]:
-        """Cancel the unfinished jobs of a closed pull request, except those a branch push also asked for."""
-        ref = f"pull/{number}"
-        async with self.db.begin() as conn:
-            job_ids = (
-                (
-                    await conn.execute(
-                        select(job_origins.c.job_id).where(
-                            job_origins.c.host == "github",
-                            job_origins.c.repository == repository,
-                            job_origins.c.pull_request == number,
-                        )
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        cancelled = []
-        for job_id in dict.fromkeys(job_ids):
-            job = await self.get(job_id)
-            others = [o for o in await self.origins(job_id) if not (o["host"] == "github" and o["ref"] == ref)]
-            if is_final(job.state) or any(o["pull_request"] is None for o in others):
-                continue
-            cancelled.append(await self.cancel(job_id))
-        return cancelled
 
     async def file_at_revision(self, job_id: str, path: str) -> bytes | None:
         reader, revision = await self._source_of(job_id)
@@ -506,15 +473,6 @@ class JobMaster:
         async with self.db.begin() as conn:
             details = (await conn.execute(select(jobs.c.details).where(jobs.c.id == job_id))).scalar() or {}
         return Source(details.get("vcs", "git"), details.get("readFrom", job.repository)), job.revision
-
-
-def _job_status(
-    job_id: str, project: str, revision: str, state: State, previous: State | None, message: str | None = None
-) -> Outgoing:
-    status = JobStatus(
-        job_id=job_id, project=project, revision=revision, state=state, previous_state=previous, message=message
-    )
-    return topics.JOBS, topics.routing_key(job_id, state=state), status.wire()
 
 
 async def _task_known(conn: Any, task_id: str) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
+from infrax.ids import ID_PREFIX
 from infrax.model import Task, TaskPartition, TaskRequest, TaskRequestSubmission
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.scheduler.queries import NotFound
+from infrax.scheduler.reruns import NothingToRerun
 from infrax.scheduler.service import Rejected, Scheduler
 from infrax.web import add_error_handlers
 
@@ -21,6 +23,10 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, error: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(error)})
+
+    @app.exception_handler(NothingToRerun)
+    async def nothing_to_rerun(_request: Request, error: NothingToRerun) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(error)})
 
     @app.exception_handler(Rejected)
     async def rejected(_request: Request, error: Rejected) -> JSONResponse:
@@ -64,6 +70,17 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         require(caller_of(request), f"scheduler:cancel:{await scheduler.request_project(request_id)}")
         return _as_json(await scheduler.cancel_request(request_id))
 
+    @app.post(
+        "/api/v1/task-requests/{request_id}/rerun-failed",
+        response_model=TaskRequest,
+        **route_options("scheduler:rerun:"),
+    )
+    async def rerun_failed(request_id: str, request: Request) -> Response:
+        """Its `failed` and `exception` partitions queued again, each as its next run (409 when it has
+        none); needs `scheduler:rerun:<project>` of the request's project."""
+        require(caller_of(request), f"scheduler:rerun:{await scheduler.request_project(request_id)}")
+        return _as_json(await scheduler.rerun_failed(request_id))
+
     @app.post("/api/v1/jobs/{job_id}/cancel", **route_options("scheduler:cancel:"))
     async def cancel_job(job_id: str, request: Request) -> dict[str, list[str]]:
         """Every request of a job: needs `scheduler:cancel:<project>` of each."""
@@ -81,10 +98,11 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         response: Response,
         requestId: str | None = None,  # noqa: N803
         state: str | None = None,
+        idPrefix: str | None = Query(None, pattern=ID_PREFIX.pattern, description="ids that start so"),  # noqa: N803
         page: PageRequest = Depends(page_request),
     ) -> list[TaskPartition]:
         """In queue order, a page at a time (`limit`, `after`; the next page's URL in `Link`)."""
-        items, after = await scheduler.list_partitions(request_id=requestId, state=state, page=page)
+        items, after = await scheduler.list_partitions(request_id=requestId, state=state, page=page, id_prefix=idPrefix)
         link_next(request, response, page, after)
         return items
 

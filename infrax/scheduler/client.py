@@ -28,3 +28,6 @@ class SchedulerClient(ServiceClient):
     async def partitions(self, request_id: str) -> list[TaskPartition]:
         body = await self.every("/api/v1/partitions", params={"requestId": request_id})
         return [TaskPartition.model_validate(p) for p in body]
+
+    async def rerun_failed(self, request_id: str) -> TaskRequest:
+        return TaskRequest.model_validate(await self.call("POST", f"/api/v1/task-requests/{request_id}/rerun-failed"))

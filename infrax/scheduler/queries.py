@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from infrax.ids import prefix_clause
 from infrax.model import Task, TaskPartition, TaskRequest
 from infrax.pagination import MAX_LIMIT, PageRequest, keyset, split, time_and_id
 from infrax.scheduler import records
@@ -66,13 +67,19 @@ class Queries:
         return partition
 
     async def list_partitions(
-        self, request_id: str | None = None, state: str | None = None, page: PageRequest | None = None
+        self,
+        request_id: str | None = None,
+        state: str | None = None,
+        page: PageRequest | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[TaskPartition], list[Any] | None]:
         """In queue order (`seq`), a page at a time; and the key the next page starts after."""
         page = page or PageRequest(MAX_LIMIT, None)
         query = select(partitions)
         if request_id:
             query = query.where(partitions.c.request_id == request_id)
+        if id_prefix:
+            query = query.where(prefix_clause(partitions.c.id, id_prefix))
         if state:
             query = query.where(partitions.c.state == state)
         async with self.db.reading() as conn:

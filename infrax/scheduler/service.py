@@ -45,6 +45,7 @@ from infrax.scheduler.dispatch import Dispatching
 from infrax.scheduler.events import outgoing, partition_status, request_status, task_status
 from infrax.scheduler.graph import release_dependents
 from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, Recovery
+from infrax.scheduler.reruns import Reruns
 from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, settle_request, settle_tasks, transition
 from infrax.store import Database, StoreError, aware
 from infrax.store.tables import partitions, requests, scheduler_outbox, tasks
@@ -61,7 +62,7 @@ class Rejected(Exception):
 PLAN_STEP = 100  # partitions written per step of planning a request (about 8 ms of work)
 
 
-class Scheduler(Dispatching, Cancelling):
+class Scheduler(Dispatching, Cancelling, Reruns):
     def __init__(
         self,
         db: Database,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -64,7 +66,7 @@ async def test_push_status_and_logs_of_a_passing_and_a_failing_revision(running_
 
     bad = break_one_test(repo)
     failed = infrax("push", str(repo), bad, config=config)
-    assert failed.returncode == 2
+    assert failed.returncode == 3, "a job that did not pass is exit code 3"
     assert "job: failed" in failed.stdout
     assert "AssertionError: 4 != 5" in failed.stdout, "the failing partition's log tail is not shown"
 
@@ -73,17 +75,54 @@ async def test_push_status_and_logs_of_a_passing_and_a_failing_revision(running_
     assert listed.returncode == 0 and listed.stdout.count("sample") == 2, listed.stdout
     assert newest.returncode == 0 and newest.stdout.count("sample") == 1 and bad[:12] in newest.stdout
 
+    # Ids by a prefix of 6 or more, partition ids and chunks in the table, JSON on every read.
+    by_prefix = infrax("status", job_id[:6], config=config)
+    assert by_prefix.returncode == 0 and partition["id"][:12] in by_prefix.stdout and "chunk" in by_prefix.stdout
+    as_json = json.loads(infrax("status", job_id[:8], "--json", config=config).stdout)
+    assert as_json["job"]["id"] == job_id and len(as_json["request"]["tasks"][0]["partitions"]) == 3
+    red = json.loads(infrax("jobs", "--state", "failed", "--json", config=config).stdout)
+    assert [j["revision"] for j in red] == [bad]
+    red_id = red[0]["id"]
+    by_chunk = infrax("logs", red_id[:7], "unit", "1", config=config)
+    by_partition = infrax("logs", partition["id"][:10], "--json", config=config)
+    assert by_chunk.returncode == 0 and "running 2 test files at " + bad in by_chunk.stdout
+    assert json.loads(by_partition.stdout)["log"] == logs.stdout
+
+    # Not found, or a chunk that is not there: exit code 4, one line on stderr, nothing on stdout.
+    missing = infrax("status", "ffffff0000", config=config)
+    no_chunk = infrax("logs", red_id, "unit", "9", config=config)
+    for result in (missing, no_chunk):
+        assert result.returncode == 4 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "no job or revision 'ffffff0000'" in missing.stderr and "chunks 1 to 3, not 9" in no_chunk.stderr
+
+    # Its failed partition again, as its next run: the other two stay as they were.
+    rerun = infrax("rerun", red_id[:6], "--failed", config=config)
+    assert rerun.returncode == 0, rerun.stderr
+    red_job = httpx.get(f"http://127.0.0.1:{ports['jobmaster']}/api/v1/jobs/{red_id}", headers=admin).json()
+    deadline = time.monotonic() + 60
+    while True:
+        parts = httpx.get(
+            f"http://127.0.0.1:{ports['scheduler']}/api/v1/task-requests/{red_job['requestId']}", headers=admin
+        ).json()["tasks"][0]["partitions"]
+        runs = sorted((p["run"], p["state"]) for p in parts)
+        if runs == [(0, "completed"), (0, "completed"), (1, "failed")]:
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.2)
+    nothing_failed = infrax("rerun", job_id, "--failed", config=config)
+    assert nothing_failed.returncode == 1 and "no failed partition" in nothing_failed.stderr
+
 
 def test_errors_are_one_clear_line_without_a_traceback(tmp_path: Path) -> None:
     config, _ = write_up_config(tmp_path)  # nothing listens on these ports
 
     unreachable = infrax("status", "some-job", config=config)
     assert unreachable.returncode == 1
-    assert "jobmaster: unreachable at http://127.0.0.1:" in unreachable.stdout
+    assert "jobmaster: unreachable at http://127.0.0.1:" in unreachable.stderr
     bad_config = infrax("status", "x", config=tmp_path / "missing.yml")
-    assert bad_config.returncode == 1 and "cannot read config" in bad_config.stdout
+    assert bad_config.returncode == 1 and "cannot read config" in bad_config.stderr
     for result in (unreachable, bad_config):
-        assert "Traceback" not in result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr and result.stdout == ""
 
 
 async def test_push_of_a_bad_revision_or_repository_is_refused_clearly(running_up, tmp_path: Path) -> None:
@@ -97,9 +136,9 @@ async def test_push_of_a_bad_revision_or_repository_is_refused_clearly(running_u
     subprocess.run(["git", "-C", str(repo), "commit", "-qam", "broken config"], check=True)
     bad_config = infrax("push", str(repo), "HEAD", config=config)
 
-    assert no_revision.returncode == 1 and "no revision 'no-such-branch'" in no_revision.stdout
-    assert not_a_repo.returncode == 1 and "jobmaster answered 422" in not_a_repo.stdout
+    assert no_revision.returncode == 1 and "no revision 'no-such-branch'" in no_revision.stderr
+    assert not_a_repo.returncode == 1 and "jobmaster answered 422" in not_a_repo.stderr
     assert bad_config.returncode == 1
-    assert ".infrax.yml: tasks[0] (x): containerTag: Field required" in bad_config.stdout
+    assert ".infrax.yml: tasks[0] (x): containerTag: Field required" in bad_config.stderr
     for result in (no_revision, not_a_repo, bad_config):
         assert "Traceback" not in result.stdout + result.stderr
