@@ -17,6 +17,7 @@ from rich.table import Table
 
 from infrax import cli_jobs
 from infrax.cli_support import (
+    USAGE,
     BusOption,
     ConfigOption,
     DataDirOption,
@@ -40,17 +41,23 @@ app = typer.Typer(
     add_completion=False,
 )
 log = logging.getLogger("infrax")
+LogFormatOption = typer.Option("text", "--log-format", help="text, or json: one object a line (to stderr)")
+LogRequestsOption = typer.Option(False, "--log-requests", help="also a line for every HTTP request served and made")
 cli_jobs.register(app)
 
 
 # -- servers ------------------------------------------------------------------------------------
 
 
-def _serve(components: tuple[str, ...], config: Config, logic: str) -> None:
+def _serve(components: tuple[str, ...], config: Config, logic: str, log_format: str = "text") -> None:
     from infrax.collector import settle_after_start
+    from infrax.logs import configure
     from infrax.stack import Stack
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure(log_format, requests=config.log_requests)
+    except ValueError as error:
+        fail(str(error), USAGE)
 
     async def main() -> None:
         stack = Stack(config, components=components, logic=logic)
@@ -82,9 +89,12 @@ def up(
     bus: str | None = BusOption,
     data_dir: Path | None = DataDirOption,
     logic: str = typer.Option("reference", help="job master logic"),
+    log_format: str = LogFormatOption,
+    log_requests: bool = LogRequestsOption,
 ) -> None:
     """Run every component in this one process."""
-    _serve(COMPONENTS, load(config, db=db, bus=bus, data_dir=data_dir), logic)
+    cfg = load(config, db=db, bus=bus, data_dir=data_dir, log_requests=log_requests or None)
+    _serve(COMPONENTS, cfg, logic, log_format)
 
 
 def _component_command(name: str) -> None:
@@ -95,8 +105,11 @@ def _component_command(name: str) -> None:
         data_dir: Path | None = DataDirOption,
         instance: str | None = typer.Option(None, "--name", help="instance name, stable across restarts"),
         logic: str = typer.Option("reference", help="job master logic (jobmaster only)"),
+        log_format: str = LogFormatOption,
+        log_requests: bool = LogRequestsOption,
     ) -> None:
-        _serve((name,), load(config, db=db, bus=bus, data_dir=data_dir, name=instance), logic)
+        cfg = load(config, db=db, bus=bus, data_dir=data_dir, name=instance, log_requests=log_requests or None)
+        _serve((name,), cfg, logic, log_format)
 
     command.__doc__ = f"Run the {name} alone; it reaches the others at their configured URLs."
     app.command(name=name)(command)

@@ -89,6 +89,7 @@ class Config:
     hg_poll: list[str] = field(default_factory=list)  # Mercurial repositories (paths or URLs) polled for pushes
     hg_poll_interval: float = 30.0  # seconds between polls
     treeherder: bool = True  # publish Treeherder pulse job messages for every partition change
+    log_requests: bool = False  # a log line for every HTTP request served and made (`--log-requests`)
     treeherder_build_system: str = "infrax"  # their buildSystem
     # -- security (docs/security.md) --
     # Host names answered besides loopback and the configured URLs' ("*": any, behind a proxy that checks)

@@ -263,7 +263,12 @@ class Stack:
             client.headers["Authorization"] = f"Bearer {token}"
 
     def _serve(self, name: str) -> None:
-        server = _EmbeddedServer(uvicorn.Config(self.apps[name], log_level="warning", access_log=False, lifespan="off"))
+        requests = self.config.log_requests
+        server = _EmbeddedServer(
+            uvicorn.Config(
+                self.apps[name], log_level="info" if requests else "warning", access_log=requests, lifespan="off"
+            )
+        )
         self._servers.append(server)
         self._serving.append(asyncio.create_task(server.serve(sockets=[self._sockets[name]]), name=f"serve-{name}"))
 

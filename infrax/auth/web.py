@@ -17,6 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from infrax.auth.scopes import could_satisfy
 from infrax.auth.tokens import Caller, TokenStore
+from infrax.docs_ui import offline_docs
 from infrax.web import BodyLimit
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,14 @@ class Security:
 def secured_app(title: str, security: Security) -> FastAPI:
     """A component's app: every route behind the guard, and requests only for our own host names
     (a page that DNS rebinding brought to 127.0.0.1 still names its own)."""
-    app = FastAPI(title=title, version="1", dependencies=[Depends(security.guard.authenticate)])
+    app = FastAPI(
+        title=title,
+        version="1",
+        dependencies=[Depends(security.guard.authenticate)],
+        docs_url=None,  # offline_docs: the same page, its assets from the package
+        redoc_url=None,
+    )
+    offline_docs(app)
     app.add_middleware(BodyLimit)
     if security.allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(security.allowed_hosts))

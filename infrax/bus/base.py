@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infrax.bus import schemas
+from infrax.bus.metrics import BusMetrics
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Bus(abc.ABC):
       publish, where a bad one raises `ValueError`, and on receipt, where a bad one is
       dead-lettered with one log line and the consumer goes on.
     """
+
+    metrics: BusMetrics  # what it published and consumed, for each component's `/metrics`
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -12,6 +12,7 @@ from typing import Any
 
 from infrax.bus import schemas
 from infrax.bus.base import CC, Bus, DeadLetter, Encoded, Handler, Message, Subscription, topic_matches
+from infrax.bus.metrics import BusMetrics
 from infrax.retry import delay
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class MemoryBus(Bus):
         self._redelivery_delay = redelivery_delay
         self._max_deliveries = max_deliveries
         self.dead_letters: list[DeadLetter] = []
+        self.metrics = BusMetrics()
 
     async def start(self) -> None:
         return None
@@ -113,6 +115,7 @@ class MemoryBus(Bus):
         envelope = _Envelope(exchange, routing_key, data, dict(headers or {}), checked=checked)
         # As RabbitMQ's sender-selected distribution: routed by its key and each CC key, once per queue.
         keys = [routing_key, *envelope.headers.get(CC, [])]
+        self.metrics.published.labels(exchange).inc()
         for queue in self._queues.values():
             if any(ex == envelope.exchange and any(topic_matches(b, k) for k in keys) for ex, b in queue.bindings):
                 queue.messages.append(envelope)
@@ -192,6 +195,7 @@ class MemoryBus(Bus):
             envelope.routing_key,
             reason,
         )
+        self.metrics.dead_lettered.labels(queue.name).inc()
         self.dead_letters.append(DeadLetter(queue.name, envelope.exchange, envelope.routing_key, envelope.data, reason))
 
     async def _handle(
@@ -206,9 +210,11 @@ class MemoryBus(Bus):
         try:
             await handler(message)
             settled = True
+            self.metrics.consumed.labels(queue.name).inc()
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            self.metrics.handler_failures.labels(queue.name).inc()
             if envelope.attempt >= self._max_deliveries:
                 self._dead_letter(queue, envelope, f"handler failed {envelope.attempt} times; the last time: {error!r}")
             else:

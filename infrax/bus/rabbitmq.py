@@ -36,6 +36,7 @@ from yarl import URL
 from infrax.background import BackgroundTasks
 from infrax.bus import amqp_driver, schemas
 from infrax.bus.base import Bus, BusError, Encoded, Handler, Message, Subscription
+from infrax.bus.metrics import BusMetrics
 from infrax.retry import delay, outage, retry
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class RabbitMQBus(Bus):
         self._outbox: list[tuple[amqp_driver.Outgoing, asyncio.Future[None]]] = []
         self._sending = BackgroundTasks()
         self._closing = False
+        self.metrics = BusMetrics()
 
     def __repr__(self) -> str:
         url = URL(self._url)
@@ -210,13 +212,15 @@ class RabbitMQBus(Bus):
         try:
             await self._retrying(f"publishing {len(messages)} messages to {', '.join(sorted(exchanges))}", attempt)
         except BaseException as error:
-            for _, confirmed in batch:
+            for message, confirmed in batch:
+                self.metrics.publish_failures.labels(message.exchange).inc()
                 if not confirmed.done():
                     confirmed.set_exception(error if isinstance(error, Exception) else BusError(repr(error)))
             if not isinstance(error, Exception):
                 raise
         else:
-            for _, confirmed in batch:
+            for message, confirmed in batch:
+                self.metrics.published.labels(message.exchange).inc()
                 if not confirmed.done():
                     confirmed.set_result(None)
 
@@ -263,7 +267,7 @@ class RabbitMQBus(Bus):
                 )
                 for key in binding_keys:
                     await queue.bind(source, key)
-                subscription = _RabbitSubscription(channel, queue, handler, self, self._subscriptions.discard)
+                subscription = _RabbitSubscription(channel, queue, handler, self, self._subscriptions.discard, consumer)
                 await subscription.start()
             except BaseException:
                 await _close_quietly(channel)
@@ -343,8 +347,10 @@ class _RabbitSubscription(Subscription):
         handler: Handler,
         bus: RabbitMQBus,
         forget: Callable[[_RabbitSubscription], None],
+        consumer: str = "",
     ) -> None:
         self._channel = channel
+        self._consumer = consumer or queue.name  # as the metrics name it, on either bus
         self._queue = queue
         self.queue_name = queue.name
         self._handler = handler
@@ -397,6 +403,7 @@ class _RabbitSubscription(Subscription):
             body = schemas.decode(exchange, incoming.body)
         except ValueError as e:
             log.error("dead-lettered a message of %s on %s %s: %s", self._queue.name, exchange, routing_key, e)
+            self._bus.metrics.dead_lettered.labels(self._consumer).inc()
             await _settle(incoming.nack(requeue=False), "dead-letter", self._queue.name)
             self._acks.forget(channel, tag)  # only now: no ack may cover it before the nack
             return
@@ -406,10 +413,12 @@ class _RabbitSubscription(Subscription):
         try:
             await self._handler(message)
         except Exception as error:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+            self._bus.metrics.handler_failures.labels(self._consumer).inc()
             await self._retry_later(incoming, channel, tag, exchange, routing_key, headers, attempt, error)
             return
         if not self._cancelled:
             self._acks.handled(channel, tag)
+            self._bus.metrics.consumed.labels(self._consumer).inc()
 
     async def _retry_later(
         self,
@@ -436,6 +445,7 @@ class _RabbitSubscription(Subscription):
                     attempt,
                     error,
                 )
+                bus.metrics.dead_lettered.labels(self._consumer).inc()
                 copy = {**origin, DEAD_QUEUE: queue, DEAD_ERROR: repr(error)[:1000]}
                 await bus._enqueue(DEAD_LETTER_EXCHANGE, routing_key, incoming.body, copy)
             else:

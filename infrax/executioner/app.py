@@ -15,6 +15,7 @@ from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import LOG_ARTIFACT, file_chunks
 from infrax.executioner.service import Executioner
+from infrax.metrics import metrics_route
 from infrax.model import ExecutionAssignment, WireModel
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.web import add_error_handlers
@@ -174,6 +175,7 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    metrics_route(app, executioner.metrics.registry, read, description="runs followed, ended, their durations; the bus")
     return app
 
 

@@ -21,6 +21,7 @@ from infrax.batcher import Batcher
 from infrax.bus import Bus, BusError, topics
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import ArtifactKeeper, MissingFetch
+from infrax.executioner.metrics import ExecutionerMetrics
 from infrax.executioner.sources import SourceUnavailable, stage_source
 from infrax.failures import FailureLines, failure_message
 from infrax.http import ServiceError, while_unavailable
@@ -90,6 +91,7 @@ class Executioner:
         self.log_dir = Path(log_dir)
         self.public_url = public_url.rstrip("/")
         self.active: dict[str, ExecutionAssignment] = {}
+        self.metrics = ExecutionerMetrics(bus, lambda: len(self.active))
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running_published: dict[str, asyncio.Task[None]] = {}  # run id -> its `running` stored
         self._cancel_requested: set[str] = set()  # runs whose cancel was asked for: their end is `cancelled`
@@ -474,6 +476,7 @@ class Executioner:
 
     async def _finish(self, assignment: ExecutionAssignment, status: RunStatus, healthy: bool) -> None:
         run_id = assignment.offer.run_id
+        self.metrics.run_ended(status.state, status.duration)
         try:
             running = self._running_published.pop(run_id, None)
             if running is not None:

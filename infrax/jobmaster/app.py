@@ -19,6 +19,7 @@ from infrax.jobmaster.pushlog import HgPushNotice, push_view
 from infrax.jobmaster.queue_api import queue_router
 from infrax.jobmaster.service import JobMaster, JobNotFound
 from infrax.jobmaster.vcs import VcsError
+from infrax.metrics import metrics_route
 from infrax.model import NO_CONTROL, Job, PushSubmission, State
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.web import add_error_handlers
@@ -190,4 +191,11 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    metrics_route(
+        app,
+        jobmaster.metrics.registry,
+        read,
+        jobmaster.metrics.refresh,
+        "pushes by outcome, jobs by state, job durations, the bus's counts",
+    )
     return app

@@ -26,6 +26,7 @@ from infrax.jobmaster import git, hg
 from infrax.jobmaster.actions import JobActions, job_status
 from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.github import GitHubWebhooks
+from infrax.jobmaster.metrics import JobMasterMetrics
 from infrax.jobmaster.mirrors import MirrorError, Mirrors
 from infrax.jobmaster.plugin import ProjectLogic, Push, PushRejected
 from infrax.jobmaster.policy import RepositoryRefused
@@ -91,6 +92,7 @@ class JobMaster(JobActions):
         )
         # Every job state change is written here with the change itself; the relay publishes it.
         self.outbox = Outbox(db, bus, jobmaster_outbox)
+        self.metrics = JobMasterMetrics(db, bus)
         self.hg = HgPushes(self, self.settings.hg_poll, self.settings.hg_poll_interval)
         self.treeherder = TreeherderReporter(self, self.settings.treeherder_build_system)
         self._subscriptions: list[Any] = []
@@ -129,6 +131,16 @@ class JobMaster(JobActions):
 
         `authorize` is called with the project once the revision's configuration names it, before
         anything is stored; it raises to refuse."""
+        try:
+            return await self._push(submission, source, authorize)
+        except PushRejected as error:
+            self.metrics.pushes.labels("refused").inc()
+            log.info("push of %s@%s refused: %s", submission.repository[:200], submission.revision[:40], error)
+            raise
+
+    async def _push(
+        self, submission: PushSubmission, source: str, authorize: Callable[[str], None] | None
+    ) -> tuple[Job, bool]:
         repository, revision = submission.repository, submission.revision
         try:
             self.settings.repositories.check(repository)
@@ -223,10 +235,14 @@ class JobMaster(JobActions):
             assert existing is not None
             return await self._again(existing, checkout.origin)
         await self._submit(job_id)
+        self.metrics.pushes.labels("created").inc()
+        log.info("push of %s@%s (%s): job %s created", plan.project, revision[:12], checkout.trigger, job_id[:12])
         return await self.get(job_id), True
 
     async def _again(self, job: Job, origin: Origin | None) -> tuple[Job, bool]:
         added = origin is not None and await self._add_origin(job.id, origin)
+        self.metrics.pushes.labels("existing").inc()
+        log.info("push of %s@%s: job %s exists (%s)", job.project, job.revision[:12], job.id[:12], job.state)
         if job.state == State.CANCELLED or (job.state == State.EXCEPTION and job.request_id is None):
             await self._run_again(job.id, "pushed again")
             return await self.get(job.id), True
@@ -399,6 +415,18 @@ class JobMaster(JobActions):
                 .where(jobs.c.id == row["id"], jobs.c.state == row["state"])
                 .values(state=state, message=message, updated_at=utcnow(), **extra)
             )
+            if changed.rowcount and is_final(state):
+                took = (utcnow() - aware(row["created_at"])).total_seconds()
+                self.metrics.durations.labels(state.value).observe(took)
+                log.info(
+                    "job %s (%s@%s) ended %s after %.1f s%s",
+                    row["id"][:12],
+                    row["project"],
+                    row["revision"][:12],
+                    state.value,
+                    took,
+                    f": {message[:300]}" if message else "",
+                )
             if changed.rowcount:
                 messages.append(
                     job_status(row["id"], row["project"], row["revision"], state, State(row["state"]), message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Response
 
 from infrax.auth import Security, route_options, secured_app
+from infrax.metrics import metrics_route
 from infrax.model import ExecutionPlan, PlanRequest
 from infrax.optimizer.history import FileRuntime
 from infrax.optimizer.overheads import LearnedOverhead
@@ -49,4 +50,10 @@ def create_app(service: OptimizerService, security: Security) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    metrics_route(
+        app,
+        service.metrics.registry,
+        route_options("optimizer:read", readable=True),
+        description="planning times; the bus",
+    )
     return app

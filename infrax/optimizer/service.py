@@ -9,6 +9,7 @@ the partition's own start and finish times give it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from infrax.batcher import Batcher
@@ -16,6 +17,7 @@ from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import PartitionStatus
 from infrax.model import ExecutionPlan, PlanRequest, State, pick_container_type, run_id_of
 from infrax.optimizer.history import FileRuntime, RuntimeHistory, Sample
+from infrax.optimizer.metrics import OptimizerMetrics
 from infrax.optimizer.overheads import LearnedOverhead
 from infrax.optimizer.planner import Planner
 from infrax.optimizer.workers import PlanningWorker
@@ -44,6 +46,7 @@ class OptimizerService:
         self.history = RuntimeHistory(db)
         self.planner = Planner(files_per_partition, tolerance=tolerance, default_duration=default_duration)
         self.worker = PlanningWorker(self.planner)
+        self.metrics = OptimizerMetrics(bus)
         # Learning is not urgent, and one transaction per quarter second instead of one per run
         # took a third of the process's time off `make bench` on PostgreSQL + RabbitMQ.
         self._batcher: Batcher[Sample] = Batcher(self._record, max_batch=200, linger=0.25)
@@ -81,13 +84,17 @@ class OptimizerService:
 
     async def plan_json(self, request: PlanRequest, *, explain: bool = False) -> bytes:
         """The plan as the REST API answers it; a large request's made in the worker process."""
+        started = time.perf_counter()
         if sum(len(t.files) for t in request.tasks) < OFF_LOOP_FILES:
             plan = await self.plan(request, explain=explain)
+            self.metrics.planning.labels("inline").observe(time.perf_counter() - started)
             return plan.model_dump_json(by_alias=True).encode()
         keys = self._history_keys(request)
         history = await self.history.load(request.project, keys)
         overheads = await self.history.overheads(request.project, keys)
-        return await self.worker.plan_json(request, history, overheads, explain)
+        made = await self.worker.plan_json(request, history, overheads, explain)
+        self.metrics.planning.labels("worker").observe(time.perf_counter() - started)
+        return made
 
     async def overheads(self, project: str, task_name: str) -> list[LearnedOverhead]:
         return await self.history.overhead_rows(project, task_name)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from infrax.auth import Security, route_options, secured_app
+from infrax.metrics import metrics_route
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
-from infrax.provisioner.metrics import render as render_metrics
 from infrax.provisioner.service import Provisioner
 from infrax.web import add_error_handlers
 
@@ -97,10 +96,12 @@ def create_app(provisioner: Provisioner, security: Security) -> FastAPI:
         executioner that restarted and re-attaches to its runs. The executioner's scope only."""
         return AccessAnswer(containers=provisioner.access(body.run_ids))
 
-    @app.get("/metrics", response_class=PlainTextResponse, **read)
-    async def metrics() -> str:
-        """Prometheus text: containers by type, provider and state; offers; start times; health."""
-        return render_metrics(provisioner)
+    metrics_route(
+        app,
+        provisioner.metrics,
+        read,
+        description="containers by type, provider and state; offers; start times; health",
+    )
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

@@ -1,10 +1,15 @@
-"""The provisioner's metrics in Prometheus' text format (`GET /metrics`)."""
+"""The provisioner's metrics (`GET /metrics`): what it holds and does, read from its state when scraped."""
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from infrax.model import ContainerState
 
@@ -13,121 +18,122 @@ if TYPE_CHECKING:
 
 # Seconds from asking a provider for a container to its agent being ready.
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+CONTAINER_STATES = (ContainerState.STARTING, ContainerState.IDLE, ContainerState.BUSY, ContainerState.STOPPING)
 
 
-class Histogram:
-    """A cumulative Prometheus histogram of one series."""
-
-    def __init__(self, buckets: tuple[float, ...] = START_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-
-    def lines(self, name: str, labels: str) -> list[str]:
-        pairs = zip(self.buckets, self.counts, strict=True)
-        out = [f'{name}_bucket{{{labels},le="{bound:g}"}} {n}' for bound, n in pairs]
-        out.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum{{{labels}}} {self.sum:.6f}")
-        out.append(f"{name}_count{{{labels}}} {self.count}")
-        return out
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def render(provisioner: Provisioner) -> str:
-    p = provisioner
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-
-    family("infrax_provisioner_partitions_total", "counter", "Partition runs offered, by answer.")
-    for outcome in ("accepted", "rejected"):
-        lines.append(f'infrax_provisioner_partitions_total{{outcome="{outcome}"}} {p.counters[outcome]}')
-    family("infrax_provisioner_offers_total", "counter", "Partition runs offered, by container type and answer.")
-    for (type_name, outcome), n in sorted(p.offers.items()):
-        lines.append(f'infrax_provisioner_offers_total{{type="{_label(type_name)}",outcome="{outcome}"}} {n}')
-    family("infrax_provisioner_rejections_total", "counter", "Partition runs rejected, by container type and why.")
-    for (type_name, why), n in sorted(p.rejections.items()):
-        lines.append(f'infrax_provisioner_rejections_total{{type="{_label(type_name)}",reason="{why}"}} {n}')
-
-    family("infrax_provisioner_containers", "gauge", "Containers by type, provider and state.")
-    by_key = Counter((s.type.name, s.provider.name, s.state.value) for s in p.slots.values())
-    for type_name, container_type in sorted(p.types.items()):
-        for provider_name in container_type.providers:
-            for state in (ContainerState.STARTING, ContainerState.IDLE, ContainerState.BUSY, ContainerState.STOPPING):
-                n = by_key.get((type_name, provider_name, state.value), 0)
-                lines.append(
-                    f'infrax_provisioner_containers{{type="{_label(type_name)}",'
-                    f'provider="{_label(provider_name)}",state="{state.value}"}} {n}'
-                )
-
-    family(
+def start_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
         "infrax_provisioner_container_start_seconds",
-        "histogram",
         "Seconds from asking a provider for a container to its agent being ready.",
+        ["provider"],
+        buckets=START_BUCKETS,
+        registry=registry,
     )
-    for name in sorted(p.providers):
-        lines += p.start_seconds[name].lines("infrax_provisioner_container_start_seconds", f'provider="{_label(name)}"')
-    family(
-        "infrax_provisioner_container_start_recent_seconds",
-        "gauge",
-        "Median and 95th percentile of the provider's last 256 starts.",
-    )
-    for name, provider in sorted(p.providers.items()):
-        recent = list(provider.start_durations)
-        if len(recent) >= 2:
-            cuts = statistics.quantiles(recent, n=20, method="inclusive")
-            for q, value in (("0.5", statistics.median(recent)), ("0.95", cuts[18])):
-                lines.append(
-                    f'infrax_provisioner_container_start_recent_seconds{{provider="{_label(name)}",'
-                    f'quantile="{q}"}} {value:.6f}'
-                )
-    family("infrax_provisioner_container_start_failures_total", "counter", "Container starts that failed.")
-    lines.append(f"infrax_provisioner_container_start_failures_total {p.counters['start_failures']}")
-    for name in sorted(p.providers):
-        lines.append(
-            f'infrax_provisioner_container_start_failures_total{{provider="{_label(name)}"}} '
-            f"{p.provider_health[name].total_failures}"
-        )
 
-    family(
-        "infrax_provisioner_containers_lost_total",
-        "counter",
-        "Containers found dead by health checks: gone, or not answering heartbeats.",
-    )
-    for (name, why), n in sorted(p.lost.items()):
-        lines.append(f'infrax_provisioner_containers_lost_total{{provider="{_label(name)}",reason="{why}"}} {n}')
-    family("infrax_provisioner_heartbeats_total", "counter", "Heartbeats sent to agents, and those that failed.")
-    lines.append(f'infrax_provisioner_heartbeats_total{{outcome="sent"}} {p.health.heartbeats}')
-    lines.append(f'infrax_provisioner_heartbeats_total{{outcome="failed"}} {p.health.heartbeat_failures}')
 
-    family(
-        "infrax_provisioner_provider_up",
-        "gauge",
-        "1 when the provider may be asked for containers, 0 while it rests after failed starts.",
-    )
-    now = p.clock()
-    for name in sorted(p.providers):
-        lines.append(
-            f'infrax_provisioner_provider_up{{provider="{_label(name)}"}} {int(p.provider_health[name].usable(now))}'
+class ProvisionerCollector(Collector):
+    def __init__(self, provisioner: Provisioner) -> None:
+        self.p = provisioner
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.p
+        partitions = CounterMetricFamily(
+            "infrax_provisioner_partitions",
+            "Partition runs offered, by answer.",
+            labels=["outcome"],
         )
-    family("infrax_provisioner_provider_containers", "gauge", "Containers a provider holds (starting, idle, busy).")
-    for name, provider in sorted(p.providers.items()):
-        lines.append(f'infrax_provisioner_provider_containers{{provider="{_label(name)}"}} {p.used(provider)}')
-    family("infrax_provisioner_provider_capacity", "gauge", "Containers a provider may hold at once.")
-    for name, provider in sorted(p.providers.items()):
-        if provider.capacity is not None:
-            lines.append(f'infrax_provisioner_provider_capacity{{provider="{_label(name)}"}} {provider.capacity}')
-    return "\n".join(lines) + "\n"
+        for outcome in ("accepted", "rejected"):
+            partitions.add_metric([outcome], p.counters[outcome])
+        yield partitions
+        offers = CounterMetricFamily(
+            "infrax_provisioner_offers",
+            "Partition runs offered, by container type and answer.",
+            labels=["type", "outcome"],
+        )
+        for (type_name, outcome), n in sorted(p.offers.items()):
+            offers.add_metric([type_name, outcome], n)
+        yield offers
+        rejections = CounterMetricFamily(
+            "infrax_provisioner_rejections",
+            "Partition runs rejected, by container type and why.",
+            labels=["type", "reason"],
+        )
+        for (type_name, why), n in sorted(p.rejections.items()):
+            rejections.add_metric([type_name, why], n)
+        yield rejections
+
+        containers = GaugeMetricFamily(
+            "infrax_provisioner_containers",
+            "Containers by type, provider and state.",
+            labels=["type", "provider", "state"],
+        )
+        by_key = Counter((s.type.name, s.provider.name, s.state.value) for s in p.slots.values())
+        for type_name, container_type in sorted(p.types.items()):
+            for provider_name in container_type.providers:
+                for state in CONTAINER_STATES:
+                    containers.add_metric(
+                        [type_name, provider_name, state.value], by_key.get((type_name, provider_name, state.value), 0)
+                    )
+        yield containers
+
+        recent = GaugeMetricFamily(
+            "infrax_provisioner_container_start_recent_seconds",
+            "Median and 95th percentile of the provider's last 256 starts.",
+            labels=["provider", "quantile"],
+        )
+        for name, provider in sorted(p.providers.items()):
+            starts = list(provider.start_durations)
+            if len(starts) >= 2:
+                cuts = statistics.quantiles(starts, n=20, method="inclusive")
+                recent.add_metric([name, "0.5"], statistics.median(starts))
+                recent.add_metric([name, "0.95"], cuts[18])
+        yield recent
+        failures = CounterMetricFamily(
+            "infrax_provisioner_container_start_failures",
+            "Container starts that failed.",
+            labels=["provider"],
+        )
+        for name in sorted(p.providers):
+            failures.add_metric([name], p.provider_health[name].total_failures)
+        yield failures
+        lost = CounterMetricFamily(
+            "infrax_provisioner_containers_lost",
+            "Containers found dead by health checks: gone, or not answering heartbeats.",
+            labels=["provider", "reason"],
+        )
+        for (name, why), n in sorted(p.lost.items()):
+            lost.add_metric([name, why], n)
+        yield lost
+        heartbeats = CounterMetricFamily(
+            "infrax_provisioner_heartbeats",
+            "Heartbeats sent to agents, and those that failed.",
+            labels=["outcome"],
+        )
+        heartbeats.add_metric(["sent"], p.health.heartbeats)
+        heartbeats.add_metric(["failed"], p.health.heartbeat_failures)
+        yield heartbeats
+
+        now = p.clock()
+        up = GaugeMetricFamily(
+            "infrax_provisioner_provider_up",
+            "1 when the provider may be asked for containers, 0 while it rests after failed starts.",
+            labels=["provider"],
+        )
+        held = GaugeMetricFamily(
+            "infrax_provisioner_provider_containers",
+            "Containers a provider holds (starting, idle, busy).",
+            labels=["provider"],
+        )
+        capacity = GaugeMetricFamily(
+            "infrax_provisioner_provider_capacity",
+            "Containers a provider may hold at once.",
+            labels=["provider"],
+        )
+        for name, provider in sorted(p.providers.items()):
+            up.add_metric([name], int(p.provider_health[name].usable(now)))
+            held.add_metric([name], p.used(provider))
+            if provider.capacity is not None:
+                capacity.add_metric([name], provider.capacity)
+        yield up
+        yield held
+        yield capacity

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from infrax.auth.runs import RunTokens
 from infrax.background import BackgroundTasks
 from infrax.bus import Bus, BusError, topics
@@ -41,7 +43,7 @@ from infrax.model import (
     utcnow,
 )
 from infrax.provisioner.health import HEARTBEAT_ERRORS, HealthMonitor, ProviderHealth
-from infrax.provisioner.metrics import Histogram
+from infrax.provisioner.metrics import ProvisionerCollector, start_histogram
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
 from infrax.retry import outage
 
@@ -127,7 +129,9 @@ class Provisioner:
         self.offers: Counter[tuple[str, str]] = Counter()  # (type, accepted | rejected)
         self.rejections: Counter[tuple[str, str]] = Counter()  # (type, why)
         self.lost: Counter[tuple[str, str]] = Counter()  # (provider, gone | unresponsive)
-        self.start_seconds = {name: Histogram() for name in self.providers}
+        self.metrics = CollectorRegistry()
+        self.metrics.register(ProvisionerCollector(self))
+        self.start_seconds = start_histogram(self.metrics)
         self.provider_health = {name: ProviderHealth(p, clock) for name, p in self.providers.items()}
         self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick, clock=clock)
         self._background = BackgroundTasks()
@@ -371,8 +375,18 @@ class Provisioner:
                 return
             self._move(slot, following)
         self.provider_health[slot.provider.name].succeeded()
-        self.start_seconds[slot.provider.name].observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.start_seconds.labels(slot.provider.name).observe(took)
         self.counters["containers_started"] += 1
+        log.info(
+            "container %s of %s started on %s in %.1f s%s (%d of the type live)",
+            slot.id[:16],
+            slot.type.name,
+            slot.provider.name,
+            took,
+            f", for run {slot.run.run_id[:16]}" if slot.run is not None else "",
+            sum(1 for other in self.slots.values() if other.type is slot.type and other.state in LIVE),
+        )
         slot.next_probe = self.clock() + slot.provider.heartbeat_interval
         if self.slots.get(slot.id) is not slot:  # the provisioner stopped meanwhile
             return

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.ids import ID_PREFIX
+from infrax.metrics import metrics_route
 from infrax.model import Task, TaskPartition, TaskRequest, TaskRequestSubmission
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.scheduler.queries import NotFound
@@ -87,6 +88,14 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         for project in {r.project for r in (await scheduler.list_requests(job_id=job_id))[0]}:
             require(caller_of(request), f"scheduler:cancel:{project}")
         return {"cancelledRequests": await scheduler.cancel_job(job_id)}
+
+    metrics_route(
+        app,
+        scheduler.metrics.registry,
+        read,
+        scheduler.metrics.refresh,
+        "queued partitions by priority, partitions by state, dispatch latency, the bus's counts",
+    )
 
     @app.get("/api/v1/tasks/{task_id}", response_model=Task, **read)
     async def get_task(task_id: str) -> Task:

@@ -19,6 +19,7 @@ from infrax.provisioner.client import ProvisionerClient
 from infrax.scheduler import records
 from infrax.scheduler.definitions import TaskDefinitions
 from infrax.scheduler.events import outgoing, partition_status
+from infrax.scheduler.metrics import SchedulerMetrics
 from infrax.store import Database
 from infrax.store.tables import partitions, tasks
 
@@ -30,6 +31,7 @@ DISPATCH_BATCH = 64
 class Dispatching:
     db: Database
     outbox: Outbox
+    metrics: SchedulerMetrics
     provisioner: ProvisionerClient
     run_tokens: RunTokens | None
     instance: str
@@ -117,6 +119,7 @@ class Dispatching:
         return True
 
     async def _mark_dispatched(self, accepted_ids: list[str], offered: dict[str, PartitionOffer]) -> None:
+        now = utcnow()
         async with self.outbox.begin() as (conn, messages):
             # Locked in id order first, as a run's news is applied: a fast agent's `running` can be
             # applied while this marks its partition, and an UPDATE takes its rows in no order.
@@ -136,13 +139,14 @@ class Dispatching:
                             partitions.c.claimed_by == self.instance,
                             partitions.c.state == State.QUEUED,
                         )
-                        .values(state=State.DISPATCHED, dispatched_at=utcnow(), claimed_by=None)
+                        .values(state=State.DISPATCHED, dispatched_at=now, claimed_by=None)
                         .returning(*partitions.c)
                     )
                 )
                 .mappings()
                 .all()
             )
+            self.metrics.dispatched(dispatched, now)
             if len(dispatched) < len(accepted_ids):
                 await conn.execute(
                     update(partitions)

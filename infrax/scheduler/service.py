@@ -44,6 +44,7 @@ from infrax.scheduler.definitions import Known, TaskDefinitions
 from infrax.scheduler.dispatch import Dispatching
 from infrax.scheduler.events import outgoing, partition_status, request_status, task_status
 from infrax.scheduler.graph import release_dependents
+from infrax.scheduler.metrics import SchedulerMetrics
 from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, Recovery
 from infrax.scheduler.reruns import Reruns
 from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, settle_request, settle_tasks, transition
@@ -94,6 +95,7 @@ class Scheduler(Dispatching, Cancelling, Reruns):
         self._container_types: list[ContainerType] = []
         self._types_fetched = 0.0
         self._definitions = TaskDefinitions()
+        self.metrics = SchedulerMetrics(db, bus)
         self._status_batcher = Batcher(self.apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
         self._subscriptions: list[Any] = []
@@ -318,6 +320,17 @@ class Scheduler(Dispatching, Cancelling, Reruns):
             # A task skipped or refused here ends the wait of its dependents (or cancels them).
             released, ready = await release_dependents(conn, row["id"])
             messages += outgoing(released + await settle_request(conn, row["id"]))
+        planned_parts = sum(len(p.partitions) for _, p in queued)
+        others = [f"{p.name}: {p.reason}" for p in plan.tasks if p.skipped or p.container_type is None]
+        log.info(
+            "request %s%s planned%s: %d task(s) into %d partition(s)%s",
+            row["id"][:12],
+            f" (job {row['job_id'][:12]})" if row["job_id"] else "",
+            f" ({task_rows[0]['name']}, its dependencies ended)" if dependent else "",
+            len(queued),
+            planned_parts,
+            f"; not run: {'; '.join(others)[:300]}" if others else "",
+        )
         self._dispatch_wanted.set()
         if ready:
             self._plan_wanted.set()

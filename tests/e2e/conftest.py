@@ -140,9 +140,9 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def start_up(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_up(config: Path, log: Path, *options: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "infrax.cli", "up", "--config", str(config)],
+        [sys.executable, "-m", "infrax.cli", "up", "--config", str(config), *options],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from infrax.model import Container, ContainerState, ContainerType
 from infrax.provisioner.app import create_app
@@ -39,10 +40,17 @@ async def test_containers_and_metrics(harness: MakeHarness, tmp_path: Path) -> N
     assert all(c.provider == "local" and c.age > 0 and c.last_heartbeat is not None and c.port for c in listed)
     assert {"provider", "age", "lastHeartbeat", "heartbeatFailures", "currentRun"} <= set(raw)
 
+    parsed = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+
     def value(line: str) -> float:
-        found = re.search(rf"^{re.escape(line)} (\S+)$", metrics, re.MULTILINE)
-        assert found, f"no {line!r} in\n{metrics}"
-        return float(found.group(1))
+        name, _, labels = line.partition("{")
+        wanted = frozenset(re.findall(r'(\w+)="([^"]*)"', labels))
+        assert (name, wanted) in parsed, f"no {line!r} in\n{metrics}"
+        return parsed[(name, wanted)]
 
     assert value('infrax_provisioner_containers{type="linux",provider="local",state="busy"}') == 2
     assert value('infrax_provisioner_containers{type="linux",provider="local",state="idle"}') == 0
@@ -59,7 +67,7 @@ async def test_containers_and_metrics(harness: MakeHarness, tmp_path: Path) -> N
     assert value('infrax_provisioner_provider_capacity{provider="local"}') == 2
     assert value('infrax_provisioner_heartbeats_total{outcome="sent"}') >= 2
     assert "# TYPE infrax_provisioner_container_start_seconds histogram" in metrics
-    # Every sample line belongs to a declared family.
+    # Every sample line belongs to a declared family (a counter's samples end in _total).
     families = set(re.findall(r"^# TYPE (\S+) ", metrics, re.MULTILINE))
     for sample in re.findall(r"^([a-z_]+)[{ ]", metrics, re.MULTILINE):
-        assert re.sub(r"_(bucket|sum|count)$", "", sample) in families, sample
+        assert sample in families or re.sub(r"_(bucket|sum|count|total)$", "", sample) in families, sample
