@@ -20,6 +20,7 @@ demo: $(STAMP)
 services:
 	@bash scripts/ensure-services.sh
 	@sh scripts/setup-podman.sh
+	@sh scripts/setup-browser.sh
 
 image: $(STAMP) services
 	$(VENV)/bin/infrax image build

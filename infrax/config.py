@@ -13,8 +13,17 @@ from pydantic.dataclasses import dataclass
 
 from infrax.model import ContainerType
 
-COMPONENTS = ("jobmaster", "optimizer", "scheduler", "provisioner", "executioner")
-DEFAULT_PORTS = {"jobmaster": 7310, "optimizer": 7311, "scheduler": 7312, "provisioner": 7313, "executioner": 7314}
+# The five that do the work, and the dashboard that shows it.
+CORE_COMPONENTS = ("jobmaster", "optimizer", "scheduler", "provisioner", "executioner")
+COMPONENTS = (*CORE_COMPONENTS, "web")
+DEFAULT_PORTS = {
+    "jobmaster": 7310,
+    "optimizer": 7311,
+    "scheduler": 7312,
+    "provisioner": 7313,
+    "executioner": 7314,
+    "web": 7315,
+}
 
 
 class ConfigError(Exception):

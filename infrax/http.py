@@ -64,6 +64,19 @@ class ServiceClient:
             url, params = (None if link is None else str(link["url"])), None
         return items if limit is None else items[:limit]
 
+    async def page(
+        self, path: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[list[Any], str | None]:
+        """One page of a paginated list, and the `after` cursor of the next (None on the last)."""
+        response = await self._send("GET", path, params=params, headers=headers)
+        link = response.links.get("next")
+        after = httpx.URL(str(link["url"])).params.get("after") if link else None
+        return _body(response), after
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer itself (a stream's, a log's with its headers); a 4xx or 5xx raises."""
+        return await self._send(method, path, **kwargs)
+
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self.http.request(method, path, **kwargs)

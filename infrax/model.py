@@ -246,6 +246,9 @@ class Task(WireModel):
     message: str | None = None
     definition: TaskDefinition
     partitions: list[TaskPartition] = Field(default_factory=list)
+    explanation: list[str] | None = Field(
+        default=None, description="how the optimizer planned it, decision by decision"
+    )
 
 
 class TaskRequest(WireModel):

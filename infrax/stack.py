@@ -27,7 +27,7 @@ from infrax.auth import SERVICE_SCOPES, Guard, Security, TokenStore
 from infrax.auth.admin import ensure_admin_token
 from infrax.auth.runs import RunTokens
 from infrax.bus import Bus, open_bus
-from infrax.config import COMPONENTS, Config
+from infrax.config import COMPONENTS, CORE_COMPONENTS, Config
 from infrax.executioner.app import create_app as executioner_app
 from infrax.executioner.artifacts import ArtifactKeeper
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
@@ -119,12 +119,12 @@ class Stack:
         self.bus = open_bus(config.bus, max_deliveries=config.bus_max_deliveries)
         await self.bus.start()
         # Everything restarting together means runs the executioner never heard of are lost for sure.
-        recover = set(COMPONENTS) <= set(self.components) if recover_in_flight is None else recover_in_flight
+        recover = set(CORE_COMPONENTS) <= set(self.components) if recover_in_flight is None else recover_in_flight
         for name in self.components:
             self._build(name)
             self._late.setdefault(name, _LateApp()).app = self.apps[name]
         # Recovery may call other components, so every app answers before any service starts.
-        for name in ("provisioner", "executioner", "optimizer", "scheduler", "jobmaster"):
+        for name in ("provisioner", "executioner", "optimizer", "scheduler", "jobmaster", "web"):
             service = self.services.get(name)
             if name == "scheduler" and service is not None:
                 await service.start(recover_in_flight=recover)
@@ -239,11 +239,30 @@ class Stack:
                 config.public_url or self.urls["jobmaster"],
                 settings=JobMasterSettings.from_config(config),
             )
+            service.dashboard_url = self.urls.get("web") or (config.url("web") if config.urls.get("web") else None)
             app = jobmaster_app(service, self.security)
+        elif name == "web":
+            from infrax.web.app import Dashboard
+            from infrax.web.app import create_app as web_app
+            from infrax.web.views import ExecutionerApi, JobMasterApi, SchedulerApi, Views
+
+            views = Views(
+                JobMasterApi(self._as_viewer("jobmaster")),
+                SchedulerApi(self._as_viewer("scheduler")),
+                ExecutionerApi(self._as_viewer("executioner")),
+            )
+            service = Dashboard(views, bus)
+            app = web_app(service)
         else:
             raise ValueError(f"unknown component {name!r}")
         self.services[name] = service
         self.apps[name] = app
+
+    def _as_viewer(self, component: str) -> httpx.AsyncClient:
+        """A client that carries no token of its own: the dashboard sends each viewer's."""
+        made = self.client(component)
+        made.headers.pop("Authorization", None)
+        return made
 
     def _executioners(self) -> ExecutionerPool:
         if "executioner" in self.components or not self.config.executioners:
@@ -276,7 +295,7 @@ class Stack:
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._serving, return_exceptions=True)
-        for name in ("jobmaster", "scheduler", "optimizer", "provisioner", "executioner"):
+        for name in ("web", "jobmaster", "scheduler", "optimizer", "provisioner", "executioner"):
             service = self.services.get(name)
             if service is not None:
                 await _stop_within(name, service.stop(), STOP_TIMEOUT)

@@ -21,6 +21,7 @@ SERVICE_SCOPES: Final[dict[str, tuple[str, ...]]] = {
     "provisioner": ("executioner:runs", "executioner:cancel"),
     "executioner": ("provisioner:release", "provisioner:access", "jobmaster:read-files:*"),
     "optimizer": (),
+    "web": (),  # its pages read and act with each viewer's own token
     "jobmaster": (
         "scheduler:create-task-request:*",
         "scheduler:trusted:*",

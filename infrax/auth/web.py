@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from infrax.api_errors import BodyLimit
 from infrax.auth.scopes import could_satisfy
 from infrax.auth.tokens import Caller, TokenStore
 from infrax.docs_ui import offline_docs
-from infrax.web import BodyLimit
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def secured_app(title: str, security: Security) -> FastAPI:
 
 
 def _document_errors_as_sent(app: FastAPI) -> None:
-    """The OpenAPI document shows a 422 as infrax sends it (infrax.web): one line naming what is
+    """The OpenAPI document shows a 422 as infrax sends it (infrax.api_errors): one line naming what is
     wrong in `detail`, each problem in `errors`, not FastAPI's list of objects."""
     generate = app.openapi
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -10,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from infrax.api_errors import add_error_handlers
 from infrax.artifacts import Artifact, ArtifactNotFound
 from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
@@ -18,7 +20,6 @@ from infrax.executioner.service import Executioner
 from infrax.metrics import metrics_route
 from infrax.model import ExecutionAssignment, WireModel
 from infrax.pagination import PageRequest, link_next, page_request
-from infrax.web import add_error_handlers
 
 
 class AssignmentBatch(WireModel):
@@ -72,16 +73,21 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
         return RunView(status=found[0], log_path=str(found[1]))
 
     @app.get("/api/v1/runs/{run_id}/log", **read)
-    async def get_log(run_id: str, offset: int = Query(0, ge=0, le=2**62)) -> Response:
-        """The run's log from byte `offset`; X-Log-Complete says whether more can come."""
+    async def get_log(
+        run_id: str,
+        offset: int = Query(0, ge=0, le=2**62),
+        limit: int | None = Query(None, ge=1, le=16 * 2**20, description="at most this many bytes"),
+    ) -> Response:
+        """The run's log from byte `offset` (at most `limit` bytes); X-Log-Complete says whether
+        more can come, X-Log-Offset where the next read starts."""
         if offset < 0:
             raise HTTPException(400, "offset must be 0 or more")
         found = await executioner.get_run(run_id)
         if found is None:
             raise HTTPException(404, f"no run {run_id}")
         status, path = found
-        content = await asyncio.to_thread(_read_from, path, offset)
-        complete = status.state != "running"
+        content, size = await asyncio.to_thread(_read_from, path, offset, limit)
+        complete = status.state != "running" and offset + len(content) >= size
         return Response(
             content,
             media_type="text/plain; charset=utf-8",
@@ -179,13 +185,14 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
     return app
 
 
-def _read_from(path: object, offset: int) -> bytes:
+def _read_from(path: object, offset: int, limit: int | None = None) -> tuple[bytes, int]:
+    """What the file holds from `offset` (at most `limit` bytes), and its size."""
     try:
         with open(path, "rb") as f:  # type: ignore[call-overload]
             f.seek(offset)
-            return f.read()
+            return f.read(-1 if limit is None else limit), os.fstat(f.fileno()).st_size
     except FileNotFoundError:
-        return b""
+        return b"", 0
 
 
 async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.http import ServiceError
 from infrax.ids import ID_PREFIX
@@ -22,7 +23,6 @@ from infrax.jobmaster.vcs import VcsError
 from infrax.metrics import metrics_route
 from infrax.model import NO_CONTROL, Job, PushSubmission, State
 from infrax.pagination import PageRequest, link_next, page_request
-from infrax.web import add_error_handlers
 
 
 def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:

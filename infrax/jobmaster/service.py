@@ -92,6 +92,8 @@ class JobMaster(JobActions):
         )
         # Every job state change is written here with the change itself; the relay publishes it.
         self.outbox = Outbox(db, bus, jobmaster_outbox)
+        # Where people look at a job: the dashboard's pages when one runs, else the API's JSON.
+        self.dashboard_url: str | None = None
         self.metrics = JobMasterMetrics(db, bus)
         self.hg = HgPushes(self, self.settings.hg_poll, self.settings.hg_poll_interval)
         self.treeherder = TreeherderReporter(self, self.settings.treeherder_build_system)
@@ -440,6 +442,11 @@ class JobMaster(JobActions):
                 await conn.execute(select(jobs.c.id).where(jobs.c.project == project, jobs.c.revision == revision))
             ).scalar()
         return None if job_id is None else await self.get(job_id)
+
+    def job_page(self, job_id: str) -> str:
+        if self.dashboard_url:
+            return f"{self.dashboard_url.rstrip('/')}/jobs/{job_id}"
+        return f"{self.public_url}/api/v1/jobs/{job_id}"
 
     async def get(self, job_id: str) -> Job:
         async with self.db.begin() as conn:

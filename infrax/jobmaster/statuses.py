@@ -125,7 +125,7 @@ class CommitStatuses:
         if not origins:
             return
         job = await self.jobmaster.get(job_id)
-        body = status_body(job, self.jobmaster.public_url)
+        body = status_body(job, self.jobmaster.job_page(job.id))
         now = utcnow()
         rows = [
             {
@@ -239,7 +239,8 @@ class CommitStatuses:
         )
 
 
-def status_body(job: Job, public_url: str) -> dict[str, Any]:
+def status_body(job: Job, target_url: str) -> dict[str, Any]:
+    """The commit status; its "Details" link (`target_url`) is the job's page."""
     state = State(job.state)
     failed = [t.name for t in job.tasks if t.state == State.FAILED]
     description = {
@@ -256,7 +257,7 @@ def status_body(job: Job, public_url: str) -> dict[str, Any]:
     }[state]
     return {
         "state": GITHUB_STATE[state],
-        "target_url": f"{public_url}/api/v1/jobs/{job.id}",
+        "target_url": target_url,
         "description": description[:140],
         "context": f"infrax/{job.project}",
     }

@@ -175,7 +175,8 @@ class TreeherderReporter:
         info = {
             "project": row.project,
             "revision": row.revision,
-            "url": f"{self.jobmaster.public_url}/api/v1/jobs/{job_id}",
+            "url": self.jobmaster.job_page(job_id),
+            "dashboard": self.jobmaster.dashboard_url,
             "id": origin.get("pushId", origin.get("pullRequest")),
             "owner": owner(pusher, details.get("author"), self.build_system),
             "retries": {t.get("name"): t.get("retries", 0) for t in details.get("tasks", [])},
@@ -231,6 +232,9 @@ def _message(
         display |= {"chunkId": task.idx, "chunkCount": task.count}
     body = _job(job, build_system, f"{_guid(task.partition_id)}/{run.run}", run.run, display, _machine(task, run))
     body |= {"state": state, "result": result}
+    if job.get("dashboard"):  # the run's page: its log with the failure lines picked out
+        page = f"{job['dashboard'].rstrip('/')}/partitions/{task.partition_id}?run={run.run}"
+        body["jobInfo"]["links"].append({"url": page, "linkText": "log and failures", "label": "infrax"})
     if run.message and state == "completed":
         body["jobInfo"]["summary"] = run.message
     if run.log_url and state in ("running", "completed") and len(run.log_url) <= 255:

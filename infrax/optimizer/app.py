@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Response
 
+from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
 from infrax.metrics import metrics_route
 from infrax.model import ExecutionPlan, PlanRequest
 from infrax.optimizer.history import FileRuntime
 from infrax.optimizer.overheads import LearnedOverhead
 from infrax.optimizer.service import OptimizerService
-from infrax.web import add_error_handlers
 
 
 def create_app(service: OptimizerService, security: Security) -> FastAPI:

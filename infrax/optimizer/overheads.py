@@ -50,7 +50,7 @@ class Overhead(NamedTuple):
             parts.append(f"checkout {self.checkout:.1f} s over {self.checkout_samples} run(s)")
         if self.start_samples:
             parts.append(f"start {self.start:.1f} s over {self.start_samples} run(s)")
-        return ", ".join(parts) or "nothing learned yet"
+        return ", ".join(parts) or "nothing yet"
 
 
 Overheads = Mapping["HistoryKey", Overhead]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import Field
 
+from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
 from infrax.metrics import metrics_route
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
 from infrax.provisioner.service import Provisioner
-from infrax.web import add_error_handlers
 
 
 class OfferBatch(WireModel):

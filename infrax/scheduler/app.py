@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.ids import ID_PREFIX
 from infrax.metrics import metrics_route
@@ -13,7 +14,7 @@ from infrax.pagination import PageRequest, link_next, page_request
 from infrax.scheduler.queries import NotFound
 from infrax.scheduler.reruns import NothingToRerun
 from infrax.scheduler.service import Rejected, Scheduler
-from infrax.web import add_error_handlers
+from infrax.scheduler.summaries import RequestSummary, SummariesQuery, summaries
 
 
 def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
@@ -96,6 +97,17 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         scheduler.metrics.refresh,
         "queued partitions by priority, partitions by state, dispatch latency, the bus's counts",
     )
+
+    @app.post(
+        "/api/v1/task-request-summaries",
+        response_model=dict[str, RequestSummary],
+        response_model_by_alias=True,
+        **read,
+    )
+    async def request_summaries(query: SummariesQuery) -> dict[str, RequestSummary]:
+        """Up to 1,000 requests at a glance (a read, so `scheduler:read`): each task's state and its
+        partitions' chunk numbers, states and runs; requests it does not know are left out."""
+        return await summaries(scheduler.db, query.request_ids)
 
     @app.get("/api/v1/tasks/{task_id}", response_model=Task, **read)
     async def get_task(task_id: str) -> Task:

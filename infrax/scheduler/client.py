@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from infrax.http import ServiceClient
 from infrax.model import TaskPartition, TaskRequest, TaskRequestSubmission
+from infrax.scheduler.summaries import RequestSummary
 
 
 class SchedulerClient(ServiceClient):
@@ -31,3 +32,9 @@ class SchedulerClient(ServiceClient):
 
     async def rerun_failed(self, request_id: str) -> TaskRequest:
         return TaskRequest.model_validate(await self.call("POST", f"/api/v1/task-requests/{request_id}/rerun-failed"))
+
+    async def summaries(self, request_ids: list[str]) -> dict[str, RequestSummary]:
+        if not request_ids:
+            return {}
+        body = await self.call("POST", "/api/v1/task-request-summaries", json={"requestIds": request_ids})
+        return {key: RequestSummary.model_validate(value) for key, value in body.items()}

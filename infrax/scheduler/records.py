@@ -49,6 +49,7 @@ def task_from_row(row: RowMapping, parts: list[TaskPartition] | None = None) -> 
         message=row["message"],
         definition=TaskDefinition.model_validate(row["definition"]),
         partitions=parts or [],
+        explanation=row.get("explanation"),
     )
 
 

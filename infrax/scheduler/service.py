@@ -248,7 +248,8 @@ class Scheduler(Dispatching, Cancelling, Reruns):
                 tasks=definitions,
                 container_types=self._container_types,
                 changed_paths=row["changed_paths"],
-            )
+            ),
+            explain=True,  # kept with each task: the dashboard's job page says why it was planned so
         )
         await asyncio.sleep(0)  # the plan's decoding was one step: the writing is the next ones
         order = {key: i for i, key in enumerate(plan.dispatch_order)}
@@ -279,7 +280,9 @@ class Scheduler(Dispatching, Cancelling, Reruns):
                     state, message = State.QUEUED, None
                     queued.append((task_row, planned))
                 await conn.execute(
-                    update(tasks).where(tasks.c.id == task_row["id"]).values(state=state, message=message)
+                    update(tasks)
+                    .where(tasks.c.id == task_row["id"])
+                    .values(state=state, message=message, explanation=planned.explanation)
                 )
                 events.append(task_status(task_row, state, State.PENDING, message))
             await self.outbox.add(conn, outgoing(events))

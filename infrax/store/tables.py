@@ -52,6 +52,7 @@ tasks = Table(
     Column("definition", JSON, nullable=False),
     Column("state", String(20), nullable=False),
     Column("message", Text),
+    Column("explanation", JSON),  # the optimizer's, decision by decision, when it was planned
     # A dependent task's dependencies all ended as it requires: it waits to be planned (infrax/graph.py).
     Column("ready_at", DateTime(timezone=True)),
 )

@@ -12,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from infrax.bus import topics
-from infrax.config import COMPONENTS
+from infrax.config import CORE_COMPONENTS as COMPONENTS
 from infrax.model import ContainerType
 from infrax.sample_project import break_one_test, make_sample_repo
 from tests.e2e.conftest import admin_token, script, start_up, task, wait_healthy, write_up_config

@@ -255,5 +255,5 @@ def test_a_failed_job_s_status_says_what_failed_within_github_s_limit() -> None:
         updated_at=utcnow(),
         tasks=[JobTask(id="t", name="unit", state=State.FAILED, message=message[11:])],
     )
-    body = status_body(job, "http://infrax.invalid")
+    body = status_body(job, "http://infrax.invalid/jobs/j1")
     assert body["state"] == "failure" and body["description"] == ("failed: " + message)[:140]

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from infrax.config import COMPONENTS, Config
+from infrax.config import CORE_COMPONENTS as COMPONENTS
+from infrax.config import Config
 from infrax.stack import Stack
 
 PUBLIC = {
@@ -27,7 +28,10 @@ SAMPLE = {"run_id": "a0-0", "path": "ci/run.sh"}
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    made = Stack(Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0)), serve=False)
+    # The five with APIs; the dashboard (web) forwards each viewer's token to them: tests/e2e/test_dashboard.py.
+    made = Stack(
+        Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0)), components=COMPONENTS, serve=False
+    )
     await made.start()
     try:
         yield made
@@ -125,7 +129,11 @@ async def test_a_project_scope_admits_that_project_only(stack: Stack, tmp_path: 
 
 
 async def test_public_read_opens_the_read_only_operations_and_nothing_else(tmp_path: Path) -> None:
-    stack = Stack(Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0), public_read=True), serve=False)
+    stack = Stack(
+        Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0), public_read=True),
+        components=COMPONENTS,
+        serve=False,
+    )
     await stack.start()
     try:
         opened, closed = [], []

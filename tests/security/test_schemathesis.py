@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infrax.config import COMPONENTS
+from infrax.config import CORE_COMPONENTS as COMPONENTS
 from tests.e2e.conftest import start_up, wait_healthy, write_up_config
 
 ST = Path(sys.executable).with_name("st")

@@ -1,0 +1,1 @@
+"""The dashboard: a push list, job and partition pages and their live updates (`infrax web`)."""

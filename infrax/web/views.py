@@ -1,0 +1,180 @@
+"""What each page shows, read from the components' REST APIs with the viewer's own token (so a page
+shows what its viewer may read, as the API would answer them, and nothing more)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from infrax.failures import kind_of
+from infrax.http import ServiceClient
+from infrax.jobmaster import taskcluster as tc
+from infrax.model import Job, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
+from infrax.scheduler.summaries import RequestSummary
+
+PUSH_PAGE = 50
+MAX_PUSH_PAGE = 1000
+LOG_CHUNK = 256 * 1024  # bytes of log a page asks for at a time
+FAILURE_KINDS = ("verdict", "raised", "traceback")
+
+
+class JobMasterApi(ServiceClient):
+    service = "jobmaster"
+
+
+class SchedulerApi(ServiceClient):
+    service = "scheduler"
+
+
+class ExecutionerApi(ServiceClient):
+    service = "executioner"
+
+
+@dataclass
+class PushRow:
+    job: Job
+    author: str
+    where: str  # branch, or pull request
+    summary: RequestSummary | None
+
+    @property
+    def age(self) -> str:
+        return age(self.job.created_at)
+
+
+@dataclass
+class PartitionRow:
+    part: TaskPartition
+
+    @property
+    def actual(self) -> float | None:
+        p = self.part
+        if p.started_at and p.finished_at:
+            return (p.finished_at - p.started_at).total_seconds()
+        if p.started_at and not is_final(p.state):
+            return (utcnow() - p.started_at).total_seconds()
+        return None
+
+
+@dataclass
+class LogChunk:
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    offset: int = 0
+    complete: bool = False
+    first_line: int = 1
+
+
+def age(when: datetime) -> str:
+    seconds = max(0.0, (utcnow() - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds)} s ago"
+
+
+def symbol(task_name: str) -> str:
+    return tc.task_symbol(task_name)
+
+
+def where_from(job: Job) -> str:
+    origin = job.details.get("origin") or {}
+    if origin.get("pullRequest"):
+        return f"PR #{origin['pullRequest']}"
+    return str(job.details.get("branch") or origin.get("ref") or "")
+
+
+class Views:
+    def __init__(self, jobmaster: JobMasterApi, scheduler: SchedulerApi, executioner: ExecutionerApi) -> None:
+        self.jobmaster = jobmaster
+        self.scheduler = scheduler
+        self.executioner = executioner
+
+    async def push_list(
+        self,
+        headers: dict[str, str],
+        *,
+        project: str | None = None,
+        state: str | None = None,
+        author: str | None = None,
+        limit: int = PUSH_PAGE,
+        after: str | None = None,
+    ) -> tuple[list[PushRow], str | None]:
+        params: dict[str, Any] = {"limit": max(1, min(limit, MAX_PUSH_PAGE))}
+        for key, value in (("project", project), ("state", state), ("after", after)):
+            if value:
+                params[key] = value
+        found, following = await self.jobmaster.page("/api/v1/jobs", params, headers)
+        jobs = [Job.model_validate(j) for j in found]
+        if author:
+            jobs = [j for j in jobs if author.lower() in str(j.details.get("author") or "").lower()]
+        summaries = await self._summaries(headers, [j.request_id for j in jobs if j.request_id])
+        rows = [
+            PushRow(j, str(j.details.get("author") or ""), where_from(j), summaries.get(j.request_id or ""))
+            for j in jobs
+        ]
+        return rows, following
+
+    async def push_row(self, headers: dict[str, str], job_id: str) -> PushRow:
+        job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{job_id}", headers=headers))
+        summaries = await self._summaries(headers, [job.request_id] if job.request_id else [])
+        return PushRow(job, str(job.details.get("author") or ""), where_from(job), summaries.get(job.request_id or ""))
+
+    async def _summaries(self, headers: dict[str, str], request_ids: list[str]) -> dict[str, RequestSummary]:
+        if not request_ids:
+            return {}
+        body = await self.scheduler.call(
+            "POST", "/api/v1/task-request-summaries", json={"requestIds": request_ids}, headers=headers
+        )
+        return {key: RequestSummary.model_validate(value) for key, value in body.items()}
+
+    async def job(self, headers: dict[str, str], job_id: str) -> tuple[Job, TaskRequest | None, list[str]]:
+        job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{job_id}", headers=headers))
+        request = None
+        if job.request_id:
+            request = TaskRequest.model_validate(
+                await self.scheduler.call("GET", f"/api/v1/task-requests/{job.request_id}", headers=headers)
+            )
+        return job, request, list(job.details.get("previousRequests") or [])
+
+    async def partition(self, headers: dict[str, str], partition_id: str) -> tuple[TaskPartition, str, Job | None]:
+        part = TaskPartition.model_validate(
+            await self.scheduler.call("GET", f"/api/v1/partitions/{partition_id}", headers=headers)
+        )
+        task = await self.scheduler.call("GET", f"/api/v1/tasks/{part.task_id}", headers=headers)
+        job = None
+        if part.job_id:
+            job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{part.job_id}", headers=headers))
+        return part, str(task["name"]), job
+
+    async def log(self, headers: dict[str, str], partition_id: str, run: int, offset: int, line: int) -> LogChunk:
+        """Whole lines of the run's log from byte `offset` (line `line`), each with its failure kind;
+        a line not yet ended waits for the next read, so no line or character is cut in two."""
+        response = await self.executioner.send(
+            "GET",
+            f"/api/v1/runs/{run_id_of(partition_id, run)}/log",
+            params={"offset": offset, "limit": LOG_CHUNK},
+            headers=headers,
+        )
+        data = response.content
+        ended = response.headers.get("X-Log-Complete") == "true"
+        end = len(data) if ended else data.rfind(b"\n") + 1
+        if end == 0 and len(data) >= LOG_CHUNK:  # one line longer than a chunk: shown in pieces
+            end = len(data)
+        text = data[:end].decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        chunk = LogChunk(offset=offset + end, complete=ended and end == len(data), first_line=line)
+        for n, content in enumerate(lines, line):
+            kind = kind_of(content)
+            chunk.lines.append({"n": n, "text": content, "kind": None if kind is None else FAILURE_KINDS[kind]})
+        return chunk
+
+    async def action(self, headers: dict[str, str], job_id: str, what: str) -> Job:
+        path = {
+            "cancel": f"/api/v1/jobs/{job_id}/cancel",
+            "rerun": f"/api/v1/jobs/{job_id}/rerun",
+            "rerun-failed": f"/api/v1/jobs/{job_id}/rerun?failed=true",
+        }[what]
+        return Job.model_validate(await self.jobmaster.call("POST", path, headers=headers))
