@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test check bench bench-backlog bench-checkout bench-optimizer bench-containers services image install clean
+.PHONY: demo test check bench bench-backlog bench-checkout bench-optimizer bench-containers bench-dashboard services image install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -41,10 +41,14 @@ bench: $(STAMP) services
 	$(PY) benchmarks/containers.py
 	$(PY) benchmarks/backlog.py --backend embedded --backend production
 	$(PY) benchmarks/checkout.py
+	$(PY) benchmarks/dashboard.py
 
 # A million queued partitions behind two busy containers, on SQLite and on PostgreSQL + RabbitMQ.
 bench-backlog: $(STAMP) services
 	$(PY) benchmarks/backlog.py --backend embedded --backend production
+
+bench-dashboard: $(STAMP) services
+	$(PY) benchmarks/dashboard.py
 
 bench-checkout: $(STAMP)
 	$(PY) benchmarks/checkout.py

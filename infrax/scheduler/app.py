@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -104,10 +106,11 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         response_model_by_alias=True,
         **read,
     )
-    async def request_summaries(query: SummariesQuery) -> dict[str, RequestSummary]:
+    async def request_summaries(query: SummariesQuery) -> Response:
         """Up to 1,000 requests at a glance (a read, so `scheduler:read`): each task's state and its
         partitions' chunk numbers, states and runs; requests it does not know are left out."""
-        return await summaries(scheduler.db, query.request_ids)
+        found = await summaries(scheduler.db, query.request_ids)
+        return Response(json.dumps(found, separators=(",", ":")).encode(), media_type="application/json")
 
     @app.get("/api/v1/tasks/{task_id}", response_model=Task, **read)
     async def get_task(task_id: str) -> Task:

@@ -3,6 +3,8 @@ states and runs, without their files. Two queries per 500 requests, whatever the
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from sqlalchemy import select
 
@@ -14,20 +16,15 @@ MAX_REQUESTS = 1000
 _CHUNK = 500
 
 
-class ChunkSummary(WireModel):
-    id: str
-    index: int
-    state: State
-    run: int
-
-
 class TaskSummary(WireModel):
     id: str
     name: str
     position: int
     state: State
     message: str | None = None
-    chunks: list[ChunkSummary] = Field(default_factory=list)
+    chunks: list[tuple[str, int, State, int]] = Field(
+        default_factory=list, description="each partition as [id, chunk number, state, run], by chunk number"
+    )
 
 
 class RequestSummary(WireModel):
@@ -40,10 +37,12 @@ class SummariesQuery(WireModel):
     request_ids: list[str] = Field(max_length=MAX_REQUESTS)
 
 
-async def summaries(db: Database, request_ids: list[str]) -> dict[str, RequestSummary]:
+async def summaries(db: Database, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """{request id: a RequestSummary's JSON}, built as plain objects: twenty thousand partitions as
+    models, then encoded, took half a second; as lists they take a tenth of it."""
     wanted = list(dict.fromkeys(request_ids))
-    found: dict[str, RequestSummary] = {}
-    by_task: dict[str, TaskSummary] = {}
+    found: dict[str, dict[str, Any]] = {}
+    by_task: dict[str, dict[str, Any]] = {}
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
         async with db.reading() as conn:
@@ -71,13 +70,20 @@ async def summaries(db: Database, request_ids: list[str]) -> dict[str, RequestSu
                 )
             ).all()
         for request_id, state in request_rows:
-            found[request_id] = RequestSummary(id=request_id, state=state)
+            found[request_id] = {"id": request_id, "state": state, "tasks": []}
         for task_id, request_id, name, position, state, message in task_rows:
-            summary = TaskSummary(id=task_id, name=name, position=position, state=state, message=message)
+            summary = {
+                "id": task_id,
+                "name": name,
+                "position": position,
+                "state": state,
+                "message": message,
+                "chunks": [],
+            }
             by_task[task_id] = summary
             if request_id in found:
-                found[request_id].tasks.append(summary)
+                found[request_id]["tasks"].append(summary)
         for part_id, task_id, index, state, run in part_rows:
             if task_id in by_task:
-                by_task[task_id].chunks.append(ChunkSummary(id=part_id, index=index, state=state, run=run))
+                by_task[task_id]["chunks"].append([part_id, index, state, run])
     return found

@@ -11,7 +11,6 @@ from infrax.failures import kind_of
 from infrax.http import ServiceClient
 from infrax.jobmaster import taskcluster as tc
 from infrax.model import Job, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
-from infrax.scheduler.summaries import RequestSummary
 
 PUSH_PAGE = 50
 MAX_PUSH_PAGE = 1000
@@ -36,7 +35,7 @@ class PushRow:
     job: Job
     author: str
     where: str  # branch, or pull request
-    summary: RequestSummary | None
+    summary: dict[str, Any] | None  # a RequestSummary's JSON: chunks as [id, number, state, run]
 
     @property
     def age(self) -> str:
@@ -120,13 +119,13 @@ class Views:
         summaries = await self._summaries(headers, [job.request_id] if job.request_id else [])
         return PushRow(job, str(job.details.get("author") or ""), where_from(job), summaries.get(job.request_id or ""))
 
-    async def _summaries(self, headers: dict[str, str], request_ids: list[str]) -> dict[str, RequestSummary]:
+    async def _summaries(self, headers: dict[str, str], request_ids: list[str]) -> dict[str, Any]:
         if not request_ids:
             return {}
-        body = await self.scheduler.call(
+        body: dict[str, Any] = await self.scheduler.call(
             "POST", "/api/v1/task-request-summaries", json={"requestIds": request_ids}, headers=headers
         )
-        return {key: RequestSummary.model_validate(value) for key, value in body.items()}
+        return body
 
     async def job(self, headers: dict[str, str], job_id: str) -> tuple[Job, TaskRequest | None, list[str]]:
         job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{job_id}", headers=headers))

@@ -72,7 +72,7 @@ async def test_the_push_list_shows_green_and_red_live_and_a_red_log_picks_out_th
 ) -> None:
     infrax = await start_stack()
     repo = tmp_path / "sample"
-    good = make_sample_repo(repo)
+    good = make_sample_repo(repo, build=True)  # the demo's: a build, then 3 test partitions on it
     green = await push(infrax, repo, good)
     await job_in(infrax["jobmaster"], green, "completed", "failed", "exception")
     page = await signed_in(browser, infrax)
@@ -84,7 +84,7 @@ async def test_the_push_list_shows_green_and_red_live_and_a_red_log_picks_out_th
     row = page.locator(f'tr[data-job="{red}"]')
     await expect(row.locator(".job-state")).to_have_text("failed", timeout=30_000)
     await expect(row.locator("a.chunk.s-failed")).to_have_count(1)
-    await expect(row.locator("a.chunk.s-completed")).to_have_count(2)
+    await expect(row.locator("a.chunk.s-completed")).to_have_count(3)  # the build and two test chunks
     assert await page.evaluate("window.notReloaded") is True
     await expect(page.locator("#pushes tbody tr")).to_have_count(2)
 

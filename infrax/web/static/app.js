@@ -35,7 +35,7 @@ if (page === "push-list") {
   listen((news) => {
     const row = document.querySelector(`tr[data-job="${news.job}"]`);
     if (news.kind === "partition") {
-      const chunk = document.querySelector(`a.chunk[data-partition="${news.partition}"]`);
+      const chunk = document.querySelector(`a.chunk[href="/partitions/${news.partition}"]`);
       if (chunk) { setState(chunk, news.state); return; }
     }
     if (news.kind === "job" && row) {
