@@ -239,7 +239,8 @@ class Stack:
                 config.public_url or self.urls["jobmaster"],
                 settings=JobMasterSettings.from_config(config),
             )
-            service.dashboard_url = self.urls.get("web") or (config.url("web") if config.urls.get("web") else None)
+            # Behind one public URL, the dashboard's pages are its `/jobs/…` and `/partitions/…`.
+            service.dashboard_url = config.urls.get("web") or config.public_url or self.urls.get("web") or None
             app = jobmaster_app(service, self.security)
         elif name == "web":
             from infrax.web.app import Dashboard

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import jsonschema
 
 from infrax.jobmaster.github import signature
@@ -161,8 +162,12 @@ async def test_pushes_run_branches_with_their_changed_paths_and_report_statuses(
         assert headers["authorization"] == "Bearer t0ken"
         assert headers["x-github-api-version"] == "2022-11-28"
         assert headers["content-type"] == "application/json"
-    linked = (await jobmaster.get(statuses[-1]["body"]["target_url"])).json()
-    assert linked["id"] == job["id"] and linked["state"] == "completed"
+    # "Details" opens the job's page on the dashboard (for whoever signed in there).
+    target = statuses[-1]["body"]["target_url"]
+    assert target == f"{infrax.stack.urls['web']}/jobs/{job['id']}"
+    async with httpx.AsyncClient(cookies={"infrax_token": infrax.stack.admin_token or ""}) as browser:
+        page = await browser.get(target)
+    assert page.status_code == 200 and job["id"] in page.text and "completed" in page.text
 
 
 async def test_bad_deliveries_get_a_clear_4xx_and_start_nothing(start_stack, tmp_path: Path) -> None:

@@ -259,7 +259,7 @@ async def test_every_url_handed_out_starts_with_the_public_url(start_stack: Any,
     assert log_urls and all(u.startswith("https://ci.example.org/api/v1/runs/") for u in log_urls), log_urls
     task_id = seen[0][2]["status"]["taskId"]
     definition = (await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}")).json()
-    assert definition["metadata"]["source"] == f"https://ci.example.org/api/v1/jobs/{job['id']}"
+    assert definition["metadata"]["source"] == f"https://ci.example.org/jobs/{job['id']}"  # the dashboard's page
     # Requests the proxy forwards with the public host name are answered (the Host check knows it).
     through_proxy = await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}", headers={"Host": "ci.example.org"})
     assert through_proxy.status_code == 200, through_proxy.text
