@@ -85,7 +85,12 @@ class JobActions:
         if failed_only:
             if job.request_id is None:
                 raise JobBusy(f"job {job_id} has no tasks that ran: re-run all of it")
-            await self.scheduler.rerun_failed(job.request_id)
+            request = await self.scheduler.rerun_failed(job.request_id)
+            # Running again from now, as the scheduler says: not `failed` until its news comes round.
+            async with self.db.begin() as conn:
+                row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one()
+            if row["request_id"] == request.id:
+                await self._set_state(row, State(request.state), request.message)
             return await self.get(job_id)
         await self._run_again(job_id, "run again, as asked", any_end=True)
         return await self.get(job_id)
