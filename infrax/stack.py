@@ -34,6 +34,7 @@ from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.executioner.service import Executioner
 from infrax.http import tcp_client
 from infrax.jobmaster.app import create_app as jobmaster_app
+from infrax.jobmaster.client import JobMasterClient
 from infrax.jobmaster.plugin import load_logic
 from infrax.jobmaster.service import JobMaster
 from infrax.optimizer.app import create_app as optimizer_app
@@ -245,12 +246,12 @@ class Stack:
         elif name == "web":
             from infrax.web.app import Dashboard
             from infrax.web.app import create_app as web_app
-            from infrax.web.views import ExecutionerApi, JobMasterApi, SchedulerApi, Views
+            from infrax.web.views import Views
 
             views = Views(
-                JobMasterApi(self._as_viewer("jobmaster")),
-                SchedulerApi(self._as_viewer("scheduler")),
-                ExecutionerApi(self._as_viewer("executioner")),
+                JobMasterClient(self._as_viewer("jobmaster")),
+                SchedulerClient(self._as_viewer("scheduler")),
+                ExecutionerClient(self._as_viewer("executioner")),
             )
             service = Dashboard(views, bus)
             app = web_app(service)

@@ -26,11 +26,8 @@ class ExecutionerClient(ServiceClient):
             raise
         return RunStatus.model_validate(body["status"])
 
-    async def log(
-        self, run_id: str, offset: int = 0, limit: int | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[str, int, bool]:
-        params = {"offset": offset} if limit is None else {"offset": offset, "limit": limit}
-        response = await self.http.get(f"/api/v1/runs/{run_id}/log", params=params, headers=headers)
+    async def log(self, run_id: str, offset: int = 0) -> tuple[str, int, bool]:
+        response = await self.http.get(f"/api/v1/runs/{run_id}/log", params={"offset": offset})
         if response.status_code >= 400:
             raise ServiceError(self.service, response.status_code, response.text)
         return (response.text, int(response.headers["X-Log-Offset"]), response.headers.get("X-Log-Complete") == "true")

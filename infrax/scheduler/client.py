@@ -34,8 +34,11 @@ class SchedulerClient(ServiceClient):
     async def rerun_failed(self, request_id: str) -> TaskRequest:
         return TaskRequest.model_validate(await self.call("POST", f"/api/v1/task-requests/{request_id}/rerun-failed"))
 
-    async def summaries(self, request_ids: list[str]) -> dict[str, Any]:
+    async def summaries(self, request_ids: list[str], headers: dict[str, str] | None = None) -> dict[str, Any]:
         """{request id: RequestSummary's JSON}; kept as JSON: a push list of a thousand is 20,000 chunks."""
         if not request_ids:
             return {}
-        return await self.call("POST", "/api/v1/task-request-summaries", json={"requestIds": request_ids})
+        body: dict[str, Any] = await self.call(
+            "POST", "/api/v1/task-request-summaries", json={"requestIds": request_ids}, headers=headers
+        )
+        return body

@@ -4,7 +4,7 @@ counts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +22,9 @@ DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 
 
 class SchedulerMetrics:
-    def __init__(self, db: Database, bus: Bus) -> None:
+    def __init__(self, db: Database, bus: Bus, counts: Callable[[], Awaitable[dict[str, int]]]) -> None:
         self.db = db
+        self.counts = counts  # partitions by state: the scheduler's own aggregate (`count_partitions`)
         self.registry = CollectorRegistry()
         bus.metrics.register(self.registry)
         self.queued = Gauge(
@@ -58,11 +59,9 @@ class SchedulerMetrics:
             .where(partitions.c.state == State.QUEUED)
             .group_by(partitions.c.priority)
         )
-        by_state = select(partitions.c.state, func.count()).group_by(partitions.c.state)
         async with self.db.reading() as conn:
             queued = (await conn.execute(by_priority)).all()
-        async with self.db.reading() as conn:
-            states: dict[str, int] = {state: count for state, count in (await conn.execute(by_state)).all()}
+        states = await self.counts()
         self.queued.clear()
         for priority, count in queued:
             self.queued.labels(str(priority)).set(count)

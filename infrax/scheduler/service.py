@@ -95,7 +95,7 @@ class Scheduler(Dispatching, Cancelling, Reruns):
         self._container_types: list[ContainerType] = []
         self._types_fetched = 0.0
         self._definitions = TaskDefinitions()
-        self.metrics = SchedulerMetrics(db, bus)
+        self.metrics = SchedulerMetrics(db, bus, self.count_partitions)
         self._status_batcher = Batcher(self.apply_run_statuses, max_batch=500)
         self._loops: list[asyncio.Task[None]] = []
         self._subscriptions: list[Any] = []

@@ -7,27 +7,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from infrax.executioner.client import ExecutionerClient
 from infrax.failures import kind_of
-from infrax.http import ServiceClient
 from infrax.jobmaster import taskcluster as tc
+from infrax.jobmaster.client import JobMasterClient
 from infrax.model import Job, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
+from infrax.scheduler.client import SchedulerClient
 
 PUSH_PAGE = 50
 MAX_PUSH_PAGE = 1000
 LOG_CHUNK = 256 * 1024  # bytes of log a page asks for at a time
 FAILURE_KINDS = ("verdict", "raised", "traceback")
-
-
-class JobMasterApi(ServiceClient):
-    service = "jobmaster"
-
-
-class SchedulerApi(ServiceClient):
-    service = "scheduler"
-
-
-class ExecutionerApi(ServiceClient):
-    service = "executioner"
 
 
 @dataclass
@@ -84,7 +74,7 @@ def where_from(job: Job) -> str:
 
 
 class Views:
-    def __init__(self, jobmaster: JobMasterApi, scheduler: SchedulerApi, executioner: ExecutionerApi) -> None:
+    def __init__(self, jobmaster: JobMasterClient, scheduler: SchedulerClient, executioner: ExecutionerClient) -> None:
         self.jobmaster = jobmaster
         self.scheduler = scheduler
         self.executioner = executioner
@@ -107,7 +97,7 @@ class Views:
         jobs = [Job.model_validate(j) for j in found]
         if author:
             jobs = [j for j in jobs if author.lower() in str(j.details.get("author") or "").lower()]
-        summaries = await self._summaries(headers, [j.request_id for j in jobs if j.request_id])
+        summaries = await self.scheduler.summaries([j.request_id for j in jobs if j.request_id], headers)
         rows = [
             PushRow(j, str(j.details.get("author") or ""), where_from(j), summaries.get(j.request_id or ""))
             for j in jobs
@@ -116,16 +106,8 @@ class Views:
 
     async def push_row(self, headers: dict[str, str], job_id: str) -> PushRow:
         job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{job_id}", headers=headers))
-        summaries = await self._summaries(headers, [job.request_id] if job.request_id else [])
+        summaries = await self.scheduler.summaries([job.request_id] if job.request_id else [], headers)
         return PushRow(job, str(job.details.get("author") or ""), where_from(job), summaries.get(job.request_id or ""))
-
-    async def _summaries(self, headers: dict[str, str], request_ids: list[str]) -> dict[str, Any]:
-        if not request_ids:
-            return {}
-        body: dict[str, Any] = await self.scheduler.call(
-            "POST", "/api/v1/task-request-summaries", json={"requestIds": request_ids}, headers=headers
-        )
-        return body
 
     async def job(self, headers: dict[str, str], job_id: str) -> tuple[Job, TaskRequest | None, list[str]]:
         job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{job_id}", headers=headers))
