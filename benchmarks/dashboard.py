@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert
 
+from infrax.collector import settle_after_start
 from infrax.config import COMPONENTS, Config
 from infrax.model import TaskDefinition, new_id, utcnow
 from infrax.stack import Stack
@@ -121,6 +122,7 @@ async def main(job_count: int, per_job: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="infrax-bench-dashboard-"))
     stack = Stack(Config(data_dir=root / "data", ports={n: 0 for n in COMPONENTS}))
     await stack.start()
+    settle_after_start()  # as `infrax up` does
     figures: list[tuple[str, str]] = []
     try:
         t0 = time.perf_counter()
@@ -141,7 +143,7 @@ async def main(job_count: int, per_job: int) -> None:
                     start = time.perf_counter()
                     answer = await page.goto(path, wait_until="load")
                     assert answer is not None and answer.ok
-                    count = await page.locator("#pushes tbody tr").count()
+                    count = await page.locator("#pushes .pushes .push").count()
                     timings.append((time.perf_counter() - start) * 1000)
                     size = len(await answer.body())
                 assert count == min(rows, job_count), count

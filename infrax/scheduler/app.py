@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -16,7 +14,7 @@ from infrax.pagination import PageRequest, link_next, page_request
 from infrax.scheduler.queries import NotFound
 from infrax.scheduler.reruns import NothingToRerun
 from infrax.scheduler.service import Rejected, Scheduler
-from infrax.scheduler.summaries import RequestSummary, SummariesQuery, summaries
+from infrax.scheduler.summaries import RequestSummary, SummariesQuery, summaries_json
 
 
 def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
@@ -109,8 +107,7 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
     async def request_summaries(query: SummariesQuery) -> Response:
         """Up to 1,000 requests at a glance (a read, so `scheduler:read`): each task's state and its
         partitions' chunk numbers, states and runs; requests it does not know are left out."""
-        found = await summaries(scheduler.db, query.request_ids)
-        return Response(json.dumps(found, separators=(",", ":")).encode(), media_type="application/json")
+        return Response(await summaries_json(scheduler.db, query.request_ids), media_type="application/json")
 
     @app.get("/api/v1/tasks/{task_id}", response_model=Task, **read)
     async def get_task(task_id: str) -> Task:

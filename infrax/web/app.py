@@ -9,6 +9,7 @@ header, which a form or a link on another site cannot send).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -24,11 +25,13 @@ from infrax.http import ServiceError
 from infrax.metrics import metrics_route
 from infrax.model import State, run_id_of
 from infrax.web.live import Live
-from infrax.web.views import PUSH_PAGE, PartitionRow, Views, age, symbol, where_from
+from infrax.web.views import PUSH_PAGE, PartitionRow, PushRow, Views, age, chunk_links, symbol, where_from
 
 HERE = Path(__file__).parent
 COOKIE = "infrax_token"
 ACTIONS = ("cancel", "rerun", "rerun-failed")
+ROWS_MARK = "<!-- rows -->"
+PUSH_SLICE = 100  # rows of the push list read and sent at a time
 
 
 class Dashboard:
@@ -49,6 +52,7 @@ def create_app(dashboard: Dashboard) -> FastAPI:
     app = FastAPI(title="infrax dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals["symbol"] = symbol
+    templates.env.globals["chunk_links"] = chunk_links
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     views = dashboard.views
 
@@ -76,10 +80,13 @@ def create_app(dashboard: Dashboard) -> FastAPI:
         author: str | None = None,
         limit: int = Query(PUSH_PAGE, ge=1, le=1000),
         after: str | None = None,
-    ) -> HTMLResponse:
+    ) -> Response:
+        """The page streams: its rows go out a slice at a time, each slice's chunks read while the
+        browser builds the slice before (a thousand rows are a second of work split over both)."""
+        headers = headers_of(request)
         try:
-            rows, after_next = await views.push_list(
-                headers_of(request), project=project, state=state or None, author=author, limit=limit, after=after
+            jobs, after_next = await views.jobs_page(
+                headers, project=project, state=state or None, author=author, limit=limit, after=after
             )
         except ServiceError as error:
             return refused(request, error)
@@ -87,10 +94,10 @@ def create_app(dashboard: Dashboard) -> FastAPI:
         if after_next:
             kept = {k: v for k, v in (("project", project), ("state", state), ("author", author)) if v}
             following = "/?" + urlencode({**kept, "limit": limit, "after": after_next})
-        return render(
-            request,
-            "push_list.html",
-            rows=rows,
+        page = templates.get_template("push_list.html").render(
+            request=request,
+            signed_in=COOKIE in request.cookies,
+            jobs=jobs,
             project=project,
             state=state,
             author=author,
@@ -98,6 +105,21 @@ def create_app(dashboard: Dashboard) -> FastAPI:
             after=after,
             following=following,
         )
+        before, _, rest = page.partition(ROWS_MARK)
+        rows_template = templates.get_template("push_rows.html")
+
+        async def body() -> AsyncIterator[str]:
+            yield before
+            for start in range(0, len(jobs), PUSH_SLICE):
+                slice_ = jobs[start : start + PUSH_SLICE]
+                try:
+                    rows = await views.push_rows(headers, slice_)
+                except ServiceError:  # the page is on its way: these rows are shown without their tasks
+                    rows = [PushRow.of(j) for j in slice_]
+                yield rows_template.render(rows=rows)
+            yield rest
+
+        return StreamingResponse(body(), media_type="text/html; charset=utf-8")
 
     @app.get("/fragments/push/{job_id}", response_class=HTMLResponse)
     async def push_row(request: Request, job_id: str) -> HTMLResponse:
@@ -105,7 +127,7 @@ def create_app(dashboard: Dashboard) -> FastAPI:
             row = await views.push_row(headers_of(request), job_id)
         except ServiceError as error:
             return HTMLResponse("", status_code=error.status or 502)
-        return render(request, "fragment_row.html", row=row)
+        return render(request, "push_rows.html", rows=[row])
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     async def job_page(request: Request, job_id: str) -> HTMLResponse:

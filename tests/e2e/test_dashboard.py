@@ -77,16 +77,16 @@ async def test_the_push_list_shows_green_and_red_live_and_a_red_log_picks_out_th
     await job_in(infrax["jobmaster"], green, "completed", "failed", "exception")
     page = await signed_in(browser, infrax)
     await page.evaluate("window.notReloaded = true")
-    await expect(page.locator(f'tr[data-job="{green}"] .job-state')).to_have_text("completed")
+    await expect(page.locator(f'.push[data-job="{green}"] .job-state')).to_have_text("completed")
 
     # A new push appears on the open page, and turns red, without a reload.
     red = await push(infrax, repo, break_one_test(repo))
-    row = page.locator(f'tr[data-job="{red}"]')
+    row = page.locator(f'.push[data-job="{red}"]')
     await expect(row.locator(".job-state")).to_have_text("failed", timeout=30_000)
     await expect(row.locator("a.chunk.s-failed")).to_have_count(1)
     await expect(row.locator("a.chunk.s-completed")).to_have_count(3)  # the build and two test chunks
     assert await page.evaluate("window.notReloaded") is True
-    await expect(page.locator("#pushes tbody tr")).to_have_count(2)
+    await expect(page.locator("#pushes .pushes .push")).to_have_count(2)
 
     await row.locator("a.chunk.s-failed").click()
     await page.wait_for_url("**/partitions/**")

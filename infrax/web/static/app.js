@@ -11,12 +11,12 @@ function setState(el, state) {
 async function refreshRow(jobId, insert) {
   const answer = await fetch(`/fragments/push/${jobId}`);
   if (!answer.ok) return;
-  const holder = document.createElement("tbody");
+  const holder = document.createElement("div");
   holder.innerHTML = (await answer.text()).trim();
-  const fresh = holder.querySelector("tr");
-  const old = document.querySelector(`tr[data-job="${jobId}"]`);
+  const fresh = holder.querySelector(".push");
+  const old = document.querySelector(`.push[data-job="${jobId}"]`);
   if (old) old.replaceWith(fresh);
-  else if (insert) document.querySelector("#pushes tbody").prepend(fresh);
+  else if (insert) document.querySelector("#pushes .pushes").prepend(fresh);
 }
 
 function listen(onNews) {
@@ -33,7 +33,7 @@ if (page === "push-list") {
   const firstPage = document.body.dataset.firstPage === "yes";
   const pending = new Set();
   listen((news) => {
-    const row = document.querySelector(`tr[data-job="${news.job}"]`);
+    const row = document.querySelector(`.push[data-job="${news.job}"]`);
     if (news.kind === "partition") {
       const chunk = document.querySelector(`a.chunk[href="/partitions/${news.partition}"]`);
       if (chunk) { setState(chunk, news.state); return; }
