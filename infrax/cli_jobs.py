@@ -1,4 +1,4 @@
-"""`infrax` commands that use a running system: push, status, jobs, logs, cancel, rerun.
+"""`infrax` commands that use a running system: push, status, jobs, logs, tests, cancel, rerun.
 
 Every job or partition id may be given as a unique prefix of 6 hex digits or more (a job also by
 its revision, or a prefix of it); every read command takes `--json`.
@@ -197,6 +197,52 @@ def register(app: typer.Typer) -> None:
                 await asyncio.sleep(0.5)
             if as_json:
                 print_json({"partitionId": partition.id, "runId": run_id, "complete": complete, "log": "".join(whole)})
+
+        run(main)
+
+    @app.command()
+    def tests(
+        job: str = typer.Argument(..., help="a job id or a prefix of one, or a revision"),
+        task: str | None = typer.Option(None, help="only this task's"),
+        failed: bool = typer.Option(False, "--failed", help="only the tests that failed (or errored)"),
+        limit: int = typer.Option(1000, min=1, max=1_000_000, help="how many at most"),
+        as_json: bool = JsonOption,
+        config: Path | None = ConfigOption,
+    ) -> None:
+        """The job's results per test, from the JUnit reports its partitions left in $INFRAX_REPORT_DIR."""
+        cfg = load(config)
+
+        async def main() -> None:
+            c = clients(cfg)
+            found = await resolve_job(c, job)
+            request = await c.scheduler.get_request(found.request_id) if found.request_id else None
+            chunks = {p.id: (t.name, p.index) for t in (request.tasks if request else []) for p in t.partitions}
+            params: dict[str, object] = {"jobId": found.id, "limit": min(limit, 1000)}
+            if task is not None:
+                matching = [t.id for t in (request.tasks if request else []) if t.name == task]
+                if not matching:
+                    raise NotFound(f"job {found.id[:12]} has no task {task!r}")
+                params = {**params, "taskId": matching[0]}
+            results = await c.executioner.every("/api/v1/test-results", params, limit)
+            if failed:
+                results = [r for r in results if r["outcome"] in ("failed", "error")]
+            if as_json:
+                print_json(results)
+                return
+            table = Table("test", "outcome", "seconds", "task/chunk", "run", "message", title_justify="left")
+            for r in results:
+                name, number = chunks.get(r["partitionId"], ("?", 0))
+                table.add_row(
+                    r["testId"],
+                    styled(r["outcome"]),
+                    f"{r['duration']:.2f}",
+                    f"{name}/{number}",
+                    str(r["run"]),
+                    (r["message"] or "")[:80],
+                )
+            console.print(table)
+            tally = {o: sum(r["outcome"] == o for r in results) for o in ("passed", "failed", "error", "skipped")}
+            console.print(", ".join(f"{n} {o}" for o, n in tally.items() if n) or "no test results")
 
         run(main)
 

@@ -27,6 +27,9 @@ STATE_STYLE = {
     "exception": "bold magenta",
     "cancelled": "dim",
     "skipped": "dim",
+    "passed": "green",  # a test's outcomes
+    "error": "bold magenta",
+    "intermittent": "bold yellow",
 }
 
 

@@ -17,14 +17,23 @@ from typing import Any
 
 from infrax import model
 from infrax.bus.schemas import JSON_SCHEMA_DIALECT, SCHEMA_BASE, json_schemas
+from infrax.executioner.test_results import TestResultView
 from infrax.model import WIRE_VERSION, WireModel
+from infrax.scheduler.summaries import RequestSummary
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "infrax" / "schemas"
 GENERATED_DIRS = (f"bus/v{WIRE_VERSION}", f"rest/v{WIRE_VERSION}")
 
 
+# REST bodies that live beside their component rather than in infrax.model.
+COMPONENT_MODELS: dict[str, type[WireModel]] = {
+    "RequestSummary": RequestSummary,
+    "TestResult": TestResultView,
+}
+
+
 def rest_models() -> dict[str, type[WireModel]]:
-    return {
+    shared = {
         name: value
         for name, value in vars(model).items()
         if isinstance(value, type)
@@ -32,6 +41,7 @@ def rest_models() -> dict[str, type[WireModel]]:
         and value is not WireModel
         and value.__module__ == model.__name__
     }
+    return {**shared, **COMPONENT_MODELS}
 
 
 def rest_schema(name: str, cls: type[WireModel]) -> dict[str, Any]:

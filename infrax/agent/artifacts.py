@@ -11,6 +11,7 @@ Standard library only: this module runs inside bare containers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Final
 # An exit message lists at most this many, in at most this many bytes of names (a line is at most
 # 1 MiB, and file durations share it); the rest are counted.
 MAX_LISTED: Final = 1000
+REPORTS_DIR_NAME: Final = "reports"  # the run's JUnit reports, among its artifacts
 MAX_LISTED_NAME_BYTES: Final = 256 * 1024
 _DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO the task left must not wait for a writer; it is refused after fstat.
@@ -86,3 +88,32 @@ def _encodable(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return "\n" not in name
+
+
+def gather_reports(report_dir: Path, artifacts_dir: Path) -> int:
+    """Move the JUnit files the run left in its report directory (`*.xml`, regular files at its top)
+    among its artifacts as `reports/<name>`, where the executioner fetches and reads them; one the
+    task already put there by that name stays. How many were moved."""
+    moved = 0
+    try:
+        entries = sorted(os.scandir(report_dir), key=lambda e: e.name)
+    except OSError:
+        return 0
+    target = artifacts_dir / REPORTS_DIR_NAME
+    for entry in entries:
+        if not entry.name.endswith(".xml") or not entry.is_file(follow_symlinks=False):
+            continue
+        if moved == 0:
+            try:
+                target.mkdir(exist_ok=True)
+            except OSError:
+                return 0
+            if target.is_symlink() or not target.is_dir():  # the task's own link: not followed
+                return 0
+        destination = target / entry.name
+        if destination.exists() or destination.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            os.rename(entry.path, destination)  # same file system: the link, not a copy
+            moved += 1
+    return moved

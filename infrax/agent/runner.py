@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Final
 
-from infrax.agent.artifacts import listing
+from infrax.agent.artifacts import gather_reports, listing
 from infrax.agent.checkout import CHECKOUT_DIR_NAME, CheckoutError, check_out
 from infrax.agent.protocol import (
     AGENT_NAME,
@@ -309,6 +309,7 @@ class Run:
             durations = self._read_durations()
             if durations is not None:
                 extra["fileDurations"] = durations
+            await self._gather_reports()
             extra.update(await self._artifacts())
             if self.checkout_seconds is not None:
                 extra["checkoutSeconds"] = round(self.checkout_seconds, 3)
@@ -521,6 +522,16 @@ class Run:
     @property
     def artifacts_dir(self) -> Path:
         return self.directory / ARTIFACTS_DIR_NAME
+
+    async def _gather_reports(self) -> None:
+        """The run's JUnit files among its artifacts (`reports/`), where the executioner reads them."""
+        report_dir = self.directory / REPORT_DIR_NAME
+        try:
+            if not any(name.endswith(".xml") for name in os.listdir(report_dir)):
+                return  # the usual case, and no trip to a thread for it
+        except OSError:
+            return
+        await asyncio.to_thread(gather_reports, report_dir, self.artifacts_dir)
 
     async def _artifacts(self) -> dict[str, Any]:
         """What the run left to keep, for the exit message (which the executioner fetches it by)."""

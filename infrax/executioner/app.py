@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -17,9 +18,10 @@ from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import LOG_ARTIFACT, file_chunks
 from infrax.executioner.service import Executioner
+from infrax.executioner.test_results import TestResultView
 from infrax.metrics import metrics_route
 from infrax.model import ExecutionAssignment, WireModel
-from infrax.pagination import PageRequest, link_next, page_request
+from infrax.pagination import PageRequest, link_next, page_request, split
 
 
 class AssignmentBatch(WireModel):
@@ -176,6 +178,60 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
         partition_id: str, name: str, run: int | None = Query(None, ge=0, le=1000)
     ) -> StreamingResponse:
         return await download(await run_of(partition_id, run), name)
+
+    def results_page(
+        rows: list[dict[str, Any]], request: Request, response: Response, page: PageRequest, newest_first: bool
+    ) -> list[TestResultView]:
+        key = (
+            (lambda r: [r["recorded_at"], r["run_id"], r["seq"]])
+            if newest_first
+            else (lambda r: [r["run_id"], r["seq"]])
+        )
+        shown, next_key = split(rows, page, key)
+        link_next(request, response, page, next_key)
+        return [TestResultView.model_validate(r) for r in shown]
+
+    @app.get("/api/v1/test-results", response_model=list[TestResultView], **read)
+    async def list_test_results(
+        request: Request,
+        response: Response,
+        jobId: str | None = Query(None, max_length=64),  # noqa: N803
+        taskId: str | None = Query(None, max_length=64),  # noqa: N803
+        partitionId: str | None = Query(None, max_length=64),  # noqa: N803
+        project: str | None = Query(None, max_length=200),
+        testId: str | None = Query(None, max_length=1000),  # noqa: N803
+        outcome: str | None = Query(None, pattern="^(passed|failed|error|skipped)$"),
+        page: PageRequest = Depends(page_request),
+    ) -> list[TestResultView]:
+        """Results per test, from the JUnit reports runs left: a job's, a task's or a partition's (every
+        run, by run), or one test's across jobs (`project` and `testId`, newest first)."""
+        if not (jobId or taskId or partitionId or (project and testId)):
+            raise HTTPException(422, "say whose results: jobId, taskId, partitionId, or project with testId")
+        rows = await executioner.test_results.query(
+            page,
+            job_id=jobId,
+            task_id=taskId,
+            partition_id=partitionId,
+            project=project,
+            test_id=testId,
+            outcome=outcome,
+        )
+        newest_first = bool(testId and not (jobId or taskId or partitionId))
+        return results_page(rows, request, response, page, newest_first)
+
+    @app.get("/api/v1/partitions/{partition_id}/tests", response_model=list[TestResultView], **read)
+    async def partition_tests(
+        partition_id: str,
+        request: Request,
+        response: Response,
+        run: int | None = Query(None, ge=0, le=1000, description="which run; default: the latest"),
+        outcome: str | None = Query(None, pattern="^(passed|failed|error|skipped)$"),
+        page: PageRequest = Depends(page_request),
+    ) -> list[TestResultView]:
+        """The tests of the partition's latest run (or `run`), in the order its reports gave them."""
+        run_id = await run_of(partition_id, run)
+        rows = await executioner.test_results.query(page, run_id=run_id, outcome=outcome)
+        return results_page(rows, request, response, page, False)
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

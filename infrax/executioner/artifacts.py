@@ -13,7 +13,7 @@ import contextlib
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ class Kept:
     count: int = 0
     size: int = 0
     refused: int = 0
+    names: list[str] = field(default_factory=list)
 
 
 class ArtifactKeeper:
@@ -104,6 +105,7 @@ class ArtifactKeeper:
                 continue
             kept.count += 1
             kept.size += artifact.size
+            kept.names.append(name)
         if kept.count:
             note(f"kept {kept.count} artifacts ({_size(kept.size)})")
         return kept

@@ -23,6 +23,7 @@ from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import ArtifactKeeper, MissingFetch
 from infrax.executioner.metrics import ExecutionerMetrics
 from infrax.executioner.sources import SourceUnavailable, stage_source
+from infrax.executioner.test_results import TestResults
 from infrax.failures import FailureLines, failure_message
 from infrax.http import ServiceError, while_unavailable
 from infrax.model import ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
@@ -31,6 +32,7 @@ from infrax.provisioner.client import ProvisionerClient
 from infrax.retry import outage, retry
 from infrax.store import Conflict, Database, StoreError
 from infrax.store.tables import executioner_outbox, runs
+from infrax.test_reports import TestResult, failure_summary, file_durations
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class Executioner:
         # What runs leave, and their logs: kept before their end is stored, so a run seen ended has them.
         self.artifacts = artifacts or ArtifactKeeper(FilesystemArtifacts(self.log_dir / "artifacts"))
         self.artifacts.log_dir = self.log_dir
+        self.test_results = TestResults(db, self.artifacts.store)
 
     async def start(self) -> None:
         """Re-attach to the runs that were in flight when this executioner stopped: they went on in
@@ -285,13 +288,30 @@ class Executioner:
                 final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
             if final.duration is None:
                 final.duration = round(time.monotonic() - started, 3)
-            if final.state == "failed":
-                failures.close()
-                final.message = failure_message(final.message, failures.summary())
             if isinstance(left.get("checkoutSeconds"), int | float):
                 log_file.write(f"[infrax] checkout took {left['checkoutSeconds']:.2f} s\n")
+            tests: list[TestResult] | None = None
             if left.get("artifacts") or left.get("artifactsOmitted"):
-                await self.artifacts.keep(client, offer.run_id, left, lambda text: log_file.write(f"[infrax] {text}\n"))
+
+                def note(text: str) -> None:
+                    log_file.write(f"[infrax] {text}\n")
+
+                kept = await self.artifacts.keep(client, offer.run_id, left, note)
+                tests = await self.test_results.read_reports(offer.run_id, kept.names, offer.files, note)
+            if tests is not None:
+                results = tests
+                await retry(
+                    lambda: self.test_results.record(offer, results),
+                    on=StoreError,
+                    maximum=2.0,
+                    during=outage("the database"),
+                )
+                if final.file_durations is None:  # the reports' times, for the partition's own files only
+                    final.file_durations = {f: s for f, s in file_durations(tests).items() if f in offer.files} or None
+            if final.state == "failed":
+                failures.close()
+                # The failing tests' names where the run reported them, else the failure lines of its output.
+                final.message = failure_message(final.message, (tests and failure_summary(tests)) or failures.summary())
             log_file.write(
                 f"[infrax] {final.state}"
                 f"{'' if final.exit_code is None else f' (exit code {final.exit_code})'}"

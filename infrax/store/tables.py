@@ -131,6 +131,29 @@ runs = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 
+# One row per test case a run reported (JUnit in $INFRAX_REPORT_DIR); what a job, a task, a partition
+# or one test across jobs shows.
+test_results = Table(
+    "executioner_test_results",
+    metadata,
+    Column("run_id", String(100), primary_key=True),
+    Column("seq", Integer, primary_key=True),  # the case's place in the run's reports
+    Column("partition_id", ID, nullable=False, index=True),
+    Column("run", Integer, nullable=False),
+    Column("task_id", ID, nullable=False, index=True),
+    Column("task_name", String(200), nullable=False),
+    Column("job_id", ID, index=True),
+    Column("project", String(200), nullable=False),
+    Column("test_id", String(1000), nullable=False),
+    Column("file", String(1000)),
+    Column("outcome", String(10), nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("message", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+# One test's history across jobs, newest first.
+Index("ix_test_results_test", test_results.c.project, test_results.c.test_id, test_results.c.recorded_at)
+
 jobs = Table(
     "jobmaster_jobs",
     metadata,

@@ -157,7 +157,8 @@ def create_app(dashboard: Dashboard) -> FastAPI:
         except ServiceError as error:
             return refused(request, error)
         shown = part.run if run is None or run > part.run else run
-        return render(request, "partition.html", part=part, task_name=task_name, job=job, run=shown)
+        tests = await views.tests(headers_of(request), partition_id, shown)
+        return render(request, "partition.html", part=part, task_name=task_name, job=job, run=shown, tests=tests)
 
     @app.get("/partitions/{partition_id}/log")
     async def partition_log(

@@ -11,6 +11,7 @@ from markupsafe import Markup, escape
 
 from infrax.executioner.client import ExecutionerClient
 from infrax.failures import kind_of
+from infrax.http import ServiceError
 from infrax.jobmaster import taskcluster as tc
 from infrax.jobmaster.client import JobMasterClient
 from infrax.model import Job, State, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
@@ -147,6 +148,17 @@ class Views:
         if part.job_id:
             job = Job.model_validate(await self.jobmaster.call("GET", f"/api/v1/jobs/{part.job_id}", headers=headers))
         return part, str(task["name"]), job
+
+    async def tests(self, headers: dict[str, str], partition_id: str, run: int) -> list[dict[str, Any]]:
+        """The run's results per test, failing ones first (none when it left no report, or when they
+        cannot be read now: the page shows the rest)."""
+        try:
+            found = await self.executioner.call(
+                "GET", f"/api/v1/partitions/{partition_id}/tests", params={"run": run, "limit": 1000}, headers=headers
+            )
+        except ServiceError:
+            return []
+        return sorted(found, key=lambda t: (t["outcome"] not in ("failed", "error"), t["outcome"] != "skipped"))
 
     async def log(self, headers: dict[str, str], partition_id: str, run: int, offset: int, line: int) -> LogChunk:
         """Whole lines of the run's log from byte `offset` (line `line`), each with its failure kind;

@@ -1,0 +1,140 @@
+"""Results per test: read from the JUnit reports a run left among its artifacts (`reports/*.xml`),
+kept per run, and served per partition, task, job, and per test across jobs.
+
+A run's results are stored before its end is: whoever sees a run ended can read its tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+from sqlalchemy import delete, insert, select
+
+from infrax.artifacts import ArtifactNotFound, ArtifactStore
+from infrax.model import PartitionOffer, WireModel, utcnow
+from infrax.pagination import PageRequest, keyset
+from infrax.store import Database
+from infrax.store.tables import test_results
+from infrax.test_reports import MAX_REPORT_BYTES, MAX_TESTS, ReportError, TestResult, is_report, parse_junit
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+class TestResultView(WireModel):
+    """One test case of one run, as its report gave it."""
+
+    run_id: str
+    partition_id: str
+    run: int
+    task_id: str
+    task_name: str
+    job_id: str | None
+    project: str
+    test_id: str = Field(description="pytest's node id where the report allows it: `file::Class::name`")
+    file: str | None
+    outcome: str = Field(description="passed | failed | error | skipped")
+    duration: float
+    message: str | None
+    recorded_at: datetime
+    seq: int = Field(description="the case's place in the run's reports")
+
+
+class TestResults:
+    def __init__(self, db: Database, store: ArtifactStore) -> None:
+        self.db = db
+        self.store = store
+
+    async def read_reports(
+        self, run_id: str, names: Sequence[str], files: Sequence[str], note: Callable[[str], object]
+    ) -> list[TestResult] | None:
+        """Every test case of the run's kept reports; None when it kept none."""
+        reports = sorted(n for n in names if is_report(n))
+        if not reports:
+            return None
+        results: list[TestResult] = []
+        for name in reports:
+            try:
+                data = await self._bytes(run_id, name)
+                found = parse_junit(data, files)
+            except (ReportError, ArtifactNotFound) as error:
+                note(f"test report {name} not read: {error}")
+                continue
+            results += found[: MAX_TESTS - len(results)]
+        note(f"{len(results)} test results from {len(reports)} reports")
+        return results
+
+    async def _bytes(self, run_id: str, name: str) -> bytes:
+        artifact = await self.store.get(run_id, name)
+        if artifact.size > MAX_REPORT_BYTES:
+            raise ReportError(f"larger than {MAX_REPORT_BYTES >> 20} MB")
+        return b"".join([chunk async for chunk in self.store.read(run_id, name)])
+
+    async def record(self, offer: PartitionOffer, results: Sequence[TestResult]) -> None:
+        """The run's results, in place of any an earlier try of this executioner stored for it."""
+        now = utcnow()
+        rows = [
+            {
+                "run_id": offer.run_id,
+                "seq": seq,
+                "partition_id": offer.partition_id,
+                "run": offer.run,
+                "task_id": offer.task_id,
+                "task_name": offer.task_name,
+                "job_id": offer.job_id,
+                "project": offer.project,
+                "test_id": r.test_id,
+                "file": r.file,
+                "outcome": r.outcome,
+                "duration": r.duration,
+                "message": r.message,
+                "recorded_at": now,
+            }
+            for seq, r in enumerate(results)
+        ]
+        async with self.db.begin() as conn:
+            await conn.execute(delete(test_results).where(test_results.c.run_id == offer.run_id))
+            for start in range(0, len(rows), _BATCH):
+                await conn.execute(insert(test_results), rows[start : start + _BATCH])
+
+    async def query(
+        self,
+        page: PageRequest,
+        *,
+        job_id: str | None = None,
+        task_id: str | None = None,
+        partition_id: str | None = None,
+        run_id: str | None = None,
+        project: str | None = None,
+        test_id: str | None = None,
+        outcome: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of results (a row more, for the next page's cursor), by run and place; a test's
+        across jobs (`project` and `test_id`) newest first."""
+        t = test_results.c
+        query = select(test_results)
+        for column, value in (
+            (t.job_id, job_id),
+            (t.task_id, task_id),
+            (t.partition_id, partition_id),
+            (t.run_id, run_id),
+            (t.project, project),
+            (t.test_id, test_id),
+            (t.outcome, outcome),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if test_id is not None and job_id is None and task_id is None and partition_id is None:
+            query = keyset(query, page, [t.recorded_at, t.run_id, t.seq], descending=True, parse=_time_run_seq)
+        else:
+            query = keyset(query, page, [t.run_id, t.seq], parse=lambda key: [str(key[0]), int(key[1])])
+        async with self.db.reading() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings().all()]
+
+
+def _time_run_seq(key: list[Any]) -> list[Any]:
+    return [datetime.fromisoformat(str(key[0])), str(key[1]), int(key[2])]
