@@ -204,12 +204,15 @@ def register(app: typer.Typer) -> None:
     def tests(
         job: str = typer.Argument(..., help="a job id or a prefix of one, or a revision"),
         task: str | None = typer.Option(None, help="only this task's"),
-        failed: bool = typer.Option(False, "--failed", help="only the tests that failed (or errored)"),
+        failed: bool = typer.Option(
+            False, "--failed", help="only tests that failed on some run (failed, intermittent)"
+        ),
         limit: int = typer.Option(1000, min=1, max=1_000_000, help="how many at most"),
         as_json: bool = JsonOption,
         config: Path | None = ConfigOption,
     ) -> None:
-        """The job's results per test, from the JUnit reports its partitions left in $INFRAX_REPORT_DIR."""
+        """The job's tests, each with its verdict over every run of its partition (a test that failed
+        and then passed when run again is intermittent), from the JUnit reports its runs left."""
         cfg = load(config)
 
         async def main() -> None:
@@ -223,25 +226,29 @@ def register(app: typer.Typer) -> None:
                 if not matching:
                     raise NotFound(f"job {found.id[:12]} has no task {task!r}")
                 params = {**params, "taskId": matching[0]}
-            results = await c.executioner.every("/api/v1/test-results", params, limit)
+            verdicts = await c.executioner.every("/api/v1/test-verdicts", params, limit)
             if failed:
-                results = [r for r in results if r["outcome"] in ("failed", "error")]
+                verdicts = [v for v in verdicts if v["verdict"] in ("failed", "intermittent")]
             if as_json:
-                print_json(results)
+                print_json(verdicts)
                 return
-            table = Table("test", "outcome", "seconds", "task/chunk", "run", "message", title_justify="left")
-            for r in results:
-                name, number = chunks.get(r["partitionId"], ("?", 0))
+            table = Table("test", "verdict", "runs", "task/chunk", "seconds", "message", title_justify="left")
+            for v in verdicts:
+                name, number = chunks.get(v["partitionId"], (v["taskName"], 0))
+                runs = v["runs"]
+                said = next((r["message"] for r in reversed(runs) if r["message"]), "")
                 table.add_row(
-                    r["testId"],
-                    styled(r["outcome"]),
-                    f"{r['duration']:.2f}",
+                    v["testId"],
+                    styled(v["verdict"]),
+                    ", ".join(f"{r['run']}: {r['outcome']}" for r in runs),
                     f"{name}/{number}",
-                    str(r["run"]),
-                    (r["message"] or "")[:80],
+                    f"{runs[-1]['duration']:.2f}",
+                    said[:80],
                 )
             console.print(table)
-            tally = {o: sum(r["outcome"] == o for r in results) for o in ("passed", "failed", "error", "skipped")}
+            tally = {
+                o: sum(v["verdict"] == o for v in verdicts) for o in ("passed", "failed", "intermittent", "skipped")
+            }
             console.print(", ".join(f"{n} {o}" for o, n in tally.items() if n) or "no test results")
 
         run(main)

@@ -82,6 +82,9 @@ class Config:
     artifact_max_run_bytes: int = 10 * 1024**3  # what one run may keep, all its artifacts together
     in_flight_check_interval: float = 10.0
     dispatch_timeout: float = 120.0  # a dispatched run unknown to the executioner after this is lost
+    # -- failures of tests (a task's rerunFailures / intermittent, or .infrax.yml's, say otherwise) --
+    rerun_failures: int = 2  # a failed partition's failing tests run again this often, on other containers
+    intermittent_fails: bool = False  # a failure that passed when run again fails its task
     # -- failures (docs/architecture.md, "Nothing accepted is lost") --
     bus_max_deliveries: int = 8  # a message whose handler keeps failing, then dead-lettered with the error
     github_status_deadline: float = 6 * 3600.0  # seconds a commit status is retried before it is dropped

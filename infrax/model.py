@@ -90,6 +90,7 @@ EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_
 EnvValue = Annotated[str, Field(max_length=32768, pattern=r"^[^\x00]*$")]
 Argument = Annotated[str, Field(max_length=32768, pattern=r"^[^\x00]*$")]
 MAX_FILES_PER_TASK: Final = 100_000
+MAX_RERUN_TESTS: Final = 500  # failing tests a re-run names one by one; more: the partition's failing files
 MAX_PARTITIONS_PER_REQUEST: Final = 10_000
 MAX_FILES_PER_REQUEST: Final = 200_000
 
@@ -140,6 +141,17 @@ class TaskDefinition(WireModel):
     env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=1000)
     max_run_time: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600, description="seconds")
     retries: int = Field(default=2, ge=0, le=20, description="re-runs after an infrastructure loss")
+    rerun_failures: int | None = Field(
+        default=None,
+        ge=0,
+        le=5,
+        description="automatic re-runs of a failed partition's failing tests (its files when it reported no "
+        "tests), each on another container; none given: the installation's `rerun_failures` (2)",
+    )
+    intermittent: Literal["pass", "fail"] | None = Field(
+        default=None,
+        description="what a partition whose failures all passed on a re-run ends as: pass (the default) or fail",
+    )
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     partitions: int | None = Field(default=None, ge=1, le=1000, description="partition count")
     files_per_partition: int | None = Field(default=None, ge=1)
@@ -235,6 +247,10 @@ class TaskPartition(WireModel):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    failure_reruns: int = Field(default=0, description="of its runs, how many re-ran failing tests")
+    intermittent: list[str] | None = Field(
+        default=None, description="tests (or files) that failed on a run and passed when run again"
+    )
 
 
 class Task(WireModel):
@@ -383,6 +399,15 @@ class PartitionOffer(WireModel):
     )
     fetches: list[FetchSource] = Field(default_factory=list, max_length=100)
     checkout: CheckoutOptions | None = Field(default=None, description="its job's revision to check out, and how")
+    tests: list[str] | None = Field(
+        default=None,
+        max_length=MAX_RERUN_TESTS,
+        description="a re-run of failures: only these tests (or files), the bootstrapper's arguments "
+        "instead of `files`",
+    )
+    avoid_container: str | None = Field(
+        default=None, max_length=100, description="a re-run of failures: not on this container, where they failed"
+    )
 
     @model_validator(mode="after")
     def _run_id_names_the_run(self) -> PartitionOffer:

@@ -227,6 +227,8 @@ class Stack:
                 dispatch_timeout=config.dispatch_timeout,
                 in_flight_check_interval=config.in_flight_check_interval,
                 run_tokens=self.run_tokens,
+                rerun_failures=config.rerun_failures,
+                intermittent_fails=config.intermittent_fails,
             )
             app = scheduler_app(service, self.security)
         elif name == "jobmaster":

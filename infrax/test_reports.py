@@ -158,6 +158,20 @@ def file_durations(results: Iterable[TestResult]) -> dict[str, float]:
     return durations
 
 
+def rerun_names(results: Sequence[TestResult], limit: int) -> list[str] | None:
+    """What failed, as a re-run names it to the bootstrapper: the failing tests' ids where each is a
+    path a runner takes as an argument (pytest's `file::Class::test`), else their files; None when
+    none failed, a failing test has no file, or there are more than `limit`."""
+    failing = [r for r in results if r.outcome in FAILING]
+    if not failing or any(r.file is None for r in failing):
+        return None
+    ids = list(dict.fromkeys(r.test_id for r in failing))
+    if len(ids) <= limit and all(r.test_id.startswith(f"{r.file}::") for r in failing):
+        return ids
+    files = list(dict.fromkeys(r.file for r in failing if r.file))
+    return files if len(files) <= limit else None
+
+
 def counts(results: Iterable[TestResult]) -> dict[str, int]:
     found: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
     for result in results:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from infrax.model import WIRE_VERSION, State, TaskPartition, WireModel, utcnow
+from infrax.model import MAX_RERUN_TESTS, WIRE_VERSION, State, TaskPartition, WireModel, utcnow
 
 
 class BusMessage(WireModel):
@@ -34,6 +34,12 @@ class RunStatus(BusMessage):
     duration: float | None = None
     file_durations: dict[str, float] | None = None
     checkout_seconds: float | None = Field(default=None, description="of `duration`, the checkout's share")
+    failing: list[str] | None = Field(
+        default=None,
+        max_length=MAX_RERUN_TESTS,
+        description="what failed, as a re-run would name it: the failing tests' ids where a runner takes them "
+        "as arguments (pytest's `file::test`), else their files; none when the run reported no tests",
+    )
 
 
 class PartitionStatus(BusMessage):

@@ -18,7 +18,7 @@ from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import LOG_ARTIFACT, file_chunks
 from infrax.executioner.service import Executioner
-from infrax.executioner.test_results import TestResultView
+from infrax.executioner.test_results import TestResultView, TestVerdict
 from infrax.metrics import metrics_route
 from infrax.model import ExecutionAssignment, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
@@ -218,6 +218,27 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
         )
         newest_first = bool(testId and not (jobId or taskId or partitionId))
         return results_page(rows, request, response, page, newest_first)
+
+    @app.get("/api/v1/test-verdicts", response_model=list[TestVerdict], **read)
+    async def list_test_verdicts(
+        request: Request,
+        response: Response,
+        jobId: str | None = Query(None, max_length=64),  # noqa: N803
+        taskId: str | None = Query(None, max_length=64),  # noqa: N803
+        partitionId: str | None = Query(None, max_length=64),  # noqa: N803
+        verdict: str | None = Query(None, pattern="^(passed|failed|intermittent|skipped)$"),
+        page: PageRequest = Depends(page_request),
+    ) -> list[TestVerdict]:
+        """Each test of a job's, task's or partition's runs with its verdict over all of them (a test
+        that failed and then passed when run again is `intermittent`) and every run's outcome as the
+        evidence; by partition and test id. `verdict` keeps those of a page that have it."""
+        if not (jobId or taskId or partitionId):
+            raise HTTPException(422, "say whose verdicts: jobId, taskId or partitionId")
+        found, next_key = await executioner.test_results.verdicts(
+            page, job_id=jobId, task_id=taskId, partition_id=partitionId
+        )
+        link_next(request, response, page, next_key)
+        return [v for v in found if verdict is None or v.verdict == verdict]
 
     @app.get("/api/v1/partitions/{partition_id}/tests", response_model=list[TestResultView], **read)
     async def partition_tests(

@@ -26,13 +26,13 @@ from infrax.executioner.sources import SourceUnavailable, stage_source
 from infrax.executioner.test_results import TestResults
 from infrax.failures import FailureLines, failure_message
 from infrax.http import ServiceError, while_unavailable
-from infrax.model import ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
+from infrax.model import MAX_RERUN_TESTS, ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
 from infrax.outbox import Outbox, Outgoing
 from infrax.provisioner.client import ProvisionerClient
 from infrax.retry import outage, retry
 from infrax.store import Conflict, Database, StoreError
 from infrax.store.tables import executioner_outbox, runs
-from infrax.test_reports import TestResult, failure_summary, file_durations
+from infrax.test_reports import TestResult, failure_summary, file_durations, rerun_names
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,8 @@ class Executioner:
                 )
                 if final.file_durations is None:  # the reports' times, for the partition's own files only
                     final.file_durations = {f: s for f, s in file_durations(tests).items() if f in offer.files} or None
+            if final.state == "failed" and tests:
+                final.failing = rerun_names(tests, MAX_RERUN_TESTS)
             if final.state == "failed":
                 failures.close()
                 # The failing tests' names where the run reported them, else the failure lines of its output.
@@ -457,6 +459,7 @@ class Executioner:
             "INFRAX_CHUNK": str(offer.index),
             "INFRAX_TOTAL_CHUNKS": str(offer.count),
             "INFRAX_RUN": str(offer.run),
+            "INFRAX_RERUN_OF_FAILURES": "1" if offer.tests is not None else "",
             "INFRAX_PROJECT": offer.project,
             "INFRAX_REVISION": offer.revision or "",
         }
@@ -473,7 +476,8 @@ class Executioner:
             "runId": offer.run_id,
             "bootstrapper": offer.bootstrapper,
             "bootstrapperArguments": offer.bootstrapper_arguments,
-            "files": offer.files,
+            # A re-run of failures runs what failed: those tests (or files) as the arguments.
+            "files": offer.files if offer.tests is None else offer.tests,
             "env": env,
             "maxRunTime": offer.max_run_time,
         }

@@ -11,14 +11,22 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, tuple_
 
 from infrax.artifacts import ArtifactNotFound, ArtifactStore
 from infrax.model import PartitionOffer, WireModel, utcnow
-from infrax.pagination import PageRequest, keyset
+from infrax.pagination import PageRequest, keyset, split
 from infrax.store import Database
 from infrax.store.tables import test_results
-from infrax.test_reports import MAX_REPORT_BYTES, MAX_TESTS, ReportError, TestResult, is_report, parse_junit
+from infrax.test_reports import (
+    FAILING,
+    MAX_REPORT_BYTES,
+    MAX_TESTS,
+    ReportError,
+    TestResult,
+    is_report,
+    parse_junit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,36 @@ class TestResultView(WireModel):
     message: str | None
     recorded_at: datetime
     seq: int = Field(description="the case's place in the run's reports")
+
+
+class RunOutcome(WireModel):
+    run: int
+    outcome: str
+    duration: float
+    message: str | None = None
+
+
+class TestVerdict(WireModel):
+    """One test of one partition over all its runs: `failed` when it failed on every run it ran in,
+    `intermittent` when it failed and then passed, else `passed` (or `skipped`); the runs are the
+    evidence."""
+
+    partition_id: str
+    task_name: str
+    test_id: str
+    file: str | None
+    verdict: str = Field(description="passed | failed | intermittent | skipped")
+    runs: list[RunOutcome]
+
+
+def verdict_of(outcomes: Sequence[str]) -> str:
+    """From a test's outcomes, run by run."""
+    failed = [o in FAILING for o in outcomes]
+    if all(failed):
+        return "failed"
+    if any(failed):
+        return "intermittent" if not failed[-1] else "failed"
+    return "skipped" if all(o == "skipped" for o in outcomes) else "passed"
 
 
 class TestResults:
@@ -134,6 +172,52 @@ class TestResults:
             query = keyset(query, page, [t.run_id, t.seq], parse=lambda key: [str(key[0]), int(key[1])])
         async with self.db.reading() as conn:
             return [dict(row) for row in (await conn.execute(query)).mappings().all()]
+
+    async def verdicts(
+        self,
+        page: PageRequest,
+        *,
+        job_id: str | None = None,
+        task_id: str | None = None,
+        partition_id: str | None = None,
+    ) -> tuple[list[TestVerdict], list[Any] | None]:
+        """A page of tests (by partition, then test id), each with its verdict over every run of its
+        partition; and the next page's key."""
+        t = test_results.c
+        where = [c == v for c, v in ((t.job_id, job_id), (t.task_id, task_id), (t.partition_id, partition_id)) if v]
+        keys_query = keyset(
+            select(t.partition_id, t.test_id).where(*where).distinct(), page, [t.partition_id, t.test_id]
+        )
+        async with self.db.reading() as conn:
+            keys = [tuple(k) for k in (await conn.execute(keys_query)).all()]
+            shown, next_key = split(keys, page, lambda key: key)
+            rows: Sequence[Any] = []
+            if shown:
+                rows = (
+                    await conn.execute(
+                        select(t.partition_id, t.task_name, t.test_id, t.file, t.run, t.outcome, t.duration, t.message)
+                        .where(tuple_(t.partition_id, t.test_id).in_(shown))
+                        .order_by(t.partition_id, t.test_id, t.run, t.seq)
+                    )
+                ).all()
+        found: dict[tuple[str, str], TestVerdict] = {}
+        for row in rows:
+            verdict = found.get((row.partition_id, row.test_id))
+            if verdict is None:
+                verdict = found[(row.partition_id, row.test_id)] = TestVerdict(
+                    partition_id=row.partition_id,
+                    task_name=row.task_name,
+                    test_id=row.test_id,
+                    file=row.file,
+                    verdict="passed",
+                    runs=[],
+                )
+            verdict.runs.append(
+                RunOutcome(run=row.run, outcome=row.outcome, duration=row.duration, message=row.message)
+            )
+        for verdict in found.values():
+            verdict.verdict = verdict_of([r.outcome for r in verdict.runs])
+        return [found[k] for k in shown if k in found], next_key
 
 
 def _time_run_seq(key: list[Any]) -> list[Any]:

@@ -2,6 +2,8 @@
 
     version: 1
     project: sample                    # optional; the repository's folder name otherwise
+    rerunFailures: 2                   # for every task that does not say: re-runs of what failed
+    intermittent: pass                 # a failure that passed when run again: pass (default) or fail
     tasks:
       - name: unit-tests
         containerTag: linux_x86_64
@@ -32,6 +34,7 @@ from infrax.jobmaster.plugin import Plan, ProjectLogic, Push, PushRejected
 from infrax.model import TaskDefinition
 
 CONFIG_FILE = ".infrax.yml"
+PROJECT_DEFAULTS = ("rerunFailures", "intermittent")  # top-level keys every task takes unless it says
 
 
 class InfraxYamlLogic(ProjectLogic):
@@ -60,6 +63,9 @@ class InfraxYamlLogic(ProjectLogic):
             if not isinstance(entry, dict):
                 raise PushRejected(f"{CONFIG_FILE}: tasks[{i}] must be a mapping")
             entry = dict(entry)
+            for key in PROJECT_DEFAULTS:  # the project's word, where the task says nothing
+                if key in config and key not in entry:
+                    entry[key] = config[key]
             files = entry.get("files", [])
             patterns = [files] if isinstance(files, str) else files
             if isinstance(patterns, list) and any(isinstance(p, str) and pathspecs.is_pattern(p) for p in patterns):

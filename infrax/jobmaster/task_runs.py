@@ -71,6 +71,7 @@ def advance(runs: list[TcRun], status: PartitionStatus, now: datetime) -> tuple[
         if earlier.run < part.run and not earlier.final:
             earlier.state, earlier.reason_resolved = "exception", "worker-shutdown"
             earlier.resolved = aware(part.queued_at) or now
+            earlier.message = earlier.message or part.message  # why it runs again: lost, or what failed
             events.append(("exception", earlier))
             changed.append(earlier)
     current = by_number.get(part.run)

@@ -256,12 +256,19 @@ class Provisioner:
             return self._reject(offer, "unknown_type", f"unknown container type {offer.container_type!r}")
         if self._executioner_outage.down:
             return self._reject(offer, "executioner_down", "the executioner is unreachable; offers wait for it")
-        idle = self._idle_slot(container_type)
+        idle = self._idle_slot(container_type, avoid=offer.avoid_container)
         if idle is not None:
             idle.state, idle.run = ContainerState.BUSY, offer
             self.runs[offer.run_id] = idle.id
             return OfferAnswer(run_id=offer.run_id, accepted=True), idle
         live = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
+        avoided = self.slots.get(offer.avoid_container or "")
+        if avoided is not None and avoided.state == ContainerState.IDLE and len(live) >= container_type.max_concurrent:
+            # A re-run of failures goes to another container: at the type's maximum, the one where
+            # they failed makes way for a fresh one.
+            avoided.state = ContainerState.STOPPING
+            self._spawn(self._retire(avoided))
+            live.remove(avoided)
         if len(live) >= container_type.max_concurrent:
             return self._reject(
                 offer,
@@ -283,10 +290,15 @@ class Provisioner:
         self.rejections[(offer.container_type, why)] += 1
         return OfferAnswer(run_id=offer.run_id, accepted=False, reason=reason), None
 
-    def _idle_slot(self, container_type: ContainerType) -> Slot | None:
-        """An idle container of the type: of the provider earliest in its list, then the one idle longest."""
+    def _idle_slot(self, container_type: ContainerType, avoid: str | None = None) -> Slot | None:
+        """An idle container of the type, not `avoid`: of the provider earliest in its list, then the
+        one idle longest."""
         rank = {name: i for i, name in enumerate(container_type.providers)}
-        idle = [s for s in self.slots.values() if s.type.name == container_type.name and s.state == ContainerState.IDLE]
+        idle = [
+            s
+            for s in self.slots.values()
+            if s.type.name == container_type.name and s.state == ContainerState.IDLE and s.id != avoid
+        ]
         return min(idle, key=lambda s: (rank.get(s.provider.name, len(rank)), s.idle_since), default=None)
 
     def used(self, provider: ContainerProvider) -> int:

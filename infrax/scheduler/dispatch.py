@@ -199,6 +199,8 @@ class Dispatching:
             trusted=trusted,
             fetches=await _fetch_sources(conn, part["request_id"], definition) if definition.fetches else [],
             checkout=_checkout(definition) if part["job_id"] is not None else None,
+            tests=part.get("rerun_tests"),
+            avoid_container=part.get("avoid_container"),
             run_token=None
             if self.run_tokens is None
             else self.run_tokens.make(

@@ -36,6 +36,8 @@ def partition_from_row(row: RowMapping | dict[str, Any]) -> TaskPartition:
         queued_at=aware(row.get("queued_at")),
         started_at=aware(row.get("started_at")),
         finished_at=aware(row.get("finished_at")),
+        failure_reruns=row.get("failure_reruns") or 0,
+        intermittent=row.get("intermittent"),
     )
 
 

@@ -74,6 +74,11 @@ class Reruns(Queries):
                     "dispatched_at": None,
                     "claimed_by": None,
                     "container_id": None,
+                    # All of it again, with re-runs of its failures anew.
+                    "failure_reruns": 0,
+                    "rerun_tests": None,
+                    "avoid_container": None,
+                    "intermittent": None,
                 }
                 await conn.execute(update(partitions).where(partitions.c.id == row["id"]).values(**values))
                 task = await self._definitions.get(conn, row["task_id"])

@@ -47,7 +47,14 @@ from infrax.scheduler.graph import release_dependents
 from infrax.scheduler.metrics import SchedulerMetrics
 from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, Recovery
 from infrax.scheduler.reruns import Reruns
-from infrax.scheduler.transitions import MUTABLE, UPDATE_PARTITION, settle_request, settle_tasks, transition
+from infrax.scheduler.transitions import (
+    MUTABLE,
+    UPDATE_PARTITION,
+    RunPolicy,
+    settle_request,
+    settle_tasks,
+    transition,
+)
 from infrax.store import Database, StoreError, aware
 from infrax.store.tables import partitions, requests, scheduler_outbox, tasks
 
@@ -75,8 +82,14 @@ class Scheduler(Dispatching, Cancelling, Reruns):
         dispatch_timeout: float = 120.0,
         in_flight_check_interval: float = 10.0,
         run_tokens: RunTokens | None = None,
+        rerun_failures: int = 2,
+        intermittent_fails: bool = False,
     ) -> None:
         self.db = db
+        # For tasks that do not say: how often what failed runs again, and whether a failure that
+        # then passed fails its task.
+        self.rerun_failures = rerun_failures
+        self.intermittent_fails = intermittent_fails
         self.bus = bus
         self.optimizer = optimizer
         self.provisioner = provisioner
@@ -413,14 +426,15 @@ class Scheduler(Dispatching, Cancelling, Reruns):
                 if row is None or row["run"] != status.run or is_final(row["state"]):
                     continue  # a duplicate, or news of a run already replaced or finished
                 known[row["task_id"]] = await self._definitions.get(conn, row["task_id"])
-                values = transition(row, status, known[row["task_id"]].definition.retries)
+                policy = RunPolicy.of(known[row["task_id"]].definition, self.rerun_failures, self.intermittent_fails)
+                values = transition(row, status, policy)
                 if values is None:
                     continue
                 before = changed.get(row["id"], (row, row["state"]))[1]
                 row.update(values)
                 changed[row["id"]] = (row, before)
-                if is_final(row["state"]):
-                    measured[row["id"]] = status
+                if is_final(row["state"]) and not row["failure_reruns"]:
+                    measured[row["id"]] = status  # a re-run of failures ran part of it: it measures nothing
                 requeued |= row["state"] == State.QUEUED
             if not changed:
                 return

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.bus.messages import BusMessage, RunStatus
-from infrax.model import State, run_id_of, utcnow
+from infrax.model import State, TaskDefinition, run_id_of, utcnow
 from infrax.scheduler.aggregate import aggregate
 from infrax.scheduler.events import request_status, task_status
 from infrax.scheduler.graph import release_dependents
@@ -17,6 +18,10 @@ from infrax.store.tables import partitions, requests, tasks
 
 MUTABLE = (
     "state",
+    "failure_reruns",
+    "rerun_tests",
+    "avoid_container",
+    "intermittent",
     "run",
     "exit_code",
     "message",
@@ -34,7 +39,26 @@ UPDATE_PARTITION = (
 )
 
 
-def transition(row: dict[str, Any], status: RunStatus, retries: int) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class RunPolicy:
+    """What a task's definition (or the installation, where it says nothing) allows its partitions."""
+
+    retries: int  # re-runs after an infrastructure loss
+    rerun_failures: int  # re-runs of what failed
+    intermittent_fails: bool  # a partition whose failures all passed when run again ends failed
+
+    @classmethod
+    def of(cls, definition: TaskDefinition, rerun_failures: int, intermittent_fails: bool) -> RunPolicy:
+        return cls(
+            retries=definition.retries,
+            rerun_failures=rerun_failures if definition.rerun_failures is None else definition.rerun_failures,
+            intermittent_fails=intermittent_fails
+            if definition.intermittent is None
+            else definition.intermittent == "fail",
+        )
+
+
+def transition(row: dict[str, Any], status: RunStatus, policy: RunPolicy) -> dict[str, Any] | None:
     """What a run's news does to its partition; None when it changes nothing."""
     if status.state == "running":
         if row["state"] == State.RUNNING:
@@ -54,21 +78,79 @@ def transition(row: dict[str, Any], status: RunStatus, retries: int) -> dict[str
         "claimed_by": None,
     }
     if status.state == "exception":
-        if row["run"] < retries:
+        if row["run"] < policy.retries:
             return {
                 **common,
-                "state": State.QUEUED,
-                "run": row["run"] + 1,
-                "queued_at": status.timestamp,
+                **_next_run(row, status),
                 "message": f"run {row['run']} lost ({status.message}); re-queued as run {row['run'] + 1}",
-                "started_at": None,
-                "finished_at": None,
-                "dispatched_at": None,
-                "exit_code": None,
             }
-        return {**common, "state": State.EXCEPTION, "message": f"{status.message} (retries used up: {retries})"}
+        return {**common, "state": State.EXCEPTION, "message": f"{status.message} (retries used up: {policy.retries})"}
     started = row["started_at"] or status.timestamp
+    if status.state == "failed":
+        return _failed(row, status, policy, {**common, "started_at": started})
+    if status.state == "completed" and row["failure_reruns"]:
+        return _passed_again(row, policy, {**common, "started_at": started})
     return {**common, "state": State(status.state), "started_at": started}
+
+
+def _next_run(row: dict[str, Any], status: RunStatus) -> dict[str, Any]:
+    return {
+        "state": State.QUEUED,
+        "run": row["run"] + 1,
+        "queued_at": status.timestamp,
+        "started_at": None,
+        "finished_at": None,
+        "dispatched_at": None,
+        "exit_code": None,
+    }
+
+
+def _failed(row: dict[str, Any], status: RunStatus, policy: RunPolicy, ended: dict[str, Any]) -> dict[str, Any]:
+    """A failed run: what failed runs again, on another container, while re-runs last; else the
+    partition failed, with what failed then passed on the way."""
+    # What was run again and did not fail this time passed on its re-run.
+    earlier = row["rerun_tests"]
+    recovered = [t for t in earlier if t not in set(status.failing)] if earlier and status.failing else []
+    intermittent = _merged(row["intermittent"], recovered)
+    if row["failure_reruns"] < policy.rerun_failures:
+        what = f"its {len(status.failing)} failing tests" if status.failing else "all of it"
+        return {
+            **ended,
+            **_next_run(row, status),
+            "failure_reruns": row["failure_reruns"] + 1,
+            "rerun_tests": status.failing,
+            "avoid_container": status.container_id,
+            "intermittent": intermittent,
+            "message": f"run {row['run']} failed ({status.message or 'no message'}); {what} run again as "
+            f"run {row['run'] + 1}, on another container",
+        }
+    again = f" (the same on {row['failure_reruns']} re-runs)" if row["failure_reruns"] else ""
+    flaky = f"; intermittent: {_listed(intermittent)}" if intermittent else ""
+    return {
+        **ended,
+        "state": State.FAILED,
+        "intermittent": intermittent,
+        "message": f"{status.message or 'failed'}{again}{flaky}",
+    }
+
+
+def _passed_again(row: dict[str, Any], policy: RunPolicy, ended: dict[str, Any]) -> dict[str, Any]:
+    """A re-run of failures that passed: what it ran failed, then passed."""
+    intermittent = _merged(row["intermittent"], row["rerun_tests"] or row["files"])
+    text = f"intermittent: {_listed(intermittent or [])} failed, then passed on run {row['run']}"
+    if policy.intermittent_fails:
+        return {**ended, "state": State.FAILED, "intermittent": intermittent, "message": f"{text} (counted as failed)"}
+    return {**ended, "state": State.COMPLETED, "intermittent": intermittent, "message": text}
+
+
+def _merged(known: list[str] | None, more: list[str]) -> list[str] | None:
+    merged = list(dict.fromkeys([*(known or []), *more]))
+    return merged or None
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def lost(row: Any, why: str) -> RunStatus:
@@ -137,17 +219,23 @@ async def settle_request(conn: AsyncConnection, request_id: str) -> list[BusMess
     if state == row["state"] or row["state"] == State.CANCELLED:
         return []
     message = None
-    if state in FAILURE_STATES:
-        failed = (
+    if state in FAILURE_STATES or state == State.COMPLETED:
+        # Its first failed task's message; a passing request's, its first task's that passed with
+        # intermittent failures.
+        said = (
             await conn.execute(
                 select(tasks.c.name, tasks.c.message)
-                .where(tasks.c.request_id == request_id, tasks.c.state == state)
+                .where(
+                    tasks.c.request_id == request_id,
+                    tasks.c.state == state,
+                    *([tasks.c.message.is_not(None)] if state == State.COMPLETED else []),
+                )
                 .order_by(tasks.c.position)
                 .limit(1)
             )
         ).first()
-        if failed is not None:
-            message = f"task {failed.name}" + (f": {failed.message}" if failed.message else "")
+        if said is not None:
+            message = f"task {said.name}" + (f": {said.message}" if said.message else "")
     await conn.execute(
         update(requests).where(requests.c.id == request_id).values(state=state, message=message, updated_at=utcnow())
     )
@@ -159,13 +247,15 @@ FAILURE_STATES = (State.FAILED, State.EXCEPTION)
 
 async def _first_failure(conn: AsyncConnection, task_id: str, state: State) -> str | None:
     """What a task that ended `failed` or `exception` says: its first such partition's message
-    (which carries the run's failure lines, `infrax.failures`)."""
-    if state not in FAILURE_STATES:
+    (which carries the run's failure lines, `infrax.failures`); one that completed, its first
+    partition's that passed only when its failures ran again (intermittent)."""
+    if state not in FAILURE_STATES and state != State.COMPLETED:
         return None
+    flaky = [partitions.c.intermittent.is_not(None)] if state == State.COMPLETED else []
     first = (
         await conn.execute(
             select(partitions.c.idx, partitions.c.count, partitions.c.message)
-            .where(partitions.c.task_id == task_id, partitions.c.state == state)
+            .where(partitions.c.task_id == task_id, partitions.c.state == state, *flaky)
             .order_by(partitions.c.idx)
             .limit(1)
         )

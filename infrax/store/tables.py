@@ -90,6 +90,12 @@ partitions = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("claimed_by", String(100)),
     Column("claimed_at", DateTime(timezone=True)),
+    # Re-runs of failures (#16): how many so far, what the next runs, where it must not run, and
+    # what failed and then passed.
+    Column("failure_reruns", Integer, nullable=False, default=0, server_default="0"),
+    Column("rerun_tests", JSON(none_as_null=True)),
+    Column("avoid_container", String(100)),
+    Column("intermittent", JSON(none_as_null=True)),  # NULL, not JSON's null: "none" is what queries ask
     # A page of partitions in one state, in queue order (`GET /api/v1/partitions?state=…`).
     Index("ix_partitions_state_seq", "state", "seq"),
     # The claims held (a few, only while offering), which every heartbeat checks: not a scan of the queue.

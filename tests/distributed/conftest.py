@@ -48,6 +48,7 @@ class Cluster:
             "db": db,
             "bus": bus,
             "agent_kill_grace": 0.5,
+            "rerun_failures": 0,  # a failed partition is final: the journals count each run
             "dispatch_timeout": 10.0,
             "in_flight_check_interval": 2.0,
             "urls": {

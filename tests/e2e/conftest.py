@@ -29,6 +29,8 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
     types = overrides.pop("container_types", None) or [
         ContainerType(name="linux_x86_64", tags=["linux_x86_64", "linux"], max_concurrent=3, idle_timeout=30)
     ]
+    # A failed partition is final unless a test asks for re-runs of its failures (the default's 2).
+    overrides.setdefault("rerun_failures", 0)
     return Config(
         data_dir=data_dir, ports={n: 0 for n in COMPONENTS}, container_types=types, agent_kill_grace=0.5, **overrides
     )
@@ -177,6 +179,7 @@ def write_up_config(tmp_path: Path, max_concurrent: int = 2) -> tuple[Path, dict
                 "data_dir": str(tmp_path / "data"),
                 "ports": ports,
                 "agent_kill_grace": 0.5,
+                "rerun_failures": 0,
                 "container_types": [
                     {"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}
                 ],

@@ -154,7 +154,9 @@ async def test_a_jobs_failing_test_is_named_by_the_job_the_cli_and_the_partition
     assert "tests/test_mul.py::test_mul" in shown and "tests/test_add.py::test_add" in shown
     assert "1 passed, 1 failed" in shown and "unit/1" in shown
     code, failing, _ = await cli("tests", job["id"][:8], "--failed", "--json", "--config", str(config))
-    assert [t["testId"] for t in json.loads(failing)] == ["tests/test_mul.py::test_mul"]
+    [verdict] = json.loads(failing)
+    assert (verdict["testId"], verdict["verdict"]) == ("tests/test_mul.py::test_mul", "failed")
+    assert [(r["run"], r["outcome"]) for r in verdict["runs"]] == [(0, "failed")]
 
     request = await infrax.request(job["requestId"])
     [part] = request.tasks[0].partitions

@@ -81,6 +81,7 @@ class StackRun:
 async def running_stack(
     data_dir: Path, container_types: list[ContainerType], providers: list[ProviderConfig] | None = None, **config: Any
 ) -> AsyncIterator[StackRun]:
+    config.setdefault("rerun_failures", 0)  # a failed partition is final unless a test says otherwise
     settings = Config(
         data_dir=data_dir,
         ports={n: 0 for n in COMPONENTS},

@@ -209,3 +209,37 @@ async def test_containers_freed_together_are_announced_in_one_event(harness: Mak
     await made.provisioner.release(await _busy(made, offer), offer.run_id, healthy=True)
     await wait_for(lambda: len([e for e in made.events if e.event == "free"]) == 2, what="a second free event")
     assert [e.count for e in made.events if e.event == "free"] == [3, 1]
+
+
+async def test_a_rerun_of_failures_goes_to_another_container_than_the_one_they_failed_on(harness: MakeHarness) -> None:
+    linux = ContainerType(name="linux", tags=["linux"], max_concurrent=2)
+    made = await harness([linux])
+    first = make_offer()
+    made.provisioner.offer([first])
+    failed_on = await _busy(made, first)
+    await made.provisioner.release(failed_on, first.run_id, healthy=True)
+    assert made.provisioner.slots[failed_on].state == ContainerState.IDLE
+
+    again = make_offer(partition_id=first.partition_id, run=1, avoid_container=failed_on)
+    [answer] = made.provisioner.offer([again])
+
+    assert answer.accepted
+    assert await _busy(made, again) != failed_on, "not on the container where it failed"
+    assert made.provisioner.slots[failed_on].state == ContainerState.IDLE, "that one stays for others"
+
+
+async def test_at_the_maximum_the_container_where_it_failed_makes_way_for_a_fresh_one(harness: MakeHarness) -> None:
+    linux = ContainerType(name="linux", tags=["linux"], max_concurrent=1)
+    made = await harness([linux])
+    first = make_offer()
+    made.provisioner.offer([first])
+    failed_on = await _busy(made, first)
+    await made.provisioner.release(failed_on, first.run_id, healthy=True)
+
+    again = make_offer(partition_id=first.partition_id, run=1, avoid_container=failed_on)
+    [answer] = made.provisioner.offer([again])
+
+    assert answer.accepted
+    fresh = await _busy(made, again)
+    assert fresh != failed_on
+    await wait_for(lambda: failed_on not in made.provisioner.slots, what="the old container retired")

@@ -186,7 +186,8 @@ async def harness(database: Database) -> AsyncIterator[Harness]:
     await bus.start()
     provisioner = PlayedProvisioner()
     executioner = ExecutionerClient(_nowhere("executioner"))
-    scheduler = Scheduler(database, bus, PlanningOptimizer(), provisioner, executioner)
+    # A failed partition is final here unless a test says otherwise (tests/scheduler/test_failure_reruns.py).
+    scheduler = Scheduler(database, bus, PlanningOptimizer(), provisioner, executioner, rerun_failures=0)
     try:
         yield Harness(scheduler, provisioner, bus)
     finally:
