@@ -67,7 +67,9 @@ def job_table(job: Job, request: TaskRequest | None) -> Table:
                 f"{part.index}/{part.count}",
                 part.id[:12],
                 _files(part),
-                styled(part.state),
+                Text.assemble(styled(part.state), (" intermittent", "bold yellow"))
+                if part.intermittent
+                else styled(part.state),
                 str(part.run),
                 "" if part.exit_code is None else str(part.exit_code),
                 _elapsed(part),
