@@ -26,6 +26,8 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from infrax.optimizer.exact import fewest_moves
+
 EPS = 1e-9  # seconds: differences below this are ties
 STOP_REL = 1e-6  # a plan this close to the lower bound cannot usefully be improved
 EXACT_MAX_FILES = 20  # branch and bound is only tried on inputs this small ...
@@ -33,6 +35,7 @@ EXACT_NODE_BUDGET = 200_000  # ... and stops after this many nodes, keeping the 
 SWAP_PARTNERS = 4  # the emptiest partitions a repair looks at for a swap ...
 SWAP_CANDIDATES = 64  # ... with this many of the largest files of the overfull one
 SEARCH_BUDGET = 200_000  # files looked at by the local search, so a bad case stays well under a second
+FEW_MOVES = 0.02  # a repair that moves at most this share of the files is not compared with another plan
 
 
 @dataclass
@@ -89,29 +92,40 @@ def partition(
     if previous:
         homes = [previous.get(name, 0) - 1 for name in names]
         homes = [h if 0 <= h < count else -1 for h in homes]
-    if homes and any(h >= 0 for h in homes):
-        sticky = _sticky(sizes, count, homes, bound * (1 + tolerance) + EPS)
-        if sticky is not None:
-            return _result(
-                names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of the lower bound", homes
-            )
-    fresh, method = _fresh(sizes, count, bound)
     if not homes or all(h < 0 for h in homes):
+        fresh, method = _fresh(sizes, count, bound)
         return _result(names, sizes, _canonical(fresh), bound, method, homes)
+    sticky = _sticky(sizes, count, homes, bound * (1 + tolerance) + EPS)
+    known = sum(1 for h in homes if h >= 0)
+    if sticky is not None and _moves(sticky, homes) <= max(1, known * FEW_MOVES):
+        return _result(names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of the lower bound", homes)
+    fresh, method = _fresh(sizes, count, bound)
     target = max(_loads(fresh, sizes)) * (1 + tolerance) + EPS
-    if target > bound * (1 + tolerance) + 2 * EPS:  # the bound was out of reach: measure against the fresh plan
+    if sticky is None and target > bound * (1 + tolerance) + 2 * EPS:
+        # The bound was out of reach: measured against the fresh plan instead.
         sticky = _sticky(sizes, count, homes, target)
-        if sticky is not None:
-            return _result(names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of {method}", homes)
-    return _result(
-        names,
-        sizes,
-        _match(fresh, homes, count),
-        bound,
-        f"{method}, renumbered to overlap the previous partitions",
-        homes,
-        note=f"keeping files in place could not get within {tolerance:.1%}",
-    )
+    target = max(target, bound * (1 + tolerance) + EPS)
+    # The other way to the same balance: the fresh plan, with files moved back where they ran. The
+    # one that moves fewer files wins; a repair that moves many is often beaten by it.
+    homebound = _return_home(_match(fresh, homes, count), sizes, homes, target)
+    if sticky is not None and _moves(sticky, homes) <= _moves(homebound, homes):
+        best, how = sticky, f"kept in place, within {tolerance:.1%} of the lower bound"
+    else:
+        best, how = (
+            homebound,
+            f"{method}, renumbered to overlap the previous partitions, files moved back where they ran",
+        )
+    if _moves(best, homes) > max(1, known * FEW_MOVES):
+        exact = fewest_moves(sizes, count, homes, target, best)
+        if exact is not None and _moves(exact, homes) < _moves(best, homes):
+            best, how = exact, f"fewest files moved within {tolerance:.1%} (exact, HiGHS)"
+    note = None if sticky is not None else f"keeping files in place could not get within {tolerance:.1%}"
+    return _result(names, sizes, best, bound, how, homes, note=note)
+
+
+def _moves(bins: list[list[int]], homes: list[int]) -> int:
+    """Files with a previous partition that are in another one."""
+    return sum(1 for b, members in enumerate(bins) for i in members if homes[i] >= 0 and homes[i] != b)
 
 
 def split_evenly(files: Sequence[str], count: int) -> list[list[str]]:
@@ -460,6 +474,67 @@ def _match(bins: list[list[int]], homes: list[int], count: int) -> list[list[int
             placed.add(b)
     rest = iter(b for b in range(len(bins)) if b not in placed)
     return [slot if slot is not None else bins[next(rest)] for slot in result]
+
+
+def _return_home(bins: list[list[int]], sizes: list[float], homes: list[int], target: float) -> list[list[int]]:
+    """A balanced plan's files moved, or swapped, back to the partition they ran in last time,
+    while no partition grows past `target`: the fresh plan's balance with as much of the previous
+    plan's stability as that allows. Largest files first (each brings the most back), and a swap
+    partner is first one that goes home too; bounded by SEARCH_BUDGET files looked at."""
+    where = [0] * len(sizes)
+    for b, members in enumerate(bins):
+        for i in members:
+            where[i] = b
+    loads = _loads(bins, sizes)
+    members = [len(b) for b in bins]  # a move never empties a partition
+    # Per partition, its files that are away from home: the only ones worth swapping out.
+    away: list[set[int]] = [set() for _ in bins]
+    for i, home in enumerate(homes):
+        if home >= 0 and where[i] != home:
+            away[where[i]].add(i)
+    order = sorted((i for b in away for i in b), key=lambda i: (sizes[i], i))
+    budget = SEARCH_BUDGET
+
+    def go(i: int, to: int) -> None:
+        away[where[i]].discard(i)
+        loads[where[i]] -= sizes[i]
+        loads[to] += sizes[i]
+        members[where[i]] -= 1
+        members[to] += 1
+        where[i] = to
+        if homes[i] != to:
+            away[to].add(i)
+
+    for _ in range(3):  # a swap may make room for a file looked at before it
+        moved = False
+        for i in order:
+            source, home = where[i], homes[i]
+            if source == home:
+                continue
+            if loads[home] + sizes[i] <= target and members[source] > 1:
+                go(i, home)
+                moved = True
+                continue
+            low, high = loads[home] + sizes[i] - target, target - loads[source] + sizes[i]
+            partner = None
+            for g in sorted(away[home]):
+                budget -= 1
+                if low <= sizes[g] <= high:
+                    partner = g
+                    if homes[g] == source:
+                        break
+            if budget <= 0:
+                break
+            if partner is not None:
+                go(i, home)
+                go(partner, source)
+                moved = True
+        if not moved or budget <= 0:
+            break
+    result: list[list[int]] = [[] for _ in bins]
+    for i, b in enumerate(where):
+        result[b].append(i)
+    return result
 
 
 # -- results -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ __all__ = ["Planner", "choose_count", "pick_container_type", "split_evenly", "un
 
 class Planner:
     def __init__(
-        self, files_per_partition: int = 10, *, tolerance: float = 0.01, default_duration: float = 1.0
+        self, files_per_partition: int = 10, *, tolerance: float = 0.02, default_duration: float = 1.0
     ) -> None:
         self.files_per_partition = files_per_partition
         self.tolerance = tolerance  # balance given up, at most, to keep files where they ran last

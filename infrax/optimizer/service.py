@@ -8,6 +8,7 @@ the partition's own start and finish times give it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -80,7 +81,9 @@ class OptimizerService:
         keys = self._history_keys(request)
         history = await self.history.load(request.project, keys)
         overheads = await self.history.overheads(request.project, keys)
-        return self.planner.plan(request, history, explain=explain, overheads=overheads)
+        # In a thread: a plan that keeps a small suite stable may ask HiGHS for the fewest files
+        # to move (optimizer/exact.py), which runs without the GIL for up to a second or two.
+        return await asyncio.to_thread(self.planner.plan, request, history, explain=explain, overheads=overheads)
 
     async def plan_json(self, request: PlanRequest, *, explain: bool = False) -> bytes:
         """The plan as the REST API answers it; a large request's made in the worker process."""
