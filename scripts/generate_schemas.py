@@ -17,7 +17,7 @@ from typing import Any
 
 from infrax import model
 from infrax.bus.schemas import JSON_SCHEMA_DIALECT, SCHEMA_BASE, json_schemas
-from infrax.executioner.test_results import TestResultView, TestVerdict
+from infrax.executioner.test_results import TestHistory, TestResultView, TestVerdict
 from infrax.model import WIRE_VERSION, WireModel
 from infrax.scheduler.summaries import RequestSummary
 
@@ -30,6 +30,7 @@ COMPONENT_MODELS: dict[str, type[WireModel]] = {
     "RequestSummary": RequestSummary,
     "TestResult": TestResultView,
     "TestVerdict": TestVerdict,
+    "TestHistory": TestHistory,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -18,9 +18,9 @@ from infrax.auth import Security, route_options, secured_app
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import LOG_ARTIFACT, file_chunks
 from infrax.executioner.service import Executioner
-from infrax.executioner.test_results import TestResultView, TestVerdict
+from infrax.executioner.test_results import TestHistory, TestResultView, TestVerdict
 from infrax.metrics import metrics_route
-from infrax.model import ExecutionAssignment, WireModel
+from infrax.model import ExecutionAssignment, WireModel, utcnow
 from infrax.pagination import PageRequest, link_next, page_request, split
 
 
@@ -239,6 +239,21 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
         )
         link_next(request, response, page, next_key)
         return [v for v in found if verdict is None or v.verdict == verdict]
+
+    @app.get("/api/v1/test-history", response_model=list[TestHistory], **read)
+    async def test_history(
+        project: str = Query(..., min_length=1, max_length=200),
+        testId: str | None = Query(None, max_length=1000),  # noqa: N803
+        days: float = Query(30.0, gt=0, le=3650, description="the window: results of the last this many days"),
+        limit: int = Query(100, ge=1, le=1000, description="without testId: at most this many tests"),
+    ) -> list[TestHistory]:
+        """A test's flakiness over a window: runs, failures, partitions it failed on every run or
+        failed and then passed (intermittent), and, when it has failed every time since a given
+        partition after passing before, that partition (its job is the push that broke it).
+        Without `testId`: every test of the project that failed in the window, the most often
+        intermittent first."""
+        since = utcnow() - timedelta(days=days)
+        return await executioner.test_results.history(project, since, testId, limit)
 
     @app.get("/api/v1/partitions/{partition_id}/tests", response_model=list[TestResultView], **read)
     async def partition_tests(

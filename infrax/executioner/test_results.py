@@ -82,6 +82,57 @@ def verdict_of(outcomes: Sequence[str]) -> str:
     return "skipped" if all(o == "skipped" for o in outcomes) else "passed"
 
 
+class Regression(WireModel):
+    """Where a test began failing every time: the first of its latest failing runs after a pass."""
+
+    job_id: str | None
+    partition_id: str
+    since: datetime
+
+
+class TestHistory(WireModel):
+    """One test of a project over a window: how often it ran, failed, and was intermittent."""
+
+    test_id: str
+    file: str | None
+    runs: int = Field(description="runs of it (a re-run counts again)")
+    failures: int = Field(description="of those runs, how many failed")
+    partitions: int = Field(description="partitions it ran in (each job's chunk once, re-runs and all)")
+    failed: int = Field(description="of those, how many it failed on every run")
+    intermittent: int = Field(description="of those, how many it failed and then passed")
+    last_verdict: str
+    regression: Regression | None = Field(
+        default=None, description="it failed every time since this partition, and had passed before it"
+    )
+
+
+def history_of(test_id: str, rows: Sequence[Any]) -> TestHistory:
+    """A test's history from its results, oldest first."""
+    by_partition: dict[str, list[Any]] = {}
+    for row in rows:
+        by_partition.setdefault(row.partition_id, []).append(row)
+    occurrences = sorted(by_partition.values(), key=lambda runs: runs[0].recorded_at)
+    verdicts = [verdict_of([r.outcome for r in sorted(runs, key=lambda r: (r.run, r.seq))]) for runs in occurrences]
+    regression = None
+    streak = len(verdicts)
+    while streak > 0 and verdicts[streak - 1] == "failed":
+        streak -= 1
+    if streak < len(verdicts) and any(v in ("passed", "intermittent") for v in verdicts[:streak]):
+        first = occurrences[streak][0]
+        regression = Regression(job_id=first.job_id, partition_id=first.partition_id, since=first.recorded_at)
+    return TestHistory(
+        test_id=test_id,
+        file=rows[-1].file,
+        runs=len(rows),
+        failures=sum(r.outcome in FAILING for r in rows),
+        partitions=len(occurrences),
+        failed=verdicts.count("failed"),
+        intermittent=verdicts.count("intermittent"),
+        last_verdict=verdicts[-1],
+        regression=regression,
+    )
+
+
 class TestResults:
     def __init__(self, db: Database, store: ArtifactStore) -> None:
         self.db = db
@@ -218,6 +269,44 @@ class TestResults:
         for verdict in found.values():
             verdict.verdict = verdict_of([r.outcome for r in verdict.runs])
         return [found[k] for k in shown if k in found], next_key
+
+    async def history(
+        self, project: str, since: datetime, test_id: str | None = None, limit: int = 100
+    ) -> list[TestHistory]:
+        """One test's history since `since`; without `test_id`, every test that failed since then
+        (at most `limit`), the most often intermittent first."""
+        t = test_results.c
+        async with self.db.reading() as conn:
+            if test_id is not None:
+                wanted = [test_id]
+            else:
+                wanted = list(
+                    (
+                        await conn.execute(
+                            select(t.test_id)
+                            .where(t.project == project, t.recorded_at >= since, t.outcome.in_(sorted(FAILING)))
+                            .distinct()
+                            .order_by(t.test_id)
+                            .limit(limit)
+                        )
+                    ).scalars()
+                )
+            rows: list[Any] = []
+            for start in range(0, len(wanted), _BATCH):
+                rows += (
+                    await conn.execute(
+                        select(t.test_id, t.partition_id, t.job_id, t.run, t.seq, t.file, t.outcome, t.recorded_at)
+                        .where(
+                            t.project == project, t.recorded_at >= since, t.test_id.in_(wanted[start : start + _BATCH])
+                        )
+                        .order_by(t.recorded_at, t.run_id, t.seq)
+                    )
+                ).all()
+        by_test: dict[str, list[Any]] = {}
+        for row in rows:
+            by_test.setdefault(row.test_id, []).append(row)
+        found = [history_of(name, found_rows) for name, found_rows in by_test.items()]
+        return sorted(found, key=lambda h: (-h.intermittent, -h.failed, h.test_id))
 
 
 def _time_run_seq(key: list[Any]) -> list[Any]:

@@ -9,10 +9,12 @@ A finished partition run (completed or failed) is one sample for each of its fil
   `infrax.optimizer.overheads`; nothing if that is not positive) in proportion to their current estimates, a file
   without one counting as the median of the others' estimates, or all equally when none has one.
 
-A file's estimate is the mean of its first samples and then an exponential moving average,
-`estimate += max(1 / samples, ALPHA) * (sample - estimate)`: quick to learn, slow to be
-thrown off by one odd run. Each row remembers the last runs it took, so a redelivered
-message changes nothing, and the partition the file last ran in, so plans can keep it there.
+A file's estimate is the median of its last RECENT_SAMPLES samples: one run on a loaded machine
+(or two of five) does not move it, where a moving average took a third of every such run into
+the estimate; until it has MEDIAN_FROM samples, their mean (a row from before kept the moving
+average it had, and goes over to the median as samples come). Each row remembers the last runs
+it took, so a redelivered message changes nothing, and the partition the file last ran in, so
+plans can keep it there.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from infrax.optimizer.overheads import LearnedOverhead, Overhead
 from infrax.store import Conflict, Database, aware
 from infrax.store.tables import file_durations
 
-ALPHA = 0.3  # weight of a new sample once a file has 1 / ALPHA samples or more
+ALPHA = 0.3  # weight of a new sample in a row that has no recent samples yet (one from before 0015)
+RECENT_SAMPLES = 5  # samples kept per file; the estimate is their median ...
+MEDIAN_FROM = 3  # ... once there are this many (before, their mean)
 RECENT_RUNS = 8  # run ids kept per file to recognise redeliveries
 _CHUNK = 500  # files per IN (...) clause: well under SQLite's variable limit
 
@@ -221,7 +225,16 @@ class RuntimeHistory:
 
 
 _KEY = ("project", "task_name", "container_type", "file")
-_MUTABLE = ("estimate", "samples", "last_duration", "partition_index", "partition_count", "recent_runs", "updated_at")
+_MUTABLE = (
+    "estimate",
+    "samples",
+    "last_duration",
+    "partition_index",
+    "partition_count",
+    "recent_runs",
+    "recent_seconds",
+    "updated_at",
+)
 
 
 def _apply(
@@ -247,8 +260,16 @@ def _apply(
                 "recent_runs": [],
             }
         samples = row["samples"] + 1
+        recent = (list(row.get("recent_seconds") or []) + [seconds])[-RECENT_SAMPLES:]
+        if len(recent) >= MEDIAN_FROM:
+            estimate = statistics.median(recent)
+        elif len(recent) == samples:
+            estimate = statistics.fmean(recent)
+        else:  # samples from before recent_seconds were kept: the moving average goes on until enough
+            estimate = row["estimate"] + max(1 / samples, ALPHA) * (seconds - row["estimate"])
         row.update(
-            estimate=row["estimate"] + max(1 / samples, ALPHA) * (seconds - row["estimate"]),
+            estimate=estimate,
+            recent_seconds=recent,
             samples=samples,
             last_duration=seconds,
             partition_index=sample.index,

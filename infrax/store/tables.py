@@ -210,6 +210,7 @@ file_durations = Table(
     Column("partition_count", Integer),
     Column("recent_runs", JSON, nullable=False),  # run ids applied lately: redeliveries count once
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("recent_seconds", JSON),  # the last samples: the estimate is their median
 )
 
 overheads = Table(

@@ -88,6 +88,16 @@ async def test_intermittent_and_always_failing_tests_told_apart(start_stack, tmp
     assert found["tests/test_flaky.py::test_flaky"] == ("intermittent", [(0, "failed"), (1, "passed")])
     assert found["tests/test_add.py::test_add"] == ("passed", [(0, "passed")])
 
+    # Their history over both pushes: the flaky test intermittent twice, the broken one failed once.
+    history = await infrax["executioner"].get("/api/v1/test-history", params={"project": "co-git"})
+    assert history.status_code == 200, history.text
+    by_test = {h["testId"]: h for h in history.json()}
+    assert list(by_test) == ["tests/test_flaky.py::test_flaky", "tests/test_broken.py::test_broken"]
+    flaky_history = by_test["tests/test_flaky.py::test_flaky"]
+    assert (flaky_history["runs"], flaky_history["failures"], flaky_history["intermittent"]) == (4, 2, 2)
+    assert by_test["tests/test_broken.py::test_broken"]["failed"] == 1
+    assert by_test["tests/test_broken.py::test_broken"]["regression"] is None, "it never passed"
+
     # `infrax status` and `infrax tests` say so.
     config = tmp_path / "cli.yml"
     ports = {name: int(url.rsplit(":", 1)[1]) for name, url in infrax.stack.urls.items()}

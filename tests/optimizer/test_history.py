@@ -80,7 +80,7 @@ def test_nothing_is_learned_of_unreported_files_when_no_time_is_left() -> None:
 # -- the store ------------------------------------------------------------------------------------
 
 
-async def test_samples_average_then_move_and_count_once(db: Database) -> None:
+async def test_samples_average_then_take_the_median_of_the_recent_and_count_once(db: Database) -> None:
     history = RuntimeHistory(db)
     await history.record([sample(["a"], "r1", reported={"a": 10.0})])
     await history.record([sample(["a"], "r2", reported={"a": 20.0})])
@@ -90,9 +90,22 @@ async def test_samples_average_then_move_and_count_once(db: Database) -> None:
     for i in range(3, 10):
         await history.record([sample(["a"], f"r{i}", reported={"a": 100.0})])
     (row,) = await history.rows("p", "unit")
-    assert row.samples == 9 and 80.0 < row.estimate < 100.0  # an average that moves toward recent runs
+    assert (row.samples, row.estimate) == (9, 100.0)  # the recent runs' median
     await history.record([sample(["a"], "r4", reported={"a": 100.0})])  # an older run again: still known
     assert (await history.rows("p", "unit"))[0].samples == 9
+
+
+async def test_runs_on_a_loaded_machine_do_not_drag_the_estimate(db: Database) -> None:
+    """Two of five runs twice as slow (the machine was busy): the estimate stays the file's own time;
+    a moving average would have taken 1.6x the time after the first and 2.0x after the second."""
+    history = RuntimeHistory(db)
+    for n, seconds in enumerate([10.0, 10.5, 9.5, 20.0, 21.0]):
+        await history.record([sample(["a"], f"r{n}", reported={"a": seconds})])
+    (row,) = await history.rows("p", "unit")
+    assert row.estimate == 10.5
+    for n in range(5, 8):  # the machine stays slower: the estimate follows, once most recent runs say so
+        await history.record([sample(["a"], f"r{n}", reported={"a": 20.0})])
+    assert (await history.rows("p", "unit"))[0].estimate == 20.0
 
 
 async def test_history_is_kept_per_project_task_type_and_file(db: Database) -> None:
