@@ -19,6 +19,7 @@ from infrax import model
 from infrax.bus.schemas import JSON_SCHEMA_DIALECT, SCHEMA_BASE, json_schemas
 from infrax.executioner.test_results import TestHistory, TestResultView, TestVerdict
 from infrax.model import WIRE_VERSION, WireModel
+from infrax.optimizer.container_starts import LearnedStart
 from infrax.scheduler.summaries import RequestSummary
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "infrax" / "schemas"
@@ -31,6 +32,7 @@ COMPONENT_MODELS: dict[str, type[WireModel]] = {
     "TestResult": TestResultView,
     "TestVerdict": TestVerdict,
     "TestHistory": TestHistory,
+    "LearnedStart": LearnedStart,
 }
 
 

@@ -82,6 +82,9 @@ class ContainerEvent(BusMessage):
     container_id: str | None = None  # the container, when the event is about one
     # How many containers of the type the event is about: "free" events are coalesced.
     count: int = Field(default=1, ge=1)
+    start_seconds: float | None = Field(
+        default=None, ge=0, description='"started": how long the container took to start and answer'
+    )
 
 
 class JobStatus(BusMessage):

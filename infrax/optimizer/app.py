@@ -8,6 +8,7 @@ from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
 from infrax.metrics import metrics_route
 from infrax.model import ExecutionPlan, PlanRequest
+from infrax.optimizer.container_starts import LearnedStart
 from infrax.optimizer.history import FileRuntime
 from infrax.optimizer.overheads import LearnedOverhead
 from infrax.optimizer.service import OptimizerService
@@ -45,6 +46,17 @@ def create_app(service: OptimizerService, security: Security) -> FastAPI:
     async def overheads(project: str, task: str) -> list[LearnedOverhead]:
         """What the optimizer learned of one task's checkout and start, per container type."""
         return await service.overheads(project, task)
+
+    @app.get(
+        "/api/v1/container-starts",
+        response_model=list[LearnedStart],
+        response_model_by_alias=True,
+        **route_options("optimizer:read", readable=True),
+    )
+    async def container_starts() -> list[LearnedStart]:
+        """How long a container of each type took to start, as measured by the provisioner: the
+        planner's per-partition overhead of the type (in place of its configured `overhead`)."""
+        return await service.container_starts()
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

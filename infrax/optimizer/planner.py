@@ -28,6 +28,7 @@ from infrax.model import (
     TaskDefinition,
     pick_container_type,
 )
+from infrax.optimizer.container_starts import ContainerStarts
 from infrax.optimizer.history import FileHistory, History
 from infrax.optimizer.overheads import Overhead, Overheads
 from infrax.optimizer.partitioning import Partitioning, lower_bound, partition, split_evenly
@@ -50,14 +51,17 @@ class Planner:
         *,
         explain: bool = False,
         overheads: Overheads | None = None,
+        starts: ContainerStarts | None = None,
     ) -> ExecutionPlan:
         types = {t.name: t for t in request.container_types}
         learned = overheads or {}
+        starts = starts or {}
         planned = [
-            self._plan_task(i, task, request, history or {}, learned, explain) for i, task in enumerate(request.tasks)
+            self._plan_task(i, task, request, history or {}, learned, starts, explain)
+            for i, task in enumerate(request.tasks)
         ]
         overhead = {
-            task.position: types[task.container_type].overhead
+            task.position: own_start(types[task.container_type], starts)[0]
             + learned.get((task.name, task.container_type), Overhead()).seconds
             for task in planned
             if task.container_type
@@ -107,6 +111,7 @@ class Planner:
         request: PlanRequest,
         history: History,
         overheads: Overheads,
+        starts: ContainerStarts,
         explain: bool,
     ) -> PlannedTask:
         why: list[str] = []
@@ -132,10 +137,11 @@ class Planner:
         files = list(dict.fromkeys(task.files))
         known = history.get((task.name, container_type.name), {})
         learned = overheads.get((task.name, container_type.name), Overhead())
-        overhead = container_type.overhead + learned.seconds
+        start, how = own_start(container_type, starts)
+        overhead = start + learned.seconds
         why.append(
-            f"overhead {overhead:.1f} s a partition: {container_type.overhead:.1f} s of {container_type.name}'s "
-            f"own start, learned {learned.describe()}"
+            f"overhead {overhead:.1f} s a partition: {start:.1f} s of {container_type.name}'s own start ({how}), "
+            f"learned {learned.describe()}"
         )
         durations = self._estimates(files, known, why)
         count, chosen = self._count(task, files, durations, known, overhead, why)
@@ -254,6 +260,15 @@ def choose_count(
         best = (cap, partition(items, cap))
         tried.append((cap, best[1].makespan))
     return best[0], best[1], tried
+
+
+def own_start(container_type: ContainerType, starts: ContainerStarts) -> tuple[float, str]:
+    """A container type's own per-partition overhead: its measured starts once there are any, else
+    the `overhead` its configuration sets; and which it is."""
+    learned = starts.get(container_type.name)
+    if learned is None or learned.samples == 0:
+        return container_type.overhead, "as configured"
+    return learned.seconds, f"learned over {learned.samples} start(s)"
 
 
 def _split(

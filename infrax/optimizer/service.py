@@ -15,8 +15,9 @@ from typing import Any
 
 from infrax.batcher import Batcher
 from infrax.bus import Bus, Message, topics
-from infrax.bus.messages import PartitionStatus
+from infrax.bus.messages import ContainerEvent, PartitionStatus
 from infrax.model import ExecutionPlan, PlanRequest, State, pick_container_type, run_id_of
+from infrax.optimizer.container_starts import LearnedStart, StartHistory
 from infrax.optimizer.history import FileRuntime, RuntimeHistory, Sample
 from infrax.optimizer.metrics import OptimizerMetrics
 from infrax.optimizer.overheads import LearnedOverhead
@@ -45,6 +46,7 @@ class OptimizerService:
         self.db = db
         self.bus = bus
         self.history = RuntimeHistory(db)
+        self.starts = StartHistory(db)
         self.planner = Planner(files_per_partition, tolerance=tolerance, default_duration=default_duration)
         self.worker = PlanningWorker(self.planner)
         self.metrics = OptimizerMetrics(bus)
@@ -58,6 +60,9 @@ class OptimizerService:
         self._subscriptions = [
             await self.bus.subscribe(
                 "optimizer-history", topics.PARTITIONS, topics.state_bindings(LEARNED_STATES), self._on_partition_status
+            ),
+            await self.bus.subscribe(
+                "optimizer-container-starts", topics.CONTAINERS, topics.state_bindings(["started"]), self._on_started
             ),
         ]
 
@@ -81,9 +86,12 @@ class OptimizerService:
         keys = self._history_keys(request)
         history = await self.history.load(request.project, keys)
         overheads = await self.history.overheads(request.project, keys)
+        starts = await self.starts.load()
         # In a thread: a plan that keeps a small suite stable may ask HiGHS for the fewest files
         # to move (optimizer/exact.py), which runs without the GIL for up to a second or two.
-        return await asyncio.to_thread(self.planner.plan, request, history, explain=explain, overheads=overheads)
+        return await asyncio.to_thread(
+            self.planner.plan, request, history, explain=explain, overheads=overheads, starts=starts
+        )
 
     async def plan_json(self, request: PlanRequest, *, explain: bool = False) -> bytes:
         """The plan as the REST API answers it; a large request's made in the worker process."""
@@ -95,7 +103,7 @@ class OptimizerService:
         keys = self._history_keys(request)
         history = await self.history.load(request.project, keys)
         overheads = await self.history.overheads(request.project, keys)
-        made = await self.worker.plan_json(request, history, overheads, explain)
+        made = await self.worker.plan_json(request, history, overheads, await self.starts.load(), explain)
         self.metrics.planning.labels("worker").observe(time.perf_counter() - started)
         return made
 
@@ -106,6 +114,12 @@ class OptimizerService:
         return await self.history.rows(project, task_name, container_type)
 
     # -- learning ---------------------------------------------------------------------------
+
+    async def _on_started(self, message: Message) -> None:
+        await self.starts.record([ContainerEvent.model_validate(message.body)])
+
+    async def container_starts(self) -> list[LearnedStart]:
+        return await self.starts.rows()
 
     async def _on_partition_status(self, message: Message) -> None:
         if message.body["partition"]["state"] not in LEARNED_STATES:

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from infrax.model import PlanRequest
+from infrax.optimizer.container_starts import ContainerStarts
 from infrax.optimizer.history import History
 from infrax.optimizer.overheads import Overheads
 from infrax.optimizer.planner import Planner
@@ -26,10 +27,13 @@ from infrax.optimizer.planner import Planner
 log = logging.getLogger(__name__)
 
 
-def _plan_json(planner: Planner, request: bytes, history: History, overheads: Overheads, explain: bool) -> bytes:
+def _plan_json(
+    planner: Planner, request: bytes, history: History, overheads: Overheads, starts: ContainerStarts, explain: bool
+) -> bytes:
     # The request goes as its JSON, not pickled: a worker started after an upgrade of the files
     # reads it by the wire format, which is versioned, not by the class layout of another release.
-    plan = planner.plan(PlanRequest.model_validate_json(request), history, explain=explain, overheads=overheads)
+    decoded = PlanRequest.model_validate_json(request)
+    plan = planner.plan(decoded, history, explain=explain, overheads=overheads, starts=starts)
     return plan.model_dump_json(by_alias=True).encode()
 
 
@@ -51,13 +55,15 @@ class PlanningWorker:
         processes = getattr(self._pool, "_processes", None) or {}
         return next(iter(processes), None)
 
-    async def plan_json(self, request: PlanRequest, history: History, overheads: Overheads, explain: bool) -> bytes:
+    async def plan_json(
+        self, request: PlanRequest, history: History, overheads: Overheads, starts: ContainerStarts, explain: bool
+    ) -> bytes:
         loop = asyncio.get_running_loop()
         encoded = request.model_dump_json(by_alias=True).encode()
         while self._failures < 2:
             try:
                 plan = await loop.run_in_executor(
-                    self._executor(), _plan_json, self.planner, encoded, history, overheads, explain
+                    self._executor(), _plan_json, self.planner, encoded, history, overheads, starts, explain
                 )
             except BrokenProcessPool:
                 # The worker died (killed, out of memory): a new one plans it again. One that dies
@@ -68,7 +74,7 @@ class PlanningWorker:
                 continue
             self._failures = 0
             return plan
-        return await asyncio.to_thread(_plan_json, self.planner, encoded, history, overheads, explain)
+        return await asyncio.to_thread(_plan_json, self.planner, encoded, history, overheads, starts, explain)
 
     def stop(self) -> None:
         if self._pool is not None:

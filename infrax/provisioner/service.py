@@ -402,7 +402,7 @@ class Provisioner:
         slot.next_probe = self.clock() + slot.provider.heartbeat_interval
         if self.slots.get(slot.id) is not slot:  # the provisioner stopped meanwhile
             return
-        await self._publish_event("started", slot)
+        await self._publish_event("started", slot, start_seconds=round(took, 3))
         if slot.run is None or slot.run.run_id in self.cancelled:
             self._become_idle(slot)
             self._announce_free(slot)
@@ -638,8 +638,13 @@ class Provisioner:
             # A hint only: the scheduler also asks for capacity on its own every few seconds.
             log.warning("could not announce %d free %s containers: %s", message.count, message.container_type, error)
 
-    async def _publish_event(self, event: str, slot: Slot) -> None:
-        message = ContainerEvent(event=event, container_type=slot.type.name, container_id=slot.id)  # type: ignore[arg-type]
+    async def _publish_event(self, event: str, slot: Slot, start_seconds: float | None = None) -> None:
+        message = ContainerEvent(
+            event=event,  # type: ignore[arg-type]
+            container_type=slot.type.name,
+            container_id=slot.id,
+            start_seconds=start_seconds,
+        )
         await self.bus.publish(
             topics.CONTAINERS, topics.routing_key(container_type=slot.type.name, state=event), message.wire()
         )

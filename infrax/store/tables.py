@@ -213,6 +213,17 @@ file_durations = Table(
     Column("recent_seconds", JSON),  # the last samples: the estimate is their median
 )
 
+# How long a container of each type takes to start, as the provisioner measured it.
+container_starts = Table(
+    "optimizer_container_starts",
+    metadata,
+    Column("container_type", String(100), primary_key=True),
+    Column("seconds", Float, nullable=False),  # the mean of the recent starts
+    Column("samples", Integer, nullable=False),
+    Column("recent", JSON, nullable=False),  # [[container id, seconds], …]: the last starts, each once
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 overheads = Table(
     "optimizer_overheads",
     metadata,
