@@ -172,6 +172,12 @@ class TaskDefinition(WireModel):
         description="the patterns `files` was selected by (a project's logic sets it), each with the count of "
         "files it took; a task whose patterns took nothing is skipped",
     )
+    file_sizes: dict[FileName, Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        max_length=MAX_FILES_PER_TASK,
+        description="bytes of each file at the revision (a project's logic sets it): how the optimizer weighs "
+        "files it has no history of",
+    )
     depends_on: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list,
         max_length=100,

@@ -40,6 +40,9 @@ class RunStatus(BusMessage):
         description="what failed, as a re-run would name it: the failing tests' ids where a runner takes them "
         "as arguments (pytest's `file::test`), else their files; none when the run reported no tests",
     )
+    known_intermittent: bool = Field(
+        default=False, description="every failing test failed and then passed on a re-run in the last 30 days"
+    )
 
 
 class PartitionStatus(BusMessage):

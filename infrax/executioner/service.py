@@ -7,6 +7,7 @@ import base64
 import logging
 import time
 from collections import OrderedDict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,9 +33,11 @@ from infrax.provisioner.client import ProvisionerClient
 from infrax.retry import outage, retry
 from infrax.store import Conflict, Database, StoreError
 from infrax.store.tables import executioner_outbox, runs
-from infrax.test_reports import TestResult, failure_summary, file_durations, rerun_names
+from infrax.test_reports import FAILING, TestResult, failure_summary, file_durations, rerun_names
 
 log = logging.getLogger(__name__)
+
+KNOWN_INTERMITTENT_WINDOW = timedelta(days=30)  # a test intermittent this recently is known to be
 
 # What the agent's exit status means for the partition.
 _RECORD_FINAL = (
@@ -310,6 +313,7 @@ class Executioner:
                     final.file_durations = {f: s for f, s in file_durations(tests).items() if f in offer.files} or None
             if final.state == "failed" and tests:
                 final.failing = rerun_names(tests, MAX_RERUN_TESTS)
+                final.known_intermittent = await self._all_known_intermittent(offer.project, tests)
             if final.state == "failed":
                 failures.close()
                 # The failing tests' names where the run reported them, else the failure lines of its output.
@@ -401,6 +405,19 @@ class Executioner:
             file_durations=message.get("fileDurations"),
             checkout_seconds=message.get("checkoutSeconds"),
         )
+
+    async def _all_known_intermittent(self, project: str, tests: list[TestResult]) -> bool:
+        """Whether every failing test of the run failed and then passed on a re-run lately: the
+        scheduler then runs it again even when the task's re-runs are used up."""
+        failing = {r.test_id for r in tests if r.outcome in FAILING}
+        if not failing or len(failing) > MAX_RERUN_TESTS:
+            return False
+        since = utcnow() - KNOWN_INTERMITTENT_WINDOW
+        try:
+            known = await self.test_results.known_intermittent(project, sorted(failing), since)
+        except StoreError:  # only a hint: the run's end does not wait for it
+            return False
+        return known >= failing
 
     def _redacted(self, project: str, text: str) -> str:
         """Output with the project's secret values replaced (also from runs that did not get them: a

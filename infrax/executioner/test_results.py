@@ -270,6 +270,27 @@ class TestResults:
             verdict.verdict = verdict_of([r.outcome for r in verdict.runs])
         return [found[k] for k in shown if k in found], next_key
 
+    async def known_intermittent(self, project: str, test_ids: Sequence[str], since: datetime) -> set[str]:
+        """Of these tests, those that failed and then passed on a re-run of a partition since `since`."""
+        t = test_results.c
+        rows: list[Any] = []
+        wanted = list(dict.fromkeys(test_ids))
+        async with self.db.reading() as conn:
+            for start in range(0, len(wanted), _BATCH):
+                rows += (
+                    await conn.execute(
+                        select(t.test_id, t.partition_id, t.run, t.seq, t.outcome)
+                        .where(
+                            t.project == project, t.recorded_at >= since, t.test_id.in_(wanted[start : start + _BATCH])
+                        )
+                        .order_by(t.test_id, t.partition_id, t.run, t.seq)
+                    )
+                ).all()
+        outcomes: dict[tuple[str, str], list[str]] = {}
+        for row in rows:
+            outcomes.setdefault((row.test_id, row.partition_id), []).append(row.outcome)
+        return {test for (test, _), seen in outcomes.items() if verdict_of(seen) == "intermittent"}
+
     async def history(
         self, project: str, since: datetime, test_id: str | None = None, limit: int = 100
     ) -> list[TestHistory]:

@@ -90,6 +90,17 @@ async def list_files(repository: str, revision: str) -> list[str]:
     return (await git(repository, "ls-tree", "-r", "--name-only", "-z", revision)).decode().split("\0")[:-1]
 
 
+async def file_sizes(repository: str, revision: str) -> dict[str, int]:
+    """Bytes of every file of the revision, from its trees alone (no file is read)."""
+    sizes = {}
+    for entry in (await git(repository, "ls-tree", "-r", "-l", "-z", revision)).decode().split("\0")[:-1]:
+        meta, _, path = entry.partition("\t")
+        size = meta.split()[-1]
+        if size.isdigit():  # a submodule's entry has "-"
+            sizes[path] = int(size)
+    return sizes
+
+
 async def changed_paths(repository: str, revision: str) -> list[str]:
     """Paths the revision changed against its first parent (every path for a root commit)."""
     out = await git(

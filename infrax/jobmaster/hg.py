@@ -73,6 +73,17 @@ async def list_files(repository: str, revision: str) -> list[str]:
     return (await hg(repository, "files", "-r", revision, "-0")).decode().split("\0")[:-1]
 
 
+async def file_sizes(repository: str, revision: str) -> dict[str, int]:
+    """Bytes of every file of the changeset."""
+    out = (await hg(repository, "files", "-r", revision, "-T", "{size} {path}\\0")).decode()
+    sizes = {}
+    for entry in out.split("\0")[:-1]:
+        size, _, path = entry.partition(" ")
+        if size.isdigit():
+            sizes[path] = int(size)
+    return sizes
+
+
 async def changed_paths(repository: str, revision: str) -> list[str]:
     """Paths the changeset touched (hg's own `files` of it)."""
     return sorted(set((await changesets(repository, revision))[0]["files"]))

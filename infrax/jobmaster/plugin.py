@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
 
@@ -25,6 +25,10 @@ ENTRY_POINT_GROUP = "infrax.jobmasters"
 
 class PushRejected(Exception):
     """The push cannot become a job (bad configuration, nothing to run); the message says why."""
+
+
+async def _unknown_sizes() -> dict[str, int]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Push:
     read_file: Callable[[str], Awaitable[bytes | None]]
     list_files: Callable[[], Awaitable[list[str]]]
     file_url: Callable[[str], str]  # where agents can fetch a file of this revision
+    # Bytes of each file of the revision: how the optimizer weighs files it has no history of.
+    file_sizes: Callable[[], Awaitable[dict[str, int]]] = field(default=_unknown_sizes)
 
 
 @dataclass(frozen=True)

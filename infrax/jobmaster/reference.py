@@ -92,6 +92,11 @@ class InfraxYamlLogic(ProjectLogic):
             except ValidationError as error:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
                 raise PushRejected(f"{CONFIG_FILE}: tasks[{i}] ({entry.get('name', '?')}): {problems}") from error
+        if any(t.files for t in tasks):
+            sizes = await push.file_sizes()
+            for task in tasks:
+                if task.file_sizes is None and sizes:
+                    task.file_sizes = {f: sizes[f] for f in task.files if f in sizes} or None
         try:
             check_graph(tasks)
         except ValueError as error:

@@ -182,6 +182,7 @@ class JobMaster(JobActions):
             source=checkout.trigger,
             read_file=lambda path: reader.read_file(revision, path),
             list_files=lambda: reader.list_files(revision),
+            file_sizes=lambda: reader.file_sizes(revision),
             file_url=lambda path: f"{self.public_url}/api/v1/jobs/{job_id}/files/{path}",
         )
         try:

@@ -43,6 +43,16 @@ class Source:
         except (git.GitError, hg.HgError) as error:
             raise VcsError(str(error)) from error
 
+    async def file_sizes(self, revision: str) -> dict[str, int]:
+        """Bytes of every file of the revision; empty when they cannot be read (they only guide the
+        optimizer)."""
+        try:
+            if self.vcs == "hg":
+                return await hg.file_sizes(self.path, revision)
+            return await git.file_sizes(self.path, revision)
+        except (git.GitError, hg.HgError):
+            return {}
+
     async def author(self, revision: str) -> str | None:
         """The revision's author's e-mail address, or None when it cannot be read."""
         try:

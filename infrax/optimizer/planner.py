@@ -143,7 +143,7 @@ class Planner:
             f"overhead {overhead:.1f} s a partition: {start:.1f} s of {container_type.name}'s own start ({how}), "
             f"learned {learned.describe()}"
         )
-        durations = self._estimates(files, known, why)
+        durations = self._estimates(files, known, why, task.file_sizes or {})
         count, chosen = self._count(task, files, durations, known, overhead, why)
         previous = {f: h.last_index for f in files if (h := known.get(f)) and h.last_count == count and h.last_index}
         ceiling = None
@@ -175,19 +175,31 @@ class Planner:
             }
         )
 
-    def _estimates(self, files: list[str], known: Mapping[str, FileHistory], why: list[str]) -> list[float]:
+    def _estimates(
+        self, files: list[str], known: Mapping[str, FileHistory], why: list[str], sizes: Mapping[str, int]
+    ) -> list[float]:
         values = [h.estimate for f in files if (h := known.get(f)) is not None]
-        if values:
-            fallback, source = statistics.median(values), "the median of the task's known files"
-        elif known:
-            fallback, source = statistics.median(h.estimate for h in known.values()), "the median of the task's history"
+        unknown = [f for f in files if f not in known]
+        by_size = _by_size(files, known, sizes, self.default_duration) if unknown else None
+        if by_size is not None:
+            estimate, source = by_size
+            fallback = statistics.median(estimate[f] for f in unknown)
+            durations = [h.estimate if (h := known.get(f)) is not None else estimate[f] for f in files]
         else:
-            fallback, source = self.default_duration, "the default (no history for this task yet)"
-        durations = [h.estimate if (h := known.get(f)) is not None else fallback for f in files]
-        unknown = len(files) - len(values)
+            if values:
+                fallback, source = statistics.median(values), "the median of the task's known files"
+            elif known:
+                fallback, source = (
+                    statistics.median(h.estimate for h in known.values()),
+                    "the median of the task's history",
+                )
+            else:
+                fallback, source = self.default_duration, "the default (no history for this task yet)"
+            durations = [h.estimate if (h := known.get(f)) is not None else fallback for f in files]
+        said = f"by {source} (median {fallback:.3g} s)" if by_size is not None else f"at {fallback:.3g} s, {source}"
         why.append(
             f"estimates: {len(values)} of {len(files)} files from history"
-            + (f"; {unknown} estimated at {fallback:.3g} s, {source}" if unknown else "")
+            + (f"; {len(unknown)} estimated {said}" if unknown else "")
         )
         return durations
 
@@ -260,6 +272,33 @@ def choose_count(
         best = (cap, partition(items, cap))
         tried.append((cap, best[1].makespan))
     return best[0], best[1], tried
+
+
+SIZE_KNOWN_MIN = 3  # known files with a size before their seconds per byte price the others
+
+
+def _by_size(
+    files: list[str], known: Mapping[str, FileHistory], sizes: Mapping[str, int], default: float
+) -> tuple[dict[str, float], str] | None:
+    """Estimates of the files without history from their sizes (what a first push shows): at the
+    known files' seconds per byte when enough of them have a size; else, with no history at all,
+    the default scaled by the size's power of two against the median size, so that files within
+    a factor of about 1.4 of each other weigh the same (a size is a rough guide: near-equal files
+    keep contiguous chunks) and a file four times the median weighs four. None without sizes."""
+    unknown = [f for f in files if f not in known and sizes.get(f)]
+    if not unknown or len(unknown) < len([f for f in files if f not in known]):
+        return None  # a file without its size: the sizes do not cover what is to be estimated
+    priced = [(known[f].estimate, sizes[f]) for f in files if f in known and sizes.get(f)]
+    if len(priced) >= SIZE_KNOWN_MIN:
+        rate = sum(seconds for seconds, _ in priced) / sum(size for _, size in priced)
+        return {f: rate * sizes[f] for f in unknown}, f"size, at the known files' {rate * 1024:.3g} s per KB"
+    if known:
+        return None  # some history, too little to price a byte: the median of the known files
+    middle = statistics.median(sizes[f] for f in unknown)
+    return (
+        {f: default * 2.0 ** round(math.log2(sizes[f] / middle)) for f in unknown},
+        "size (no history yet): the default times the file's size against the median, to a power of two",
+    )
 
 
 def own_start(container_type: ContainerType, starts: ContainerStarts) -> tuple[float, str]:

@@ -112,8 +112,11 @@ def _failed(row: dict[str, Any], status: RunStatus, policy: RunPolicy, ended: di
     earlier = row["rerun_tests"]
     recovered = [t for t in earlier if t not in set(status.failing)] if earlier and status.failing else []
     intermittent = _merged(row["intermittent"], recovered)
-    if row["failure_reruns"] < policy.rerun_failures:
+    known_flaky = status.known_intermittent and row["failure_reruns"] <= policy.rerun_failures
+    if row["failure_reruns"] < policy.rerun_failures or known_flaky:
         what = f"its {len(status.failing)} failing tests" if status.failing else "all of it"
+        if known_flaky and row["failure_reruns"] >= policy.rerun_failures:
+            what += " (known intermittent)"
         return {
             **ended,
             **_next_run(row, status),

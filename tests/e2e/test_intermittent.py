@@ -98,6 +98,17 @@ async def test_intermittent_and_always_failing_tests_told_apart(start_stack, tmp
     assert by_test["tests/test_broken.py::test_broken"]["failed"] == 1
     assert by_test["tests/test_broken.py::test_broken"]["regression"] is None, "it never passed"
 
+    # A project that turns re-runs off still runs a failure of a known intermittent test again, once.
+    config = (repo / ".infrax.yml").read_text()
+    (repo / "tests" / "test_broken.py").unlink()
+    quiet = add(repo, ".infrax.yml", "rerunFailures: 0\n" + config)
+    known = await push(infrax, repo, quiet)
+    assert known["state"] == "completed" and "intermittent: tests/test_flaky.py::test_flaky" in known["message"]
+    assert journal.read_text().splitlines()[5:] == [
+        "0 tests/test_add.py tests/test_flaky.py",
+        "1 tests/test_flaky.py::test_flaky",
+    ]
+
     # `infrax status` and `infrax tests` say so.
     config = tmp_path / "cli.yml"
     ports = {name: int(url.rsplit(":", 1)[1]) for name, url in infrax.stack.urls.items()}

@@ -3,14 +3,17 @@ a pattern that selects nothing refused (or, with `allowEmpty`, its task skipped)
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from infrax import pathspecs
 from infrax.jobmaster import git
-from infrax.jobmaster.plugin import PushRejected
+from infrax.jobmaster.hg import hg_command
+from infrax.jobmaster.plugin import Push, PushRejected
 from infrax.jobmaster.reference import InfraxYamlLogic
+from infrax.jobmaster.vcs import Source
 from infrax.model import ContainerType, PlanRequest
 from infrax.optimizer.planner import Planner
 from tests.jobmaster.conftest import commit
@@ -101,3 +104,41 @@ async def test_with_allow_empty_a_task_whose_patterns_take_nothing_is_skipped_sa
     assert plan.tasks[0].files == [] and plan.tasks[0].file_patterns == {"docs/**/*.rst": 0}
     assert planned.tasks[0].skipped and planned.tasks[0].partitions == []
     assert planned.tasks[0].reason == "skipped: its file patterns took no file ('docs/**/*.rst' 0; allowEmpty)"
+
+
+async def test_a_tasks_files_carry_their_sizes_at_the_revision_for_the_optimizer(tmp_path: Path) -> None:
+    repo, revision = await repo_with(tmp_path, config('"**/tests/test_*.py"'))
+    revision = commit(repo, {"pkg/slow/tests/test_slow.py": "def test_slow():\n    pass\n" * 40}, "grows")
+    push = await _push(repo, revision)
+    push = Push(**{**push.__dict__, "file_sizes": lambda: git.file_sizes(str(repo), revision)})
+
+    plan = await InfraxYamlLogic().plan(push)
+
+    sizes = plan.tasks[0].file_sizes
+    assert sizes is not None and set(sizes) == set(plan.tasks[0].files)
+    assert sizes["pkg/slow/tests/test_slow.py"] == len("def test_slow():\n    pass\n" * 40)
+    assert sizes["pkg/a/tests/test_one.py"] == 0
+
+
+@pytest.mark.parametrize("vcs", ["git", "hg"])
+async def test_file_sizes_come_from_the_revision_not_the_work_tree(tmp_path: Path, vcs: str) -> None:
+    repo = tmp_path / vcs
+    repo.mkdir()
+    (repo / "d").mkdir()
+    (repo / "a.txt").write_text("hello\n")
+    (repo / "d" / "b c.txt").write_text("hi\n")
+    if vcs == "hg":
+        run = [hg_command(), "--cwd", str(repo)]
+        subprocess.run([*run, "init"], check=True)
+        subprocess.run([*run, "commit", "-A", "-q", "-m", "x", "-u", "t <t@infrax.invalid>"], check=True)
+    else:
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.email=t@infrax.invalid", "-c", "user.name=t", "commit", "-qm", "x"],
+            check=True,
+        )
+    (repo / "a.txt").write_text("changed in the work tree, not committed\n")
+    source = Source.detect(str(repo))
+    revision = await source.resolve("tip" if vcs == "hg" else "HEAD")
+    assert await source.file_sizes(revision) == {"a.txt": 6, "d/b c.txt": 3}

@@ -226,3 +226,34 @@ def test_a_task_without_a_container_type_says_so() -> None:
     plan = Planner().plan(request(odd))
     assert plan.tasks[0].container_type is None and "windows" in (plan.tasks[0].reason or "")
     assert plan.dispatch_order == []
+
+
+# -- files without history, from their sizes -----------------------------------------------------
+
+
+def test_a_first_push_is_balanced_by_the_files_sizes() -> None:
+    # Four files of 4 KB and four of 1 KB: equal-count chunks in path order put the large ones together.
+    sizes = {f"tests/test_{c}.py": 4096 if c in "abcd" else 1024 for c in "abcdefgh"}
+    plan = Planner().plan(request(task(files=sorted(sizes), partitions=2, file_sizes=sizes)), explain=True)
+    chunks = [part.files for part in plan.tasks[0].partitions]
+    assert [sum(sizes[f] for f in chunk) for chunk in chunks] == [10240, 10240]
+    assert any("estimated by size (no history yet)" in line for line in plan.tasks[0].explanation or [])
+    # Without sizes: contiguous chunks, the four large files in the first.
+    blind = Planner().plan(request(task(files=sorted(sizes), partitions=2)))
+    assert blind.tasks[0].partitions[0].files == [f"tests/test_{c}.py" for c in "abcd"]
+
+
+def test_files_of_nearly_the_same_size_keep_contiguous_chunks() -> None:
+    sizes = {f"tests/test_{n}.py": 700 + n for n in range(6)}  # a byte or two apart: no telling them apart
+    plan = Planner().plan(request(task(files=sorted(sizes), partitions=3, file_sizes=sizes)))
+    assert [part.files for part in plan.tasks[0].partitions] == [sorted(sizes)[i : i + 2] for i in (0, 2, 4)]
+
+
+def test_a_new_file_is_priced_at_the_known_files_seconds_per_byte() -> None:
+    history = known({"tests/a.py": 2.0, "tests/b.py": 4.0, "tests/c.py": 6.0})  # 12 s for 12 KB: 1 s a KB
+    sizes = {"tests/a.py": 2048, "tests/b.py": 4096, "tests/c.py": 6144, "tests/new.py": 30720}
+    plan = Planner().plan(request(task(files=sorted(sizes), partitions=2, file_sizes=sizes)), history, explain=True)
+    parts = plan.tasks[0].partitions
+    new_part = next(p for p in parts if "tests/new.py" in p.files)
+    assert new_part.files == ["tests/new.py"] and new_part.expected_duration == 30.0
+    assert any("at the known files' 1 s per KB" in line for line in plan.tasks[0].explanation or [])

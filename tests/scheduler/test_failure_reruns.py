@@ -112,3 +112,15 @@ async def test_a_manual_rerun_of_the_failed_partitions_has_its_automatic_reruns_
     await reruns.news(news(manual, "failed", exit_code=1, failing=[A]))
     part = await reruns.scheduler.get_partition(offer.partition_id)
     assert (part.state, part.run, part.failure_reruns) == (State.QUEUED, 3, 1)
+
+
+async def test_a_known_intermittent_failure_runs_again_even_with_the_reruns_used_up(reruns: Harness) -> None:
+    offer = await first_offer(reruns, rerun_failures=0)
+    await reruns.news(news(offer, "failed", exit_code=1, message="1 failed", failing=[A], known_intermittent=True))
+    part = await reruns.scheduler.get_partition(offer.partition_id)
+    assert (part.state, part.run) == (State.QUEUED, 1)
+    assert part.message is not None and "(known intermittent)" in part.message
+    again = await next_offer(reruns)
+    await reruns.news(news(again, "failed", exit_code=1, message="1 failed", failing=[A], known_intermittent=True))
+    part = await reruns.scheduler.get_partition(offer.partition_id)
+    assert (part.state, part.run) == (State.FAILED, 1), "once more, not for ever"
