@@ -20,7 +20,7 @@ from infrax.bus.messages import ContainerEvent
 from infrax.model import WireModel, utcnow
 from infrax.store import Database, aware
 from infrax.store.tables import container_starts
-from infrax.store.upsert import upsert
+from infrax.store.upsert import insert_missing, upsert
 
 RECENT = 10
 
@@ -54,13 +54,22 @@ class StartHistory:
         now = utcnow()
         async with self.db.begin() as conn:
             for type_name in sorted({e.container_type for e in measured}):
+                # Two events of a type folded at once (two consumers, two optimizers) take turns on its row.
+                empty = {"container_type": type_name, "seconds": 0.0, "samples": 0, "recent": [], "updated_at": now}
+                await insert_missing(conn, container_starts, empty, ("container_type",))
                 stored = (
-                    (await conn.execute(select(container_starts).where(container_starts.c.container_type == type_name)))
+                    (
+                        await conn.execute(
+                            select(container_starts)
+                            .where(container_starts.c.container_type == type_name)
+                            .with_for_update()
+                        )
+                    )
                     .mappings()
-                    .first()
+                    .one()
                 )
-                recent = [tuple(r) for r in (stored["recent"] if stored else [])]
-                samples = stored["samples"] if stored else 0
+                recent = [tuple(r) for r in stored["recent"]]
+                samples = stored["samples"]
                 seen = {container for container, _ in recent}
                 for event in measured:
                     if event.container_type == type_name and event.container_id not in seen:
