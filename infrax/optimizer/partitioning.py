@@ -11,8 +11,10 @@ short as possible. The lower bound of that is `max(total / count, longest file)`
   files go LPT onto the least loaded one, then files are moved out of the partitions that are too
   long (one move that fixes the excess, else one swap that does, else the largest file that
   fits) until the longest is within `tolerance` of the lower bound, or of the fresh plan when the
-  bound is out of reach. If that repair fails, the fresh plan is used, its partitions renumbered
-  to overlap the previous ones as much as possible.
+  bound is out of reach. If that repair fails, or moves more than FEW_MOVES of the files, the
+  fresh plan renumbered to overlap the previous partitions, with files moved back where they ran
+  while the target allows (`_return_home`), competes with it; the one moving fewer files wins,
+  and a small input whose winner still moves many is solved exactly (`exact.fewest_moves`).
 
 Everything is deterministic: ties are broken by the files' order in the input, never by hash
 seeds, clocks or time budgets. Partition numbers are 1-based.
@@ -96,20 +98,22 @@ def partition(
         fresh, method = _fresh(sizes, count, bound)
         return _result(names, sizes, _canonical(fresh), bound, method, homes)
     sticky = _sticky(sizes, count, homes, bound * (1 + tolerance) + EPS)
+    kept_how = f"kept in place, within {tolerance:.1%} of the lower bound"
     known = sum(1 for h in homes if h >= 0)
     if sticky is not None and _moves(sticky, homes) <= max(1, known * FEW_MOVES):
-        return _result(names, sizes, sticky, bound, f"kept in place, within {tolerance:.1%} of the lower bound", homes)
+        return _result(names, sizes, sticky, bound, kept_how, homes)
     fresh, method = _fresh(sizes, count, bound)
     target = max(_loads(fresh, sizes)) * (1 + tolerance) + EPS
     if sticky is None and target > bound * (1 + tolerance) + 2 * EPS:
         # The bound was out of reach: measured against the fresh plan instead.
         sticky = _sticky(sizes, count, homes, target)
+        kept_how = f"kept in place, within {tolerance:.1%} of {method}"
     target = max(target, bound * (1 + tolerance) + EPS)
     # The other way to the same balance: the fresh plan, with files moved back where they ran. The
     # one that moves fewer files wins; a repair that moves many is often beaten by it.
     homebound = _return_home(_match(fresh, homes, count), sizes, homes, target)
     if sticky is not None and _moves(sticky, homes) <= _moves(homebound, homes):
-        best, how = sticky, f"kept in place, within {tolerance:.1%} of the lower bound"
+        best, how = sticky, kept_how
     else:
         best, how = (
             homebound,
