@@ -81,6 +81,15 @@ async def partition_of_job(c: Clients, job_text: str, task: str, chunk: int) -> 
     raise NotFound(f"job {job.id[:12]} has no task {task!r} (it has {', '.join(names) or 'none'})")
 
 
+def broke(regression: dict[str, str] | None, job_id: str) -> str:
+    """Which push broke a failed test that passed before, said after its verdict."""
+    if not regression:
+        return ""
+    if regression.get("jobId") == job_id:
+        return ", new in this push"
+    return f", since job {(regression.get('jobId') or regression['partitionId'])[:12]}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def push(
@@ -212,7 +221,8 @@ def register(app: typer.Typer) -> None:
         config: Path | None = ConfigOption,
     ) -> None:
         """The job's tests, each with its verdict over every run of its partition (a test that failed
-        and then passed when run again is intermittent), from the JUnit reports its runs left."""
+        and then passed when run again is intermittent), from the JUnit reports its runs left. A
+        failed test that passed before says which push broke it: this one, or an earlier job."""
         cfg = load(config)
 
         async def main() -> None:
@@ -239,7 +249,7 @@ def register(app: typer.Typer) -> None:
                 said = next((r["message"] for r in reversed(runs) if r["message"]), "")
                 table.add_row(
                     v["testId"],
-                    styled(v["verdict"]),
+                    styled(v["verdict"]) + broke(v.get("regression"), found.id),
                     ", ".join(f"{r['run']}: {r['outcome']}" for r in runs),
                     f"{name}/{number}",
                     f"{runs[-1]['duration']:.2f}",

@@ -231,7 +231,9 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
     ) -> list[TestVerdict]:
         """Each test of a job's, task's or partition's runs with its verdict over all of them (a test
         that failed and then passed when run again is `intermittent`) and every run's outcome as the
-        evidence; by partition and test id. `verdict` keeps those of a page that have it."""
+        evidence; by partition and test id. A failed test that passed before names the partition
+        since which it fails every time: its job is the push that broke it. `verdict` keeps those
+        of a page that have it."""
         if not (jobId or taskId or partitionId):
             raise HTTPException(422, "say whose verdicts: jobId, taskId or partitionId")
         found, next_key = await executioner.test_results.verdicts(
@@ -250,8 +252,8 @@ def create_app(executioner: Executioner, security: Security) -> FastAPI:
         """A test's flakiness over a window: runs, failures, partitions it failed on every run or
         failed and then passed (intermittent), and, when it has failed every time since a given
         partition after passing before, that partition (its job is the push that broke it).
-        Without `testId`: every test of the project that failed in the window, the most often
-        intermittent first."""
+        Without `testId`: the tests of the project that failed most often in the window, the
+        most often intermittent first."""
         since = utcnow() - timedelta(days=days)
         return await executioner.test_results.history(project, since, testId, limit)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import delete, func, insert, select, tuple_
 
 from infrax.artifacts import ArtifactNotFound, ArtifactStore
 from infrax.model import PartitionOffer, WireModel, utcnow
@@ -31,6 +31,8 @@ from infrax.test_reports import (
 log = logging.getLogger(__name__)
 
 _BATCH = 500
+# How far back a failed test's history is read to find the push that broke it.
+REGRESSION_WINDOW = timedelta(days=30)
 
 
 class TestResultView(WireModel):
@@ -59,6 +61,14 @@ class RunOutcome(WireModel):
     message: str | None = None
 
 
+class Regression(WireModel):
+    """Where a test began failing every time: the first of its latest failing runs after a pass."""
+
+    job_id: str | None
+    partition_id: str
+    since: datetime
+
+
 class TestVerdict(WireModel):
     """One test of one partition over all its runs: `failed` when it failed on every run it ran in,
     `intermittent` when it failed and then passed, else `passed` (or `skipped`); the runs are the
@@ -70,6 +80,11 @@ class TestVerdict(WireModel):
     file: str | None
     verdict: str = Field(description="passed | failed | intermittent | skipped")
     runs: list[RunOutcome]
+    regression: Regression | None = Field(
+        default=None,
+        description="a failed test that passed before: the partition since which it has failed every time "
+        "(its job the push that broke it; this partition's own when this push did)",
+    )
 
 
 def verdict_of(outcomes: Sequence[str]) -> str:
@@ -80,14 +95,6 @@ def verdict_of(outcomes: Sequence[str]) -> str:
     if any(failed):
         return "intermittent" if not failed[-1] else "failed"
     return "skipped" if all(o == "skipped" for o in outcomes) else "passed"
-
-
-class Regression(WireModel):
-    """Where a test began failing every time: the first of its latest failing runs after a pass."""
-
-    job_id: str | None
-    partition_id: str
-    since: datetime
 
 
 class TestHistory(WireModel):
@@ -246,13 +253,26 @@ class TestResults:
             if shown:
                 rows = (
                     await conn.execute(
-                        select(t.partition_id, t.task_name, t.test_id, t.file, t.run, t.outcome, t.duration, t.message)
+                        select(
+                            t.partition_id,
+                            t.task_name,
+                            t.project,
+                            t.test_id,
+                            t.file,
+                            t.run,
+                            t.outcome,
+                            t.duration,
+                            t.message,
+                            t.recorded_at,
+                        )
                         .where(tuple_(t.partition_id, t.test_id).in_(shown))
                         .order_by(t.partition_id, t.test_id, t.run, t.seq)
                     )
                 ).all()
         found: dict[tuple[str, str], TestVerdict] = {}
+        judged_at: dict[tuple[str, str], tuple[str, datetime]] = {}
         for row in rows:
+            judged_at[(row.partition_id, row.test_id)] = (row.project, row.recorded_at)
             verdict = found.get((row.partition_id, row.test_id))
             if verdict is None:
                 verdict = found[(row.partition_id, row.test_id)] = TestVerdict(
@@ -268,7 +288,47 @@ class TestResults:
             )
         for verdict in found.values():
             verdict.verdict = verdict_of([r.outcome for r in verdict.runs])
+        failed = {key: judged_at[key] for key, v in found.items() if v.verdict == "failed"}
+        for key, regression in (await self._regressions(failed)).items():
+            found[key].regression = regression
         return [found[k] for k in shown if k in found], next_key
+
+    async def _regressions(
+        self, failed: dict[tuple[str, str], tuple[str, datetime]]
+    ) -> dict[tuple[str, str], Regression]:
+        """For each failed (partition, test), judged at its project and time: where its test began
+        failing every time, in its history up to then, when it had passed before."""
+        t = test_results.c
+        by_project: dict[str, set[str]] = {}
+        for (_, test_id), (project, _) in failed.items():
+            by_project.setdefault(project, set()).add(test_id)
+        earliest = min((at for _, at in failed.values()), default=None)
+        if earliest is None:
+            return {}
+        rows: dict[tuple[str, str], list[Any]] = {}
+        async with self.db.reading() as conn:
+            for project, tests in by_project.items():
+                wanted = sorted(tests)
+                for start in range(0, len(wanted), _BATCH):
+                    for row in (
+                        await conn.execute(
+                            select(t.test_id, t.partition_id, t.job_id, t.run, t.seq, t.file, t.outcome, t.recorded_at)
+                            .where(
+                                t.project == project,
+                                t.recorded_at >= earliest - REGRESSION_WINDOW,
+                                t.test_id.in_(wanted[start : start + _BATCH]),
+                            )
+                            .order_by(t.recorded_at, t.run_id, t.seq)
+                        )
+                    ).all():
+                        rows.setdefault((project, row.test_id), []).append(row)
+        found: dict[tuple[str, str], Regression] = {}
+        for (partition_id, test_id), (project, at) in failed.items():
+            seen = [r for r in rows.get((project, test_id), []) if r.recorded_at <= at]
+            regression = history_of(test_id, seen).regression if seen else None
+            if regression is not None:
+                found[(partition_id, test_id)] = regression
+        return found
 
     async def known_intermittent(self, project: str, test_ids: Sequence[str], since: datetime) -> set[str]:
         """Of these tests, those that failed and then passed on a re-run of a partition since `since`."""
@@ -294,8 +354,8 @@ class TestResults:
     async def history(
         self, project: str, since: datetime, test_id: str | None = None, limit: int = 100
     ) -> list[TestHistory]:
-        """One test's history since `since`; without `test_id`, every test that failed since then
-        (at most `limit`), the most often intermittent first."""
+        """One test's history since `since`; without `test_id`, the tests that failed most often since
+        then (at most `limit`), the most often intermittent first."""
         t = test_results.c
         async with self.db.reading() as conn:
             if test_id is not None:
@@ -306,8 +366,8 @@ class TestResults:
                         await conn.execute(
                             select(t.test_id)
                             .where(t.project == project, t.recorded_at >= since, t.outcome.in_(sorted(FAILING)))
-                            .distinct()
-                            .order_by(t.test_id)
+                            .group_by(t.test_id)
+                            .order_by(func.count().desc(), t.test_id)
                             .limit(limit)
                         )
                     ).scalars()

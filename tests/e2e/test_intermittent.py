@@ -109,6 +109,20 @@ async def test_intermittent_and_always_failing_tests_told_apart(start_stack, tmp
         "1 tests/test_flaky.py::test_flaky",
     ]
 
+    # A test that passed on every push so far and fails on this one: this push's regression.
+    regressed = add(repo, "calc.py", "def add(a, b):\n    return a - b\n")
+    broken_by = await push(infrax, repo, regressed)
+    assert broken_by["state"] == "failed"
+    found = await infrax["executioner"].get("/api/v1/test-verdicts", params={"jobId": broken_by["id"]})
+    by_test = {v["testId"]: v for v in found.json()}
+    assert by_test["tests/test_add.py::test_add"]["verdict"] == "failed"
+    assert by_test["tests/test_add.py::test_add"]["regression"]["jobId"] == broken_by["id"]
+    history = await infrax["executioner"].get(
+        "/api/v1/test-history", params={"project": "co-git", "testId": "tests/test_add.py::test_add"}
+    )
+    assert history.json()[0]["regression"]["jobId"] == broken_by["id"]
+    assert history.json()[0]["partitions"] == 4 and history.json()[0]["failed"] == 1
+
     # `infrax status` and `infrax tests` say so.
     config = tmp_path / "cli.yml"
     ports = {name: int(url.rsplit(":", 1)[1]) for name, url in infrax.stack.urls.items()}
@@ -119,6 +133,9 @@ async def test_intermittent_and_always_failing_tests_told_apart(start_stack, tmp
     assert code == 0, errors
     assert "1 passed, 1 failed, 1 intermittent" in shown
     assert "0: failed, 1: failed, 2: failed" in shown and "0: failed, 1: passed" in shown
+    assert "new in this push" not in shown, "test_broken never passed: no regression"
+    code, shown, errors = await cli("tests", broken_by["id"], "--failed", "--config", str(config))
+    assert code == 0 and "failed, new in this push" in shown, (shown, errors)
 
     # Treeherder: each earlier run a retry (saying why), the last its own result; all valid.
     schema = yaml.safe_load(shared_path("reference", "treeherder", "pulse-job.yml").read_text())
