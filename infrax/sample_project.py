@@ -48,16 +48,68 @@ echo "running $# test files against the build"
 exec python3 run_tests.py "$@"
 """
 
-RUN_TESTS = '''"""Runs the given test files with unittest; exits non-zero when any test fails."""
+RUN_TESTS = '''"""Runs the given tests with unittest: test files, or `file::Class::test` ids (what
+infrax passes when it runs only the tests that failed); writes a JUnit report into
+$INFRAX_REPORT_DIR when there is one; exits non-zero when any test fails."""
+import os
 import sys
+import time
 import unittest
+from xml.etree import ElementTree
 
-suite = unittest.TestSuite()
-loader = unittest.defaultTestLoader
-for path in sys.argv[1:]:
-    module = path[:-3].replace("/", ".")
-    suite.addTests(loader.loadTestsFromName(module))
-result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
+
+def dotted(argument):
+    path, _, inner = argument.partition("::")
+    return ".".join([path[: -len(".py")].replace("/", ".")] + [p for p in inner.split("::") if p])
+
+
+class Recorded(unittest.TextTestResult):
+    """Each test's outcome and time, for the report."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cases = []
+        self.started = time.monotonic()
+
+    def startTest(self, test):
+        self.started = time.monotonic()
+        super().startTest(test)
+
+    def note(self, test, outcome, detail=""):
+        self.cases.append((test.id(), outcome, detail, time.monotonic() - self.started))
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self.note(test, "passed")
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.note(test, "failure", self._exc_info_to_string(err, test))
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.note(test, "error", self._exc_info_to_string(err, test))
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self.note(test, "skipped", reason)
+
+
+def write_report(cases, path):
+    suite = ElementTree.Element("testsuite", name="unittest", tests=str(len(cases)))
+    for ident, outcome, detail, seconds in cases:
+        classname, _, name = ident.rpartition(".")
+        case = ElementTree.SubElement(suite, "testcase", classname=classname, name=name, time=f"{seconds:.6f}")
+        if outcome != "passed":
+            lines = detail.strip().splitlines() or [outcome]
+            ElementTree.SubElement(case, outcome, message=lines[-1]).text = detail
+    ElementTree.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+suite = unittest.TestSuite(unittest.defaultTestLoader.loadTestsFromName(dotted(a)) for a in sys.argv[1:])
+result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=Recorded).run(suite)
+if os.environ.get("INFRAX_REPORT_DIR"):
+    write_report(result.cases, os.path.join(os.environ["INFRAX_REPORT_DIR"], "unittest.xml"))
 sys.exit(0 if result.wasSuccessful() else 1)
 '''
 

@@ -99,7 +99,7 @@ async def test_the_server_log_has_a_line_per_lifecycle_event_and_none_per_poll(t
     assert count("push of sample@", "created") == 2
     assert count("planned: 1 task(s) into 3 partition(s)") == 2
     assert count(f"sample@{good[:12]}) ended completed after") == 1
-    assert count(f"sample@{bad[:12]}) ended failed after", "FAIL: test_mul_2") == 1
+    assert count(f"sample@{bad[:12]}) ended failed after", "tests/test_2.py::Test2::test_mul_2") == 1
     assert count("container ", " started on ") >= 1
     assert not [m for m in said if "HTTP Request" in m or "/api/v1/capacity" in m], "a line per request"
     assert not [r for r in records if r["logger"].startswith("alembic")]
