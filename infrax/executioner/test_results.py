@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field
 from sqlalchemy import delete, func, insert, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.artifacts import ArtifactNotFound, ArtifactStore
 from infrax.model import PartitionOffer, WireModel, utcnow
@@ -298,33 +299,19 @@ class TestResults:
     ) -> dict[tuple[str, str], Regression]:
         """For each failed (partition, test), judged at its project and time: where its test began
         failing every time, in its history up to then, when it had passed before."""
-        t = test_results.c
         by_project: dict[str, set[str]] = {}
         for (_, test_id), (project, _) in failed.items():
             by_project.setdefault(project, set()).add(test_id)
         earliest = min((at for _, at in failed.values()), default=None)
         if earliest is None:
             return {}
-        rows: dict[tuple[str, str], list[Any]] = {}
+        rows: dict[str, dict[str, list[Any]]] = {}
         async with self.db.reading() as conn:
             for project, tests in by_project.items():
-                wanted = sorted(tests)
-                for start in range(0, len(wanted), _BATCH):
-                    for row in (
-                        await conn.execute(
-                            select(t.test_id, t.partition_id, t.job_id, t.run, t.seq, t.file, t.outcome, t.recorded_at)
-                            .where(
-                                t.project == project,
-                                t.recorded_at >= earliest - REGRESSION_WINDOW,
-                                t.test_id.in_(wanted[start : start + _BATCH]),
-                            )
-                            .order_by(t.recorded_at, t.run_id, t.seq)
-                        )
-                    ).all():
-                        rows.setdefault((project, row.test_id), []).append(row)
+                rows[project] = await _histories(conn, project, sorted(tests), earliest - REGRESSION_WINDOW)
         found: dict[tuple[str, str], Regression] = {}
         for (partition_id, test_id), (project, at) in failed.items():
-            seen = [r for r in rows.get((project, test_id), []) if r.recorded_at <= at]
+            seen = [r for r in rows[project].get(test_id, []) if r.recorded_at <= at]
             regression = history_of(test_id, seen).regression if seen else None
             if regression is not None:
                 found[(partition_id, test_id)] = regression
@@ -372,22 +359,27 @@ class TestResults:
                         )
                     ).scalars()
                 )
-            rows: list[Any] = []
-            for start in range(0, len(wanted), _BATCH):
-                rows += (
-                    await conn.execute(
-                        select(t.test_id, t.partition_id, t.job_id, t.run, t.seq, t.file, t.outcome, t.recorded_at)
-                        .where(
-                            t.project == project, t.recorded_at >= since, t.test_id.in_(wanted[start : start + _BATCH])
-                        )
-                        .order_by(t.recorded_at, t.run_id, t.seq)
-                    )
-                ).all()
-        by_test: dict[str, list[Any]] = {}
-        for row in rows:
-            by_test.setdefault(row.test_id, []).append(row)
+            by_test = await _histories(conn, project, wanted, since)
         found = [history_of(name, found_rows) for name, found_rows in by_test.items()]
         return sorted(found, key=lambda h: (-h.intermittent, -h.failed, h.test_id))
+
+
+async def _histories(
+    conn: AsyncConnection, project: str, test_ids: Sequence[str], since: datetime
+) -> dict[str, list[Any]]:
+    """Each of these tests' results in the project since `since`, oldest first (what `history_of` reads)."""
+    t = test_results.c
+    by_test: dict[str, list[Any]] = {}
+    for start in range(0, len(test_ids), _BATCH):
+        for row in (
+            await conn.execute(
+                select(t.test_id, t.partition_id, t.job_id, t.run, t.seq, t.file, t.outcome, t.recorded_at)
+                .where(t.project == project, t.recorded_at >= since, t.test_id.in_(test_ids[start : start + _BATCH]))
+                .order_by(t.recorded_at, t.run_id, t.seq)
+            )
+        ).all():
+            by_test.setdefault(row.test_id, []).append(row)
+    return by_test
 
 
 def _time_run_seq(key: list[Any]) -> list[Any]:
