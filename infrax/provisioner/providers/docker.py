@@ -61,6 +61,7 @@ T = TypeVar("T")
 DEFAULT_URL = "unix:///run/infrax-podman.sock"
 READY = "INFRAX-AGENT-READY "
 AGENT_PORT = 8000
+REMOVE_ATTEMPTS = 5  # tries of a forced removal that Podman refuses while the container is stopping
 WORKDIR = "/work"
 SOCKET_DIR = "/run/infrax"  # in the container: its own folder, mounted from this host
 SOCKET_NAME = "agent.sock"  # without a network, where the agent listens
@@ -221,21 +222,28 @@ class DockerProvider(ContainerProvider):
     async def destroy(self, container_id: str) -> None:
         self._mine.discard(container_id)
         shutil.rmtree(self._socket_dir(container_id), ignore_errors=True)
-        try:
-            await self._call(
-                f"remove container {container_id}",
-                self._client.api.remove_container,
-                _name(container_id),
-                v=True,
-                force=True,
-                retries=2,
-            )
-        except docker.errors.NotFound:
-            pass
-        except ProviderError as error:
-            # Docker answers 409 when a removal is already under way: the container is going.
-            if "already in progress" not in str(error):
-                raise
+        for attempt in range(REMOVE_ATTEMPTS):
+            try:
+                await self._call(
+                    f"remove container {container_id}",
+                    self._client.api.remove_container,
+                    _name(container_id),
+                    v=True,
+                    force=True,
+                    retries=2,
+                )
+                return
+            except docker.errors.NotFound:
+                return
+            except ProviderError as error:
+                # Docker answers 409 when a removal is already under way: the container is going.
+                if "already in progress" in str(error):
+                    return
+                # Podman refuses a forced removal of a container that stopped between its check
+                # and its SIGKILL ("container state improper"); asked again, it removes it.
+                if "state improper" not in str(error) or attempt == REMOVE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
 
     async def list(self) -> list[str]:
         found = await self._call(
