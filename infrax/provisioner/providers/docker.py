@@ -53,6 +53,7 @@ from infrax.background import BackgroundTasks
 from infrax.model import ContainerType
 from infrax.provisioner import image as agent_image
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
+from infrax.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -222,28 +223,25 @@ class DockerProvider(ContainerProvider):
     async def destroy(self, container_id: str) -> None:
         self._mine.discard(container_id)
         shutil.rmtree(self._socket_dir(container_id), ignore_errors=True)
-        for attempt in range(REMOVE_ATTEMPTS):
-            try:
-                await self._call(
-                    f"remove container {container_id}",
-                    self._client.api.remove_container,
-                    _name(container_id),
-                    v=True,
-                    force=True,
-                    retries=2,
-                )
-                return
-            except docker.errors.NotFound:
-                return
-            except ProviderError as error:
-                # Docker answers 409 when a removal is already under way: the container is going.
-                if "already in progress" in str(error):
-                    return
-                # Podman refuses a forced removal of a container that stopped between its check
-                # and its SIGKILL ("container state improper"); asked again, it removes it.
-                if "state improper" not in str(error) or attempt == REMOVE_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.1 * (attempt + 1))
+        remove = functools.partial(
+            self._call,
+            f"remove container {container_id}",
+            self._client.api.remove_container,
+            _name(container_id),
+            v=True,
+            force=True,
+            retries=2,
+        )
+        try:
+            # Podman refuses a forced removal of a container that stopped between its check and
+            # its SIGKILL ("container state improper"); asked again, it removes it.
+            await retry(remove, on=ProviderError, attempts=REMOVE_ATTEMPTS, when=lambda e: "state improper" in str(e))
+        except docker.errors.NotFound:
+            pass
+        except ProviderError as error:
+            # Docker answers 409 when a removal is already under way: the container is going.
+            if "already in progress" not in str(error):
+                raise
 
     async def list(self) -> list[str]:
         found = await self._call(
