@@ -247,7 +247,7 @@ def _agent_proc(container_id: str, stack: Stack, name: str) -> str | None:
     """`/proc/<pid>/<name>` of a process container's agent; None for other providers or a gone agent."""
     from infrax.provisioner.providers.process import agent_pid
 
-    pid = agent_pid(stack.config.data_dir / "containers" / "process" / container_id)
+    pid = agent_pid(stack.config.containers_root / "process" / container_id)
     try:
         return None if pid is None else Path(f"/proc/{pid}/{name}").read_text()
     except OSError:

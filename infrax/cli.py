@@ -125,15 +125,21 @@ def _warn_of_trust(config: Config, components: tuple[str, ...]) -> None:
     for provider in config.providers:
         if provider.kind != "process":
             continue
-        user = provider.options.get("run_as") or "this user"
-        log.warning(
-            "provider %s: trusted code only: task code runs on this host as %s (docs/security.md)", provider.name, user
-        )
-        if os.geteuid() == 0 and not provider.options.get("run_as"):
+        run_as = provider.options.get("run_as") or ("container" if os.geteuid() == 0 else "self")
+        if run_as == "container":
+            log.info("provider %s: task code runs as a user of each container's own", provider.name)
+        elif run_as == "self" and os.geteuid() == 0:
             log.warning(
-                "infrax runs as root and provider %s has no run_as: task code runs as root; set `run_as` "
-                "(an unprivileged user) in its options",
+                "provider %s has run_as: self and infrax runs as root: task code runs as root on this host; "
+                "for trusted code only (docs/security.md)",
                 provider.name,
+            )
+        else:
+            log.warning(
+                "provider %s: trusted code only: task code runs on this host as %s, "
+                "and every container as the same user (docs/security.md)",
+                provider.name,
+                "this user" if run_as == "self" else run_as,
             )
 
 

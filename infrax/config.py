@@ -76,6 +76,10 @@ class Config:
     name: str = ""  # this process's instance name, e.g. executioner-2; it must stay the same across restarts
     files_per_partition: int = 10  # when a task gives neither a partition count nor a target
     agent_kill_grace: float = 5.0
+    # Where containers keep their folders (the `process` provider's run directories), beside the
+    # data directory rather than in it: the data directory is infrax's alone (0700), while a task
+    # user must reach its own container's folder. None: <data_dir>-containers
+    containers_dir: Path | None = None
     # -- artifacts (README, docs/rest-api.md) --
     artifact_dir: Path | None = None  # the filesystem artifact store; None: data_dir/artifacts
     artifact_expiry_days: float = 30.0  # a run's artifacts and log are kept this long
@@ -122,6 +126,10 @@ class Config:
         self.data_dir = Path(self.data_dir)
         if not self.db:
             self.db = f"sqlite:///{self.data_dir / 'infrax.db'}"
+
+    @property
+    def containers_root(self) -> Path:
+        return Path(self.containers_dir or f"{self.data_dir}-containers")
 
     def url(self, component: str) -> str:
         return self.urls.get(component) or f"http://{self.host}:{self.ports[component]}"

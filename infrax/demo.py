@@ -21,6 +21,7 @@ from infrax.stack import Stack
 async def run_demo(console: Console, keep: bool = False) -> int:
     """Returns the exit code: 0 when the first push passed and the second failed, as they should."""
     root = Path(tempfile.mkdtemp(prefix="infrax-demo-"))
+    root.chmod(0o711)  # noqa: ASYNC240 - once; task users pass through to their containers' folders
     repo = root / "sample"
     good = make_sample_repo(repo, build=True)
     console.print(f"[bold]sample project[/] with 6 test files, built once and tested in 3 partitions: {repo}")

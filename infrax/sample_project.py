@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 BOOTSTRAP = """#!/bin/sh
-# Check out the pushed revision and run the partition's test files.
+# Run the partition's test files in the checkout of the pushed revision infrax starts it in.
 set -e
 repository=""; revision=""
 while [ $# -gt 0 ]; do
@@ -16,15 +16,13 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-git clone --quiet --no-checkout "$repository" src
-cd src
-git -c advice.detachedHead=false checkout --quiet "$revision"
 echo "running $# test files at ${revision}"
 exec python3 run_tests.py "$@"
 """
 
 BUILD = """#!/bin/sh
-# Build the pushed revision: a source tarball, the artifact the test partitions fetch.
+# Build the pushed revision (infrax starts it in its checkout): a source tarball, the artifact
+# the test partitions fetch.
 set -e
 repository=""; revision=""
 for argument in "$@"; do
@@ -33,9 +31,8 @@ for argument in "$@"; do
     --revision=*) revision="${argument#--revision=}" ;;
   esac
 done
-git clone --quiet --no-checkout "$repository" src
 mkdir -p "$INFRAX_ARTIFACTS_DIR/dist"
-git -C src archive --format=tar.gz --prefix=calc/ -o "$INFRAX_ARTIFACTS_DIR/dist/calc.tar.gz" "$revision"
+git archive --format=tar.gz --prefix=calc/ -o "$INFRAX_ARTIFACTS_DIR/dist/calc.tar.gz" "$revision"
 echo "built dist/calc.tar.gz at ${revision}"
 """
 

@@ -39,6 +39,7 @@ from infrax.jobmaster.plugin import load_logic
 from infrax.jobmaster.service import JobMaster
 from infrax.optimizer.app import create_app as optimizer_app
 from infrax.optimizer.client import OptimizerClient
+from infrax.private import check_private, private_dir, private_file
 from infrax.provisioner.app import create_app as provisioner_app
 from infrax.provisioner.client import ProvisionerClient
 from infrax.provisioner.providers import make_provider
@@ -46,10 +47,26 @@ from infrax.provisioner.service import Provisioner
 from infrax.scheduler.app import create_app as scheduler_app
 from infrax.scheduler.client import SchedulerClient
 from infrax.scheduler.service import Scheduler
-from infrax.store import Database, StoreError
+from infrax.store import Database, StoreError, sqlite_path
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 20.0  # seconds each component has to stop
+
+
+def secure_data_dir(config: Config) -> None:
+    """The data directory and what infrax keeps in it are its user's alone (infrax.private): refused
+    at start, naming the path, where an earlier start or a wide umask left one open to others."""
+    private_dir(config.data_dir)
+    for folder in (config.data_dir / "logs", config.artifact_dir, config.mirror_dir):
+        if folder is not None:
+            private_dir(folder)
+    store = sqlite_path(config.db)
+    if store is not None:
+        private_dir(store.parent)
+        private_file(store)  # SQLite gives its -wal and -shm files the mode of the store
+        for companion in ("-wal", "-shm", "-journal"):
+            check_private(store.with_name(store.name + companion))
+    check_private(config.data_dir / "admin.token")
 
 
 class _LateApp:
@@ -103,7 +120,7 @@ class Stack:
 
     async def start(self, *, recover_in_flight: bool | None = None) -> None:
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(config)
         for name in self.components:
             if self.serve:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -196,7 +213,7 @@ class Stack:
                     p.name,
                     p.capacity,
                     {
-                        "root": str(config.data_dir / "containers" / p.name),
+                        "root": str(config.containers_root / p.name),
                         "kill_grace": config.agent_kill_grace,
                         **p.options,
                     },

@@ -29,6 +29,7 @@ from infrax.failures import FailureLines, failure_message
 from infrax.http import ServiceError, while_unavailable
 from infrax.model import MAX_RERUN_TESTS, ExecutionAssignment, PartitionOffer, Release, run_id_of, utcnow
 from infrax.outbox import Outbox, Outgoing
+from infrax.private import open_private, private_dir
 from infrax.provisioner.client import ProvisionerClient
 from infrax.retry import outage, retry
 from infrax.store import Conflict, Database, StoreError
@@ -644,7 +645,7 @@ def _outgoing(status: RunStatus) -> Outgoing:
 
 def _open_log(path: Path) -> TextIO:
     try:
-        return path.open("w", encoding="utf-8")
+        return open_private(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("w", encoding="utf-8")
+        private_dir(path.parent)
+        return open_private(path)

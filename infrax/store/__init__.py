@@ -1,5 +1,5 @@
 """Persistence: SQLAlchemy Core over SQLite or PostgreSQL."""
 
-from infrax.store.database import Conflict, Database, InvalidData, StoreError, aware
+from infrax.store.database import Conflict, Database, InvalidData, StoreError, aware, sqlite_path
 
-__all__ = ["Conflict", "Database", "InvalidData", "StoreError", "aware"]
+__all__ = ["Conflict", "Database", "InvalidData", "StoreError", "aware", "sqlite_path"]

@@ -47,6 +47,14 @@ def async_url(url: str) -> str:
     return url
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store's URL; None for another database or an in-memory one."""
+    if not url.startswith(("sqlite:///", "sqlite+aiosqlite:///")):
+        return None
+    path = url.split(":///", 1)[1]
+    return Path(path) if path and path != ":memory:" else None
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = async_url(url)

@@ -113,7 +113,7 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
                 **options,
             }
         else:
-            options = {"root": str(tmp_path / "containers"), "kill_grace": 0.5, **options}
+            options = {"root": str(tmp_path / "containers"), "kill_grace": 0.5, "run_as": "self", **options}
         provider = make_provider(kind, name or kind, None, options)
         made.append(provider)
         return provider

@@ -49,6 +49,8 @@ class Cluster:
             "bus": bus,
             "agent_kill_grace": 0.5,
             "rerun_failures": 0,  # a failed partition is final: the journals count each run
+            # bootstrappers and journals in the test's private folder: task code as the test's user
+            "providers": [{"name": "process", "options": {"run_as": "self"}}],
             "dispatch_timeout": 10.0,
             "in_flight_check_interval": 2.0,
             "urls": {

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from yarl import URL
 
-from infrax.config import COMPONENTS, Config
+from infrax.config import COMPONENTS, Config, ProviderConfig
 from infrax.model import ContainerType, TaskRequest, is_final
 from infrax.provisioner.providers.process import agent_pid as process_agent_pid
 from infrax.stack import Stack
@@ -31,6 +31,12 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
     ]
     # A failed partition is final unless a test asks for re-runs of its failures (the default's 2).
     overrides.setdefault("rerun_failures", 0)
+    # Task code as the test's own user, so bootstrappers in the test's (private) temporary folders
+    # run; the tests of isolation name `run_as: container` (the default as root) themselves.
+    overrides["providers"] = [
+        ProviderConfig(p.name, p.kind, p.capacity, {"run_as": "self", **p.options}) if p.kind == "process" else p
+        for p in overrides.get("providers") or [ProviderConfig("process")]
+    ]
     return Config(
         data_dir=data_dir, ports={n: 0 for n in COMPONENTS}, container_types=types, agent_kill_grace=0.5, **overrides
     )
@@ -180,6 +186,7 @@ def write_up_config(tmp_path: Path, max_concurrent: int = 2) -> tuple[Path, dict
                 "ports": ports,
                 "agent_kill_grace": 0.5,
                 "rerun_failures": 0,
+                "providers": [{"name": "process", "options": {"run_as": "self"}}],
                 "container_types": [
                     {"name": "linux_x86_64", "tags": ["linux_x86_64"], "max_concurrent": max_concurrent}
                 ],

@@ -156,7 +156,11 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     def provider(
         name: str = "process", capacity: int | None = None, cls: type[ProcessProvider] = ProcessProvider, **options: Any
     ) -> ProcessProvider:
-        return cls(name, capacity, {"root": str(tmp_path / "containers" / name), "kill_grace": 0.5, **options})
+        return cls(
+            name,
+            capacity,
+            {"root": str(tmp_path / "containers" / name), "kill_grace": 0.5, "run_as": "self", **options},
+        )
 
     async def make(
         types: list[ContainerType], providers: list[ProcessProvider] | None = None, **kwargs: Any

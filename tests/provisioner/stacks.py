@@ -86,7 +86,7 @@ async def running_stack(
         data_dir=data_dir,
         ports={n: 0 for n in COMPONENTS},
         container_types=container_types,
-        providers=providers or [ProviderConfig("process")],
+        providers=providers or [ProviderConfig("process", options={"run_as": "self"})],
         agent_kill_grace=0.5,
         **config,
     )

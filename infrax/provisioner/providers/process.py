@@ -9,17 +9,16 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from infrax.model import ContainerType
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
+from infrax.provisioner.providers.task_users import TaskUsers
 
 READY = "INFRAX-AGENT-READY "
 log = logging.getLogger(__name__)
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 
 class ProcessProvider(ContainerProvider):
@@ -30,11 +29,12 @@ class ProcessProvider(ContainerProvider):
         self.root = Path(self.options.get("root", ".infrax/containers")).resolve()
         self.kill_grace = float(self.options.get("kill_grace", 5.0))
         self.start_timeout = float(self.options.get("start_timeout", 15.0))
-        # An unprivileged user the agents (and so the task code) run as; where infrax runs as root,
-        # without one task code is root on this host.
-        self.run_as: str | None = self.options.get("run_as")
-        # The agent is standard library only: any Python 3.11+ the run_as user may execute.
-        self.python = str(self.options.get("python") or sys.executable)
+        # Whom the agents, and so the task code, run as (task_users): where infrax is root, a user
+        # of each container's own unless the configuration names another.
+        self.users = TaskUsers(self.options)
+        # The agent is standard library only: any Python 3.11+ the task user may execute.
+        self.python = self.users.python(self.options.get("python"))
+        self._agent_path: str | None = None
         # An agent nobody has spoken to for this long exits (a provisioner heartbeats its containers
         # every few seconds, and one that restarts adopts them: this only ends agents left for good).
         self.orphan_timeout = float(self.options.get("orphan_timeout", 120.0))
@@ -72,18 +72,23 @@ class ProcessProvider(ContainerProvider):
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
         started = time.monotonic()
         home = self.root / container_id
-        (home / "work").mkdir(parents=True, exist_ok=True)
-        if self.run_as is not None:
-            shutil.chown(home / "work", self.run_as)
+        if self._agent_path is None:
+            self.users.prepare_root(self.root)
+            self._agent_path = self.users.agent_path(self.root)
+        try:
+            user = self.users.for_container(container_id)
+            work = self.users.prepare_home(home, user)
+        except OSError as error:
+            raise ProviderError(f"cannot make the folder of container {container_id}: {error}") from error
         # Not this process's environment: it may hold a database URL or a broker's password.
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
-        env["PYTHONPATH"] = _PACKAGE_ROOT
+        env["PYTHONPATH"] = self._agent_path
         try:
             # The child keeps its own copy of the log's descriptor; this process closes its own at once.
-            with (home / "agent.log").open("ab") as agent_log:
+            with open_private_append(home / "agent.log") as agent_log:
                 process = await asyncio.create_subprocess_exec(
                     *await self._namespace_prefix(),
-                    *self._as_user(),
+                    *user.prefix(),
                     self.python,
                     "-m",
                     "infrax.agent",
@@ -92,7 +97,7 @@ class ProcessProvider(ContainerProvider):
                     "--port",
                     "0",
                     "--workdir",
-                    str(home / "work"),
+                    str(work),
                     "--kill-grace",
                     str(self.kill_grace),
                     "--orphan-timeout",
@@ -103,7 +108,7 @@ class ProcessProvider(ContainerProvider):
                     stdin=asyncio.subprocess.PIPE,
                     env=env,
                     start_new_session=True,
-                    cwd=str(home / "work"),
+                    cwd=str(work),
                 )
             # The secret goes on a pipe: never into an environment that /proc shows.
             assert process.stdin is not None
@@ -112,7 +117,7 @@ class ProcessProvider(ContainerProvider):
             process.stdin.close()
         except (OSError, KeyError) as error:
             raise ProviderError(f"cannot start agent process: {error}") from error
-        (home / "pid").write_text(str(process.pid))
+        _write_private(home / "pid", str(process.pid))
         self._processes[container_id] = process
         try:
             endpoint = await asyncio.wait_for(self._ready(process), self.start_timeout)
@@ -122,21 +127,11 @@ class ProcessProvider(ContainerProvider):
         self.start_durations.append(time.monotonic() - started)
         self._drainers.add(asyncio.create_task(self._drain(process)))
         # What a provisioner after this one needs to adopt it (the secret it derives again).
-        (home / "endpoint.json").write_text(
-            json.dumps({"host": endpoint.host, "port": endpoint.port, "type": container_type.name})
+        _write_private(
+            home / "endpoint.json",
+            json.dumps({"host": endpoint.host, "port": endpoint.port, "type": container_type.name}),
         )
         return endpoint
-
-    def _as_user(self) -> list[str]:
-        """The command prefix that drops to `run_as`: its uid, its primary group and no other groups.
-
-        setpriv rather than Popen's `user=`: uvloop's subprocesses take no such arguments."""
-        if self.run_as is None:
-            return []
-        import pwd
-
-        user = pwd.getpwnam(self.run_as)
-        return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
 
     async def _ready(self, process: asyncio.subprocess.Process) -> Endpoint:
         assert process.stdout is not None
@@ -181,6 +176,7 @@ class ProcessProvider(ContainerProvider):
             else:
                 await asyncio.sleep(0.2)
                 _signal_group(pid, signal.SIGKILL)
+        await asyncio.to_thread(self.users.release, container_id, home)
         await asyncio.to_thread(shutil.rmtree, home, True)
 
     async def adoptable(self) -> builtins.list[tuple[str, str, Endpoint]]:
@@ -195,13 +191,14 @@ class ProcessProvider(ContainerProvider):
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if pid is not None and _is_agent(pid):
+                self.users.adopt(container_id, home)
                 found.append((container_id, type_name, endpoint))
         return found
 
     async def list(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     async def close(self) -> None:
         await asyncio.gather(*(self.destroy(cid) for cid in list(self._processes)), return_exceptions=True)
@@ -242,3 +239,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _write_private(path: Path, text: str) -> None:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as file:
+        file.write(text)
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600), "ab")
