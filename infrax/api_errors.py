@@ -64,19 +64,30 @@ class BodyLimit:
             await _too_large(send, self.limit)
             return
         seen = 0
+        refused = False
 
         async def counted() -> Any:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
+                # Answered here, as the body streams (chunked too): whatever the app makes of the
+                # broken read (FastAPI: a 400) is never sent.
+                if not refused:
+                    refused = True
+                    await _too_large(send, self.limit)
                 raise _TooLarge
             return message
 
+        async def unless_refused(message: Any) -> None:
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await _too_large(send, self.limit)
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise
 
 
 class _TooLarge(Exception):
@@ -89,7 +100,10 @@ async def _too_large(send: Any, limit: int) -> None:
         {
             "type": "http.response.start",
             "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

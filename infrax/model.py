@@ -159,14 +159,15 @@ class TaskDefinition(WireModel):
         default=None, gt=0, description="seconds; the optimizer picks the fewest partitions meeting it"
     )
     max_partitions: int = Field(default=64, ge=1, le=1000)
-    paths: list[str] | None = Field(
+    paths: list[FileName] | None = Field(
         default=None,
+        max_length=MAX_FILES_PER_TASK,
         description="source path patterns (.gitignore's) the task depends on; None means everything",
     )
     allow_empty: bool = Field(
         default=False, description="patterns selecting no file skip the task instead of refusing the push"
     )
-    file_patterns: dict[str, int] | None = Field(
+    file_patterns: dict[FileName, int] | None = Field(
         default=None,
         max_length=1000,
         description="the patterns `files` was selected by (a project's logic sets it), each with the count of "
@@ -299,6 +300,11 @@ class ContainerType(WireModel):
     cpus: float | None = Field(default=None, gt=0)
     memory: str | None = Field(default=None, description="e.g. 512m")
     overhead: float = Field(default=0.0, ge=0, description="seconds of start-up per partition")
+    isolation: Literal["tenant", "run"] = Field(
+        default="tenant",
+        description="what one container serves: `tenant`, the runs of one project at one trust level (a "
+        "trusted push's or a pull request's), reused among them; `run`, one run and then replaced",
+    )
 
 
 def pick_container_type(tags: list[str], types: list[ContainerType]) -> ContainerType | None:
@@ -328,6 +334,9 @@ class Container(WireModel):
     age: float = Field(default=0.0, description="seconds since the container was asked for")
     last_heartbeat: datetime | None = Field(default=None, description="when its agent last answered a heartbeat")
     heartbeat_failures: int = Field(default=0, description="heartbeats failed in a row since then")
+    tenant: str | None = Field(
+        default=None, description="`<project>/trusted` or `<project>/untrusted`: whose runs it serves; none yet"
+    )
 
 
 class PlannedPartition(WireModel):

@@ -273,7 +273,7 @@ class Stack:
                 ExecutionerClient(self._as_viewer("executioner")),
             )
             service = Dashboard(views, bus)
-            app = web_app(service)
+            app = web_app(service, self.security.allowed_hosts)
         else:
             raise ValueError(f"unknown component {name!r}")
         self.services[name] = service

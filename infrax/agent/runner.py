@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from infrax.agent.artifacts import gather_reports, listing
+from infrax.agent.health import container_problem
 from infrax.agent.checkout import CHECKOUT_DIR_NAME, CheckoutError, check_out
 from infrax.agent.protocol import (
     AGENT_NAME,
@@ -305,6 +306,9 @@ class Run:
         started = time.monotonic()
         extra: dict[str, Any] = {}
         try:
+            before = await asyncio.to_thread(container_problem, self.settings.workdir, idle=True)
+            if before is not None:  # what an earlier run broke: not this run's to answer for
+                raise BootstrapError(f"the container cannot run it: {before}", infrastructure=True)
             status, exit_code, message = await self._run(started + self.request.max_run_time)
             durations = self._read_durations()
             if durations is not None:
@@ -320,6 +324,13 @@ class Run:
         except Exception as exc:  # the exit message must always be sent
             log.exception("run %s failed inside the agent", self.run_id)
             status, exit_code, message = RunStatus.ERROR, None, f"internal agent error: {exc!r}"
+        # Its processes are gone: whatever is still wrong, the next run would meet.
+        problem = await asyncio.to_thread(container_problem, self.settings.workdir, idle=True)
+        if problem is not None:
+            extra["unhealthy"] = problem
+            if status != RunStatus.COMPLETED:  # a failure in a broken container may be the container's
+                extra["infrastructure"] = True
+                message = f"{message} (the container is broken: {problem})"
         exit_message: dict[str, Any] = {
             "type": MessageType.EXIT,
             "runId": self.run_id,
@@ -426,6 +437,7 @@ class Run:
         the subreaper) are killed, which closes the pipes."""
         await _exited(process)
         await kill_leftovers(self.run_id)
+        reap_orphans(keep=process.pid)
         return await process.wait()
 
     async def _kill_tree(self, pgid: int, exited: asyncio.Task[Any]) -> None:
@@ -661,7 +673,21 @@ async def kill_leftovers(run_id: str, rounds: int = 50) -> int:
     return killed
 
 
-def _children_of(parent: int) -> list[int]:
+def reap_orphans(keep: int) -> int:
+    """Collect every exited child of this agent but `keep` (the run's own process, asyncio's to
+    collect): orphans of the run re-parented to us, as the subreaper or PID 1 of the container, that
+    no one else waits for. Left, they are zombies holding the container's process slots."""
+    reaped = 0
+    for pid in _children_of(os.getpid(), zombies=True):
+        if pid == keep:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
+    return reaped
+
+
+def _children_of(parent: int, zombies: bool = False) -> list[int]:
     """Live children of `parent`: from /proc's children lists where the kernel keeps them (a few
     reads), else by scanning every process (milliseconds on a busy host)."""
     try:
@@ -670,14 +696,14 @@ def _children_of(parent: int) -> list[int]:
         for tid in tasks:
             with open(f"/proc/{parent}/task/{tid}/children") as handle:
                 listed.update(int(pid) for pid in handle.read().split())
-        return [pid for pid in listed if not _zombie(pid)]
+        return [pid for pid in listed if zombies or not _zombie(pid)]
     except (OSError, ValueError):
         pass
     try:
         entries = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
         return []
-    return [pid for pid in entries if _parent(pid) == parent and not _zombie(pid)]
+    return [pid for pid in entries if _parent(pid) == parent and (zombies or not _zombie(pid))]
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:

@@ -19,6 +19,7 @@ import time
 from typing import Any, Final, TextIO
 
 from infrax.agent import transfers
+from infrax.agent.health import container_problem
 from infrax.agent.protocol import (
     AGENT_NAME,
     PROTOCOL_VERSION,
@@ -226,6 +227,8 @@ class Agent:
             "runId": running.run_id if running else None,
             "uptime": round(time.monotonic() - self._started_at, 3),
             "runsCompleted": self.runs_completed,
+            # Idle and broken (no fork, no disk, no memory): the provisioner retires it.
+            "problem": None if running is not None else container_problem(self.settings.workdir, idle=True),
         }
 
     async def _handle_run(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:

@@ -19,11 +19,13 @@ SCOPE_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}\*?$|^\*$
 SERVICE_SCOPES: Final[dict[str, tuple[str, ...]]] = {
     "scheduler": ("optimizer:plan", "provisioner:read", "provisioner:offer", "provisioner:cancel", "executioner:read"),
     "provisioner": ("executioner:runs", "executioner:cancel"),
-    "executioner": ("provisioner:release", "provisioner:access", "jobmaster:read-files:*"),
+    # A run's files and source are read with that run's own token, never the executioner's.
+    "executioner": ("provisioner:release", "provisioner:access"),
     "optimizer": (),
     "web": (),  # its pages read and act with each viewer's own token
     "jobmaster": (
         "scheduler:create-task-request:*",
+        "scheduler:attach-job:*",
         "scheduler:trusted:*",
         "scheduler:cancel:*",
         "scheduler:rerun:*",

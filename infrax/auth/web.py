@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.routing import Match
 
 from infrax.api_errors import BodyLimit
 from infrax.auth.scopes import could_satisfy
@@ -117,6 +118,49 @@ def route_options(required: str | None = None, *, public: bool = False, readable
     return options
 
 
+class TokenFirst:
+    """ASGI middleware: a request that carries a body is refused (401) before a byte of its body is
+    read when its token is not valid, so nobody without a token makes a component parse anything.
+    Routes marked `public` (a signed webhook) read theirs, bounded by `BodyLimit`; GETs are left to
+    the route's own check (which also lets `public_read` in)."""
+
+    def __init__(self, app: Any, guard: Guard, routed: FastAPI) -> None:
+        self.app = app
+        self.guard = guard
+        self.routed = routed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or self._public(scope):
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope.get("headers") or [] if k == b"authorization"), b"")
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip() or await self.guard.tokens.check(token.strip()) is None:
+            body = b'{"detail":"a valid bearer token is needed (Authorization: Bearer ifx_\\u2026)"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", b"Bearer"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def _public(self, scope: Any) -> bool:
+        for route in self.routed.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                extra = getattr(route, "openapi_extra", None) or {}
+                return bool(extra.get("x-infrax-public"))
+        return False
+
+
 @dataclass(frozen=True)
 class Security:
     """What every app of one process is given: the token check, and the host names it answers to
@@ -138,6 +182,7 @@ def secured_app(title: str, security: Security) -> FastAPI:
     )
     offline_docs(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(TokenFirst, guard=security.guard, routed=app)
     if security.allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(security.allowed_hosts))
     _document_errors_as_sent(app)

@@ -283,8 +283,11 @@ def _read_from(path: object, offset: int, limit: int | None = None) -> tuple[byt
     """What the file holds from `offset` (at most `limit` bytes), and its size."""
     try:
         with open(path, "rb") as f:  # type: ignore[call-overload]
+            size = os.fstat(f.fileno()).st_size
+            if offset >= size:  # past the end (up to 2^62 may be asked): nothing, not a seek error
+                return b"", size
             f.seek(offset)
-            return f.read(-1 if limit is None else limit), os.fstat(f.fileno()).st_size
+            return f.read(-1 if limit is None else limit), size
     except FileNotFoundError:
         return b"", 0
 

@@ -90,7 +90,7 @@ class Executioner:
         self.jobmaster = jobmaster
         # Given to runs of trusted pushes only (`offer.trusted`); every value is cut out of every log.
         self.project_secrets = project_secrets or {}
-        self._bootstrappers: OrderedDict[str, bytes] = OrderedDict()  # URL -> content: a revision's file
+        self._bootstrappers: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (job, URL) -> a revision's file
         self.db = db
         self.bus = bus
         self.provisioner = provisioner
@@ -290,6 +290,9 @@ class Executioner:
                 log.exception("run %s failed in the executioner", offer.run_id)
                 healthy = False
                 final = self._status(assignment, "exception", message=f"executioner error: {error!r}")
+            if isinstance(left.get("unhealthy"), str):  # a run broke it: it is retired, not handed on
+                healthy = False
+                log_file.write(f"[infrax] the container is retired: {left['unhealthy'][:500]}\n")
             if final.duration is None:
                 final.duration = round(time.monotonic() - started, 3)
             if isinstance(left.get("checkoutSeconds"), int | float):
@@ -429,20 +432,23 @@ class Executioner:
                 text = text.replace(value, "[redacted]")
         return text
 
-    async def _jobmasters_file(self, url: str) -> bytes | None:
-        """A bootstrapper the job master serves, fetched with this executioner's token (and kept:
-        a revision's file does not change); None when it cannot be had here, or is too large to
-        pass inline: then the agent fetches it with the run's token."""
-        cached = self._bootstrappers.get(url)
+    async def _jobmasters_file(self, url: str, offer: PartitionOffer) -> bytes | None:
+        """A bootstrapper the job master serves, fetched with the run's own token, which reads its
+        own job's files and no other's (and kept for that job: a revision's file does not change);
+        None when it cannot be had here, or is too large to pass inline: then the agent fetches it
+        with the same token."""
+        key = (offer.job_id or "", url)
+        cached = self._bootstrappers.get(key)
         if cached is not None:
-            self._bootstrappers.move_to_end(url)
+            self._bootstrappers.move_to_end(key)
             return cached
-        if self.jobmaster is None or self.jobmaster_url is None:
+        if self.jobmaster is None or self.jobmaster_url is None or not offer.run_token:
             return None
         jobmaster, path = self.jobmaster, "/" + url[len(self.jobmaster_url) :]
+        as_the_run = {"Authorization": f"Bearer {offer.run_token}"}
 
         async def fetch() -> httpx.Response:
-            response = await jobmaster.get(path)
+            response = await jobmaster.get(path, headers=as_the_run)
             if response.status_code >= 500 or response.status_code == 429:
                 raise ServiceError("jobmaster", response.status_code, response.text[:200])
             return response
@@ -460,7 +466,7 @@ class Executioner:
             raise Unavailable(f"the job master did not serve bootstrapper {url}: {error}") from error
         if response.status_code != 200 or len(response.content) > MAX_INLINE_BOOTSTRAPPER:
             return None  # the agent's own fetch reports a 404 as the task's own error
-        self._bootstrappers[url] = response.content
+        self._bootstrappers[key] = response.content
         while len(self._bootstrappers) > BOOTSTRAPPERS_KEPT:
             self._bootstrappers.popitem(last=False)
         return response.content
@@ -483,7 +489,7 @@ class Executioner:
         }
         served: dict[str, Any] = {}
         if self.jobmaster_url and offer.bootstrapper.startswith(self.jobmaster_url):
-            content = await self._jobmasters_file(offer.bootstrapper)
+            content = await self._jobmasters_file(offer.bootstrapper, offer)
             if content is not None:
                 served = {"bootstrapperContent": base64.b64encode(content).decode()}
             elif offer.run_token:

@@ -67,6 +67,8 @@ async def stage_source(
             async with jobmaster.stream(
                 "GET",
                 f"/api/v1/jobs/{offer.job_id}/source",
+                # The run's own token: it reads its own job's source, whatever the offer says.
+                headers={"Authorization": f"Bearer {offer.run_token}"} if offer.run_token else None,
                 params=[*(("have", h) for h in have), *((("depth", str(depth)),) if depth else ())],
             ) as answer:
                 if answer.status_code >= 500 or answer.status_code == 429:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.tc_github import pull_request_message, push_message
 from infrax.jobmaster.vcs import Source
+from infrax.json_depth import loads_bounded
 from infrax.model import utcnow
 from infrax.store.tables import deliveries
 
@@ -257,7 +257,7 @@ def _parse(body: bytes, content_type: str) -> dict[str, Any]:
         text = body.decode()
         if content_type.startswith("application/x-www-form-urlencoded"):
             text = parse_qs(text, strict_parsing=True).get("payload", [""])[0]
-        payload = json.loads(text)
+        payload = loads_bounded(text)
     except (UnicodeDecodeError, ValueError) as error:
         raise WebhookError(400, f"the body is not a JSON payload (truncated or malformed?): {error}") from None
     if not isinstance(payload, dict):

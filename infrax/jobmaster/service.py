@@ -265,7 +265,13 @@ class JobMaster(JobActions):
             await self._set_state(row, State.COMPLETED, "no tasks to run")
             return
         previous = set(row["details"].get("previousRequests", []))
-        existing = [r for r in await self.scheduler.list_requests(job_id) if r.id not in previous]
+        # A request this job master sent whose answer was lost; only its own (the job's project and
+        # revision: only the job master may attach requests to a job).
+        existing = [
+            r
+            for r in await self.scheduler.list_requests(job_id)
+            if r.id not in previous and r.project == row["project"] and r.revision == row["revision"]
+        ]
         if existing:
             request_id = existing[0].id
         else:

@@ -34,6 +34,7 @@ PROBED = (ContainerState.IDLE, ContainerState.BUSY)
 # Why a container was lost: the label of the metric, and a word for messages.
 GONE = "gone"
 UNRESPONSIVE = "unresponsive"
+BROKEN = "broken"  # it answers, but says it cannot run another partition
 
 
 class ProviderHealth:
@@ -127,6 +128,10 @@ class HealthMonitor:
         else:
             slot.last_heartbeat, slot.heartbeat_failures = utcnow(), 0
             slot.agent = answer
+            problem = answer.get("problem")
+            if isinstance(problem, str) and slot.state == ContainerState.IDLE and self.slots.get(slot.id) is slot:
+                # Idle and broken by a run (no fork, disk or memory left): not handed to the next one.
+                await self.on_lost(slot, BROKEN, f"container {slot.id} on {provider.name} is broken: {problem[:500]}")
             return
         self.heartbeat_failures += 1
         try:

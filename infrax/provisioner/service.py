@@ -3,7 +3,8 @@
 It answers an offer at once (accepted or rejected with a reason); starting a container and
 handing the run to the executioner happen after the answer, off the scheduler's path.
 
-Which container: an idle one of the type (of the provider earliest in the type's list first),
+Which container: an idle one of the type that may take the run (`tenancy`: its project and trust;
+of the provider earliest in the type's list first),
 else a new one from the first provider in the type's list that has room and is not resting after
 failed starts. A start that fails puts that provider to rest (`health.ProviderHealth`) and the
 partition moves on to the next provider; only when none is left is the run reported lost.
@@ -45,6 +46,7 @@ from infrax.model import (
 from infrax.provisioner.health import HEARTBEAT_ERRORS, HealthMonitor, ProviderHealth
 from infrax.provisioner.metrics import ProvisionerCollector, start_histogram
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
+from infrax.provisioner.tenancy import UNKNOWN, may_take, tenant_of
 from infrax.retry import outage
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class Slot:
     agent: dict[str, Any] = field(default_factory=dict)  # its last heartbeat answer
     # Adopted from a provisioner that stopped, busy with a run known only by its id.
     adopted_run: str | None = None
+    tenant: str | None = None  # whose runs it takes (tenancy): bound by its first run
 
     def view(self, now: float) -> Container:
         return Container(
@@ -90,6 +93,7 @@ class Slot:
             age=round(now - self.created_at, 3),
             last_heartbeat=self.last_heartbeat,
             heartbeat_failures=self.heartbeat_failures,
+            tenant=None if self.tenant == UNKNOWN else self.tenant,
         )
 
 
@@ -187,6 +191,7 @@ class Provisioner:
                 next_probe=now + provider.heartbeat_interval,
                 agent=answer,
                 adopted_run=run_id,
+                tenant=UNKNOWN,  # who ran there before is not known: it takes no new run
             )
             self.slots[container_id] = slot
             if run_id:
@@ -256,19 +261,22 @@ class Provisioner:
             return self._reject(offer, "unknown_type", f"unknown container type {offer.container_type!r}")
         if self._executioner_outage.down:
             return self._reject(offer, "executioner_down", "the executioner is unreachable; offers wait for it")
-        idle = self._idle_slot(container_type, avoid=offer.avoid_container)
+        tenant = tenant_of(offer)
+        idle = self._idle_slot(container_type, tenant, avoid=offer.avoid_container)
         if idle is not None:
-            idle.state, idle.run = ContainerState.BUSY, offer
+            idle.state, idle.run, idle.tenant = ContainerState.BUSY, offer, tenant
             self.runs[offer.run_id] = idle.id
             return OfferAnswer(run_id=offer.run_id, accepted=True), idle
         live = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
-        avoided = self.slots.get(offer.avoid_container or "")
-        if avoided is not None and avoided.state == ContainerState.IDLE and len(live) >= container_type.max_concurrent:
-            # A re-run of failures goes to another container: at the type's maximum, the one where
-            # they failed makes way for a fresh one.
-            avoided.state = ContainerState.STOPPING
-            self._spawn(self._retire(avoided))
-            live.remove(avoided)
+        if len(live) >= container_type.max_concurrent:
+            # At the type's maximum, an idle container that may not take this run (another tenant's,
+            # or the one where a re-run's failures happened) makes way for a fresh one.
+            unusable = [s for s in live if s.state == ContainerState.IDLE]
+            if unusable:
+                giving_way = min(unusable, key=lambda s: s.idle_since)
+                giving_way.state = ContainerState.STOPPING
+                self._spawn(self._retire(giving_way))
+                live.remove(giving_way)
         if len(live) >= container_type.max_concurrent:
             return self._reject(
                 offer,
@@ -290,16 +298,24 @@ class Provisioner:
         self.rejections[(offer.container_type, why)] += 1
         return OfferAnswer(run_id=offer.run_id, accepted=False, reason=reason), None
 
-    def _idle_slot(self, container_type: ContainerType, avoid: str | None = None) -> Slot | None:
-        """An idle container of the type, not `avoid`: of the provider earliest in its list, then the
-        one idle longest."""
+    def _idle_slot(self, container_type: ContainerType, tenant: str, avoid: str | None = None) -> Slot | None:
+        """An idle container of the type that may take a run of `tenant`, not `avoid`: one that ran
+        the tenant's runs before a fresh one (its caches are warm), of the provider earliest in its
+        list, then the one idle longest."""
         rank = {name: i for i, name in enumerate(container_type.providers)}
         idle = [
             s
             for s in self.slots.values()
-            if s.type.name == container_type.name and s.state == ContainerState.IDLE and s.id != avoid
+            if s.type.name == container_type.name
+            and s.state == ContainerState.IDLE
+            and s.id != avoid
+            and may_take(s.tenant, tenant)
         ]
-        return min(idle, key=lambda s: (rank.get(s.provider.name, len(rank)), s.idle_since), default=None)
+        return min(
+            idle,
+            key=lambda s: (s.tenant is None, rank.get(s.provider.name, len(rank)), s.idle_since),
+            default=None,
+        )
 
     def used(self, provider: ContainerProvider) -> int:
         """Containers the provider holds now (starting, idle or busy), of every type."""
@@ -339,6 +355,7 @@ class Provisioner:
             run=offer,
             created_at=now,
             idle_since=now,
+            tenant=tenant_of(offer) if offer is not None else None,
         )
         slot.secret = self._secret_for(slot.id)
         self.slots[slot.id] = slot
@@ -489,8 +506,10 @@ class Provisioner:
             slot.last_heartbeat, slot.heartbeat_failures = utcnow(), 0
             slot.next_probe = max(slot.next_probe, self.clock() + slot.provider.heartbeat_interval)
         rules = slot.type
-        worn_out = (rules.max_partitions is not None and slot.partitions_run >= rules.max_partitions) or (
-            rules.max_age is not None and self.clock() - slot.created_at >= rules.max_age
+        worn_out = (
+            rules.isolation == "run"
+            or (rules.max_partitions is not None and slot.partitions_run >= rules.max_partitions)
+            or (rules.max_age is not None and self.clock() - slot.created_at >= rules.max_age)
         )
         if not healthy or worn_out:
             if not healthy:
@@ -575,6 +594,8 @@ class Provisioner:
                     await self._retire(slot)
                     await self._publish_event("stopped", slot)
             mine = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
+            # An idle container bound to a tenant is warm for that tenant's runs; another tenant's run
+            # replaces it when the type is at its maximum (`_place`).
             warm = sum(
                 1
                 for s in mine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from infrax.api_errors import add_error_handlers
@@ -41,10 +41,21 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         **route_options("scheduler:create-task-request:"),
     )
     async def submit(submission: TaskRequestSubmission, request: Request) -> TaskRequest:
-        """A task request of a project: needs `scheduler:create-task-request:<project>`."""
-        require(caller_of(request), f"scheduler:create-task-request:{submission.project}")
+        """A task request of a project: needs `scheduler:create-task-request:<project>`; one that
+        names a job (the job master's), `scheduler:attach-job:<project>` too, and the job's project."""
+        caller = caller_of(request)
+        require(caller, f"scheduler:create-task-request:{submission.project}")
         if submission.trusted:  # its runs would get the project's secrets
-            require(caller_of(request), f"scheduler:trusted:{submission.project}")
+            require(caller, f"scheduler:trusted:{submission.project}")
+        if submission.job_id is not None:
+            # A job's requests are what its job master made: their runs read the job's files, and a
+            # re-run of the job runs them again.
+            require(caller, f"scheduler:attach-job:{submission.project}")
+            others = await scheduler.job_projects(submission.job_id) - {submission.project}
+            if others:
+                raise HTTPException(
+                    403, f"job {submission.job_id} belongs to project {sorted(others)[0]}, not {submission.project}"
+                )
         return await scheduler.submit(submission)
 
     @app.get("/api/v1/task-requests", response_model=list[TaskRequest], **read)

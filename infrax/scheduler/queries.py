@@ -36,6 +36,12 @@ class Queries:
             raise NotFound(f"no task request {request_id}")
         return str(project)
 
+    async def job_projects(self, job_id: str) -> set[str]:
+        """The projects of the requests already attached to a job (one, or none yet)."""
+        async with self.db.begin() as conn:
+            found = await conn.execute(select(requests.c.project).where(requests.c.job_id == job_id).distinct())
+        return {str(project) for project in found.scalars()}
+
     async def list_requests(
         self, job_id: str | None = None, state: str | None = None, page: PageRequest | None = None
     ) -> tuple[list[TaskRequest], list[Any] | None]:

@@ -4,7 +4,9 @@ Every page reads the components' APIs with the viewer's own token, from a cookie
 (HttpOnly, SameSite=Strict), or with none where the installation lets anyone read (`public_read`).
 An action (cancel, re-run) is the job master's own endpoint called with that token, so it is
 allowed exactly when the API would allow it; it must come from this site's script (a custom
-header, which a form or a link on another site cannot send).
+header, which a form or a link on another site cannot send). Every POST, sign-in included, must
+come from a page of this site (`Origin`, else `Sec-Fetch-Site`): another site's form cannot sign a
+viewer in with a token of its choosing. Only this installation's host names are answered.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import FastAPI, Form, Query, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CollectorRegistry
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from infrax.bus import Bus
 from infrax.http import ServiceError
@@ -32,6 +35,31 @@ COOKIE = "infrax_token"
 ACTIONS = ("cancel", "rerun", "rerun-failed")
 ROWS_MARK = "<!-- rows -->"
 PUSH_SLICE = 100  # rows of the push list read and sent at a time
+
+
+class SameOriginPosts:
+    """ASGI middleware: a POST whose `Origin` (or, without one, `Sec-Fetch-Site`) says it came from
+    another site is refused (403). Browsers send one or the other with every POST; a client that
+    sends neither is no browser, and no victim of a forged form."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            if not _same_origin(headers):
+                refusal = JSONResponse({"detail": "a POST to the dashboard must come from its own pages"}, 403)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(headers: dict[str, str]) -> bool:
+    origin = headers.get("origin")
+    if origin is not None:
+        return origin != "null" and urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+    return headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
 
 
 class Dashboard:
@@ -48,8 +76,11 @@ class Dashboard:
         await self.live.stop()
 
 
-def create_app(dashboard: Dashboard) -> FastAPI:
+def create_app(dashboard: Dashboard, allowed_hosts: frozenset[str] | None = None) -> FastAPI:
     app = FastAPI(title="infrax dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SameOriginPosts)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(allowed_hosts))
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals["symbol"] = symbol
     templates.env.globals["chunk_links"] = chunk_links
@@ -57,6 +88,8 @@ def create_app(dashboard: Dashboard) -> FastAPI:
     views = dashboard.views
 
     def headers_of(request: Request) -> dict[str, str]:
+        if request.headers.get("authorization"):  # a scraper's or a script's own token
+            return {"Authorization": request.headers["authorization"]}
         token = request.cookies.get(COOKIE)
         return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -247,7 +280,14 @@ def create_app(dashboard: Dashboard) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    metrics_route(app, dashboard.metrics, {}, description="the bus's counts")
+    async def may_read(request: Request) -> None:
+        """Whoever may read jobs (the `:read` scopes, or anyone with public_read) may read metrics."""
+        try:
+            await views.jobmaster.call("GET", "/api/v1/jobs", params={"limit": 1}, headers=headers_of(request))
+        except ServiceError as error:
+            raise HTTPException(error.status or 502, error.detail) from None
+
+    metrics_route(app, dashboard.metrics, {"dependencies": [Depends(may_read)]}, description="the bus's counts")
     for route in app.routes:  # pages, not an API: no OpenAPI document describes them
         if hasattr(route, "include_in_schema"):
             route.include_in_schema = False
