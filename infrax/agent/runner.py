@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from infrax.agent.artifacts import gather_reports, listing
-from infrax.agent.health import container_problem
 from infrax.agent.checkout import CHECKOUT_DIR_NAME, CheckoutError, check_out
+from infrax.agent.health import container_problem
 from infrax.agent.protocol import (
     AGENT_NAME,
     MAX_LINE_BYTES,
