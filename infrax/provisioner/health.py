@@ -128,10 +128,10 @@ class HealthMonitor:
         else:
             slot.last_heartbeat, slot.heartbeat_failures = utcnow(), 0
             slot.agent = answer
-            problem = answer.get("problem")
-            if isinstance(problem, str) and slot.state == ContainerState.IDLE and self.slots.get(slot.id) is slot:
+            broken = answer.get("problem")
+            if isinstance(broken, str) and slot.state == ContainerState.IDLE and self.slots.get(slot.id) is slot:
                 # Idle and broken by a run (no fork, disk or memory left): not handed to the next one.
-                await self.on_lost(slot, BROKEN, f"container {slot.id} on {provider.name} is broken: {problem[:500]}")
+                await self.on_lost(slot, BROKEN, f"container {slot.id} on {provider.name} is broken: {broken[:500]}")
             return
         self.heartbeat_failures += 1
         try:
