@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.e2e.conftest import start_stack
+from tests.jobmaster.conftest import github_api
 
-__all__ = ["start_stack"]
+__all__ = ["github_api", "start_stack"]
 
 
 @pytest.fixture
