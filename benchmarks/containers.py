@@ -13,6 +13,11 @@
    whole path, submit → started. For comparison the same without a warm pool: min_warm 0 and
    max_partitions 1, so every partition waits for a fresh container.
 
+3. What isolation costs in container starts (docs/security.md): the same paced requests taking
+   turns among 4 tenants (2 projects × a trusted push and a pull request) against one tenant,
+   with `isolation: tenant` (a container per project and trust, reused) and `isolation: run` (a
+   container per run), at two container limits: below and above the number of tenants.
+
 `docker` needs a Docker Engine API: INFRAX_DOCKER_URL, or Podman's on unix:///run/infrax-podman.sock
 (`sudo scripts/setup-podman.sh`); without one that provider is skipped with the reason.
 """
@@ -102,23 +107,44 @@ async def measure_starts(kind: str, count: int, root: Path, owner: str) -> None:
     print(f"  {kind:8} start → agent ready: {figures(starts)};  removal median {statistics.median(removals):.3f}s")
 
 
-async def measure_dispatch(kind: str, requests: int, warm: int, root: Path, owner: str, cold: bool = False) -> None:
-    scripts = root / f"scripts-{kind}-{'cold' if cold else 'warm'}"
+ONE_TENANT = [("bench", True)]
+FOUR_TENANTS = [("a", True), ("a", False), ("b", True), ("b", False)]
+
+
+async def measure_dispatch(
+    kind: str,
+    requests: int,
+    warm: int,
+    root: Path,
+    owner: str,
+    cold: bool = False,
+    tenants: list[tuple[str, bool]] = ONE_TENANT,
+    isolation: str = "tenant",
+    label: str | None = None,
+    warm_pool: bool = True,
+) -> None:
+    """`tenants`: the (project, trusted) the requests take turns at; `isolation`: the type's;
+    `warm_pool` False: no container is started before the first request (they are still reused)."""
+    min_warm = warm if warm_pool and not cold else 0
+    name = f"{kind}-{'cold' if cold else 'warm'}-{len(tenants)}-{isolation}-{warm}-{uuid.uuid4().hex[:6]}"
+    scripts = root / f"scripts-{name}"
     scripts.mkdir(parents=True, exist_ok=True)
+    scripts.chmod(0o755)  # the task users run it
     trivial = scripts / "trivial.sh"
     trivial.write_text("#!/bin/sh\nexit 0\n")
     trivial.chmod(0o755)
     pool = TYPE.model_copy(
         update={
             "providers": [kind],
-            "min_warm": 0 if cold else warm,
+            "min_warm": min_warm,
             "max_concurrent": warm,
             "idle_timeout": 3600,
             "max_partitions": 1 if cold else None,
+            "isolation": isolation,
         }
     )
     config = Config(
-        data_dir=root / f"data-{kind}-{'cold' if cold else 'warm'}",
+        data_dir=root / f"data-{name}",
         ports={n: 0 for n in COMPONENTS},
         container_types=[pool],
         providers=[ProviderConfig(kind, kind=kind, options=provider_options(kind, root, owner, [str(scripts)]))],
@@ -129,7 +155,7 @@ async def measure_dispatch(kind: str, requests: int, warm: int, root: Path, owne
     try:
         provisioner = stack.services["provisioner"]
         deadline = time.monotonic() + 120
-        while not cold and sum(s.state == ContainerState.IDLE for s in provisioner.slots.values()) < warm:
+        while min_warm and sum(s.state == ContainerState.IDLE for s in provisioner.slots.values()) < warm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the warm pool of {warm} {kind} containers never filled")
             await asyncio.sleep(0.05)
@@ -138,9 +164,12 @@ async def measure_dispatch(kind: str, requests: int, warm: int, root: Path, owne
             name="trivial", files=["a"], container_tag=["bench"], bootstrapper=str(trivial), partitions=1
         )
         submitted: dict[str, datetime] = {}
-        for _ in range(requests):
+        for n in range(requests):
+            project, trusted = tenants[n % len(tenants)]
             before = datetime.now().astimezone()
-            request = await scheduler.submit(TaskRequestSubmission(project="bench", tasks=[definition]))
+            request = await scheduler.submit(
+                TaskRequestSubmission(project=project, trusted=trusted, tasks=[definition])
+            )
             submitted[request.id] = before
             await asyncio.sleep(PACE)
         dispatch, whole = [], []
@@ -155,7 +184,7 @@ async def measure_dispatch(kind: str, requests: int, warm: int, root: Path, owne
         started_containers = len(stack.services["provisioner"].providers[kind].start_durations)
     finally:
         await stack.stop()
-    label = f"{kind} cold" if cold else kind
+    label = label or (f"{kind} cold" if cold else kind)
     print(f"  {label:12} queued → running:  {figures(dispatch)}")
     print(f"  {label:12} submit → running:  {figures(whole)}  ({started_containers} containers started in all)")
 
@@ -175,6 +204,7 @@ async def main() -> int:
     owner = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="infrax-bench-containers-") as tmp:
         root = Path(tmp)
+        root.chmod(0o711)  # task users pass through to their containers' folders and the bootstrapper
         print(f"Container start → agent ready, {args.starts} sequential starts per provider:")
         for kind in kinds:
             try:
@@ -190,6 +220,20 @@ async def main() -> int:
         print("The same without a warm pool (min_warm 0, max_partitions 1: a fresh container per partition):")
         for kind in kinds:
             await measure_dispatch(kind, args.requests, args.warm, root, owner, cold=True)
+        for limit in (args.warm, len(FOUR_TENANTS) + 1):
+            print(
+                f"What isolation costs: the same {args.requests} requests taking turns among 4 tenants (projects a "
+                f"and b, each a trusted push and a pull request), {limit} containers at most, none warm at first:"
+            )
+            for kind in kinds:
+                for tenants, isolation, label in (
+                    (ONE_TENANT, "tenant", "one tenant"),
+                    (FOUR_TENANTS, "tenant", "4 tenants, isolation: tenant"),
+                    (FOUR_TENANTS, "run", "4 tenants, isolation: run"),
+                ):
+                    await measure_dispatch(
+                        kind, args.requests, limit, root, owner, False, tenants, isolation, f"{kind} {label}", False
+                    )
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -61,7 +60,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await _too_large(send, self.limit)
+            await _too_large(scope, receive, send, self.limit)
             return
         seen = 0
         refused = False
@@ -75,7 +74,7 @@ class BodyLimit:
                 # broken read (FastAPI: a 400) is never sent.
                 if not refused:
                     refused = True
-                    await _too_large(send, self.limit)
+                    await _too_large(scope, receive, send, self.limit)
                 raise _TooLarge
             return message
 
@@ -94,16 +93,5 @@ class _TooLarge(Exception):
     pass
 
 
-async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _too_large(scope: Any, receive: Any, send: Any, limit: int) -> None:
+    await JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)(scope, receive, send)

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from infrax.agent.health import MIN_FREE_BYTES
 from infrax.agent.runner import RunSettings
 from infrax.agent.server import serve
 
@@ -57,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=10_000,
         help="output messages kept per run for attach (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-free-disk",
+        type=int,
+        default=None,
+        help="bytes free in the work folder below which the container counts as broken (default: 64 MiB)",
     )
     parser.add_argument("--log-level", default="INFO", help="stderr log level (default: %(default)s)")
     parser.add_argument("--secret-stdin", action="store_true", help="read the secret from standard input's first line")
@@ -101,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"infrax-agent: cannot create workdir {workdir}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    settings = RunSettings(workdir, kill_grace=args.kill_grace, max_buffered_messages=args.max_buffered_messages)
+    settings = RunSettings(
+        workdir,
+        kill_grace=args.kill_grace,
+        max_buffered_messages=args.max_buffered_messages,
+        min_free_disk=args.min_free_disk if args.min_free_disk is not None else MIN_FREE_BYTES,
+    )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     _use_pidfd_child_watcher(loop)

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from infrax.agent.artifacts import gather_reports, listing
 from infrax.agent.checkout import CHECKOUT_DIR_NAME, CheckoutError, check_out
-from infrax.agent.health import container_problem
+from infrax.agent.health import MIN_FREE_BYTES, container_problem
 from infrax.agent.protocol import (
     AGENT_NAME,
     MAX_LINE_BYTES,
@@ -85,13 +85,19 @@ class RunSettings:
         kill_grace: float = 5.0,
         max_buffered_messages: int = 10_000,
         max_buffered_bytes: int = 64 * 1024 * 1024,
+        min_free_disk: int = MIN_FREE_BYTES,
     ) -> None:
         self.workdir = workdir
+        self.min_free_disk = min_free_disk
         self.kill_grace = kill_grace
         self.max_buffered_messages = max_buffered_messages
         self.max_buffered_bytes = max_buffered_bytes
         self.bootstrappers = LocalFileCache()
         self.workspace = Workspace(workdir)
+
+    def problem(self, *, idle: bool) -> str | None:
+        """What keeps this container from running a partition now (infrax.agent.health)."""
+        return container_problem(self.workdir, idle=idle, min_free=self.min_free_disk)
 
     @property
     def runs_dir(self) -> Path:
@@ -306,7 +312,7 @@ class Run:
         started = time.monotonic()
         extra: dict[str, Any] = {}
         try:
-            before = await asyncio.to_thread(container_problem, self.settings.workdir, idle=True)
+            before = await asyncio.to_thread(self.settings.problem, idle=True)
             if before is not None:  # what an earlier run broke: not this run's to answer for
                 raise BootstrapError(f"the container cannot run it: {before}", infrastructure=True)
             status, exit_code, message = await self._run(started + self.request.max_run_time)
@@ -325,7 +331,7 @@ class Run:
             log.exception("run %s failed inside the agent", self.run_id)
             status, exit_code, message = RunStatus.ERROR, None, f"internal agent error: {exc!r}"
         # Its processes are gone: whatever is still wrong, the next run would meet.
-        problem = await asyncio.to_thread(container_problem, self.settings.workdir, idle=True)
+        problem = await asyncio.to_thread(self.settings.problem, idle=True)
         if problem is not None:
             extra["unhealthy"] = problem
             if status != RunStatus.COMPLETED:  # a failure in a broken container may be the container's

@@ -19,7 +19,6 @@ import time
 from typing import Any, Final, TextIO
 
 from infrax.agent import transfers
-from infrax.agent.health import container_problem
 from infrax.agent.protocol import (
     AGENT_NAME,
     PROTOCOL_VERSION,
@@ -228,7 +227,7 @@ class Agent:
             "uptime": round(time.monotonic() - self._started_at, 3),
             "runsCompleted": self.runs_completed,
             # Idle and broken (no fork, no disk, no memory): the provisioner retires it.
-            "problem": None if running is not None else container_problem(self.settings.workdir, idle=True),
+            "problem": None if running is not None else self.settings.problem(idle=True),
         }
 
     async def _handle_run(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:

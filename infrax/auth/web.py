@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Match
 
@@ -136,19 +137,12 @@ class TokenFirst:
         header = next((v for k, v in scope.get("headers") or [] if k == b"authorization"), b"")
         scheme, _, token = header.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip() or await self.guard.tokens.check(token.strip()) is None:
-            body = b'{"detail":"a valid bearer token is needed (Authorization: Bearer ifx_\\u2026)"}'
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b"Bearer"),
-                    ],
-                }
+            refusal = JSONResponse(
+                {"detail": "a valid bearer token is needed (Authorization: Bearer ifx_…)"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
             )
-            await send({"type": "http.response.body", "body": body})
+            await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

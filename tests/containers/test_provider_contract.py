@@ -141,3 +141,30 @@ async def test_agent_that_cannot_start_is_a_provider_error_with_its_output(
     with pytest.raises(ProviderError, match=r"(?s)exited with code 1 before its agent was ready.*infrax"):
         await provider.create(new_id(), container_type, SECRET)
     assert await provider.list() == []
+
+
+async def test_a_run_leaves_no_process_and_no_zombie_for_the_next(
+    provider: ContainerProvider,
+    container_type: ContainerType,
+    new_id: Callable[[], str],
+    bootstrappers: Bootstrappers,
+    run_to_exit: RunToExit,
+) -> None:
+    # What a fork bomb stopped by pids.max leaves: orphans that exit on their own, and some that stay.
+    litter = bootstrappers.add(
+        "litter.sh",
+        "#!/bin/sh\nfor i in $(seq 150); do (sleep 0.05 &) ; done\n"
+        "for i in $(seq 5); do (setsid sleep 600 &) ; done\nsleep 0.5\n",
+    )
+    count = bootstrappers.add(
+        "count.sh",
+        "#!/bin/sh\nz=0\nfor s in /proc/[0-9]*/stat; do\n"
+        '  case "$(cut -d" " -f3 "$s" 2>/dev/null)" in Z) z=$((z+1));; esac\ndone\n'
+        'echo "zombies=$z sleepers=$(grep -l "s[l]eep" /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"\n',
+    )
+    endpoint = await provider.create(new_id(), container_type, SECRET)
+
+    first, output = await run_to_exit(endpoint, litter)
+    assert first["status"] == "completed" and "unhealthy" not in first, output
+    second, output = await run_to_exit(endpoint, count)
+    assert second["status"] == "completed" and "zombies=0 sleepers=0" in output, output
