@@ -23,7 +23,6 @@ import queue
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +40,7 @@ from infrax.cli import run_event_loop
 from infrax.collector import settle_after_start
 from infrax.config import COMPONENTS, Config, ProviderConfig
 from infrax.model import MAX_PARTITIONS_PER_REQUEST, ContainerType
+from infrax.private import passable_temp_dir
 from infrax.stack import Stack
 
 PER_TASK = 1000
@@ -214,7 +214,7 @@ def descendants_peak_mb() -> tuple[int, float]:
 
 
 async def run(console: Console, partitions: int, db: str = "", bus: str = "memory://") -> None:
-    root = Path(tempfile.mkdtemp(prefix="infrax-backlog-"))
+    root = passable_temp_dir("infrax-backlog-")  # the containers' task users reach their folders below it
     trivial, sleeper = root / "trivial.sh", root / "sleeper.sh"
     trivial.write_text("#!/bin/sh\nexit 0\n")
     sleeper.write_text("#!/bin/sh\nsleep 3600\n")

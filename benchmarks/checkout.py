@@ -147,6 +147,7 @@ async def main() -> None:
     for column in ("repository", "checkout", "seconds", "source sent"):
         table.add_column(column, justify="right" if column != "repository" else "left")
     with tempfile.TemporaryDirectory(prefix="infrax-bench-checkout-") as root:
+        Path(root).chmod(0o711)  # the containers' task users pass through to their folders
         git_repo = Path(root) / "git"
         started = time.monotonic()
         make_git(git_repo, args.files, args.commits)

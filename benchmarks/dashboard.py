@@ -17,7 +17,6 @@ import asyncio
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ from sqlalchemy import insert
 from infrax.collector import settle_after_start
 from infrax.config import COMPONENTS, Config
 from infrax.model import TaskDefinition, new_id, utcnow
+from infrax.private import passable_temp_dir
 from infrax.stack import Stack
 from infrax.store.tables import jobs, partitions, requests, tasks
 
@@ -119,7 +119,7 @@ async def main(job_count: int, per_job: int) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("chromium is missing: scripts/setup-browser.sh installs it")
-    root = Path(tempfile.mkdtemp(prefix="infrax-bench-dashboard-"))
+    root = passable_temp_dir("infrax-bench-dashboard-")  # the containers' task users reach their folders below it
     stack = Stack(Config(data_dir=root / "data", ports={n: 0 for n in COMPONENTS}))
     await stack.start()
     settle_after_start()  # as `infrax up` does

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -13,6 +12,7 @@ from infrax.console import Clients, show_failures, watch_job
 from infrax.executioner.client import ExecutionerClient
 from infrax.jobmaster.client import JobMasterClient
 from infrax.model import PushSubmission
+from infrax.private import passable_temp_dir
 from infrax.sample_project import break_one_test, make_sample_repo
 from infrax.scheduler.client import SchedulerClient
 from infrax.stack import Stack
@@ -20,8 +20,7 @@ from infrax.stack import Stack
 
 async def run_demo(console: Console, keep: bool = False) -> int:
     """Returns the exit code: 0 when the first push passed and the second failed, as they should."""
-    root = Path(tempfile.mkdtemp(prefix="infrax-demo-"))
-    root.chmod(0o711)  # noqa: ASYNC240 - once; task users pass through to their containers' folders
+    root = passable_temp_dir("infrax-demo-")  # the containers' task users reach their folders below it
     repo = root / "sample"
     good = make_sample_repo(repo, build=True)
     console.print(f"[bold]sample project[/] with 6 test files, built once and tested in 3 partitions: {repo}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import TextIO
 
@@ -83,3 +84,11 @@ def open_private(path: Path) -> TextIO:
     """`path` opened for writing text from its start, created 0600 whatever the umask."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE)
     return os.fdopen(descriptor, "w", encoding="utf-8")
+
+
+def passable_temp_dir(prefix: str) -> Path:
+    """A new temporary folder (mkdtemp) that other users may pass through but not list (0711): the
+    root of a stack whose containers' task users must reach their own folders below it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path

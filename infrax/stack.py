@@ -27,7 +27,7 @@ from infrax.auth import SERVICE_SCOPES, Guard, Security, TokenStore
 from infrax.auth.admin import ensure_admin_token
 from infrax.auth.runs import RunTokens
 from infrax.bus import Bus, open_bus
-from infrax.config import COMPONENTS, CORE_COMPONENTS, Config
+from infrax.config import COMPONENTS, CORE_COMPONENTS, Config, ConfigError, ProviderConfig
 from infrax.executioner.app import create_app as executioner_app
 from infrax.executioner.artifacts import ArtifactKeeper
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
@@ -42,7 +42,7 @@ from infrax.optimizer.client import OptimizerClient
 from infrax.private import check_private, private_dir, private_file
 from infrax.provisioner.app import create_app as provisioner_app
 from infrax.provisioner.client import ProvisionerClient
-from infrax.provisioner.providers import make_provider
+from infrax.provisioner.providers import ContainerProvider, ProviderError, make_provider
 from infrax.provisioner.service import Provisioner
 from infrax.scheduler.app import create_app as scheduler_app
 from infrax.scheduler.client import SchedulerClient
@@ -207,19 +207,7 @@ class Stack:
             )
             app = executioner_app(service, self.security)
         elif name == "provisioner":
-            providers = [
-                make_provider(
-                    p.kind,
-                    p.name,
-                    p.capacity,
-                    {
-                        "root": str(config.containers_root / p.name),
-                        "kill_grace": config.agent_kill_grace,
-                        **p.options,
-                    },
-                )
-                for p in config.providers
-            ]
+            providers = [self._provider(p) for p in config.providers]
             service = Provisioner(
                 config.container_types,
                 providers,
@@ -278,6 +266,17 @@ class Stack:
             raise ValueError(f"unknown component {name!r}")
         self.services[name] = service
         self.apps[name] = app
+
+    def _provider(self, provider: ProviderConfig) -> ContainerProvider:
+        options = {
+            "root": str(self.config.containers_root / provider.name),
+            "kill_grace": self.config.agent_kill_grace,
+            **provider.options,
+        }
+        try:
+            return make_provider(provider.kind, provider.name, provider.capacity, options)
+        except (ProviderError, ValueError) as error:  # a setting that can never work: refuse to start
+            raise ConfigError(f"provider {provider.name}: {error}") from error
 
     def _as_viewer(self, component: str) -> httpx.AsyncClient:
         """A client that carries no token of its own: the dashboard sends each viewer's."""

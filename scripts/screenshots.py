@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,6 +19,7 @@ import httpx
 from playwright.async_api import async_playwright
 
 from infrax.config import COMPONENTS, Config
+from infrax.private import passable_temp_dir
 from infrax.sample_project import break_one_test, make_sample_repo
 from infrax.stack import Stack
 
@@ -37,7 +37,7 @@ async def main(out: Path) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("chromium is missing: scripts/setup-browser.sh installs it")
-    root = Path(tempfile.mkdtemp(prefix="infrax-screenshots-"))
+    root = passable_temp_dir("infrax-screenshots-")  # the containers' task users reach their folders below it
     repo = root / "sample"
     good = make_sample_repo(repo, build=True)
     stack = Stack(Config(data_dir=root / "data", ports={name: 0 for name in COMPONENTS}))

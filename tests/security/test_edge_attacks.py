@@ -163,5 +163,6 @@ async def test_refused_bodies_leave_infrax_up_at_its_idle_memory(tmp_path: Path)
     finally:
         process.terminate()
         process.wait(timeout=30)
+    print(f"idle {idle / MIB:.0f} MiB, peak {after['VmHWM'] / MIB:.0f} MiB, after {after['VmRSS'] / MIB:.0f} MiB")
     assert after["VmHWM"] - idle < 50 * MIB, f"peak {after['VmHWM'] / MIB:.0f} MiB, idle {idle / MIB:.0f} MiB"
     assert after["VmRSS"] - idle < 50 * MIB

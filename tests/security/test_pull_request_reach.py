@@ -56,7 +56,7 @@ for target in "$data/infrax.db" "$data/infrax.db-wal" "$data/admin.token" "$data
   if [ -d "$target" ]; then ls "$target" >/dev/null 2>&1 && echo "GOT $target" || echo "refused $target"
   else cat "$target" >/dev/null 2>&1 && echo "GOT $target" || echo "refused $target"; fi
 done
-grep -rl "__B_PRIVATE__" "$containers" "$data" /tmp 2>/dev/null | sed 's/^/GOT-B-FILE /'
+grep -rl "__B_PRIVATE__" "$containers" "$data" 2>/dev/null | sed 's/^/GOT-B-FILE /'
 # Every cache and workspace it may write: poison it (a planted build script, packs removed).
 for repo in $(find "$containers" /tmp -xdev -name '*.git' -type d -writable 2>/dev/null); do
   echo "poisoned $repo"

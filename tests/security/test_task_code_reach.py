@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infrax.config import COMPONENTS, Config, ProviderConfig
+from infrax.config import COMPONENTS, Config, ConfigError, ProviderConfig
 from infrax.model import ContainerType
 from infrax.private import InsecurePath
 from infrax.provisioner.providers.task_users import DEFAULT_UID_RANGE
@@ -234,3 +234,14 @@ async def test_a_token_of_one_project_cannot_attach_to_read_or_rerun_another_pro
     assert len(requests) == 2
     for listed in requests:
         assert [t.name for t in (await infrax.request(listed["id"])).tasks] == ["unit"]
+
+
+async def test_a_containers_folder_the_task_users_cannot_reach_is_refused_at_start(tmp_path: Path) -> None:
+    # pytest's folders are root's alone: no task user could reach a container's folder below them.
+    config = Config(
+        data_dir=tmp_path / "data",
+        ports={n: 0 for n in COMPONENTS},
+        providers=[ProviderConfig("process", options={"run_as": "container"})],
+    )
+    with pytest.raises(ConfigError, match="closed to others"):
+        await Stack(config).start()

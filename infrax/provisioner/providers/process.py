@@ -32,6 +32,7 @@ class ProcessProvider(ContainerProvider):
         # Whom the agents, and so the task code, run as (task_users): where infrax is root, a user
         # of each container's own unless the configuration names another.
         self.users = TaskUsers(self.options)
+        self.users.check_reachable(self.root)  # at start, not at each container's: say it once, and stop
         # The agent is standard library only: any Python 3.11+ the task user may execute.
         self.python = self.users.python(self.options.get("python"))
         self._agent_path: str | None = None

@@ -143,16 +143,30 @@ class TaskUsers:
             path.chmod(0o755 if path.is_dir() else 0o644)
         return str(copy)
 
+    def check_reachable(self, root: Path) -> None:
+        """Refuse a containers' folder the task users could not reach: every folder above it that
+        exists must let others pass through."""
+        if not self.drops:
+            return
+        for folder in root.resolve().parents:
+            try:
+                closed = not folder.stat().st_mode & stat.S_IXOTH
+            except FileNotFoundError:
+                continue  # made when the first container starts, with the umask's mode
+            if closed:
+                raise ProviderError(
+                    f"the task users cannot reach the containers' folder {root}: {folder} is closed to others "
+                    "(chmod o+x it, or set containers_dir to a folder under one they may pass through)"
+                )
+
     def prepare_root(self, root: Path) -> None:
         """The containers' root: others may pass through it to their own folder, not list it."""
+        self.check_reachable(root)
         root.mkdir(parents=True, exist_ok=True)
+        for made in (root, *root.parents):
+            if made.stat().st_uid == os.geteuid() and made.stat().st_mode & stat.S_IXOTH == 0:
+                made.chmod(made.stat().st_mode | 0o011)  # a folder just made under a closed umask
         root.chmod(0o711 if self.drops else 0o700)
-        closed = next((f for f in root.resolve().parents if not f.stat().st_mode & stat.S_IXOTH), None)
-        if self.drops and closed is not None:
-            raise ProviderError(
-                f"the task users cannot reach the containers' folder {root}: {closed} is closed to others "
-                "(set containers_dir to a folder under one they may pass through)"
-            )
 
     def prepare_home(self, home: Path, user: TaskUser) -> Path:
         """A container's folder (infrax's: its pid, its agent's log) and its `work` folder, the task
