@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.containers.conftest import agent_image, docker_client, docker_url
 from tests.e2e.conftest import start_stack
 from tests.jobmaster.conftest import github_api
 
-__all__ = ["github_api", "start_stack"]
+__all__ = ["agent_image", "docker_client", "docker_url", "github_api", "start_stack"]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,7 @@ for other in $(ls -d "$containers"/*/*/work 2>/dev/null); do
 done
 # Tokens it can find: its environment, and every file it can read where infrax keeps things.
 found=$( (env; cat $(find "$containers" "$data" -type f -readable 2>/dev/null) ) 2>/dev/null \
-  | grep -o 'ifx[a-z]*_[A-Za-z0-9_.-]*' | sort -u)
+  | grep -ao 'ifx[a-z]*_[A-Za-z0-9_.-]*' | sort -u)
 echo "tokens found: $(echo "$found" | grep -c .)"
 /usr/bin/python3 - __URLS__ "$found" <<'EOF'
 import json, sys, urllib.request
@@ -79,7 +80,7 @@ calls = [("POST", "/api/v1/task-requests", {"project": "projb", "tasks": []}),
          ("POST", "/api/v1/containers/access", {"runIds": []})]
 for url in urls:
     for method, path, body in calls:
-        for token in tokens + ["", "ifx_guessed"]:
+        for token in tokens + ["", "ifx" + "_guessed"]:
             request = urllib.request.Request(url + path, method=method,
                 data=None if body is None else json.dumps(body).encode(),
                 headers={"Content-Type": "application/json", **({"Authorization": "Bearer " + token} if token else {})})
@@ -128,8 +129,24 @@ def _project_b(path: Path) -> str:
     ).stdout.strip()
 
 
+def _provider(kind: str, request: pytest.FixtureRequest) -> ProviderConfig:
+    if kind == "docker":  # real Podman containers, no network (the default)
+        options = {
+            "url": request.getfixturevalue("docker_url"),
+            "image": request.getfixturevalue("agent_image"),
+            "owner": f"test-{uuid.uuid4().hex[:10]}",
+        }
+        return ProviderConfig("docker", kind="docker", options=options)
+    return ProviderConfig("process", options={"run_as": kind.removeprefix("process-")})
+
+
+def _provider_name(kind: str) -> str:
+    return "docker" if kind == "docker" else "process"
+
+
+@pytest.mark.parametrize("kind", ["process-container", "process-nobody", "docker"])
 async def test_a_pull_request_reaches_nothing_beyond_itself(
-    start_stack, tmp_path: Path, open_dir: Path, github_api
+    start_stack, tmp_path: Path, open_dir: Path, github_api, kind: str, request: pytest.FixtureRequest
 ) -> None:
     repo = tmp_path / "Hello-World"
     make_hello_world(repo)
@@ -139,8 +156,12 @@ async def test_a_pull_request_reaches_nothing_beyond_itself(
     b_revision = _project_b(repo_b)
     infrax = await start_stack(
         data_dir=open_dir / "data",
-        providers=[ProviderConfig("process", options={"run_as": "container"})],  # the default as root
-        container_types=[ContainerType(name="linux_x86_64", tags=["linux_x86_64"], max_concurrent=2)],
+        providers=[_provider(kind, request)],  # process-container: the default as root
+        container_types=[
+            ContainerType(
+                name="linux_x86_64", tags=["linux_x86_64"], max_concurrent=2, providers=[_provider_name(kind)]
+            )
+        ],
         **github_config(
             repo,
             github_api,
@@ -165,8 +186,9 @@ async def test_a_pull_request_reaches_nothing_beyond_itself(
     # 2. A fork's pull request of A: the attack.
     attack = (
         ATTACK.replace("__DATA__", str(data))
-        .replace("__CONTAINERS__", str(infrax.stack.config.containers_root))
-        .replace("__B_PRIVATE__", B_PRIVATE)
+        # Where its container keeps things: the containers' folders on this host, or /work in its own.
+        .replace("__CONTAINERS__", "/work" if kind == "docker" else str(infrax.stack.config.containers_root))
+        .replace("__B_PRIVATE__", f'{B_PRIVATE[:6]}""{B_PRIVATE[6:]}')  # not itself a match
         .replace("__URLS__", "'" + json.dumps(urls) + "'")
     )
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", "-b", "fork", trusted_1], check=True)
@@ -196,7 +218,10 @@ async def test_a_pull_request_reaches_nothing_beyond_itself(
     assert "GOT" not in fork_log, fork_log
     assert fork_log.count("refused") == 5 and "tokens found: 0" in fork_log, fork_log
     api_codes = {line.split()[1] for line in fork_log.splitlines() if line.startswith("API ")}
-    assert "401" in api_codes and api_codes <= {"401", "404"}, fork_log  # 404: no such route on that component
+    if kind == "docker":  # no network at all
+        assert api_codes == {"unreachable"}, fork_log
+    else:  # 404: no such route on that component
+        assert "401" in api_codes and api_codes <= {"401", "404"}, fork_log
     assert DEPLOY_KEY not in fork_log and "HAS-KEY" not in fork_log
     # A's next trusted push built exactly its own revision, with its own script and its key.
     second_log = await _log_of(infrax, second)
