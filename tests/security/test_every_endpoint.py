@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from infrax.config import CORE_COMPONENTS as COMPONENTS
-from infrax.config import Config
+from infrax.config import Config, ProviderConfig
 from infrax.stack import Stack
 
 PUBLIC = {
@@ -25,12 +25,17 @@ PUBLIC = {
 # What a path parameter is given: a value of the right shape, for a thing that does not exist.
 SAMPLE = {"run_id": "a0-0", "path": "ci/run.sh"}
 
+# No task runs here: the containers' folders may stay in pytest's private folder.
+NO_TASKS = [ProviderConfig("process", options={"run_as": "self"})]
+
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     # The five with APIs; the dashboard (web) forwards each viewer's token to them: tests/e2e/test_dashboard.py.
     made = Stack(
-        Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0)), components=COMPONENTS, serve=False
+        Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0), providers=NO_TASKS),
+        components=COMPONENTS,
+        serve=False,
     )
     await made.start()
     try:
@@ -130,7 +135,7 @@ async def test_a_project_scope_admits_that_project_only(stack: Stack, tmp_path: 
 
 async def test_public_read_opens_the_read_only_operations_and_nothing_else(tmp_path: Path) -> None:
     stack = Stack(
-        Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0), public_read=True),
+        Config(data_dir=tmp_path / "data", ports=dict.fromkeys(COMPONENTS, 0), public_read=True, providers=NO_TASKS),
         components=COMPONENTS,
         serve=False,
     )
