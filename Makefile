@@ -21,6 +21,7 @@ services:
 	@bash scripts/ensure-services.sh
 	@sh scripts/setup-podman.sh
 	@sh scripts/setup-browser.sh
+	@sh scripts/setup-task-tools.sh
 
 image: $(STAMP) services
 	$(VENV)/bin/infrax image build

@@ -245,3 +245,17 @@ async def test_a_containers_folder_the_task_users_cannot_reach_is_refused_at_sta
     )
     with pytest.raises(ConfigError, match="closed to others"):
         await Stack(config).start()
+
+
+@pytest.mark.parametrize("vcs", ["git", "hg"])
+async def test_a_task_user_checks_out_git_and_mercurial(start_stack, open_dir: Path, tmp_path: Path, vcs: str) -> None:
+    # What runs the checkout is the task user's: the tools must be ones it may run (setup-task-tools.sh).
+    from tests.e2e.test_checkout import make_repo, push
+
+    repo = tmp_path / vcs
+    revision = make_repo(vcs, repo, bootstrapper='#!/bin/sh\necho "uid=$(id -u)"\nls\ncat calc.py\n')
+    provider = ProviderConfig("process", options={"run_as": "container"})
+    infrax = await start_stack(providers=[provider], data_dir=open_dir / "data")
+    job, log = await push(infrax, repo, revision)
+    assert job["state"] == "completed", log
+    assert "def add(a, b)" in log and "uid=0" not in log, log
