@@ -195,6 +195,7 @@ class Stack:
                 name=config.name or "executioner",
                 run_tokens=self.run_tokens,
                 jobmaster_url=self.urls.get("jobmaster") or config.url("jobmaster"),
+                installation_url=config.public_url,
                 jobmaster=self.client("jobmaster", timeout=30.0),
                 project_secrets=config.project_secrets,
                 outage_deadline=config.outage_deadline,

@@ -19,20 +19,24 @@ MEMORY_FULL: Final = 0.95  # of the container's memory limit, still in use with 
 _CGROUP: Final = Path("/sys/fs/cgroup")
 
 
-def container_problem(workdir: Path, *, idle: bool, min_free: int = MIN_FREE_BYTES) -> str | None:
+def container_problem(
+    workdir: Path, *, idle: bool, fork: bool = True, min_free: int = MIN_FREE_BYTES
+) -> str | None:
     """What keeps this container from running another partition; None when nothing does. `idle`:
-    no run is going on, so memory in use is memory a run left behind."""
+    no run is going on, so memory in use is memory a run left behind. `fork`: try starting a
+    process (a millisecond: only when a run may have broken it, not on every heartbeat)."""
     try:
         free = shutil.disk_usage(workdir).free
     except OSError as error:
         return f"cannot read its disk: {error.strerror or error}"
     if free < min_free:
         return f"out of disk: {free // 1024 // 1024} MiB free in {workdir}"
-    try:
-        child = os.posix_spawn("/bin/true", ["/bin/true"], {})
-        os.waitpid(child, 0)
-    except OSError as error:
-        return f"cannot fork: {error.strerror or error}"
+    if fork:
+        try:
+            child = os.posix_spawn("/bin/true", ["/bin/true"], {})
+            os.waitpid(child, 0)
+        except OSError as error:
+            return f"cannot fork: {error.strerror or error}"
     if idle:
         used, limit = _cgroup_number("memory.current"), _cgroup_number("memory.max")
         if used is not None and limit is not None and used > MEMORY_FULL * limit:

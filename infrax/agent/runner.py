@@ -89,15 +89,25 @@ class RunSettings:
     ) -> None:
         self.workdir = workdir
         self.min_free_disk = min_free_disk
+        self.forks = True  # as the last look that tried found
+        self.looked = False  # whether a run's end was looked at since the agent started
         self.kill_grace = kill_grace
         self.max_buffered_messages = max_buffered_messages
         self.max_buffered_bytes = max_buffered_bytes
         self.bootstrappers = LocalFileCache()
         self.workspace = Workspace(workdir)
 
-    def problem(self, *, idle: bool) -> str | None:
-        """What keeps this container from running a partition now (infrax.agent.health)."""
-        return container_problem(self.workdir, idle=idle, min_free=self.min_free_disk)
+    def problem(self, *, fork: bool) -> str | None:
+        """What keeps this idle container from running a partition now (infrax.agent.health); what
+        the last full look found stands until the next one (a container does not mend itself)."""
+        found = container_problem(self.workdir, idle=True, fork=fork, min_free=self.min_free_disk)
+        if fork:
+            self.forks = found is None or not found.startswith("cannot fork")
+        return found or (None if self.forks else "cannot fork (since the last run)")
+
+    async def look(self, *, fork: bool) -> str | None:
+        """`problem`, off the event loop only when it starts a process (the rest is a few syscalls)."""
+        return await asyncio.to_thread(self.problem, fork=True) if fork else self.problem(fork=False)
 
     @property
     def runs_dir(self) -> Path:
@@ -312,7 +322,8 @@ class Run:
         started = time.monotonic()
         extra: dict[str, Any] = {}
         try:
-            before = await asyncio.to_thread(self.settings.problem, idle=True)
+            # The first run looks at the container whole; each later one was looked at after the last run.
+            before = await self.settings.look(fork=not self.settings.looked)
             if before is not None:  # what an earlier run broke: not this run's to answer for
                 raise BootstrapError(f"the container cannot run it: {before}", infrastructure=True)
             status, exit_code, message = await self._run(started + self.request.max_run_time)
@@ -330,8 +341,10 @@ class Run:
         except Exception as exc:  # the exit message must always be sent
             log.exception("run %s failed inside the agent", self.run_id)
             status, exit_code, message = RunStatus.ERROR, None, f"internal agent error: {exc!r}"
-        # Its processes are gone: whatever is still wrong, the next run would meet.
-        problem = await asyncio.to_thread(self.settings.problem, idle=True)
+        # Its processes are gone: whatever is still wrong, the next run would meet. A run that
+        # completed forked all it wanted and left nothing running: only another is tried at forking.
+        problem = await self.settings.look(fork=status != RunStatus.COMPLETED)
+        self.settings.looked = True
         if problem is not None:
             extra["unhealthy"] = problem
             if status != RunStatus.COMPLETED:  # a failure in a broken container may be the container's

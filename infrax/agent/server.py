@@ -227,7 +227,7 @@ class Agent:
             "uptime": round(time.monotonic() - self._started_at, 3),
             "runsCompleted": self.runs_completed,
             # Idle and broken (no fork, no disk, no memory): the provisioner retires it.
-            "problem": None if running is not None else self.settings.problem(idle=True),
+            "problem": None if running is not None else self.settings.problem(fork=False),
         }
 
     async def _handle_run(self, reader: Reader, writer: Writer, message: dict[str, Any]) -> None:

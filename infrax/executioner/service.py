@@ -73,6 +73,7 @@ class Executioner:
         *,
         run_tokens: RunTokens | None = None,
         jobmaster_url: str | None = None,
+        installation_url: str | None = None,
         jobmaster: httpx.AsyncClient | None = None,
         project_secrets: dict[str, dict[str, str]] | None = None,
         outage_deadline: float = 600.0,
@@ -83,8 +84,11 @@ class Executioner:
         self.outage_deadline = outage_deadline
         # With keys: an assignment runs only with its own run's token, the one the scheduler made.
         self.run_tokens = run_tokens
-        # Bootstrappers under this URL are the job master's: fetched with the run's token.
+        # Bootstrappers under this URL are the job master's: fetched with the run's token. So are
+        # jobs' files under the installation's public URL (the job master hands those out behind a
+        # proxy): they are fetched from the job master's own address, never through the proxy.
         self.jobmaster_url = jobmaster_url.rstrip("/") + "/" if jobmaster_url else None
+        self.public_jobs_url = f"{installation_url.rstrip('/')}/api/v1/jobs/" if installation_url else None
         # With a client of the job master: its bootstrappers are fetched here and passed inline, so an
         # agent needs no route to any infrax endpoint (a container may have no network at all).
         self.jobmaster = jobmaster
@@ -471,6 +475,12 @@ class Executioner:
             self._bootstrappers.popitem(last=False)
         return response.content
 
+    def _at_the_jobmaster(self, url: str) -> str:
+        """A job's file named under the public URL, as the job master's own address names it."""
+        if self.jobmaster_url and self.public_jobs_url and url.startswith(self.public_jobs_url):
+            return f"{self.jobmaster_url}api/v1/jobs/{url[len(self.public_jobs_url) :]}"
+        return url
+
     async def _agent_request(self, offer: PartitionOffer) -> dict[str, Any]:
         # The project's secrets for a trusted push, over the task's env; the run variables over both.
         secrets = self.project_secrets.get(offer.project, {}) if offer.trusted else {}
@@ -488,8 +498,9 @@ class Executioner:
             "INFRAX_REVISION": offer.revision or "",
         }
         served: dict[str, Any] = {}
-        if self.jobmaster_url and offer.bootstrapper.startswith(self.jobmaster_url):
-            content = await self._jobmasters_file(offer.bootstrapper, offer)
+        bootstrapper = self._at_the_jobmaster(offer.bootstrapper)
+        if self.jobmaster_url and bootstrapper.startswith(self.jobmaster_url):
+            content = await self._jobmasters_file(bootstrapper, offer)
             if content is not None:
                 served = {"bootstrapperContent": base64.b64encode(content).decode()}
             elif offer.run_token:
@@ -498,7 +509,7 @@ class Executioner:
             **served,
             "type": "run",
             "runId": offer.run_id,
-            "bootstrapper": offer.bootstrapper,
+            "bootstrapper": bootstrapper,
             "bootstrapperArguments": offer.bootstrapper_arguments,
             # A re-run of failures runs what failed: those tests (or files) as the arguments.
             "files": offer.files if offer.tests is None else offer.tests,
