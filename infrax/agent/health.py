@@ -19,9 +19,7 @@ MEMORY_FULL: Final = 0.95  # of the container's memory limit, still in use with 
 _CGROUP: Final = Path("/sys/fs/cgroup")
 
 
-def container_problem(
-    workdir: Path, *, idle: bool, fork: bool = True, min_free: int = MIN_FREE_BYTES
-) -> str | None:
+def container_problem(workdir: Path, *, idle: bool, fork: bool = True, min_free: int = MIN_FREE_BYTES) -> str | None:
     """What keeps this container from running another partition; None when nothing does. `idle`:
     no run is going on, so memory in use is memory a run left behind. `fork`: try starting a
     process (a millisecond: only when a run may have broken it, not on every heartbeat)."""
