@@ -91,6 +91,26 @@ for url in urls:
             except OSError as error:
                 code = "unreachable"
             print("API", code, method, url + path)
+# Every agent listening on this host's loopback (another container's, its own): a run with each secret.
+import socket
+ports = {int(u.rsplit(":", 1)[1]) for u in urls}
+listening = set()
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    local, state = line.split()[1], line.split()[3]
+    if state == "0A" and local.startswith("0100007F:"):
+        listening.add(int(local.split(":")[1], 16))
+for port in sorted(listening - ports):
+    for secret in tokens + ["", "guess"]:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as agent:
+                agent.sendall(json.dumps({"type": "hello", "protocol": 1, "secret": secret}).encode() + b"\n")
+                agent.sendall(json.dumps({"type": "run", "runId": "pwn", "bootstrapper": "/bin/id",
+                                          "maxRunTime": 5}).encode() + b"\n")
+                answer = agent.recv(65536).decode(errors="replace").split("\n")[0]
+        except OSError:
+            continue
+        kind = (json.loads(answer) if answer.startswith("{") else {}).get("type")
+        print("AGENT", "ACCEPTED" if kind in ("welcome", "accepted") else "refused", port)
 EOF
 echo "ci-script=attacker"
 """
@@ -216,13 +236,17 @@ async def test_a_pull_request_reaches_nothing_beyond_itself(
 
     # What the pull request got: nothing of the store, the logs, B, any token, any API, any other workspace.
     assert "GOT" not in fork_log, fork_log
-    assert fork_log.count("refused") == 5 and "tokens found: 0" in fork_log, fork_log
+    assert fork_log.count("\nrefused ") == 5 and "tokens found: 0" in fork_log, fork_log
     api_codes = {line.split()[1] for line in fork_log.splitlines() if line.startswith("API ")}
     if kind == "docker":  # no network at all
         assert api_codes == {"unreachable"}, fork_log
     else:  # 404: no such route on that component
         assert "401" in api_codes and api_codes <= {"401", "404"}, fork_log
     assert DEPLOY_KEY not in fork_log and "HAS-KEY" not in fork_log
+    # No agent took a run from it: its own nor the trusted container's (process containers listen on
+    # this host's loopback; a Podman container's agent is on a socket file outside it).
+    assert "AGENT ACCEPTED" not in fork_log, fork_log
+    assert kind == "docker" or "AGENT refused" in fork_log, fork_log
     # A's next trusted push built exactly its own revision, with its own script and its key.
     second_log = await _log_of(infrax, second)
     assert second["state"] == "completed", second_log
