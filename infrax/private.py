@@ -12,7 +12,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from infrax.config import ConfigError
 
@@ -84,6 +84,12 @@ def open_private(path: Path) -> TextIO:
     """`path` opened for writing text from its start, created 0600 whatever the umask."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE)
     return os.fdopen(descriptor, "w", encoding="utf-8")
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    """`path` opened for appending bytes, created 0600 whatever the umask."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, PRIVATE_FILE)
+    return os.fdopen(descriptor, "ab")
 
 
 def passable_temp_dir(prefix: str) -> Path:

@@ -11,9 +11,10 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from infrax.model import ContainerType
+from infrax.private import open_private, open_private_append
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
 from infrax.provisioner.providers.task_users import TaskUsers
 
@@ -118,7 +119,8 @@ class ProcessProvider(ContainerProvider):
             process.stdin.close()
         except (OSError, KeyError) as error:
             raise ProviderError(f"cannot start agent process: {error}") from error
-        _write_private(home / "pid", str(process.pid))
+        with open_private(home / "pid") as file:
+            file.write(str(process.pid))
         self._processes[container_id] = process
         try:
             endpoint = await asyncio.wait_for(self._ready(process), self.start_timeout)
@@ -128,10 +130,8 @@ class ProcessProvider(ContainerProvider):
         self.start_durations.append(time.monotonic() - started)
         self._drainers.add(asyncio.create_task(self._drain(process)))
         # What a provisioner after this one needs to adopt it (the secret it derives again).
-        _write_private(
-            home / "endpoint.json",
-            json.dumps({"host": endpoint.host, "port": endpoint.port, "type": container_type.name}),
-        )
+        with open_private(home / "endpoint.json") as file:
+            json.dump({"host": endpoint.host, "port": endpoint.port, "type": container_type.name}, file)
         return endpoint
 
     async def _ready(self, process: asyncio.subprocess.Process) -> Endpoint:
@@ -240,12 +240,3 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _write_private(path: Path, text: str) -> None:
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as file:
-        file.write(text)
-
-
-def open_private_append(path: Path) -> BinaryIO:
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600), "ab")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infrax.private import open_private
 from infrax.provisioner.providers.base import ProviderError
 
 DEFAULT_UID_RANGE = (1_900_000_000, 65_536)  # systemd leaves 1879048192–2147483647 unused
@@ -174,8 +175,7 @@ class TaskUsers:
         home.mkdir(mode=0o700, exist_ok=True)
         home.chmod(0o711 if user.uid is not None else 0o700)
         if user.uid is not None and self._named is None:  # for a provisioner after this one
-            descriptor = os.open(home / "uid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(descriptor, "w") as file:
+            with open_private(home / "uid") as file:
                 file.write(str(user.uid))
         work = home / "work"
         work.mkdir(mode=0o700, exist_ok=True)
