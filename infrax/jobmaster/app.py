@@ -17,12 +17,12 @@ from infrax.jobmaster.github import WebhookError
 from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
 from infrax.jobmaster.pushlog import HgPushNotice, push_view
-from infrax.jobmaster.queue_api import queue_router
 from infrax.jobmaster.service import JobMaster, JobNotFound
 from infrax.jobmaster.vcs import VcsError
 from infrax.metrics import metrics_route
 from infrax.model import NO_CONTROL, Job, PushSubmission, State
 from infrax.pagination import PageRequest, link_next, page_request
+from infrax.treeherder.queue_api import queue_router
 
 
 def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:

@@ -29,11 +29,11 @@ from infrax.jobmaster.checkout import Checkout, Origin
 from infrax.jobmaster.mirrors import MirrorError, RevisionMissing
 from infrax.jobmaster.policy import RepositoryRefused
 from infrax.jobmaster.records import insert_once
-from infrax.jobmaster.tc_github import pull_request_message, push_message
 from infrax.jobmaster.vcs import Source
 from infrax.json_depth import loads_bounded
 from infrax.model import utcnow
 from infrax.store.tables import deliveries
+from infrax.treeherder.github_events import pull_request_message, push_message
 
 if TYPE_CHECKING:
     from infrax.jobmaster.service import JobMaster

@@ -3,7 +3,7 @@
 Pushes come from the CLI (`POST /api/v1/pushes`), from GitHub webhooks (`github.py`) and
 from Mercurial pushes (`pushlog.py`); each trigger resolves its revision into a `Checkout`
 and calls `start_job`. Reporting back goes to GitHub (`statuses.py`) and Treeherder
-(`treeherder.py`), both driven by the bus.
+(`infrax.treeherder`), both driven by the bus.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.settings import JobMasterSettings
 from infrax.jobmaster.sources import Pack, pack
 from infrax.jobmaster.statuses import CommitStatuses
-from infrax.jobmaster.treeherder import TreeherderReporter
 from infrax.jobmaster.vcs import Source, VcsError
 from infrax.model import (
     FINAL_STATES,
@@ -55,6 +54,7 @@ from infrax.pagination import DEFAULT_LIMIT, PageRequest, keyset, split, time_an
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
 from infrax.store.tables import job_origins, job_tasks, jobmaster_outbox, jobs
+from infrax.treeherder.reporter import TreeherderReporter
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from markupsafe import Markup, escape
 from infrax.executioner.client import ExecutionerClient
 from infrax.failures import kind_of
 from infrax.http import ServiceError
-from infrax.jobmaster import taskcluster as tc
 from infrax.jobmaster.client import JobMasterClient
 from infrax.model import Job, State, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
 from infrax.scheduler.client import SchedulerClient
+from infrax.treeherder import queue_tasks as tc
 
 PUSH_PAGE = 50
 MAX_PUSH_PAGE = 1000

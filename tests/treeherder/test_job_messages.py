@@ -17,10 +17,10 @@ import pytest
 
 from infrax.bus import Message, topics
 from infrax.bus.messages import PartitionStatus
-from infrax.jobmaster.task_runs import TcRun, TcTask, advance
-from infrax.jobmaster.treeherder import owner, pulse_jobs
 from infrax.model import TaskPartition
 from infrax.sample_project import break_one_test, make_sample_repo
+from infrax.treeherder.reporter import owner, pulse_jobs
+from infrax.treeherder.task_runs import TcRun, TcTask, advance
 from tests.e2e.conftest import agent_pid
 from tests.jobmaster.conftest import commit, git, job_in, pulse_job_schema, wait_for
 
@@ -287,6 +287,46 @@ def test_a_requeued_partition_retries_the_lost_run_with_its_times_and_is_pending
         validator.validate(message)
 
 
+def test_a_failed_run_that_is_re_run_stays_failed_with_its_log_and_the_next_is_a_rerun(
+    validator: jsonschema.Draft6Validator,
+) -> None:
+    """An intermittent: run 0 fails, its failures re-run as run 1, which passes. Treeherder shows
+    an orange job with its log, then a green one, not a logless purple retry."""
+    later = NOW + timedelta(seconds=30)
+    runs: list[TcRun] = []
+    steps = [
+        status("queued", previous=None),
+        status("running", started_at=NOW + timedelta(seconds=1), container_id="c-1"),
+        status("queued", run=1, previous="running", queued_at=later, failure_reruns=1, message="run 0 failed"),
+        status("running", run=1, started_at=later, container_id="c-2", failure_reruns=1),
+        status("completed", run=1, started_at=later, finished_at=later, failure_reruns=1),
+    ]
+    events = [event for one in steps for event, _run in advance(runs, one, NOW)[0]]
+    assert events == ["defined", "pending", "running", "failed", "pending", "running", "completed"]
+    assert [(r.state, r.reason_created, r.reason_resolved) for r in runs] == [
+        ("failed", "scheduled", "failed"),
+        ("completed", "rerun", "completed"),
+    ]
+    failed = pulse_jobs("failed", TASK, runs[0], JOB)[0]
+    validator.validate(failed)
+    assert (failed["state"], failed["result"], failed.get("isRetried")) == ("completed", "fail", None)
+    assert failed["logs"] == [{"name": "live_backing_log", "url": runs[0].log_url}]
+    assert failed["timeCompleted"] == later.isoformat() and failed["jobInfo"]["summary"] == "run 0 failed"
+    # A run lost after a re-run of failures is a retry, and the re-run before it was not lost.
+    more = [
+        status("queued", run=1, previous="completed", queued_at=later, failure_reruns=1),
+        status("queued", run=2, previous="running", queued_at=later, failure_reruns=1),
+    ]
+    runs = runs[:1] + [TcRun(TASK.partition_id, 1, "running", "rerun", later, started=later)]
+    for one in more:
+        advance(runs, one, NOW)
+    assert [(r.state, r.reason_created, r.reason_resolved) for r in runs] == [
+        ("failed", "scheduled", "failed"),
+        ("exception", "rerun", "worker-shutdown"),
+        ("pending", "retry", None),
+    ]
+
+
 def test_the_owner_is_the_pusher_else_the_author_else_the_build_system() -> None:
     assert owner("octocat", "a@example.org", "infrax") == "octocat"
     assert owner(None, "a@example.org", "infrax") == "a@example.org"
@@ -294,7 +334,7 @@ def test_the_owner_is_the_pusher_else_the_author_else_the_build_system() -> None
 
 
 async def test_reports_of_one_partition_keep_their_order_while_others_go_ahead() -> None:
-    from infrax.jobmaster.treeherder import TreeherderReporter
+    from infrax.treeherder.reporter import TreeherderReporter
 
     reporter = TreeherderReporter(jobmaster=None)  # type: ignore[arg-type]  # _report is replaced below
     reported: list[tuple[str, str]] = []
@@ -330,7 +370,7 @@ async def test_reports_of_one_partition_keep_their_order_while_others_go_ahead()
 
 @pytest.mark.parametrize("revision", [None, "abc"])
 async def test_partitions_without_a_job_revision_are_not_reported(revision: str | None) -> None:
-    from infrax.jobmaster.treeherder import TreeherderReporter
+    from infrax.treeherder.reporter import TreeherderReporter
 
     # No job master: reporting anything would need it (AttributeError), so returning is the proof.
     reporter = TreeherderReporter(jobmaster=None)  # type: ignore[arg-type]

@@ -12,11 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.bus.messages import PartitionStatus, TaskStatus
-from infrax.jobmaster import taskcluster as tc
 from infrax.model import State, utcnow
 from infrax.store import aware
 from infrax.store.tables import tc_runs, tc_tasks
 from infrax.store.upsert import upsert
+from infrax.treeherder import queue_tasks as tc
 
 
 @dataclass
@@ -65,22 +65,32 @@ def advance(runs: list[TcRun], status: PartitionStatus, now: datetime) -> tuple[
     by_number = {r.run: r for r in runs}
     events: list[Event] = []
     changed: list[TcRun] = []
-    # Runs before this one that never ended were lost: Taskcluster resolves them `worker-shutdown`
-    # and creates the next as a `retry`, and Treeherder shows them as retried.
+    current = by_number.get(part.run)
+    # A run the scheduler made to re-run failures counts in `failure_reruns`: the run before it
+    # failed, and Taskcluster keeps such a run `failed` (with its log) and creates the next as a
+    # `rerun`. Any other run before this one that never ended was lost: Taskcluster resolves it
+    # `worker-shutdown` and creates the next as a `retry`, which Treeherder shows as retried.
+    rerun = current is None and part.failure_reruns > sum(1 for r in runs if r.reason_created == "rerun")
     for earlier in runs:
         if earlier.run < part.run and not earlier.final:
-            earlier.state, earlier.reason_resolved = "exception", "worker-shutdown"
+            failed = rerun and earlier.run == part.run - 1
+            earlier.state = earlier.reason_resolved = "failed" if failed else "exception"
+            if not failed:
+                earlier.reason_resolved = "worker-shutdown"
             earlier.resolved = aware(part.queued_at) or now
+            if failed:  # Treeherder reads a failed run's start and worker as it does a finished one's
+                earlier.started = earlier.started or earlier.resolved
+                earlier.worker_id = earlier.worker_id or part.container_id
+                earlier.log_url = earlier.log_url or part.log_url
             earlier.message = earlier.message or part.message  # why it runs again: lost, or what failed
-            events.append(("exception", earlier))
+            events.append((earlier.state, earlier))
             changed.append(earlier)
-    current = by_number.get(part.run)
     if current is None:
         current = TcRun(
             part.id,
             part.run,
             "pending",
-            "scheduled" if part.run == 0 else "retry",
+            "scheduled" if part.run == 0 else "rerun" if rerun else "retry",
             aware(part.queued_at) or now,
         )
         runs.append(current)

@@ -1,5 +1,5 @@
 """Treeherder: every partition state change as Taskcluster queue messages (the exchanges a stock
-Treeherder reads, `taskcluster.py`) and as a pulse job message on `exchange/infrax/v1/treeherder`,
+Treeherder reads, `queue_tasks.py`) and as a pulse job message on `exchange/infrax/v1/treeherder`,
 both written through the job master's outbox with the partition's run history (`task_runs.py`).
 
 The messages follow Treeherder's job schema (`schemas/pulse-job.yml` in mozilla/treeherder):
@@ -34,11 +34,11 @@ from sqlalchemy import select
 
 from infrax.bus import Message, Subscription, topics
 from infrax.bus.messages import PartitionStatus, TaskStatus
-from infrax.jobmaster import task_runs
-from infrax.jobmaster import taskcluster as tc
-from infrax.jobmaster.task_runs import TcRun, TcTask
 from infrax.model import State
 from infrax.store.tables import jobs
+from infrax.treeherder import queue_tasks as tc
+from infrax.treeherder import task_runs
+from infrax.treeherder.task_runs import TcRun, TcTask
 
 if TYPE_CHECKING:
     from infrax.jobmaster.service import JobMaster

@@ -18,8 +18,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT6
 
 from infrax.bus import Message, topics
-from infrax.jobmaster import taskcluster as tc
 from infrax.sample_project import make_sample_repo
+from infrax.treeherder import queue_tasks as tc
 from tests.conftest import shared_path
 from tests.e2e.conftest import agent_pid
 from tests.jobmaster.conftest import commit, git, job_in, wait_for

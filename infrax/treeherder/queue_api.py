@@ -1,5 +1,5 @@
 """The read-only part of Taskcluster's queue API that Treeherder calls, over the tasks the job
-master reports (`taskcluster.py`): a repository's `tc_root_url` set to infrax's public URL is
+master reports (`queue_tasks.py`): a repository's `tc_root_url` set to infrax's public URL is
 all a stock Treeherder needs. Readable with `jobmaster:read` (or by anyone with `public_read`)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import RedirectResponse
 
 from infrax.auth import route_options
-from infrax.jobmaster import task_runs
-from infrax.jobmaster import taskcluster as tc
 from infrax.jobmaster.service import JobMaster
-from infrax.jobmaster.task_runs import TcRun, TcTask
+from infrax.treeherder import queue_tasks as tc
+from infrax.treeherder import task_runs
+from infrax.treeherder.task_runs import TcRun, TcTask
 
 
 def queue_router(jobmaster: JobMaster) -> APIRouter:

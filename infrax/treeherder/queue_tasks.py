@@ -4,7 +4,7 @@ Treeherder's Taskcluster handler reads a task's messages on the queue's exchange
 task's definition from `<rootUrl>/api/queue/v1/task/<taskId>` and files it under the push its
 `tc-treeherder.v2.<project>.<revision>[.<pushId>]` route names. So a partition is a task whose
 id is the partition's UUID as a slugid, a partition run is a task run, and the task request is
-the task group. This module only builds those shapes, from the rows `treeherder.py` keeps.
+the task group. This module only builds those shapes, from the rows `reporter.py` keeps.
 
 | partition                     | run state | reasonResolved  | exchange       |
 |-------------------------------|-----------|-----------------|----------------|
