@@ -1,7 +1,7 @@
 """The bus on RabbitMQ (aio-pika): durable topic exchanges, persistent confirmed publishes, dead letters.
 
 Layout on the broker:
-- each exchange of `infrax.bus.topics` is a durable topic exchange, declared on first use;
+- each exchange of `infrax.bus.topics` is a durable topic exchange, declared when the bus connects;
 - consumer `<name>` owns the durable queue `infrax.<name>`, bound with its binding keys and
   dead-lettering to the fanout exchange `infrax.dead-letter`, whose durable queue of the same
   name keeps every refused message (with RabbitMQ's `x-death` header saying where from).
@@ -34,7 +34,7 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from infrax.background import BackgroundTasks
-from infrax.bus import amqp_driver, schemas
+from infrax.bus import amqp_driver, schemas, topics
 from infrax.bus.base import Bus, BusError, Encoded, Handler, Message, Subscription
 from infrax.bus.metrics import BusMetrics
 from infrax.retry import delay, outage, retry
@@ -292,6 +292,10 @@ class RabbitMQBus(Bus):
             )
             queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
             await queue.bind(dead_letters)
+            # Every exchange exists from the start: consumers that declare theirs passively (a stock
+            # Treeherder's listeners) would otherwise fail until infrax first published on each.
+            for exchange in topics.ALL_EXCHANGES:
+                await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         except BaseException:
             # Also when cancelled: a robust connection left behind would reconnect forever.
             await asyncio.shield(connection.close())

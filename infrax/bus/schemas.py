@@ -38,6 +38,8 @@ EXCHANGE_KINDS: Mapping[str, frozenset[str] | None] = {
     # taskcluster-github's messages: its schemas (github-*-message.yml), checked by the tests.
     topics.GITHUB_PUSH: ANY_OBJECT,
     topics.GITHUB_PULL_REQUEST: ANY_OBJECT,
+    # hg.mozilla.org's pushlog messages: checked by the tests against Treeherder's reading of them.
+    topics.HG_PUSHES: ANY_OBJECT,
 }
 
 VERSIONS = frozenset({WIRE_VERSION})

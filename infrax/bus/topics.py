@@ -36,6 +36,10 @@ TC_EXCHANGES = tuple(f"{TASKCLUSTER_QUEUE}/{event}" for event in TC_TASK_EVENTS)
 GITHUB_PUSH = "exchange/taskcluster-github/v1/push"
 GITHUB_PULL_REQUEST = "exchange/taskcluster-github/v1/pull-request"
 
+# hg.mozilla.org's: a Mercurial push, as Treeherder's push ingestion reads it (`hgmo: true`). Routing
+# key the repository's name; Treeherder fetches the push from the `push_full_json_url` it names.
+HG_PUSHES = "exchange/hgpushes/v1"
+
 ALL_EXCHANGES = (
     RUNS,
     PARTITIONS,
@@ -47,6 +51,7 @@ ALL_EXCHANGES = (
     *TC_EXCHANGES,
     GITHUB_PUSH,
     GITHUB_PULL_REQUEST,
+    HG_PUSHES,
 )
 
 MISSING = "_"
