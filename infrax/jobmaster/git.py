@@ -141,3 +141,18 @@ async def init_mirror(path: str) -> None:
 async def fetch(mirror: str, url: str, *refspecs: str) -> None:
     """Fetch into a bare mirror: only what it lacks travels."""
     await git(mirror, "fetch", "--quiet", "--no-write-fetch-head", "--end-of-options", url, *refspecs)
+
+
+async def commit_info(repository: str, revision: str) -> dict[str, str]:
+    """The commit as a GitHub push event lists it: id, message, author's name and e-mail, timestamp."""
+    out = await git(repository, "log", "-1", "--format=%H%x00%an%x00%ae%x00%aI%x00%B", revision)
+    sha, name, email, timestamp, message = out.decode(errors="replace").split("\0", 4)
+    return {"id": sha, "name": name, "email": email, "timestamp": timestamp, "message": message.strip()}
+
+
+async def current_branch(repository: str) -> str | None:
+    """The branch the repository's HEAD is on; None when detached (or for a bare mirror's odd HEAD)."""
+    try:
+        return (await git(repository, "symbolic-ref", "--short", "-q", "HEAD")).decode().strip() or None
+    except GitError:
+        return None

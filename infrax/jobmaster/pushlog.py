@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,11 @@ from infrax.jobmaster.records import insert_once
 from infrax.jobmaster.vcs import Source
 from infrax.model import NO_CONTROL, WireModel, utcnow
 from infrax.store.tables import hg_pushes, hg_repositories
+from infrax.treeherder import pushes
 
 if TYPE_CHECKING:
     from infrax.jobmaster.service import JobMaster
+    from infrax.model import Job
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,46 @@ class HgPushes:
             user = notice.user or "unknown"
             return await self._record(key, path, tip, known, user, notice.date or int(time.time()), "hook"), True
 
+    async def push_revision(
+        self, repository: str, revision: str, authorize: Callable[[str], None] | None
+    ) -> tuple[Job, bool]:
+        """`infrax push` of a local repository's changeset: a push of the pushlog, as a hook's
+        would be, so Treeherder (which files jobs under the pushes it reads there) shows it. A
+        changeset a recorded push ends with is that push again; one the pushlog has only as history
+        (or inside a push) is a push of its own of that one changeset."""
+        key = repository_key(repository)
+        path = await self._local(key)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            known = await self._known(key)
+            if known is None:  # first sight: what came before the changeset is history
+                known = await hg.nodes(path, f"parents({revision})")
+                await self._set_baseline(key, known)
+            revset = None
+            if known and await hg.nodes(path, f"{revision} and ::({'+'.join(known)})"):
+                recorded = await self._containing(key, revision)
+                if recorded["push_id"] is not None and recorded["tip"] == revision:
+                    checkout = self._checkout(key, path, recorded)
+                    return await self.jobmaster.start_job(checkout, authorize)
+                revset = revision
+            user = "infrax push"
+            row = await self._record(key, path, revision, known, user, int(time.time()), "cli", revset, authorize)
+        job = await self.jobmaster.get(row["job_id"]) if row["job_id"] else None
+        if job is None:
+            raise PushRejected(row["message"] or f"push {row['push_id']} of {key} started no job")
+        return job, True
+
+    def _checkout(self, key: str, path: str, push: dict[str, Any]) -> Checkout:
+        """The recorded push as a job's checkout: its tip, the files of all its changesets, and
+        its announcement for Treeherder."""
+        changesets = push["changesets"]
+        files = sorted({f for c in changesets for f in c["files"]})
+        info = {"pushId": push["push_id"], "user": push["pusher"], "date": push["date"]}
+        origin = Origin("hg", key, f"push/{push['push_id']}", None, info)
+        announce = pushes.hg_push(self.jobmaster.public_url, key, push)
+        branch = changesets[-1]["branch"] if changesets else None
+        trigger = "cli" if push.get("source") == "cli" else "hg"
+        return Checkout(Source("hg", path), key, push["tip"], branch, files, trigger, origin, announcements=(announce,))
+
     async def _local(self, key: str) -> str:
         if "://" not in key and not hg.is_hg(key):
             raise PushRejected(f"{key} is not a Mercurial repository")
@@ -192,9 +235,20 @@ class HgPushes:
         )
 
     async def _record(
-        self, key: str, path: str, tip: str, known: list[str], user: str, date: int, source: str
+        self,
+        key: str,
+        path: str,
+        tip: str,
+        known: list[str],
+        user: str,
+        date: int,
+        source: str,
+        revset: str | None = None,
+        authorize: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        changesets = await hg.changesets(path, f"only({tip}, {'+'.join(known)})" if known else f"::{tip}")
+        if revset is None:
+            revset = f"only({tip}, {'+'.join(known)})" if known else f"::{tip}"
+        changesets = await hg.changesets(path, revset)
         async with self.jobmaster.db.begin() as conn:
             push_id = (
                 (
@@ -215,13 +269,8 @@ class HgPushes:
         if not await insert_once(self.jobmaster.db, hg_pushes, row):
             # Another job master recorded this push (or another one under this id) just now.
             raise PushRaced(f"push {push_id} of {key} was recorded elsewhere at the same time; it is not repeated")
-        files = sorted({f for c in changesets for f in c["files"]})
-        origin = Origin("hg", key, f"push/{push_id}", None, {"pushId": push_id, "user": user, "date": date})
-        checkout = Checkout(
-            Source("hg", path), key, tip, changesets[-1]["branch"] if changesets else None, files, "hg", origin
-        )
         try:
-            job, _ = await self.jobmaster.start_job(checkout)
+            job, _ = await self.jobmaster.start_job(self._checkout(key, path, row), authorize)
         except PushRejected as error:
             await self._update(key, push_id, message=str(error))
             return {**row, "job_id": None, "message": str(error)}

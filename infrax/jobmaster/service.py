@@ -54,6 +54,7 @@ from infrax.pagination import DEFAULT_LIMIT, PageRequest, keyset, split, time_an
 from infrax.scheduler.client import SchedulerClient
 from infrax.store import Database, aware
 from infrax.store.tables import job_origins, job_tasks, jobmaster_outbox, jobs
+from infrax.treeherder import pushes
 from infrax.treeherder.reporter import TreeherderReporter
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,16 @@ class JobMaster(JobActions):
             raise PushRejected(str(error)) from error
         except OSError as error:  # a name too long, a folder it may not read
             raise PushRejected(f"repository {repository[:200]!r}: {error.strerror or error}") from error
+        if reader.vcs == "hg" and reader.path == repository:
+            # A local Mercurial repository's push is one of its pushlog, as a hook's would be.
+            return await self.hg.push_revision(repository, resolved, authorize)
+        announcements: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+        if reader.vcs == "git":
+            branch = submission.branch or await git.current_branch(reader.path) or "main"
+            announcements = (pushes.git_push(repository, branch, await git.commit_info(reader.path, resolved)),)
         return await self.start_job(
-            Checkout(reader, repository, resolved, submission.branch, changed, source), authorize
+            Checkout(reader, repository, resolved, submission.branch, changed, source, announcements=announcements),
+            authorize,
         )
 
     async def start_job(self, checkout: Checkout, authorize: Callable[[str], None] | None = None) -> tuple[Job, bool]:
@@ -196,7 +205,7 @@ class JobMaster(JobActions):
             authorize(plan.project)
         existing = await self._find(plan.project, revision)
         if existing is not None:
-            return await self._again(existing, checkout.origin)
+            return await self._again(existing, checkout)
         now = utcnow()
         details: dict[str, Any] = {
             "trusted": checkout.trusted,
@@ -236,14 +245,18 @@ class JobMaster(JobActions):
         if not created:
             existing = await self._find(plan.project, revision)
             assert existing is not None
-            return await self._again(existing, checkout.origin)
+            return await self._again(existing, checkout)
         await self._submit(job_id)
         self.metrics.pushes.labels("created").inc()
         log.info("push of %s@%s (%s): job %s created", plan.project, revision[:12], checkout.trigger, job_id[:12])
         return await self.get(job_id), True
 
-    async def _again(self, job: Job, origin: Origin | None) -> tuple[Job, bool]:
+    async def _again(self, job: Job, checkout: Checkout) -> tuple[Job, bool]:
+        origin = checkout.origin
         added = origin is not None and await self._add_origin(job.id, origin)
+        if checkout.announcements:  # the push again: it may be news to whoever missed it the first time
+            async with self.outbox.begin() as (_conn, messages):
+                messages += checkout.announcements
         self.metrics.pushes.labels("existing").inc()
         log.info("push of %s@%s: job %s exists (%s)", job.project, job.revision[:12], job.id[:12], job.state)
         if job.state == State.CANCELLED or (job.state == State.EXCEPTION and job.request_id is None):

@@ -14,7 +14,7 @@ Announcement = tuple[str, str, dict[str, Any]]  # exchange, routing key, body
 _STRIPPED = re.compile(r"[^A-Za-z0-9_%-]")
 
 
-def _word(name: str) -> str:
+def word(name: str) -> str:
     """taskcluster-github's routing key words: `.` becomes `%`, other specials but - and _ go."""
     return _STRIPPED.sub("", name.replace(".", "%")) or "_"
 
@@ -53,8 +53,8 @@ def push_message(payload: dict[str, Any], delivery: str) -> Announcement:
     }
     body = {
         "version": 1,
-        "organization": _word(owner),
-        "repository": _word(name),
+        "organization": word(owner),
+        "repository": word(name),
         "installationId": _installation(payload),
         "eventId": delivery,
         "details": details,
@@ -62,7 +62,7 @@ def push_message(payload: dict[str, Any], delivery: str) -> Announcement:
         "tasks_for": "github-push",
         "branch": branch,
     }
-    return (topics.GITHUB_PUSH, f"primary.{_word(owner)}.{_word(name)}", body)
+    return (topics.GITHUB_PUSH, f"primary.{word(owner)}.{word(name)}", body)
 
 
 def pull_request_message(payload: dict[str, Any], delivery: str) -> Announcement:
@@ -88,8 +88,8 @@ def pull_request_message(payload: dict[str, Any], delivery: str) -> Announcement
     }
     body = {
         "version": 1,
-        "organization": _word(owner),
-        "repository": _word(name),
+        "organization": word(owner),
+        "repository": word(name),
         "action": str(payload["action"]),
         "installationId": _installation(payload),
         "eventId": delivery,
@@ -98,5 +98,5 @@ def pull_request_message(payload: dict[str, Any], delivery: str) -> Announcement
         "tasks_for": "github-pull-request",
         "branch": str(head["ref"]),
     }
-    key = f"primary.{_word(owner)}.{_word(name)}.{_word(str(payload['action']))}"
+    key = f"primary.{word(owner)}.{word(name)}.{word(str(payload['action']))}"
     return (topics.GITHUB_PULL_REQUEST, key, body)

@@ -96,17 +96,24 @@ async def test_a_push_and_a_pull_request_are_announced_as_taskcluster_github_doe
     assert details["event.pullNumber"] == "2" and details["event.head.sha"] == ids["pr1"]
     assert json.loads(json.dumps(pull.body))["tasks_for"] == "github-pull-request"
 
-    # The same revision again makes no message (its job, and Treeherder's push, exist); a new one does.
+    # The same revision again (its job exists) is announced again, for a Treeherder that missed
+    # it (Treeherder stores a push once); a new one is too.
     push_again = with_revision(payload("push_with-new-branch.payload.json"), PUSH_HEAD, ids["code"])
     assert (await deliver(jobmaster, "push", push_again, "d-again")).status_code == 200
-    docs = with_revision(payload("push_with-new-branch.payload.json"), PUSH_HEAD, ids["docs"])
-    assert (await deliver(jobmaster, "push", docs, "d-docs")).status_code == 201
 
     async def third() -> bool:
         return len(seen) >= 3
 
-    await wait_for(third, 10, "the new revision's push message")
+    await wait_for(third, 10, "the repeated push's message")
+    docs = with_revision(payload("push_with-new-branch.payload.json"), PUSH_HEAD, ids["docs"])
+    assert (await deliver(jobmaster, "push", docs, "d-docs")).status_code == 201
+
+    async def fourth() -> bool:
+        return len(seen) >= 4
+
+    await wait_for(fourth, 10, "the new revision's push message")
     assert [m.body["details"]["event.head.sha"] for m in seen if m.exchange == topics.GITHUB_PUSH] == [
+        ids["code"],
         ids["code"],
         ids["docs"],
     ]
