@@ -200,3 +200,13 @@ def break_one_test(path: Path, n: int = 2) -> str:
     test.write_text(test.read_text().replace(f"mul({n}, 2), {n * 2}", f"mul({n}, 2), {n * 2 + 1}"))
     git(path, "commit", "--quiet", "-am", f"break test_mul_{n}")
     return git(path, "rev-parse", "HEAD")
+
+
+def make_one_test_intermittent(path: Path, n: int = 3) -> str:
+    """Commit a change that makes one test of tests/test_{n}.py fail on a partition's first run
+    only (`INFRAX_RUN` 0), as an intermittent does; return the commit id."""
+    test = path / "tests" / f"test_{n}.py"
+    flaky = f'mul({n}, 2), {n * 2} + (os.environ.get("INFRAX_RUN") == "0")'
+    test.write_text("import os\n" + test.read_text().replace(f"mul({n}, 2), {n * 2}", flaky))
+    git(path, "commit", "--quiet", "-am", f"make test_mul_{n} intermittent")
+    return git(path, "rev-parse", "HEAD")

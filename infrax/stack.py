@@ -247,6 +247,7 @@ class Stack:
                 load_logic(self.logic),
                 config.public_url or self.urls["jobmaster"],
                 settings=JobMasterSettings.from_config(config),
+                executioners=self._executioners(),
             )
             # Behind one public URL, the dashboard's pages are its `/jobs/…` and `/partitions/…`.
             service.dashboard_url = config.urls.get("web") or config.public_url or self.urls.get("web") or None

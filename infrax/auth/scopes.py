@@ -30,6 +30,7 @@ SERVICE_SCOPES: Final[dict[str, tuple[str, ...]]] = {
         "scheduler:cancel:*",
         "scheduler:rerun:*",
         "scheduler:read",
+        "executioner:read",  # the artifacts of runs, listed by the queue API for Treeherder
     ),
 }
 

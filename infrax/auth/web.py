@@ -164,6 +164,34 @@ class Security:
     allowed_hosts: frozenset[str] | None
 
 
+class OpenReads:
+    """ASGI middleware: GETs under `prefixes` may be read by a page of any origin
+    (`Access-Control-Allow-Origin: *`), so Treeherder's UI, served from its own origin, can
+    `fetch()` logs, artifacts and the queue API. Safe because nothing ambient authorizes them:
+    a browser sends no infrax token of its own, so a page reads only what `public_read` opens
+    to anyone, and only reads: no other method is opened."""
+
+    def __init__(self, app: Any, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("GET", "HEAD")
+            or not scope["path"].startswith(self.prefixes)
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_open(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"access-control-allow-origin", b"*")]
+            await send(message)
+
+        await self.app(scope, receive, send_open)
+
+
 def secured_app(title: str, security: Security) -> FastAPI:
     """A component's app: every route behind the guard, and requests only for our own host names
     (a page that DNS rebinding brought to 127.0.0.1 still names its own)."""

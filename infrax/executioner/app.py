@@ -15,6 +15,7 @@ from pydantic import Field
 from infrax.api_errors import add_error_handlers
 from infrax.artifacts import Artifact, ArtifactNotFound
 from infrax.auth import Security, route_options, secured_app
+from infrax.auth.web import OpenReads
 from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import LOG_ARTIFACT, file_chunks
 from infrax.executioner.service import Executioner
@@ -56,6 +57,8 @@ ARTIFACT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'", "X
 
 def create_app(executioner: Executioner, security: Security) -> FastAPI:
     app = secured_app("infrax executioner", security)
+    # Logs and artifacts, which Treeherder's log viewer and artifact list fetch from its own origin.
+    app.add_middleware(OpenReads, prefixes=("/api/v1/runs/", "/api/v1/partitions/"))
     read = route_options("executioner:read", readable=True)
     add_error_handlers(app)
 

@@ -110,6 +110,17 @@ class ArtifactKeeper:
             note(f"kept {kept.count} artifacts ({_size(kept.size)})")
         return kept
 
+    async def keep_own(self, run_id: str, name: str, data: bytes, content_type: str) -> None:
+        """One of infrax's own artifacts of the run (under `infrax/`), kept as long as the task's;
+        one kept already (the run resumed after a restart) stays as it was."""
+        assert name.startswith(RESERVED_PREFIX)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        with contextlib.suppress(ArtifactExists):
+            await self.store.put(run_id, name, chunks(), content_type=content_type, expires_at=utcnow() + self.expiry)
+
     def _refusal(self, run_id: str, name: Any, size: Any, kept: Kept) -> str | None:
         if not isinstance(name, str) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
             return "the agent listed an entry without a name and a size"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from infrax.bus.messages import RunStatus
 from infrax.http import ServiceClient, ServiceError
 from infrax.model import ExecutionAssignment
@@ -25,6 +27,22 @@ class ExecutionerClient(ServiceClient):
                 return None
             raise
         return RunStatus.model_validate(body["status"])
+
+    async def artifact_names(self, run_id: str) -> list[str] | None:
+        """The names of what the run left (its log, `infrax/log.txt`, among them); None for a run
+        this executioner does not know."""
+        names: list[str] = []
+        path: str | None = f"/api/v1/runs/{run_id}/artifacts?limit=1000"
+        while path is not None:
+            response = await self.http.get(path)
+            if response.status_code == 404:
+                return None
+            if response.status_code >= 400:
+                raise ServiceError(self.service, response.status_code, response.text)
+            names += [a["name"] for a in response.json()]
+            following = response.links.get("next", {}).get("url")
+            path = httpx.URL(following).raw_path.decode() if following else None  # here, whatever host it names
+        return names
 
     async def log(self, run_id: str, offset: int = 0) -> tuple[str, int, bool]:
         response = await self.http.get(f"/api/v1/runs/{run_id}/log", params={"offset": offset})
@@ -65,6 +83,13 @@ class ExecutionerPool:
             except ServiceError:
                 continue
         return cancelled
+
+    async def artifact_names(self, run_id: str) -> list[str] | None:
+        for client in self.clients:
+            names = await client.artifact_names(run_id)
+            if names is not None:
+                return names
+        return None
 
     async def get_run(self, run_id: str) -> RunStatus | None:
         for client in self.clients:

@@ -35,6 +35,7 @@ from infrax.retry import outage, retry
 from infrax.store import Conflict, Database, StoreError
 from infrax.store.tables import executioner_outbox, runs
 from infrax.test_reports import FAILING, TestResult, failure_summary, file_durations, rerun_names
+from infrax.treeherder import error_summary
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,12 @@ class Executioner:
             if final.state == "failed" and tests:
                 final.failing = rerun_names(tests, MAX_RERUN_TESTS)
                 final.known_intermittent = await self._all_known_intermittent(offer.project, tests)
+            if final.state == "failed" and tests:
+                # The failing tests as Treeherder's log parsers read them: lines of the log, and an errorsummary.
+                for line in error_summary.log_lines(tests):
+                    log_file.write(f"{line}\n")
+                if summary := error_summary.errorsummary(tests):
+                    await self.artifacts.keep_own(offer.run_id, error_summary.ARTIFACT, summary, "text/plain")
             if final.state == "failed":
                 failures.close()
                 # The failing tests' names where the run reported them, else the failure lines of its output.

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, caller_of, require, route_options, secured_app
+from infrax.auth.web import OpenReads
 from infrax.http import ServiceError
 from infrax.ids import ID_PREFIX
 from infrax.jobmaster.actions import JobBusy
@@ -22,11 +23,12 @@ from infrax.jobmaster.vcs import VcsError
 from infrax.metrics import metrics_route
 from infrax.model import NO_CONTROL, Job, PushSubmission, State
 from infrax.pagination import PageRequest, link_next, page_request
-from infrax.treeherder.queue_api import queue_router
+from infrax.treeherder.queue_api import inspect_router, queue_router
 
 
 def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
     app = secured_app("infrax job master", security)
+    app.add_middleware(OpenReads, prefixes=("/api/queue/v1/",))  # Treeherder's UI fetches from its own origin
     read = route_options("jobmaster:read", readable=True)
     add_error_handlers(app)
 
@@ -186,6 +188,7 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         return await jobmaster.hg.json_pushes(repository, start_id, end_id, full, changeset)
 
     app.include_router(queue_router(jobmaster))
+    app.include_router(inspect_router(jobmaster))
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from infrax.bus import Bus, Message, topics
 from infrax.bus.messages import RequestStatus, TaskStatus
+from infrax.executioner.client import ExecutionerPool
 from infrax.http import ServiceError
 from infrax.ids import prefix_clause
 from infrax.jobmaster import git, hg
@@ -75,8 +76,10 @@ class JobMaster(JobActions):
         logic: ProjectLogic,
         public_url: str,
         settings: JobMasterSettings | None = None,
+        executioners: ExecutionerPool | None = None,
     ) -> None:
         self.db = db
+        self.executioners = executioners  # what runs left, for the queue API's artifact lists
         self.bus = bus
         self.scheduler = scheduler
         self.logic = logic

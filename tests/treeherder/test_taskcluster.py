@@ -4,6 +4,7 @@ every task of a demo job, re-runs included."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
@@ -18,11 +19,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT6
 
 from infrax.bus import Message, topics
-from infrax.sample_project import make_sample_repo
+from infrax.sample_project import break_one_test, make_one_test_intermittent, make_sample_repo
 from infrax.treeherder import queue_tasks as tc
 from tests.conftest import shared_path
 from tests.e2e.conftest import agent_pid
-from tests.jobmaster.conftest import commit, git, job_in, wait_for
+from tests.jobmaster.conftest import BOTH_BACKENDS, commit, git, job_in, wait_for
 
 
 def _resolved(node: Any, constants: dict[str, Any]) -> Any:
@@ -42,8 +43,9 @@ def queue_schemas() -> dict[str, jsonschema.Draft6Validator]:
     constants = yaml.safe_load((folder / "constants.yml").read_text())
     schemas = {p.stem: _resolved(yaml.safe_load(p.read_text()), constants) for p in (folder / "v1").glob("*.yml")}
     registry: Registry = Registry().with_resources(
-        (f"{name}.json", Resource.from_contents(schema, default_specification=DRAFT6))
+        (f"{prefix}{name}.json", Resource.from_contents(schema, default_specification=DRAFT6))
         for name, schema in schemas.items()
+        for prefix in ("", "./")  # both ways the schemas refer to each other
     )
     return {
         name: jsonschema.Draft6Validator(
@@ -266,3 +268,81 @@ async def test_every_url_handed_out_starts_with_the_public_url(start_stack: Any,
     # Requests the proxy forwards with the public host name are answered (the Host check knows it).
     through_proxy = await infrax["jobmaster"].get(f"/api/queue/v1/task/{task_id}", headers={"Host": "ci.example.org"})
     assert through_proxy.status_code == 200, through_proxy.text
+
+
+def treeherder_error_lines(log: str) -> list[str]:
+    """The lines of a log Treeherder's error parser keeps (treeherder/log_parser/parsers.py,
+    ErrorParser), for the terms a pytest or unittest run's log can hold."""
+    return [line for line in log.splitlines() if "TEST-UNEXPECTED-" in line and "TEST-PASS " not in line]
+
+
+@BOTH_BACKENDS
+async def test_a_failure_is_orange_with_its_log_and_failing_test_and_an_intermittent_is_orange_then_green(
+    start_stack: Any, tmp_path: Path, queue_schemas: dict[str, jsonschema.Draft6Validator]
+) -> None:
+    infrax = await start_stack(rerun_failures=2)
+    seen = await collecting(infrax)
+    jobmaster = infrax["jobmaster"]
+    repo = tmp_path / "sample"
+    make_sample_repo(repo)
+    broken = break_one_test(repo, 2)
+    git(repo, "checkout", "--quiet", "HEAD~1")
+    flaky = make_one_test_intermittent(repo, 3)
+    jobs = {}
+    for name, revision in (("broken", broken), ("flaky", flaky)):
+        pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": revision})
+        assert pushed.status_code == 201, pushed.text
+        jobs[name] = await job_in(jobmaster, pushed.json()["id"], "completed", "failed", "exception", timeout=60)
+    assert (jobs["broken"]["state"], jobs["flaky"]["state"]) == ("failed", "completed")
+
+    async def all_reported() -> bool:  # the broken partition's 3 runs and the flaky one's 2 end
+        ends = [e for e, _, _ in seen if e.endswith(("task-failed", "task-completed"))]
+        return len(ends) >= 3 + 3 + 3
+
+    await wait_for(all_reported, 20, "every run's end")
+    for exchange, _, body in seen:
+        queue_schemas[f"{exchange.rsplit('/', 1)[1]}-message"].validate(body)
+    failed = [body for exchange, _, body in seen if exchange.endswith("task-failed")]
+    runs_of = {body["status"]["taskId"]: body["status"]["runs"] for body in failed}
+    broken_task, flaky_task = sorted(runs_of, key=lambda t: len(runs_of[t]), reverse=True)
+    # Treeherder: three orange jobs for the real failure (the run and its two re-runs), each with its log ...
+    status = (await jobmaster.get(f"/api/queue/v1/task/{broken_task}/status")).json()["status"]
+    assert [(r["state"], r["reasonCreated"], r["reasonResolved"]) for r in status["runs"]] == [
+        ("failed", "scheduled", "failed"),
+        ("failed", "rerun", "failed"),
+        ("failed", "rerun", "failed"),
+    ]
+    # ... and one orange then one green for the intermittent.
+    status = (await jobmaster.get(f"/api/queue/v1/task/{flaky_task}/status")).json()["status"]
+    assert [(r["state"], r["reasonCreated"]) for r in status["runs"]] == [
+        ("failed", "scheduled"),
+        ("completed", "rerun"),
+    ]
+
+    for task_id, test in ((broken_task, "test_mul_2"), (flaky_task, "test_mul_3")):
+        listed = await jobmaster.get(f"/api/queue/v1/task/{task_id}/runs/0/artifacts")
+        queue_schemas["list-artifacts-response"].validate(listed.json())
+        assert listed.headers["access-control-allow-origin"] == "*"  # Treeherder's UI lists them from its origin
+        names = [a["name"] for a in listed.json()["artifacts"]]
+        assert tc.LOG_ARTIFACT in names
+        # Treeherder's job loader takes an artifact whose name ends with _errorsummary.log as the errorsummary.
+        (summary_name,) = [n for n in names if n.rsplit("/", 1)[-1].endswith("_errorsummary.log")]
+        redirect = await jobmaster.get(f"/api/queue/v1/task/{task_id}/runs/0/artifacts/{summary_name}")
+        assert redirect.status_code == 303 and redirect.headers["access-control-allow-origin"] == "*"
+        summary = await infrax["executioner"].get(redirect.headers["location"])
+        assert summary.status_code == 200 and summary.headers["access-control-allow-origin"] == "*"
+        lines = [json.loads(line) for line in summary.text.splitlines()]
+        results = [line for line in lines if line["action"] == "test_result"]
+        assert len(results) == 1 and test in results[0]["test"] and results[0]["status"] == "FAIL"
+        assert all(isinstance(line["line"], int) for line in lines)  # what Treeherder's failure_line needs
+        log_redirect = await jobmaster.get(f"/api/queue/v1/task/{task_id}/runs/0/artifacts/{tc.LOG_ARTIFACT}")
+        log = await infrax["executioner"].get(log_redirect.headers["location"])
+        assert log.headers["access-control-allow-origin"] == "*"
+        (error_line,) = treeherder_error_lines(log.text)
+        assert error_line.startswith("TEST-UNEXPECTED-FAIL | ") and test in error_line
+
+    # "Inspect task": the partition's page on the dashboard.
+    inspect = await jobmaster.get(f"/tasks/{broken_task}")
+    assert inspect.status_code == 303
+    assert inspect.headers["location"].endswith(f"/partitions/{slugid.decode(broken_task).hex}")
+    assert (await jobmaster.get("/tasks/AAAAAAAAQAaAAAAAAAAAAA")).status_code == 404
