@@ -57,7 +57,8 @@ def run_event_loop(main: Awaitable[T]) -> T:
 
 
 def fail(message: str, code: int = ERROR) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    # One line, however long: what scripts and logs grep for is not split at the console's width.
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -90,6 +90,15 @@ def task_symbol(task_name: str) -> str:
     return ("".join(w[0] for w in words) or "t")[:20]
 
 
+def group_symbol(task_name: str) -> str:
+    """The job group's symbol: the task's initials in capitals (`integration-tests`: IT), short as
+    Treeherder's groups are (`M(bc1 bc2)`); its name says the rest."""
+    return task_symbol(task_name).upper()[:25]
+
+
+NO_GROUP = "?"  # Treeherder's symbol for a job of no group
+
+
 def route(project: str, revision: str, push_id: int | None) -> str:
     return f"{ROUTE_PREFIX}.{project}.{revision}" + (f".{push_id}" if push_id else "")
 
@@ -107,7 +116,8 @@ def definition(task: Any, job: dict[str, Any]) -> dict[str, Any]:
     symbol = task_symbol(task.task_name)
     treeherder: dict[str, Any] = {
         "symbol": f"{symbol}{task.idx}" if task.count > 1 else symbol,
-        "groupSymbol": task.task_name[:25],
+        # A task waiting to be planned is a job of its own, not one more symbol beside its chunks.
+        "groupSymbol": group_symbol(task.task_name) if task.count > 0 else NO_GROUP,
         "groupName": task.task_name[:255],
         "machine": machine(task.container_type),
         "tier": 1,

@@ -256,19 +256,20 @@ def placeholder_job(
     task = job["dependents"].get(status.name, {})
     needs = ", ".join(task.get("dependsOn", []))
     tags = task.get("containerTag") or ["-"]
-    display = {"jobName": f"{status.name} (after {needs})"[:140], **_group(status.name)}
+    display = {"jobName": f"{status.name} (after {needs})"[:140], **_group(status.name), "groupSymbol": tc.NO_GROUP}
     # Where its partitions will run, so it is shown on their row.
     machine = {"name": "-", **tc.machine(tags[0] if isinstance(tags, list) else str(tags))}
     body = _job(job, build_system, f"{_guid(status.task_id)}/0", 0, display, machine)
     body |= {"state": state, "result": result, "timeScheduled": status.timestamp.isoformat()}
     if state == "completed":
         body["jobInfo"]["summary"] = status.message or f"planned: its partitions are jobs of group {status.name}"
-        body["timeCompleted"] = status.timestamp.isoformat()
+        body["timeStarted"] = body["timeCompleted"] = status.timestamp.isoformat()  # not 1970: it never ran
     return body
 
 
 def _group(task_name: str) -> dict[str, str]:
-    return {"jobSymbol": tc.task_symbol(task_name), "groupSymbol": task_name[:25], "groupName": task_name[:255]}
+    symbols = {"jobSymbol": tc.task_symbol(task_name), "groupSymbol": tc.group_symbol(task_name)}
+    return {**symbols, "groupName": task_name[:255]}
 
 
 def _job(

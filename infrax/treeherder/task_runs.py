@@ -195,6 +195,8 @@ async def record_placeholder(
     elif runs and not runs[-1].final:
         run = runs[-1]
         run.state, run.resolved = "exception", now
+        # It never runs, but Treeherder takes a job without a start to have started in 1970.
+        run.started = run.started or now
         run.reason_resolved = PLACEHOLDER_REASONS.get(State(status.state), "superseded")
         run.message = status.message
         events.append(("exception", run))

@@ -73,7 +73,7 @@ async def test_every_message_of_a_demo_job_validates_and_a_failing_partition_fai
     for message in messages:
         validator.validate(message)
         assert GUID.match(message["taskId"]) and message["retryId"] == 0
-        assert message["display"]["groupSymbol"] == "unit" and message["origin"]["project"] == "sample"
+        assert message["display"]["groupSymbol"] == "U" and message["origin"]["project"] == "sample"
         if message["state"] in ("running", "completed"):
             assert message["logs"][0]["url"].startswith(str(infrax["executioner"].base_url))
     for states in by_run(messages, good).values():
@@ -253,7 +253,8 @@ def test_states_map_to_treeherder_states_and_results(
         assert message["taskId"] == "01234567-89ab-cdef-0123-456789abcdef/0"
         assert message["origin"] == {"project": "my-project", "revision": "a" * 40, "id": 7}
         assert message["owner"] == "octocat"
-        assert message["display"]["groupSymbol"] == "mochitest-browser-chrome-"  # 25 characters
+        assert message["display"]["groupSymbol"] == "MBCWALN"  # the task's initials; its name is groupName
+        assert message["display"]["groupName"] == "mochitest-browser-chrome-with-a-long-name"
         # Treeherder shows jobSymbol and chunkId together: mbcwaln2, not 22
         assert (message["display"]["jobSymbol"], message["display"]["chunkId"]) == ("mbcwaln", 2)
         assert message["display"]["chunkCount"] == 4
@@ -401,5 +402,5 @@ async def test_a_dependent_not_yet_planned_is_an_unscheduled_job_until_its_parti
     placeholder = f"{uuid.UUID(hex=unit['id'])}/0"
     assert runs[placeholder] == [("unscheduled", "unknown"), ("completed", "superseded")]
     shown = next(m for m in messages if m["taskId"] == placeholder)
-    assert shown["display"]["jobName"] == "unit (after build)" and shown["display"]["groupSymbol"] == "unit"
+    assert shown["display"]["jobName"] == "unit (after build)" and shown["display"]["groupSymbol"] == "?"
     assert sorted(s[-1][1] for guid, s in runs.items() if guid != placeholder) == ["success"] * 4

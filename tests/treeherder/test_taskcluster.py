@@ -135,7 +135,7 @@ async def test_a_demo_job_s_messages_and_queue_api_are_taskcluster_s(
             "id": 0,
         }
         assert definition["metadata"]["owner"] == "sample@infrax.invalid" or definition["metadata"]["owner"]
-        assert definition["extra"]["treeherder"]["groupSymbol"] == "unit"
+        assert definition["extra"]["treeherder"]["groupSymbol"] == "U"  # the task's initials: U(u1 u2 u3)
         status = (await jobmaster.get(f"/api/queue/v1/task/{task_id}/status")).json()["status"]
         queue_schemas["task-status"].validate(status)
         assert status["state"] == "completed" and [r["state"] for r in status["runs"]] == ["completed"]
@@ -185,11 +185,13 @@ async def test_a_dependent_not_yet_planned_is_a_pending_task_then_superseded_by_
     assert mine[-1][1]["status"]["runs"][0]["reasonResolved"] == "superseded"
     definition = (await jobmaster.get(f"/api/queue/v1/task/{placeholder}")).json()
     treeherder_config.validate(definition["extra"]["treeherder"])
-    assert definition["extra"]["treeherder"]["groupSymbol"] == "unit"
+    # A job of no group while it waits: never one more symbol beside its chunks.
+    assert (definition["extra"]["treeherder"]["groupSymbol"], definition["extra"]["treeherder"]["symbol"]) == ("?", "u")
     assert definition["metadata"]["name"] == "unit (not planned yet)"
     status = (await jobmaster.get(f"/api/queue/v1/task/{placeholder}/status")).json()["status"]
     queue_schemas["task-status"].validate(status)
     assert [(r["state"], r["reasonResolved"]) for r in status["runs"]] == [("exception", "superseded")]
+    assert status["runs"][0]["started"] == status["runs"][0]["resolved"]  # Treeherder would show 1970 without
 
 
 async def test_a_lost_run_is_resolved_worker_shutdown_and_its_retry_answers_in_the_queue_api(
