@@ -197,6 +197,8 @@ class ArtifactKeeper:
 
 
 def content_type_of(name: str) -> str:
+    if name.endswith(".log"):  # unknown to mimetypes; a browser shows it rather than downloads it
+        return "text/plain; charset=utf-8"
     guessed, encoding = mimetypes.guess_type(name, strict=False)
     if guessed is None or encoding is not None:  # `dist.tar.gz` is gzip data, not a tar file
         return {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}.get(
