@@ -88,6 +88,12 @@ async def test_a_push_of_three_changesets_is_one_job_through_the_hook_and_pollin
 
     assert infrax.stack.bus is not None
     await infrax.stack.bus.subscribe("test-hg-treeherder", topics.TREEHERDER, ["#"], collect)
+    announced: list[dict[str, Any]] = []
+
+    async def pushed(message: Message) -> None:
+        announced.append(message.body["payload"])
+
+    await infrax.stack.bus.subscribe("test-hg-pushes", topics.HG_PUSHES, ["#"], pushed)
     assert (await jobmaster.post("/api/v1/hg/poll")).json() == [], "what a repository had before is no push"
     # The hook's own token may report pushes and nothing else.
     assert infrax.stack.tokens is not None
@@ -129,6 +135,18 @@ async def test_a_push_of_three_changesets_is_one_job_through_the_hook_and_pollin
     assert job["state"] == "completed", job  # its bootstrapper came out of the repository through `hg cat`
     assert job["details"]["origin"]["pushId"] == 1 and job["details"]["changedPaths"] == ["src/app.py"]
 
+    # ... and announced once as hg.mozilla.org does, naming the pushlog Treeherder then reads it from.
+    async def first_announced() -> bool:
+        return len(announced) >= 1
+
+    await wait_for(first_announced, 10, "the push's hgpushes message")
+    (announcement,) = announced
+    assert announcement["heads"] == [nodes[-1]] and announcement["repo_url"].endswith(f"/hg/{hooked.name}")
+    assert announcement["pushlog_pushes"][0]["pushid"] == 1
+    assert announcement["pushlog_pushes"][0]["push_full_json_url"].endswith(
+        "json-pushes?version=2&full=1&startID=0&endID=1"
+    )
+
     # Through polling alone; a hook that reports the same push late adds nothing.
     nodes = three_changesets(polled, tmp_path / "polled-clone")
     await hg_push(tmp_path / "polled-clone")
@@ -149,6 +167,12 @@ async def test_a_push_of_three_changesets_is_one_job_through_the_hook_and_pollin
     log = (await jobmaster.get("/api/v1/hg/json-pushes", params={"repository": str(polled), "full": 1})).json()
     assert [c["node"] for c in log["pushes"]["1"]["changesets"]] == nodes and log["lastpushid"] == 1
     assert log["pushes"]["1"]["user"] == "alice@infrax.invalid"  # polling knows no pusher: the tip's author
+
+    async def second_announced() -> bool:
+        return len(announced) >= 2
+
+    await wait_for(second_announced, 10, "the polled push's hgpushes message")
+    assert announced[1]["heads"] == [nodes[-1]] and announced[1]["repo_url"].endswith(f"/hg/{polled.name}")
 
     # Treeherder files the hg job under its push.
     schema = pulse_job_schema()
