@@ -83,5 +83,6 @@ def log_lines(results: Sequence[TestResult]) -> list[str]:
     for result in failing(results):
         first = _message(result).splitlines()[0] if result.message else "failed"
         status = MOZLOG_STATUS[result.outcome]
-        lines.append(f"TEST-UNEXPECTED-{status} | {result.test_id} | {first}")
+        test = " ".join(result.test_id.split())  # the task's report names it: one line, whatever it says
+        lines.append(f"TEST-UNEXPECTED-{status} | {test} | {first}")
     return lines

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import RedirectResponse
 
+from infrax.artifacts import InvalidArtifactName, check_name
 from infrax.auth import route_options
 from infrax.executioner.artifacts import LOG_ARTIFACT, content_type_of
 from infrax.http import ServiceError
@@ -101,22 +103,27 @@ def queue_router(jobmaster: JobMaster) -> APIRouter:
         _task, runs, _job = await found(task_id)
         return log_of(runs, max(0, len(runs) - 1), task_id)
 
-    def artifact_of(runs: list[TcRun], run_id: int, task_id: str, name: str) -> RedirectResponse:
+    def artifact_of(task: TcTask, runs: list[TcRun], run_id: int, task_id: str, name: str) -> RedirectResponse:
         """Another artifact of the run: a redirect to where its executioner serves it."""
         run = run_of(runs, run_id, task_id)
+        plain = name.removeprefix(PUBLIC)
+        try:  # `..` and the like would redirect elsewhere on the executioner
+            check_name(run_id_of(task.partition_id, run.run), plain)
+        except InvalidArtifactName:
+            raise HTTPException(404, f"run {run_id} of task {task_id!r} has no artifact {name!r}") from None
         if not name.startswith(PUBLIC) or not run.log_url or not run.log_url.endswith("/log"):
             raise HTTPException(404, f"run {run_id} of task {task_id!r} has no artifact {name!r}")
-        return RedirectResponse(f"{run.log_url.removesuffix('/log')}/artifacts/{name.removeprefix(PUBLIC)}", 303)
+        return RedirectResponse(f"{run.log_url.removesuffix('/log')}/artifacts/{quote(plain)}", 303)
 
     @router.get("/task/{task_id}/runs/{run_id}/artifacts/{name:path}", **read)
     async def run_artifact(task_id: str, run_id: int, name: str) -> RedirectResponse:
-        _task, runs, _job = await found(task_id)
-        return artifact_of(runs, run_id, task_id, name)
+        task, runs, _job = await found(task_id)
+        return artifact_of(task, runs, run_id, task_id, name)
 
     @router.get("/task/{task_id}/artifacts/{name:path}", **read)
     async def latest_artifact(task_id: str, name: str) -> RedirectResponse:
-        _task, runs, _job = await found(task_id)
-        return artifact_of(runs, max(0, len(runs) - 1), task_id, name)
+        task, runs, _job = await found(task_id)
+        return artifact_of(task, runs, max(0, len(runs) - 1), task_id, name)
 
     return router
 

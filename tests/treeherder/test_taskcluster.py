@@ -343,6 +343,12 @@ async def test_a_failure_is_orange_with_its_log_and_failing_test_and_an_intermit
         (error_line,) = treeherder_error_lines(log.text)
         assert error_line.startswith("TEST-UNEXPECTED-FAIL | ") and test in error_line
 
+    # Bad names are refused, not redirected elsewhere on the executioner.
+    for bad in ("public/a/%2E%2E/%2E%2E/%2E%2E/metrics", "private/x.log", "public/"):
+        refused = await jobmaster.get(f"/api/queue/v1/task/{broken_task}/runs/0/artifacts/{bad}")
+        assert refused.status_code == 404 and "location" not in refused.headers, (bad, refused.text)
+    assert (await jobmaster.get(f"/api/queue/v1/task/{broken_task}/runs/9/artifacts/public/x")).status_code == 404
+
     # "Inspect task": the partition's page on the dashboard.
     inspect = await jobmaster.get(f"/tasks/{broken_task}")
     assert inspect.status_code == 303
