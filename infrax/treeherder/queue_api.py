@@ -26,20 +26,25 @@ log = logging.getLogger(__name__)
 PUBLIC = "public/"  # what a run left, named as Taskcluster names what anyone may read
 
 
+async def reported_task(jobmaster: JobMaster, task_id: str) -> tuple[TcTask, list[TcRun]]:
+    """The task (a partition, or a placeholder) a Taskcluster task id names, and its runs."""
+    partition_id = tc.partition_id(task_id)
+    known = None
+    if partition_id is not None:
+        async with jobmaster.db.begin() as conn:
+            known = await task_runs.task_by_partition(conn, partition_id)
+    if known is None:
+        # Taskcluster's own answer to an unknown task; Treeherder retries a job whose task 404s.
+        raise HTTPException(404, f"task {task_id!r} not found: no partition of a reported job has this id")
+    return known
+
+
 def queue_router(jobmaster: JobMaster) -> APIRouter:
     router = APIRouter(prefix="/api/queue/v1")
     read = route_options("jobmaster:read", readable=True)
 
     async def found(task_id: str) -> tuple[TcTask, list[TcRun], dict[str, Any]]:
-        partition_id = tc.partition_id(task_id)
-        known = None
-        if partition_id is not None:
-            async with jobmaster.db.begin() as conn:
-                known = await task_runs.task_by_partition(conn, partition_id)
-        if known is None:
-            # Taskcluster's own answer to an unknown task; Treeherder retries a job whose task 404s.
-            raise HTTPException(404, f"task {task_id!r} not found: no partition of a reported job has this id")
-        task, runs = known
+        task, runs = await reported_task(jobmaster, task_id)
         job = await jobmaster.treeherder.job_info(task.job_id)
         if job is None:
             raise HTTPException(404, f"task {task_id!r} belongs to job {task.job_id}, which is gone")
@@ -135,14 +140,7 @@ def inspect_router(jobmaster: JobMaster) -> APIRouter:
 
     @router.get("/tasks/{task_id}", **route_options("jobmaster:read", readable=True))
     async def inspect_task(task_id: str) -> RedirectResponse:
-        partition_id = tc.partition_id(task_id)
-        known = None
-        if partition_id is not None:
-            async with jobmaster.db.begin() as conn:
-                known = await task_runs.task_by_partition(conn, partition_id)
-        if known is None:
-            raise HTTPException(404, f"task {task_id!r} not found: no partition of a reported job has this id")
-        task, _runs = known
+        task, _runs = await reported_task(jobmaster, task_id)
         if jobmaster.dashboard_url and task.count > 0:  # not a placeholder of a task waiting to be planned
             return RedirectResponse(f"{jobmaster.dashboard_url.rstrip('/')}/partitions/{task.partition_id}", 303)
         return RedirectResponse(jobmaster.job_page(task.job_id), 303)
