@@ -37,6 +37,7 @@ exit 1
         stolen = await executioner.get(f"/api/v1/partitions/{partition.id}/artifacts/root/etc/passwd")
 
     assert done.state == State.FAILED and partition.state == State.FAILED
-    assert [a["name"] for a in listed] == ["infrax/log.txt", "reports/junit.xml"]
+    # Its report came out of the container, beside its log and (it failed) the errorsummary for Treeherder.
+    assert [a["name"] for a in listed] == ["infrax/log.txt", "infrax/tests_errorsummary.log", "reports/junit.xml"]
     assert junit.status_code == 200 and junit.text == JUNIT
     assert stolen.status_code == 404

@@ -137,17 +137,19 @@ async def test_intermittent_and_always_failing_tests_told_apart(start_stack, tmp
     code, shown, errors = await cli("tests", broken_by["id"], "--failed", "--config", str(config))
     assert code == 0 and "failed, new in this push" in shown, (shown, errors)
 
-    # Treeherder: each earlier run a retry (saying why), the last its own result; all valid.
+    # Treeherder: each earlier run failed (orange, with its log, saying why it runs again), the
+    # last its own result; none a retry, which Treeherder shows without a log; all valid.
     schema = yaml.safe_load(shared_path("reference", "treeherder", "pulse-job.yml").read_text())
     validator = jsonschema.Draft6Validator(schema, format_checker=jsonschema.Draft6Validator.FORMAT_CHECKER)
     for body in treeherder:
         validator.validate(body)
     ended = [(b["origin"]["revision"], b["retryId"], b["result"], b) for b in treeherder if b["state"] == "completed"]
     unit = [(rev, n, result, b) for rev, n, result, b in ended if b["display"]["jobName"].startswith("unit")]
-    assert [(n, result) for rev, n, result, _ in unit if rev == flaky] == [(0, "retry"), (1, "success")]
-    assert [(n, result) for rev, n, result, _ in unit if rev == broken] == [(0, "retry"), (1, "retry"), (2, "fail")]
+    assert [(n, result) for rev, n, result, _ in unit if rev == flaky] == [(0, "fail"), (1, "success")]
+    assert [(n, result) for rev, n, result, _ in unit if rev == broken] == [(0, "fail"), (1, "fail"), (2, "fail")]
     passed = next(b for rev, n, result, b in unit if rev == flaky and result == "success")
     assert "intermittent" in passed["jobInfo"]["summary"]
-    retried = next(b for rev, n, result, b in unit if rev == flaky and result == "retry")
-    assert retried["isRetried"] is True and "run again as run 1" in retried["jobInfo"]["summary"]
+    retried = next(b for rev, n, result, b in unit if rev == flaky and result == "fail")
+    assert not retried.get("isRetried") and "run again as run 1" in retried["jobInfo"]["summary"]
+    assert retried["logs"][0]["name"] == "live_backing_log"
     assert retried["buildMachine"]["name"] != passed["buildMachine"]["name"], "re-run on another container"
