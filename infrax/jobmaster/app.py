@@ -18,7 +18,8 @@ from infrax.jobmaster.github import WebhookError
 from infrax.jobmaster.mirrors import MirrorError
 from infrax.jobmaster.plugin import PushRejected
 from infrax.jobmaster.pushlog import HgPushNotice, push_view
-from infrax.jobmaster.service import JobMaster, JobNotFound
+from infrax.jobmaster.queries import JobNotFound
+from infrax.jobmaster.service import JobMaster
 from infrax.jobmaster.vcs import VcsError
 from infrax.metrics import metrics_route
 from infrax.model import NO_CONTROL, Job, PushSubmission, State
