@@ -96,6 +96,11 @@ class Config:
     # seconds another component may stay unreachable or answer 5xx before a run it holds up is
     # given up as an infrastructure failure (re-run); until then it is waited for, never a retry spent
     outage_deadline: float = 600.0
+    # Workers (`infrax worker`, providers of kind `pool`): how long a worker may be away before its
+    # containers are given up (their runs re-run), and where the provisioner listens for the
+    # executioner's connections to remote agents (one port a container; an address the executioners reach).
+    worker_grace: float = 10.0
+    relay_host: str = "127.0.0.1"
     # -- job master: code hosts and Treeherder (docs/code-hosts.md) --
     github_secrets: dict[str, str] = field(default_factory=dict)  # "owner/name" (or "*") -> webhook secret
     github_api_url: str = "https://api.github.com"  # where commit statuses are posted

@@ -32,6 +32,8 @@ from infrax.executioner.app import create_app as executioner_app
 from infrax.executioner.artifacts import ArtifactKeeper
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.executioner.service import Executioner
+from infrax.fleet.gateway import Gateway
+from infrax.fleet.pool_provider import PoolProvider
 from infrax.http import tcp_client
 from infrax.jobmaster.app import create_app as jobmaster_app
 from infrax.jobmaster.client import JobMasterClient
@@ -103,6 +105,7 @@ class Stack:
     security: Security | None = None
     admin_token: str | None = None  # minted by a stack with `admin_token_file`, kept in admin_token_path
     _service_token: tuple[str, str] | None = None  # (id, token) this process calls the others with
+    gateway: Gateway | None = None  # the workers connected to this provisioner (infrax.fleet)
 
     def client(self, component: str, timeout: float = 60.0, *, token: str | None = None) -> httpx.AsyncClient:
         """An HTTP client for a component: in process when it runs here, over TCP otherwise. It sends
@@ -208,6 +211,7 @@ class Stack:
             )
             app = executioner_app(service, self.security)
         elif name == "provisioner":
+            self.gateway = Gateway(self.security.guard.tokens, grace=config.worker_grace, relay_host=config.relay_host)
             providers = [self._provider(p) for p in config.providers]
             service = Provisioner(
                 config.container_types,
@@ -217,7 +221,15 @@ class Stack:
                 run_tokens=self.run_tokens,
                 outage_deadline=config.outage_deadline,
             )
-            app = provisioner_app(service, self.security)
+            pools = [p.name for p in providers if isinstance(p, PoolProvider)]
+            gateway = self.gateway
+
+            def capacity_changed() -> None:
+                for pool in pools:
+                    service.capacity_grew(pool)
+
+            gateway.on_change = capacity_changed
+            app = provisioner_app(service, self.security, self.gateway)
         elif name == "optimizer":
             from infrax.optimizer.service import OptimizerService
 
@@ -276,6 +288,9 @@ class Stack:
             **provider.options,
         }
         try:
+            if provider.kind == "pool":
+                assert self.gateway is not None
+                return PoolProvider(provider.name, provider.capacity, provider.options, self.gateway)
             return make_provider(provider.kind, provider.name, provider.capacity, options)
         except (ProviderError, ValueError) as error:  # a setting that can never work: refuse to start
             raise ConfigError(f"provider {provider.name}: {error}") from error

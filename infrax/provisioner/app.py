@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import Field
+from starlette.routing import WebSocketRoute
 
 from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
+from infrax.fleet.gateway import Gateway
 from infrax.metrics import metrics_route
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
@@ -43,10 +47,18 @@ class ReleaseBatch(WireModel):
     releases: list[Release] = Field(min_length=1, max_length=1000)
 
 
-def create_app(provisioner: Provisioner, security: Security) -> FastAPI:
+def create_app(provisioner: Provisioner, security: Security, gateway: Gateway | None = None) -> FastAPI:
     app = secured_app("infrax provisioner", security)
     read = route_options("provisioner:read", readable=True)
     add_error_handlers(app)
+    if gateway is not None:
+        # A worker's connection checks its pool token itself (the route guard speaks HTTP only).
+        app.router.routes.append(WebSocketRoute("/api/v1/workers/connect", gateway.serve))
+
+        @app.get("/api/v1/workers", **read)
+        async def workers() -> list[dict[str, Any]]:
+            """Every worker that joined a pool: connected or away, capacity, containers, last seen."""
+            return gateway.listing()
 
     @app.get("/api/v1/container-types", response_model=list[ContainerType], **read)
     async def container_types() -> list[ContainerType]:

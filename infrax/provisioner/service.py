@@ -635,6 +635,15 @@ class Provisioner:
         now = self.clock()
         return [s.view(now) for s in self.slots.values()]
 
+    def capacity_grew(self, provider_name: str) -> None:
+        """A provider can start more containers than before (a worker joined its pool): the
+        scheduler hears of it now, as of a freed container of each type it serves."""
+        for container_type in self.types.values():
+            if provider_name in container_type.providers:
+                if not self._free_unannounced:
+                    asyncio.get_running_loop().call_soon(self._announce)
+                self._free_unannounced[container_type.name] = self._free_unannounced.get(container_type.name, 0) + 1
+
     def _announce_free(self, slot: Slot) -> None:
         """Say on the bus that a container of this type is free, in one event with any others.
 

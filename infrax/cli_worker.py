@@ -1,0 +1,75 @@
+"""`infrax worker`: join a pool of the provisioner at URL, and run its containers on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from pathlib import Path
+
+import typer
+
+from infrax.cli_support import USAGE, console, fail, run
+from infrax.fleet.protocol import NAME_PATTERN, POOL_PATTERN
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def worker(
+        provisioner: str = typer.Argument(..., help="the provisioner's URL, e.g. https://ci.example.org:7313"),
+        pool: str = typer.Option(..., help="the pool it joins (a provider of kind `pool` names it)"),
+        token_file: Path = typer.Option(
+            None, help="file holding a token with provisioner:worker:<pool>; else INFRAX_WORKER_TOKEN"
+        ),
+        capacity: int = typer.Option(os.cpu_count() or 1, min=1, max=10_000, help="containers at once"),
+        name: str = typer.Option(socket.gethostname(), help="unique in its pool; default the host's name"),
+        data_dir: Path = typer.Option(Path(".infrax-worker"), help="its containers' folders go here"),
+        run_as: str = typer.Option(
+            "container", help="whom task code runs as: container (a user of each container's own), a user, or self"
+        ),
+    ) -> None:
+        """Join a pool: dial out to the provisioner (no inbound port) and run the containers it asks for."""
+        import re
+
+        from infrax.fleet.worker import Worker, WorkerRefused
+        from infrax.private import private_dir
+        from infrax.provisioner.providers.process import ProcessProvider
+
+        if not re.match(POOL_PATTERN, pool) or not re.match(NAME_PATTERN, name):
+            fail(f"pool {pool!r} and name {name!r} must be letters, digits, '-', '_' (and '.' in a name)", USAGE)
+        token = os.environ.get("INFRAX_WORKER_TOKEN", "").strip()
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as error:
+                fail(f"cannot read the token file {token_file}: {error.strerror or error}", USAGE)
+        if not token:
+            fail("no token: --token-file, or INFRAX_WORKER_TOKEN", USAGE)
+
+        home = data_dir.resolve()
+        containers = home.parent / f"{home.name}-containers"  # task users must reach theirs, not this one
+
+        async def main() -> None:
+            private_dir(home)
+            provider = ProcessProvider("worker", capacity, {"root": str(containers), "run_as": run_as})
+            joined = Worker(provisioner, pool, token, name, capacity, provider)
+            stopping = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stopping.set)
+            running = asyncio.create_task(joined.run())
+            stopped = asyncio.create_task(stopping.wait())
+            console.print(f"worker [green]{name}[/] joining pool {pool} at {provisioner} ({capacity} containers)")
+            try:
+                await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if running.done():
+                    running.result()  # refused: say why
+            except WorkerRefused as error:
+                fail(f"the provisioner refused this worker: {error}")
+            finally:
+                running.cancel()
+                stopped.cancel()
+                await joined.close()
+
+        run(main)

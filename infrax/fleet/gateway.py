@@ -1,0 +1,361 @@
+"""The provisioner's side of the worker connections: who is connected, calls to them, and a relay
+address per remote container whose connections are channels of its worker's WebSocket.
+
+A worker is known by pool and name, across reconnects: its containers outlive a dropped
+connection for `grace` seconds, after which they count as gone (`alive` says so, the provisioner
+retires them, their runs are re-run). A worker that comes back is told which of the containers it
+still runs were given up meanwhile (`orphans`), and stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from infrax.auth import TokenStore
+from infrax.fleet.protocol import (
+    Answer,
+    Call,
+    Close,
+    FleetMessage,
+    Hello,
+    Open,
+    ProtocolError,
+    Welcome,
+    decode,
+    encode,
+    frame,
+    unframe,
+)
+from infrax.model import new_id
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+CALL_TIMEOUT = 30.0
+REFUSED = 4403  # WebSocket close codes of the application's range: 4000 + the HTTP status meant
+UNAUTHORIZED = 4401
+BAD_MESSAGE = 4400
+
+
+def worker_scope(pool: str) -> str:
+    return f"provisioner:worker:{pool}"
+
+
+@dataclass
+class RemoteContainer:
+    id: str
+    pool: str
+    worker: str
+    relay: asyncio.Server | None = None
+    port: int = 0
+
+
+@dataclass
+class WorkerLink:
+    """One worker, whether connected now or not."""
+
+    pool: str
+    name: str
+    id: str = field(default_factory=new_id)
+    capacity: int = 0
+    agent_version: str = ""
+    socket: WebSocket | None = None
+    connected_at: float = 0.0
+    last_seen: float = 0.0
+    away_since: float | None = None
+    draining: bool = False
+    containers: set[str] = field(default_factory=set)
+    channels: dict[int, asyncio.StreamWriter] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def connected(self) -> bool:
+        return self.socket is not None
+
+    async def send(self, message: FleetMessage) -> None:
+        socket = self.socket
+        if socket is None:
+            raise ConnectionError(f"worker {self.name} of pool {self.pool} is not connected")
+        async with self.send_lock:
+            await socket.send_text(encode(message))
+
+    async def send_bytes(self, channel: int, data: bytes) -> None:
+        socket = self.socket
+        if socket is None:
+            raise ConnectionError(f"worker {self.name} of pool {self.pool} is not connected")
+        async with self.send_lock:
+            await socket.send_bytes(frame(channel, data))
+
+
+class Gateway:
+    def __init__(
+        self,
+        tokens: TokenStore,
+        grace: float = 10.0,
+        relay_host: str = "127.0.0.1",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tokens = tokens
+        self.grace = grace
+        self.relay_host = relay_host
+        self.clock = clock
+        self.workers: dict[tuple[str, str], WorkerLink] = {}
+        self.containers: dict[str, RemoteContainer] = {}
+        self._calls = itertools.count()
+        self._channels = itertools.count(1)
+        self.joined = asyncio.Event()  # set at each worker's (re)connection: capacity may have grown
+        self.on_change: Callable[[], None] | None = None
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def serve(self, socket: WebSocket) -> None:
+        """One worker's connection, from its hello to its end."""
+        header = socket.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        caller = await self.tokens.check(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if caller is None:
+            await socket.close(UNAUTHORIZED, "a valid pool token is needed (Authorization: Bearer ifx_…)")
+            return
+        await socket.accept()
+        try:
+            hello = decode(await asyncio.wait_for(socket.receive_text(), CALL_TIMEOUT))
+        except (ProtocolError, TimeoutError, WebSocketDisconnect, KeyError) as error:
+            await _close(socket, BAD_MESSAGE, f"the first message must be a hello: {error}")
+            return
+        if not isinstance(hello, Hello):
+            await _close(socket, BAD_MESSAGE, f"the first message must be a hello, not {hello.kind}")
+            return
+        if not caller.may(worker_scope(hello.pool)):
+            log.warning("refused worker %s: token %s lacks %s", hello.name, caller.name, worker_scope(hello.pool))
+            await _close(socket, REFUSED, f"missing scope {worker_scope(hello.pool)}")
+            return
+        link = await self._join(socket, hello)
+        try:
+            await self._receive(link, socket)
+        finally:
+            if link.socket is socket:
+                self._leave(link)
+
+    async def _join(self, socket: WebSocket, hello: Hello) -> WorkerLink:
+        key = (hello.pool, hello.name)
+        link = self.workers.get(key)
+        if link is None:
+            link = self.workers[key] = WorkerLink(hello.pool, hello.name)
+        elif link.socket is not None:  # it reconnected before its old connection was seen to end
+            old = link.socket
+            self._leave(link)
+            with contextlib.suppress(Exception):
+                await old.close(1000, "replaced by a newer connection of the same worker")
+        now = self.clock()
+        link.socket, link.connected_at, link.last_seen, link.away_since = socket, now, now, None
+        link.capacity, link.agent_version, link.draining = hello.capacity, hello.agent_version, False
+        # What it still runs that was given up while it was away: it stops those.
+        orphans = [c for c in hello.containers if c not in link.containers]
+        link.containers &= set(hello.containers)  # and what it no longer runs is gone
+        for gone in [
+            c for c, known in self.containers.items() if known.worker == link.name and c not in link.containers
+        ]:
+            if self.containers[gone].pool == link.pool:
+                await self._drop(gone)
+        await link.send(Welcome(worker_id=link.id, grace=self.grace, orphans=orphans))
+        log.info("worker %s joined pool %s (capacity %d)", link.name, link.pool, link.capacity)
+        self._changed()
+        return link
+
+    async def _receive(self, link: WorkerLink, socket: WebSocket) -> None:
+        while True:
+            try:
+                message = await socket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            link.last_seen = self.clock()
+            try:
+                if message.get("bytes") is not None:
+                    channel, data = unframe(message["bytes"])
+                    writer = link.channels.get(channel)
+                    if writer is not None:
+                        writer.write(data)
+                        await writer.drain()
+                    continue
+                received = decode(message.get("text") or "")
+            except ProtocolError as error:
+                await _close(socket, BAD_MESSAGE, str(error))
+                return
+            except (ConnectionError, OSError):  # the relay's side went: its close follows
+                continue
+            if isinstance(received, Answer):
+                pending = link.pending.pop(received.id, None)
+                if pending is not None and not pending.done():
+                    if received.error is not None:
+                        pending.set_exception(WorkerCallFailed(received.error))
+                    else:
+                        pending.set_result(received.result or {})
+            elif isinstance(received, Close):
+                writer = link.channels.pop(received.channel, None)
+                if writer is not None:
+                    writer.close()
+            else:
+                await _close(socket, BAD_MESSAGE, f"a worker does not send {received.kind}")
+                return
+
+    def _leave(self, link: WorkerLink) -> None:
+        link.socket, link.away_since = None, self.clock()
+        for writer in link.channels.values():
+            writer.close()
+        link.channels.clear()
+        for pending in link.pending.values():
+            if not pending.done():
+                pending.set_exception(ConnectionError(f"worker {link.name} went away"))
+        link.pending.clear()
+        log.warning("worker %s of pool %s went away; its containers are kept %.0f s", link.name, link.pool, self.grace)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.joined.set()
+        self.joined = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- what the pool provider asks ----------------------------------------------------------
+
+    def usable(self, pool: str) -> list[WorkerLink]:
+        return [w for w in self.workers.values() if w.pool == pool and w.connected and not w.draining]
+
+    def capacity(self, pool: str) -> int:
+        return sum(w.capacity for w in self.usable(pool))
+
+    async def call(self, link: WorkerLink, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        number = next(self._calls)
+        answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        link.pending[number] = answered
+        try:
+            await link.send(Call(id=number, method=method, params=params))  # type: ignore[arg-type]
+            async with asyncio.timeout(timeout):
+                return await answered
+        finally:
+            link.pending.pop(number, None)
+
+    async def start_container(
+        self, pool: str, container_id: str, params: dict[str, Any], timeout: float
+    ) -> tuple[str, int]:
+        """Start it on the worker of the pool with the most room; where its relay listens."""
+        candidates = [w for w in self.usable(pool) if len(w.containers) < w.capacity]
+        if not candidates:
+            raise NoRoom(f"no worker of pool {pool} has room ({len(self.usable(pool))} connected)")
+        link = min(candidates, key=lambda w: len(w.containers) / w.capacity)
+        link.containers.add(container_id)
+        self.containers[container_id] = RemoteContainer(container_id, pool, link.name)
+        try:
+            await self.call(link, "create", {"containerId": container_id, **params}, timeout)
+            return await self._relay(self.containers[container_id])
+        except BaseException:
+            link.containers.discard(container_id)
+            await self._drop(container_id)
+            raise
+
+    def alive(self, container_id: str) -> bool:
+        known = self.containers.get(container_id)
+        link = self.workers.get((known.pool, known.worker)) if known else None
+        if known is None or link is None or container_id not in link.containers:
+            return False
+        return link.connected or (link.away_since is not None and self.clock() - link.away_since < self.grace)
+
+    async def stop_container(self, container_id: str, timeout: float) -> None:
+        known = self.containers.get(container_id)
+        if known is None:
+            return
+        link = self.workers.get((known.pool, known.worker))
+        await self._drop(container_id)
+        if link is not None:
+            link.containers.discard(container_id)
+            if link.connected:
+                with contextlib.suppress(ConnectionError, TimeoutError, WorkerCallFailed):
+                    await self.call(link, "destroy", {"containerId": container_id}, timeout)
+
+    def container_ids(self, pool: str) -> list[str]:
+        return [c for c, known in self.containers.items() if known.pool == pool]
+
+    async def _drop(self, container_id: str) -> None:
+        known = self.containers.pop(container_id, None)
+        if known is not None and known.relay is not None:
+            known.relay.close()
+
+    async def close(self) -> None:
+        for container_id in list(self.containers):
+            await self._drop(container_id)
+
+    # -- relays -------------------------------------------------------------------------------
+
+    async def _relay(self, container: RemoteContainer) -> tuple[str, int]:
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._carry(container, reader, writer)
+
+        container.relay = await asyncio.start_server(connected, self.relay_host, 0)
+        container.port = container.relay.sockets[0].getsockname()[1]
+        return self.relay_host, container.port
+
+    async def _carry(
+        self, container: RemoteContainer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One connection to the relay: a channel to the container's agent, until either side ends it."""
+        link = self.workers.get((container.pool, container.worker))
+        channel = next(self._channels)
+        try:
+            if link is None or not link.connected:
+                return
+            link.channels[channel] = writer
+            await link.send(Open(channel=channel, container_id=container.id))
+            while data := await reader.read(CHUNK):
+                await link.send_bytes(channel, data)
+            if link.channels.pop(channel, None) is not None:
+                await link.send(Close(channel=channel))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if link is not None:
+                link.channels.pop(channel, None)
+            writer.close()
+
+    # -- what people see ----------------------------------------------------------------------
+
+    def listing(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {
+                "id": w.id,
+                "pool": w.pool,
+                "name": w.name,
+                "connected": w.connected,
+                "draining": w.draining,
+                "capacity": w.capacity,
+                "containers": len(w.containers),
+                "agentVersion": w.agent_version,
+                "lastSeenSecondsAgo": round(now - w.last_seen, 3),
+            }
+            for w in sorted(self.workers.values(), key=lambda w: (w.pool, w.name))
+        ]
+
+
+class WorkerCallFailed(Exception):
+    """The worker answered a call with an error; the message is the worker's."""
+
+
+class NoRoom(Exception):
+    """No connected worker of the pool can take another container."""
+
+
+async def _close(socket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await socket.close(code, reason[:120])

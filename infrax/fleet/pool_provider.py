@@ -1,0 +1,55 @@
+"""A pool of workers as a container provider (`kind: pool`): its capacity is what its connected
+workers offer (none while none is), a container is started on the worker with the most room, and
+its agent is reached at the container's relay address on the provisioner's host.
+
+    providers:
+      - name: hardware              # the pool's name unless `options.pool` gives another
+        kind: pool
+        capacity: 200               # optional: at most this many at once, whatever joins
+        options: {start_timeout: 30}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infrax.fleet.gateway import Gateway, NoRoom, WorkerCallFailed
+from infrax.model import ContainerType
+from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
+
+
+class PoolProvider(ContainerProvider):
+    kind = "pool"
+
+    def __init__(self, name: str, capacity: int | None, options: dict[str, Any], gateway: Gateway) -> None:
+        self.gateway = gateway
+        super().__init__(name, capacity, options)
+        self.pool = str(self.options.get("pool", name))
+        self.start_timeout = float(self.options.get("start_timeout", 30.0))
+
+    @property
+    def capacity(self) -> int | None:
+        """What the connected workers offer now, within the configured limit."""
+        offered = self.gateway.capacity(self.pool)
+        return offered if self._limit is None else min(offered, self._limit)
+
+    @capacity.setter
+    def capacity(self, limit: int | None) -> None:
+        self._limit = limit
+
+    async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
+        params = {"containerType": container_type.wire(), "secret": secret}
+        try:
+            host, port = await self.gateway.start_container(self.pool, container_id, params, self.start_timeout)
+        except (NoRoom, WorkerCallFailed, ConnectionError, TimeoutError) as error:
+            raise ProviderError(f"pool {self.pool}: {error or 'the worker did not answer in time'}") from error
+        return Endpoint(host, port)
+
+    async def alive(self, container_id: str) -> bool:
+        return self.gateway.alive(container_id)
+
+    async def destroy(self, container_id: str) -> None:
+        await self.gateway.stop_container(container_id, self.start_timeout)
+
+    async def list(self) -> list[str]:
+        return self.gateway.container_ids(self.pool)
