@@ -1,6 +1,7 @@
-"""Write the JSON Schemas of the bus messages and of the REST wire models; run it after changing them.
+"""Write the JSON Schemas of the bus messages, of the REST wire models and of the worker
+connection's messages; run it after changing them.
 
-    python scripts/generate_schemas.py          # rewrite infrax/schemas/{bus,rest}/v1/
+    python scripts/generate_schemas.py          # rewrite infrax/schemas/{bus,rest,fleet}/v1/
     python scripts/generate_schemas.py --check  # exit 1 and list the files that are stale
 
 Bus messages: one file per kind (`infrax.bus.messages.BUS_MESSAGES`), as `infrax.bus.schemas`
@@ -18,12 +19,13 @@ from typing import Any
 from infrax import model
 from infrax.bus.schemas import JSON_SCHEMA_DIALECT, SCHEMA_BASE, json_schemas
 from infrax.executioner.test_results import TestHistory, TestResultView, TestVerdict
+from infrax.fleet import protocol as fleet
 from infrax.model import WIRE_VERSION, WireModel
 from infrax.optimizer.container_starts import LearnedStart
 from infrax.scheduler.summaries import RequestSummary
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "infrax" / "schemas"
-GENERATED_DIRS = (f"bus/v{WIRE_VERSION}", f"rest/v{WIRE_VERSION}")
+GENERATED_DIRS = (f"bus/v{WIRE_VERSION}", f"rest/v{WIRE_VERSION}", f"fleet/v{fleet.VERSION}")
 
 
 # REST bodies that live beside their component rather than in infrax.model.
@@ -65,6 +67,14 @@ def generated() -> dict[str, str]:
     files = {f"bus/v{WIRE_VERSION}/{kind}.json": render(schema) for kind, schema in json_schemas().items()}
     for name, cls in sorted(rest_models().items()):
         files[f"rest/v{WIRE_VERSION}/{name}.json"] = render(rest_schema(name, cls))
+    for kind, message in sorted(fleet.FLEET_MESSAGES.items()):  # the worker connection's text frames
+        files[f"fleet/v{fleet.VERSION}/{kind}.json"] = render(
+            {
+                "$schema": JSON_SCHEMA_DIALECT,
+                "$id": f"{SCHEMA_BASE}/fleet/v{fleet.VERSION}/{kind}.json",
+                **message.model_json_schema(by_alias=True),
+            }
+        )
     return files
 
 
