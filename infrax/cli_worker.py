@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             private_dir(home)
-            provider = ProcessProvider("worker", capacity, {"root": str(containers), "run_as": run_as})
+            options = {"root": str(containers), "run_as": run_as, "stop_with_provider": True}
+            provider = ProcessProvider("worker", capacity, options)
             joined = Worker(provisioner, pool, token, name, capacity, provider)
             stopping = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="INFO", help="stderr log level (default: %(default)s)")
     parser.add_argument("--secret-stdin", action="store_true", help="read the secret from standard input's first line")
+    parser.add_argument(
+        "--stop-on-stdin-close",
+        action="store_true",
+        help="with --secret-stdin: exit (killing the current run) when standard input closes, i.e. when the "
+        "process that started this agent is gone, however it went",
+    )
     parser.add_argument("--secret-file", type=Path, default=None, help="read the secret from this file, then remove it")
     args = parser.parse_args(argv)
     if args.kill_grace < 0:
@@ -119,7 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     _use_pidfd_child_watcher(loop)
     # Not asyncio.run(): it would wait for worker threads on the way out (see below).
     return loop.run_until_complete(
-        serve(secret, settings, args.host, args.port, args.parent_pid, orphan_timeout=args.orphan_timeout)
+        serve(
+            secret,
+            settings,
+            args.host,
+            args.port,
+            args.parent_pid,
+            orphan_timeout=args.orphan_timeout,
+            lifeline=getattr(args, "lifeline", None),
+        )
     )
 
 
@@ -128,6 +142,8 @@ def _read_secret(args: argparse.Namespace) -> str:
     from_env = os.environ.pop(SECRET_ENV, "")
     if args.secret_stdin:
         line = sys.stdin.readline().strip()
+        if args.stop_on_stdin_close:  # kept (not inherited by runs) to hear the starter's end
+            args.lifeline = os.dup(0)
         # Standard input was only for this: runs get /dev/null.
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)

@@ -374,6 +374,18 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), PARENT_CHECK_INTERVAL)
 
 
+async def _watch_lifeline(fd: int, stop: asyncio.Event) -> None:
+    """Stop when the pipe from whoever started this agent closes: it is gone (a worker killed with
+    -9 closes it too), and a run nobody can hand on must not go on alone."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    while await reader.read(4096):
+        pass
+    log.warning("the process that started this agent is gone; shutting down")
+    stop.set()
+
+
 async def _watch_contact(agent: Agent, timeout: float, stop: asyncio.Event) -> None:
     """Stop once idle with nobody in touch for `timeout` seconds. A provisioner heartbeats its
     containers every few seconds, a restarted one adopts them: silence this long means none will."""
@@ -395,6 +407,7 @@ async def serve(
     parent_pid: int | None = None,
     ready_stream: TextIO = sys.stdout,
     orphan_timeout: float = 0.0,
+    lifeline: int | None = None,
 ) -> int:
     """Run the agent until SIGTERM/SIGINT (or the parent process dies); returns the exit code."""
     stop = asyncio.Event()
@@ -418,6 +431,8 @@ async def serve(
         watchers.append(asyncio.create_task(_watch_parent(parent_pid, stop)))
     if orphan_timeout:
         watchers.append(asyncio.create_task(_watch_contact(agent, orphan_timeout, stop)))
+    if lifeline is not None:
+        watchers.append(asyncio.create_task(_watch_lifeline(lifeline, stop)))
     try:
         await stop.wait()
     finally:

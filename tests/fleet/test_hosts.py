@@ -4,16 +4,18 @@ control plane, which never connects to them, and cannot reach each other."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from infrax.sample_project import break_one_test, make_sample_repo
 from tests.fleet.hosts import Host, hosts
 from tests.fleet.test_workers import ON_POOL, POOL, pool_token
-from tests.jobmaster.conftest import job_in, wait_for
+from tests.jobmaster.conftest import commit, git, job_in, wait_for
 
 PROBE = "import socket, sys\ntry: socket.create_connection((sys.argv[1], 9), 2)\nexcept OSError as e: print(e.errno)"
 
@@ -83,4 +85,73 @@ async def test_a_job_runs_on_workers_on_other_hosts_that_only_dial_out(start_sta
             assert errno == "101", f"the first host reached the second's address (errno {errno})"  # ENETUNREACH
         finally:
             for process in workers:
+                stop(process)
+
+
+async def test_a_worker_killed_mid_run_loses_nothing_and_leaves_nothing_running(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    journal, started = tmp_path / "journal", tmp_path / "started"
+    hang = f"sleep {random.randrange(100_000, 999_999)}"  # a command line no other process has
+    once = tmp_path / "once.sh"  # the first run hangs until its worker dies; the re-run completes
+    once.write_text(
+        f'#!/bin/sh\necho "start $INFRAX_RUN" >> {journal}\n'
+        f'if [ "$INFRAX_RUN" = 0 ]; then echo "$INFRAX_WORK_DIR" > {started}; {hang}; fi\n'
+        f'echo "done $INFRAX_RUN" >> {journal}\n'
+    )
+    once.chmod(0o755)
+    repo = tmp_path / "once"
+    repo.mkdir()
+    git(repo, "init", "--quiet")
+    git(repo, "config", "user.email", "a@infrax.invalid")
+    git(repo, "config", "user.name", "a")
+    config = (
+        f"version: 1\nproject: once\ntasks:\n  - {{name: once, containerTag: linux_x86_64, bootstrapper: {once}}}\n"
+    )
+    commit(repo, {".infrax.yml": config}, "once")
+    with hosts(2) as (first, second):
+        infrax = await start_stack(
+            providers=POOL, container_types=ON_POOL, host="0.0.0.0", allowed_hosts=[first.gateway, second.gateway]
+        )
+        port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
+        token_file = tmp_path / "pool.token"
+        token_file.write_text(await pool_token(infrax))
+        token_file.chmod(0o600)
+        workers = {
+            f"worker-{n}": start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
+            for n, host in enumerate((first, second))
+        }
+        try:
+
+            async def both_joined() -> bool:
+                listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+                return sum(1 for w in listed if w["connected"]) == 2
+
+            await wait_for(both_joined, 30, "both workers to join")
+            pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
+            assert pushed.status_code == 201, pushed.text
+
+            async def running() -> bool:
+                return started.exists() and bool(started.read_text().strip())
+
+            await wait_for(running, 30, "the first run to start")
+            assert subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 0
+            where = started.read_text().strip()
+            (busy,) = [name for name in workers if f"/{name}-containers/" in where]
+            killed_at = datetime.now(UTC)
+            os.kill(workers[busy].pid, signal.SIGKILL)  # the worker alone, as a crash would
+            job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=60)
+            assert job["state"] == "completed", job
+            (partition,) = [p for t in (await infrax.request(job["requestId"])).tasks for p in t.partitions]
+            assert partition.run == 1 and partition.queued_at is not None
+            assert (partition.queued_at - killed_at).total_seconds() < infrax.stack.config.worker_grace
+            # Done once, by the re-run; the first run never finished, and nothing of it runs on.
+            assert journal.read_text().split("\n").count("done 1") == 1 and "done 0" not in journal.read_text()
+
+            async def gone() -> bool:
+                return subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 1
+
+            await wait_for(gone, 15, "the killed worker's run to end with it")
+        finally:
+            for process in workers.values():
                 stop(process)

@@ -40,6 +40,9 @@ class ProcessProvider(ContainerProvider):
         # An agent nobody has spoken to for this long exits (a provisioner heartbeats its containers
         # every few seconds, and one that restarts adopts them: this only ends agents left for good).
         self.orphan_timeout = float(self.options.get("orphan_timeout", 120.0))
+        # An agent that ends with this process (a worker's: nothing else could hand its runs on)
+        # rather than outliving it to be adopted by the next (a provisioner's).
+        self.stop_with_provider = bool(self.options.get("stop_with_provider", False))
         # Each agent as PID 1 of its own PID namespace (with its own /proc), where the host allows:
         # when the agent dies, however it dies, the kernel kills every process of its runs, also
         # those that left with setsid. "auto": where `unshare` works; true: required; false: never.
@@ -105,6 +108,7 @@ class ProcessProvider(ContainerProvider):
                     "--orphan-timeout",
                     str(self.orphan_timeout),
                     "--secret-stdin",
+                    *(["--stop-on-stdin-close"] if self.stop_with_provider else []),
                     stdout=asyncio.subprocess.PIPE,
                     stderr=agent_log,
                     stdin=asyncio.subprocess.PIPE,
@@ -116,7 +120,8 @@ class ProcessProvider(ContainerProvider):
             assert process.stdin is not None
             process.stdin.write(secret.encode() + b"\n")
             await process.stdin.drain()
-            process.stdin.close()
+            if not self.stop_with_provider:  # else kept open: it closes when this process ends
+                process.stdin.close()
         except (OSError, KeyError) as error:
             raise ProviderError(f"cannot start agent process: {error}") from error
         with open_private(home / "pid") as file:
