@@ -45,6 +45,7 @@ LogFormatOption = typer.Option("text", "--log-format", help="text, or json: one 
 LogRequestsOption = typer.Option(False, "--log-requests", help="also a line for every HTTP request served and made")
 cli_jobs.register(app)
 cli_worker.register(app)
+cli_worker.register_workers(app)
 
 
 # -- servers ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`infrax worker`: join a pool of the provisioner at URL, and run its containers on this machine."""
+"""`infrax worker`: join a pool of the provisioner at URL and run its containers on this machine;
+`infrax workers`: list, drain and remove the workers of the pools."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import signal
 import socket
 from pathlib import Path
 
+import httpx
 import typer
+from rich.table import Table
 
-from infrax.cli_support import USAGE, console, fail, run
+from infrax.cli_support import USAGE, ConfigOption, JsonOption, console, fail, load, print_json, run, token
 from infrax.fleet.protocol import NAME_PATTERN, POOL_PATTERN
+from infrax.http import ServiceError, tcp_client
 
 
 def register(app: typer.Typer) -> None:
@@ -74,3 +78,44 @@ def register(app: typer.Typer) -> None:
                 await joined.close()
 
         run(main)
+
+
+def register_workers(app: typer.Typer) -> None:
+    workers = typer.Typer(help="The workers of the provisioner's pools: list, drain, remove.", no_args_is_help=True)
+    app.add_typer(workers, name="workers")
+
+    async def call(config: Path | None, method: str, path: str) -> httpx.Response:
+        cfg = load(config)
+        held = token(cfg)
+        async with tcp_client(cfg.url("provisioner")) as client:
+            client.headers.update({"Authorization": f"Bearer {held}"} if held else {})
+            answer = await client.request(method, path)
+        if answer.status_code >= 400:
+            raise ServiceError("provisioner", answer.status_code, answer.text)
+        return answer
+
+    @workers.command("list")
+    def list_workers(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+        """Every worker of every pool: connected, draining, capacity, containers, last seen."""
+        listed = run(lambda: call(config, "GET", "/api/v1/workers")).json()
+        if as_json:
+            print_json(listed)
+            return
+        table = Table("pool", "name", "id", "connected", "draining", "containers", "last seen")
+        for w in listed:
+            seen = f"{w['lastSeenSecondsAgo']:.0f} s ago"
+            busy = f"{w['containers']}/{w['capacity']}"
+            table.add_row(w["pool"], w["name"], w["id"][:12], str(w["connected"]), str(w["draining"]), busy, seen)
+        console.print(table)
+
+    @workers.command("drain")
+    def drain(worker_id: str, config: Path | None = ConfigOption) -> None:
+        """It takes no new partition; what it runs finishes; then `infrax workers remove` it."""
+        shown = run(lambda: call(config, "POST", f"/api/v1/workers/{worker_id}/drain")).json()
+        console.print(f"worker {shown['name']} of pool {shown['pool']} drains ({shown['containers']} containers)")
+
+    @workers.command("remove")
+    def remove(worker_id: str, config: Path | None = ConfigOption) -> None:
+        """Forget a worker that runs nothing; a connected one stops."""
+        run(lambda: call(config, "DELETE", f"/api/v1/workers/{worker_id}"))
+        console.print(f"worker {worker_id} removed")

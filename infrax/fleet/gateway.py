@@ -25,6 +25,7 @@ from infrax.fleet.protocol import (
     Answer,
     Call,
     Close,
+    Drain,
     FleetMessage,
     Hello,
     Open,
@@ -44,6 +45,7 @@ CALL_TIMEOUT = 30.0
 REFUSED = 4403  # WebSocket close codes of the application's range: 4000 + the HTTP status meant
 UNAUTHORIZED = 4401
 BAD_MESSAGE = 4400
+REMOVED = 4410  # gone, for good: the worker stops
 
 
 def worker_scope(pool: str) -> str:
@@ -284,6 +286,38 @@ class Gateway:
                 with contextlib.suppress(ConnectionError, TimeoutError, WorkerCallFailed):
                     await self.call(link, "destroy", {"containerId": container_id}, timeout)
 
+    def draining(self, container_id: str) -> bool:
+        known = self.containers.get(container_id)
+        link = self.workers.get((known.pool, known.worker)) if known else None
+        return link is not None and link.draining
+
+    def worker(self, worker_id: str) -> WorkerLink:
+        for link in self.workers.values():
+            if link.id == worker_id:
+                return link
+        raise UnknownWorker(f"no worker {worker_id}")
+
+    async def drain(self, worker_id: str) -> WorkerLink:
+        """It takes nothing new; its containers go as they become idle; what runs finishes."""
+        link = self.worker(worker_id)
+        link.draining = True
+        if link.connected:
+            with contextlib.suppress(ConnectionError):
+                await link.send(Drain())
+        log.info("worker %s of pool %s drains (%d containers)", link.name, link.pool, len(link.containers))
+        return link
+
+    async def remove(self, worker_id: str) -> None:
+        """Forget a worker that runs nothing (drained, or gone); a connected one is told to stop."""
+        link = self.worker(worker_id)
+        if link.containers:
+            raise WorkerBusy(f"worker {link.name} still has {len(link.containers)} containers: drain it first")
+        socket = link.socket
+        del self.workers[(link.pool, link.name)]
+        if socket is not None:
+            self._leave(link)
+            await _close(socket, REMOVED, "removed from its pool")
+
     def container_ids(self, pool: str) -> list[str]:
         return [c for c, known in self.containers.items() if known.pool == pool]
 
@@ -331,25 +365,32 @@ class Gateway:
     # -- what people see ----------------------------------------------------------------------
 
     def listing(self) -> list[dict[str, Any]]:
-        now = self.clock()
-        return [
-            {
-                "id": w.id,
-                "pool": w.pool,
-                "name": w.name,
-                "connected": w.connected,
-                "draining": w.draining,
-                "capacity": w.capacity,
-                "containers": len(w.containers),
-                "agentVersion": w.agent_version,
-                "lastSeenSecondsAgo": round(now - w.last_seen, 3),
-            }
-            for w in sorted(self.workers.values(), key=lambda w: (w.pool, w.name))
-        ]
+        return [self.view(w) for w in sorted(self.workers.values(), key=lambda w: (w.pool, w.name))]
+
+    def view(self, w: WorkerLink) -> dict[str, Any]:
+        return {
+            "id": w.id,
+            "pool": w.pool,
+            "name": w.name,
+            "connected": w.connected,
+            "draining": w.draining,
+            "capacity": w.capacity,
+            "containers": len(w.containers),
+            "agentVersion": w.agent_version,
+            "lastSeenSecondsAgo": round(self.clock() - w.last_seen, 3),
+        }
 
 
 class WorkerCallFailed(Exception):
     """The worker answered a call with an error; the message is the worker's."""
+
+
+class UnknownWorker(Exception):
+    """No worker has that id."""
+
+
+class WorkerBusy(Exception):
+    """The worker still has containers."""
 
 
 class NoRoom(Exception):

@@ -51,5 +51,8 @@ class PoolProvider(ContainerProvider):
     async def destroy(self, container_id: str) -> None:
         await self.gateway.stop_container(container_id, self.start_timeout)
 
+    def draining(self, container_id: str) -> bool:
+        return self.gateway.draining(container_id)
+
     async def list(self) -> list[str]:
         return self.gateway.container_ids(self.pool)

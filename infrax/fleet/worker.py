@@ -40,7 +40,7 @@ from infrax.provisioner.providers.base import ContainerProvider, Endpoint, Provi
 log = logging.getLogger(__name__)
 
 CONNECT_PATH = "/api/v1/workers/connect"
-REFUSALS = {4401, 4403, 4400}  # the provisioner will not take it as it is: trying again changes nothing
+REFUSALS = {4401, 4403, 4400, 4410}  # refused, or removed from its pool: trying again changes nothing
 
 
 class WorkerRefused(Exception):
@@ -128,15 +128,23 @@ class Worker:
                 await self._destroy(orphan)
             self.connected.set()
             log.info("worker %s joined pool %s as %s", self.name, self.pool, welcome.worker_id)
-            async for message in socket:
-                if isinstance(message, bytes):
-                    channel, data = unframe(message)
-                    writer = self.channels.get(channel)
-                    if writer is not None:
-                        writer.write(data)
-                        await writer.drain()
-                    continue
-                await self._handle(decode(message))
+            try:
+                await self._serve(socket)
+            except websockets.exceptions.ConnectionClosed as closed:
+                if closed.rcvd is not None and closed.rcvd.code in REFUSALS:
+                    raise WorkerRefused(closed.rcvd.reason) from None
+                raise
+
+    async def _serve(self, socket: ClientConnection) -> None:
+        async for message in socket:
+            if isinstance(message, bytes):
+                channel, data = unframe(message)
+                writer = self.channels.get(channel)
+                if writer is not None:
+                    writer.write(data)
+                    await writer.drain()
+                continue
+            await self._handle(decode(message))
 
     async def _send(self, message: FleetMessage | bytes) -> None:
         socket = self._socket

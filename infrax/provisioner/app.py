@@ -10,7 +10,7 @@ from starlette.routing import WebSocketRoute
 
 from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
-from infrax.fleet.gateway import Gateway
+from infrax.fleet.gateway import Gateway, UnknownWorker, WorkerBusy
 from infrax.metrics import metrics_route
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
@@ -59,6 +59,27 @@ def create_app(provisioner: Provisioner, security: Security, gateway: Gateway | 
         async def workers() -> list[dict[str, Any]]:
             """Every worker that joined a pool: connected or away, capacity, containers, last seen."""
             return gateway.listing()
+
+        manage = route_options("provisioner:workers")
+
+        @app.post("/api/v1/workers/{worker_id}/drain", **manage)
+        async def drain_worker(worker_id: str) -> dict[str, Any]:
+            """It takes no new partition; what it runs finishes; its containers go once idle."""
+            try:
+                return gateway.view(await gateway.drain(worker_id))
+            except UnknownWorker as error:
+                raise HTTPException(404, str(error)) from None
+
+        @app.delete("/api/v1/workers/{worker_id}", status_code=204, **manage)
+        async def remove_worker(worker_id: str) -> Response:
+            """Forget a worker that runs nothing (409 while it has containers: drain it first)."""
+            try:
+                await gateway.remove(worker_id)
+            except UnknownWorker as error:
+                raise HTTPException(404, str(error)) from None
+            except WorkerBusy as error:
+                raise HTTPException(409, str(error)) from None
+            return Response(status_code=204)
 
     @app.get("/api/v1/container-types", response_model=list[ContainerType], **read)
     async def container_types() -> list[ContainerType]:

@@ -310,6 +310,7 @@ class Provisioner:
             and s.state == ContainerState.IDLE
             and s.id != avoid
             and may_take(s.tenant, tenant)
+            and not s.provider.draining(s.id)
         ]
         return min(
             idle,
@@ -589,7 +590,8 @@ class Provisioner:
                 if slot.state != ContainerState.IDLE:
                     continue  # taken or retired while we awaited
                 too_old = container_type.max_age is not None and now - slot.created_at >= container_type.max_age
-                if too_old or (spare > 0 and now - slot.idle_since >= container_type.idle_timeout):
+                drained = slot.provider.draining(slot.id)
+                if too_old or drained or (spare > 0 and now - slot.idle_since >= container_type.idle_timeout):
                     spare -= 1
                     await self._retire(slot)
                     await self._publish_event("stopped", slot)

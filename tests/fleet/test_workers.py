@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from infrax.config import ProviderConfig
-from infrax.fleet.worker import Worker, WorkerRefused
+from infrax.fleet.protocol import Answer, Close, Hello, Open, Welcome, decode, encode, frame
+from infrax.fleet.worker import Worker, WorkerRefused, connect_url
 from infrax.model import ContainerType
 from infrax.provisioner.providers.process import ProcessProvider
 from infrax.sample_project import break_one_test, make_sample_repo
-from tests.jobmaster.conftest import BOTH_BACKENDS, job_in
+from tests.jobmaster.conftest import BOTH_BACKENDS, commit, git, job_in, wait_for
 
 POOL = [ProviderConfig("hardware", "pool")]
 ON_POOL = [ContainerType(name="linux_x86_64", tags=["linux_x86_64"], providers=["hardware"], max_concurrent=4)]
@@ -75,3 +77,98 @@ async def test_a_worker_with_another_pool_s_token_is_refused(start_stack: Any, t
     with pytest.raises(WorkerRefused):
         await asyncio.wait_for(no_token.run(), 10)
     assert (await infrax["provisioner"].get("/api/v1/workers")).json() == []
+
+
+def gated_repo(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A project of one partition whose run waits for a gate file; returns (repo, gate)."""
+    gate = tmp_path / f"{name}.gate"
+    script = tmp_path / f"{name}.sh"
+    script.write_text(f"#!/bin/sh\nwhile [ ! -f {gate} ]; do sleep 0.05; done\necho passed\n")
+    script.chmod(0o755)
+    repo = tmp_path / name
+    repo.mkdir()
+    git(repo, "init", "--quiet")
+    git(repo, "config", "user.email", "a@infrax.invalid")
+    git(repo, "config", "user.name", "a")
+    task = f"{{name: gated, containerTag: linux_x86_64, bootstrapper: {script}}}"
+    commit(repo, {".infrax.yml": f"version: 1\nproject: {name}\ntasks:\n  - {task}\n"}, name)
+    return repo, gate
+
+
+async def test_a_drained_worker_finishes_its_run_takes_nothing_new_and_can_then_be_removed(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    infrax = await start_stack(providers=POOL, container_types=ON_POOL)
+    token = await pool_token(infrax)
+    provisioner = infrax["provisioner"]
+    async with worker(infrax, tmp_path, "w1", token) as one, worker(infrax, tmp_path, "w2", token) as two:
+        await asyncio.wait_for(asyncio.gather(one.connected.wait(), two.connected.wait()), 10)
+        repo, gate = gated_repo(tmp_path, "first")
+        first = (await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})).json()
+
+        async def placed() -> bool:
+            return bool(one.endpoints or two.endpoints)
+
+        await wait_for(placed, 20, "the run's container")
+        busy, idle = (one, two) if one.endpoints else (two, one)
+        busy_id = next(w["id"] for w in (await provisioner.get("/api/v1/workers")).json() if w["name"] == busy.name)
+        drained = await provisioner.post(f"/api/v1/workers/{busy_id}/drain")
+        assert drained.status_code == 200 and drained.json()["draining"] is True
+        refused = await provisioner.delete(f"/api/v1/workers/{busy_id}")
+        assert refused.status_code == 409 and "drain it first" in refused.json()["detail"]
+        gate.touch()  # what it runs, it finishes
+        assert (await job_in(infrax["jobmaster"], first["id"], "completed", "failed", "exception"))["state"] == (
+            "completed"
+        )
+        repo, gate = gated_repo(tmp_path, "second")
+        gate.touch()
+        second = (await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})).json()
+        assert (await job_in(infrax["jobmaster"], second["id"], "completed", "failed", "exception"))["state"] == (
+            "completed"
+        )
+        assert idle.endpoints, "the new run went to the worker that does not drain"
+
+        async def emptied() -> bool:
+            return not busy.endpoints
+
+        await wait_for(emptied, 30, "the drained worker's idle container to go")
+        assert (await provisioner.delete(f"/api/v1/workers/{busy_id}")).status_code == 204
+        names = [w["name"] for w in (await provisioner.get("/api/v1/workers")).json()]
+        assert names == [idle.name]
+        assert (await provisioner.post(f"/api/v1/workers/{busy_id}/drain")).status_code == 404
+
+
+async def test_a_worker_reaches_nothing_of_another_worker_s_runs(start_stack: Any, tmp_path: Path) -> None:
+    """A worker of the same pool, hostile: it closes every channel number and answers every call
+    number it can think of, then sends what only the provisioner may. The other worker's run is
+    untouched, and the hostile one is cut off."""
+    infrax = await start_stack(providers=POOL, container_types=ON_POOL)
+    token = await pool_token(infrax)
+    async with worker(infrax, tmp_path, "honest", token) as honest:
+        await asyncio.wait_for(honest.connected.wait(), 10)
+        repo, gate = gated_repo(tmp_path, "victim")
+        job = (await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})).json()
+
+        async def running() -> bool:
+            return bool(honest.channels)
+
+        await wait_for(running, 20, "the honest worker's run to be followed")
+        url = connect_url(infrax.stack.urls["provisioner"])
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as hostile:
+            await hostile.send(encode(Hello(name="hostile", pool="hardware", capacity=1, agent_version="1")))
+            assert isinstance(decode(str(await hostile.recv())), Welcome)
+            for number in range(64):
+                await hostile.send(encode(Close(channel=number)))
+                await hostile.send(encode(Answer(id=number, error="forged")))
+                await hostile.send(frame(number, b"forged output\n"))
+            await hostile.send(encode(Open(channel=1, container_id=next(iter(honest.endpoints)))))
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(hostile.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+        gate.touch()
+        done = await job_in(infrax["jobmaster"], job["id"], "completed", "failed", "exception")
+        assert done["state"] == "completed", done
+        (partition,) = [p for t in (await infrax.request(done["requestId"])).tasks for p in t.partitions]
+        assert partition.run == 0  # never lost, never re-run
+        log = (await infrax["executioner"].get(f"/api/v1/runs/{partition.id}-0/log")).text
+        assert "passed" in log and "forged" not in log

@@ -93,6 +93,11 @@ class ContainerProvider(abc.ABC):
     async def list(self) -> list[str]:
         """Ids of every container this provider owns, including leaked ones."""
 
+    def draining(self, container_id: str) -> bool:
+        """Whether the container's host is being emptied (a worker drains): it takes no new run,
+        and is stopped once idle."""
+        return False
+
     async def adoptable(self) -> builtins.list[tuple[str, str, Endpoint]]:
         """(container id, container type, endpoint) of this provider's containers that may still
         run: what a provisioner after a crash tries to adopt. A provider that cannot tell says none."""
