@@ -273,6 +273,7 @@ class Stack:
                 JobMasterClient(self._as_viewer("jobmaster")),
                 SchedulerClient(self._as_viewer("scheduler")),
                 ExecutionerClient(self._as_viewer("executioner")),
+                ProvisionerClient(self._as_viewer("provisioner")),
             )
             service = Dashboard(views, bus)
             app = web_app(service, self.security.allowed_hosts)

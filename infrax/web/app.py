@@ -183,6 +183,14 @@ def create_app(dashboard: Dashboard, allowed_hosts: frozenset[str] | None = None
             age=age(job.created_at),
         )
 
+    @app.get("/workers", response_class=HTMLResponse)
+    async def workers_page(request: Request) -> HTMLResponse:
+        try:
+            workers = await views.workers(headers_of(request))
+        except ServiceError as error:
+            return refused(request, error)
+        return render(request, "workers.html", workers=workers)
+
     @app.get("/partitions/{partition_id}", response_class=HTMLResponse)
     async def partition_page(request: Request, partition_id: str, run: int | None = Query(None, ge=0)) -> HTMLResponse:
         try:

@@ -14,6 +14,7 @@ from infrax.failures import kind_of
 from infrax.http import ServiceError
 from infrax.jobmaster.client import JobMasterClient
 from infrax.model import Job, State, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
+from infrax.provisioner.client import ProvisionerClient
 from infrax.scheduler.client import SchedulerClient
 from infrax.treeherder import queue_tasks as tc
 
@@ -95,10 +96,24 @@ def where_from(job: Job) -> str:
 
 
 class Views:
-    def __init__(self, jobmaster: JobMasterClient, scheduler: SchedulerClient, executioner: ExecutionerClient) -> None:
+    def __init__(
+        self,
+        jobmaster: JobMasterClient,
+        scheduler: SchedulerClient,
+        executioner: ExecutionerClient,
+        provisioner: ProvisionerClient | None = None,
+    ) -> None:
         self.jobmaster = jobmaster
         self.scheduler = scheduler
         self.executioner = executioner
+        self.provisioner = provisioner
+
+    async def workers(self, headers: dict[str, str]) -> list[dict[str, Any]]:
+        """The workers of the provisioner's pools, as its API lists them (none without a provisioner)."""
+        if self.provisioner is None:
+            return []
+        found: list[dict[str, Any]] = await self.provisioner.call("GET", "/api/v1/workers", headers=headers)
+        return found
 
     async def jobs_page(
         self,

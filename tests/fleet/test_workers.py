@@ -54,6 +54,8 @@ async def test_a_job_runs_on_workers_that_dialled_out(start_stack: Any, tmp_path
         await asyncio.wait_for(asyncio.gather(one.connected.wait(), two.connected.wait()), 10)
         listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
         assert [(w["name"], w["connected"], w["capacity"]) for w in listed] == [("w1", True, 2), ("w2", True, 2)]
+        page = await infrax["web"].get("/workers")  # the dashboard lists them too
+        assert page.status_code == 200 and all(f"<td>{name}</td>" in page.text for name in ("w1", "w2"))
         pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": broken})
         assert pushed.status_code == 201, pushed.text
         job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=60)
