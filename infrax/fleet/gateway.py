@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from infrax.auth import TokenStore
 from infrax.fleet.protocol import (
     Answer,
+    Beat,
     Call,
     Close,
     Drain,
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 CALL_TIMEOUT = 30.0
+BEAT_INTERVAL = 1.0  # how often a worker beats
+SILENCE = 3.0  # seconds without a word from a worker after which it counts as away
 REFUSED = 4403  # WebSocket close codes of the application's range: 4000 + the HTTP status meant
 UNAUTHORIZED = 4401
 BAD_MESSAGE = 4400
@@ -59,6 +62,7 @@ class RemoteContainer:
     worker: str
     relay: asyncio.Server | None = None
     port: int = 0
+    channels: set[int] = field(default_factory=set)  # its connections through the relay now
 
 
 @dataclass
@@ -79,6 +83,7 @@ class WorkerLink:
     channels: dict[int, asyncio.StreamWriter] = field(default_factory=dict)
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    back: asyncio.Event = field(default_factory=asyncio.Event)  # set while connected
 
     @property
     def connected(self) -> bool:
@@ -161,6 +166,7 @@ class Gateway:
         now = self.clock()
         link.socket, link.connected_at, link.last_seen, link.away_since = socket, now, now, None
         link.capacity, link.agent_version, link.draining = hello.capacity, hello.agent_version, False
+        link.back.set()
         # What it still runs that was given up while it was away: it stops those.
         orphans = [c for c in hello.containers if c not in link.containers]
         link.containers &= set(hello.containers)  # and what it no longer runs is gone
@@ -197,6 +203,8 @@ class Gateway:
                 return
             except (ConnectionError, OSError):  # the relay's side went: its close follows
                 continue
+            if isinstance(received, Beat):
+                continue
             if isinstance(received, Answer):
                 pending = link.pending.pop(received.id, None)
                 if pending is not None and not pending.done():
@@ -213,7 +221,8 @@ class Gateway:
                 return
 
     def _leave(self, link: WorkerLink) -> None:
-        link.socket, link.away_since = None, self.clock()
+        link.socket, link.away_since = None, min(self.clock(), link.last_seen + SILENCE)
+        link.back.clear()
         for writer in link.channels.values():
             writer.close()
         link.channels.clear()
@@ -232,8 +241,27 @@ class Gateway:
 
     # -- what the pool provider asks ----------------------------------------------------------
 
+    def present(self, link: WorkerLink) -> bool:
+        """Connected and heard from lately: a silent connection is a link that died unnoticed."""
+        return link.connected and self.clock() - link.last_seen < SILENCE
+
+    def away_for(self, link: WorkerLink) -> float:
+        """Seconds since it was last there (0 while present)."""
+        if self.present(link):
+            return 0.0
+        since = link.last_seen + SILENCE if link.connected else (link.away_since or link.last_seen)
+        return max(0.0, self.clock() - since)
+
+    def container_at(self, port: int) -> str | None:
+        return next((c.id for c in self.containers.values() if c.port == port), None)
+
+    def link_of(self, container_id: str) -> WorkerLink | None:
+        known = self.containers.get(container_id)
+        link = self.workers.get((known.pool, known.worker)) if known else None
+        return link if link is not None and container_id in link.containers else None
+
     def usable(self, pool: str) -> list[WorkerLink]:
-        return [w for w in self.workers.values() if w.pool == pool and w.connected and not w.draining]
+        return [w for w in self.workers.values() if w.pool == pool and self.present(w) and not w.draining]
 
     def capacity(self, pool: str) -> int:
         return sum(w.capacity for w in self.usable(pool))
@@ -268,11 +296,9 @@ class Gateway:
             raise
 
     def alive(self, container_id: str) -> bool:
-        known = self.containers.get(container_id)
-        link = self.workers.get((known.pool, known.worker)) if known else None
-        if known is None or link is None or container_id not in link.containers:
-            return False
-        return link.connected or (link.away_since is not None and self.clock() - link.away_since < self.grace)
+        """Its worker is there, or has been away for less than the grace."""
+        link = self.link_of(container_id)
+        return link is not None and self.away_for(link) < self.grace
 
     async def stop_container(self, container_id: str, timeout: float) -> None:
         known = self.containers.get(container_id)
@@ -322,9 +348,18 @@ class Gateway:
         return [c for c, known in self.containers.items() if known.pool == pool]
 
     async def _drop(self, container_id: str) -> None:
+        """Forget it: its relay stops listening, and what is connected through it is cut (an
+        executioner still following a run there learns at once that the run is lost)."""
         known = self.containers.pop(container_id, None)
-        if known is not None and known.relay is not None:
+        if known is None:
+            return
+        if known.relay is not None:
             known.relay.close()
+        link = self.workers.get((known.pool, known.worker))
+        for channel in known.channels:
+            writer = link.channels.pop(channel, None) if link is not None else None
+            if writer is not None:
+                writer.close()
 
     async def close(self) -> None:
         for container_id in list(self.containers):
@@ -347,9 +382,18 @@ class Gateway:
         link = self.workers.get((container.pool, container.worker))
         channel = next(self._channels)
         try:
-            if link is None or not link.connected:
+            if link is None:
                 return
+            if not link.connected:  # away: the connection waits for it while the grace lasts
+                left = self.grace - self.away_for(link)
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(link.back.wait(), left)
+                if not link.connected or container.id not in link.containers:
+                    return
             link.channels[channel] = writer
+            container.channels.add(channel)
             await link.send(Open(channel=channel, container_id=container.id))
             while data := await reader.read(CHUNK):
                 await link.send_bytes(channel, data)
@@ -358,6 +402,7 @@ class Gateway:
         except (ConnectionError, OSError):
             pass
         finally:
+            container.channels.discard(channel)
             if link is not None:
                 link.channels.pop(channel, None)
             writer.close()
@@ -377,6 +422,7 @@ class Gateway:
             "capacity": w.capacity,
             "containers": len(w.containers),
             "agentVersion": w.agent_version,
+            "present": self.present(w),
             "lastSeenSecondsAgo": round(self.clock() - w.last_seen, 3),
         }
 

@@ -26,6 +26,7 @@ class PoolProvider(ContainerProvider):
         super().__init__(name, capacity, options)
         self.pool = str(self.options.get("pool", name))
         self.start_timeout = float(self.options.get("start_timeout", 30.0))
+        self._answers: dict[str, dict[str, Any]] = {}  # each container's agent's last heartbeat
 
     @property
     def capacity(self) -> int | None:
@@ -45,10 +46,27 @@ class PoolProvider(ContainerProvider):
             raise ProviderError(f"pool {self.pool}: {error or 'the worker did not answer in time'}") from error
         return Endpoint(host, port)
 
+    async def heartbeat(self, endpoint: Endpoint, secret: str) -> dict[str, Any]:
+        """Through the relay while the container's worker is there; while it is away within the
+        grace, the agent's last answer (nothing is known to have changed, and a heartbeat would only
+        wait on the dead link); past the grace, a failure (and `alive` says it is gone)."""
+        container_id = self.gateway.container_at(endpoint.port)
+        link = self.gateway.link_of(container_id) if container_id else None
+        if container_id is None or link is None:
+            raise ConnectionError(f"no container of pool {self.pool} at relay port {endpoint.port}")
+        if self.gateway.present(link):
+            answer = await super().heartbeat(endpoint, secret)
+            self._answers[container_id] = answer
+            return answer
+        if self.gateway.away_for(link) < self.gateway.grace:
+            return self._answers.get(container_id, {})
+        raise ConnectionError(f"worker {link.name} has been away for more than {self.gateway.grace:.0f} s")
+
     async def alive(self, container_id: str) -> bool:
         return self.gateway.alive(container_id)
 
     async def destroy(self, container_id: str) -> None:
+        self._answers.pop(container_id, None)
         await self.gateway.stop_container(container_id, self.start_timeout)
 
     def draining(self, container_id: str) -> bool:

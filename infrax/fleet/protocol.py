@@ -4,8 +4,11 @@
 Text frames are JSON objects with a `kind`. Binary frames carry the agent protocol: a 4-byte
 big-endian channel number, then the bytes of that channel.
 
-    worker -> provisioner   hello, answer, close
+    worker -> provisioner   hello, beat, answer, close
     provisioner -> worker   welcome, call, open, close, drain
+
+A worker sends a `beat` every second: a provisioner that hears nothing of it for a few seconds
+counts it away (a link can die without either end's TCP noticing for minutes).
 
 A `call` (`create`, `destroy`, `alive`) is answered by one `answer` with the same `id`. An `open`
 asks the worker to connect a channel to one of its own containers' agents (never to any other
@@ -56,6 +59,10 @@ class Welcome(FleetMessage):
     orphans: list[str] = Field(default_factory=list, description="containers of `hello` it no longer knows: stop them")
 
 
+class Beat(FleetMessage):
+    kind: Literal["beat"] = "beat"
+
+
 class Call(FleetMessage):
     kind: Literal["call"] = "call"
     id: int = Field(ge=0)
@@ -88,6 +95,7 @@ class Drain(FleetMessage):
 FLEET_MESSAGES: dict[str, type[FleetMessage]] = {
     "hello": Hello,
     "welcome": Welcome,
+    "beat": Beat,
     "call": Call,
     "answer": Answer,
     "open": Open,
@@ -95,7 +103,7 @@ FLEET_MESSAGES: dict[str, type[FleetMessage]] = {
     "drain": Drain,
 }
 _ANY: TypeAdapter[FleetMessage] = TypeAdapter(
-    Annotated[Hello | Welcome | Call | Answer | Open | Close | Drain, Field(discriminator="kind")]
+    Annotated[Hello | Welcome | Beat | Call | Answer | Open | Close | Drain, Field(discriminator="kind")]
 )
 
 

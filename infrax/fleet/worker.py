@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 import websockets
@@ -21,6 +22,7 @@ from infrax.agent import PROTOCOL_VERSION
 from infrax.fleet.gateway import CHUNK
 from infrax.fleet.protocol import (
     Answer,
+    Beat,
     Call,
     Close,
     Drain,
@@ -40,6 +42,9 @@ from infrax.provisioner.providers.base import ContainerProvider, Endpoint, Provi
 log = logging.getLogger(__name__)
 
 CONNECT_PATH = "/api/v1/workers/connect"
+BEAT_INTERVAL = 1.0
+SILENCE = 3.0  # a ping unanswered this long: the link is dead, whatever TCP thinks
+FENCE_SHARE = 0.8  # of the grace: away this long, it stops its runs before the provisioner re-runs them
 REFUSALS = {4401, 4403, 4400, 4410}  # refused, or removed from its pool: trying again changes nothing
 
 
@@ -75,12 +80,38 @@ class Worker:
         self.channels: dict[int, asyncio.StreamWriter] = {}
         self.draining = False
         self.connected = asyncio.Event()
+        self.grace = 10.0  # the provisioner's, from its welcome
+        self.last_contact = time.monotonic()  # the provisioner last answered then
         self._socket: ClientConnection | None = None
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Stay connected until cancelled (or refused)."""
+        fence = asyncio.create_task(self._fence_when_away())
+        try:
+            await self._stay_connected()
+        finally:
+            fence.cancel()
+
+    async def _fence_when_away(self) -> None:
+        """Out of touch for most of the grace: the provisioner is about to give this worker's runs
+        up and run them again elsewhere, so they stop here first (nothing completes twice)."""
+        while True:
+            await asyncio.sleep(0.2)
+            away = time.monotonic() - self.last_contact
+            if self.endpoints and not self.connected.is_set() and away > FENCE_SHARE * self.grace:
+                log.warning(
+                    "worker %s: out of touch for %.1f s; stopping its %d containers",
+                    self.name,
+                    away,
+                    len(self.endpoints),
+                )
+                for container_id in list(self.endpoints):
+                    with contextlib.suppress(ProviderError, OSError):
+                        await self._destroy(container_id)
+
+    async def _stay_connected(self) -> None:
         failures = 0
         while True:
             try:
@@ -106,7 +137,9 @@ class Worker:
 
     async def _session(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
-        async with websockets.connect(self.url, additional_headers=headers, max_size=None, ping_interval=5) as socket:
+        async with websockets.connect(
+            self.url, additional_headers=headers, max_size=None, ping_interval=None, open_timeout=SILENCE * 2
+        ) as socket:
             self._socket = socket
             hello = Hello(
                 name=self.name,
@@ -124,16 +157,37 @@ class Worker:
                 raise
             if not isinstance(welcome, Welcome):
                 raise ProtocolError(f"expected a welcome, got {welcome.kind}")
+            self.grace, self.last_contact = welcome.grace, time.monotonic()
             for orphan in welcome.orphans:  # given up while this worker was away: its runs were re-run
                 await self._destroy(orphan)
             self.connected.set()
             log.info("worker %s joined pool %s as %s", self.name, self.pool, welcome.worker_id)
+            keepalive = asyncio.create_task(self._keep_alive(socket))
             try:
                 await self._serve(socket)
             except websockets.exceptions.ConnectionClosed as closed:
                 if closed.rcvd is not None and closed.rcvd.code in REFUSALS:
                     raise WorkerRefused(closed.rcvd.reason) from None
                 raise
+            finally:
+                keepalive.cancel()
+
+    async def _keep_alive(self, socket: ClientConnection) -> None:
+        """A beat a second for the provisioner, and a ping answered within SILENCE for this side;
+        an unanswered one ends the connection (a dead link can keep TCP quiet for minutes)."""
+        while True:
+            try:
+                await self._send(Beat())
+                pong = await socket.ping()
+                await asyncio.wait_for(pong, SILENCE)
+            except TimeoutError:
+                log.warning("worker %s: the provisioner did not answer for %.0f s; reconnecting", self.name, SILENCE)
+                socket.transport.abort()
+                return
+            except (ConnectionError, websockets.exceptions.ConnectionClosed):
+                return
+            self.last_contact = time.monotonic()
+            await asyncio.sleep(BEAT_INTERVAL)
 
     async def _serve(self, socket: ClientConnection) -> None:
         async for message in socket:

@@ -33,6 +33,14 @@ class Host:
     namespace: str
     address: str  # the host's own address, on its link
     gateway: str  # this machine's address on that link: where the host reaches the control plane
+    link: str  # this machine's end of the link
+
+    def cut(self) -> None:
+        """The link goes dead: nothing passes, and neither end's TCP is told."""
+        ip("link", "set", self.link, "down")
+
+    def restore(self) -> None:
+        ip("link", "set", self.link, "up")
 
     def command(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *args]
@@ -62,7 +70,7 @@ def hosts(count: int) -> Iterator[list[Host]]:
             gateway, address = f"{prefix}{link % 256 + 1}", f"{prefix}{link % 256 + 2}"
             name, outer, inner = f"infx-{tag}-{n}", f"ifx{tag}{n}a", f"ifx{tag}{n}b"
             ip("netns", "add", name)
-            made.append(Host(name, address, gateway))
+            made.append(Host(name, address, gateway, outer))
             ip("link", "add", outer, "type", "veth", "peer", "name", inner)
             ip("link", "set", inner, "netns", name)
             ip("addr", "add", f"{gateway}/30", "dev", outer)
