@@ -155,3 +155,137 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_leaves_nothing_running(
         finally:
             for process in workers.values():
                 stop(process)
+
+
+def journalled_repo(tmp_path: Path, gate: Path) -> tuple[Path, Path, str]:
+    """A project of one partition whose first run waits for `gate` and whose later runs do not;
+    each run journals its start and its end. Returns (repo, journal, the first run's command line)."""
+    journal = tmp_path / "journal"
+    hang = f"sleep {random.randrange(100_000, 999_999)}"
+    script = tmp_path / "journalled.sh"
+    script.write_text(
+        f'#!/bin/sh\necho "start $INFRAX_RUN" >> {journal}\n'
+        f'if [ "$INFRAX_RUN" = 0 ]; then echo "$INFRAX_WORK_DIR" > {journal}.where; ( {hang} ) &\n'
+        f"  while [ ! -f {gate} ]; do sleep 0.05; done; fi\n"
+        f'echo "done $INFRAX_RUN" >> {journal}\n'
+    )
+    script.chmod(0o755)
+    repo = tmp_path / "journalled"
+    repo.mkdir()
+    git(repo, "init", "--quiet")
+    git(repo, "config", "user.email", "a@infrax.invalid")
+    git(repo, "config", "user.name", "a")
+    task = f"{{name: journalled, containerTag: linux_x86_64, bootstrapper: {script}}}"
+    commit(repo, {".infrax.yml": f"version: 1\nproject: journalled\ntasks:\n  - {task}\n"}, "journalled")
+    return repo, journal, hang
+
+
+async def joined_pool(infrax: Any, tmp_path: Path, count: int, *hosts_: Host) -> dict[str, subprocess.Popen[bytes]]:
+    port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
+    token_file = tmp_path / "pool.token"
+    token_file.write_text(await pool_token(infrax))
+    token_file.chmod(0o600)
+    workers = {
+        f"worker-{n}": start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
+        for n, host in enumerate(hosts_)
+    }
+
+    async def joined() -> bool:
+        listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+        return sum(1 for w in listed if w["present"]) == count
+
+    await wait_for(joined, 30, f"{count} workers to join")
+    return workers
+
+
+async def test_a_link_cut_shorter_than_the_grace_loses_nothing_and_runs_nothing_twice(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    repo, journal, _ = journalled_repo(tmp_path, gate)
+    with hosts(1) as (host,):
+        infrax = await start_stack(
+            providers=POOL, container_types=ON_POOL, host="0.0.0.0", allowed_hosts=[host.gateway], worker_grace=20
+        )
+        workers = await joined_pool(infrax, tmp_path, 1, host)
+        try:
+            pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
+
+            async def started() -> bool:
+                return journal.exists() and "start 0" in journal.read_text()
+
+            await wait_for(started, 30, "the run to start")
+            host.cut()
+
+            async def away() -> bool:  # the provisioner noticed, and so did the worker (its pings)
+                listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+                return not listed[0]["present"] and "reconnecting" in (tmp_path / "worker-0.log").read_text()
+
+            await wait_for(away, 20, "both ends to notice the dead link")
+            host.restore()
+
+            async def back() -> bool:
+                listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+                return bool(listed[0]["present"])
+
+            await wait_for(back, 30, "the worker to come back")
+            gate.touch()
+            job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=60)
+            assert job["state"] == "completed", job
+            (partition,) = [p for t in (await infrax.request(job["requestId"])).tasks for p in t.partitions]
+            assert partition.run == 0, "held through the cut, not re-run"
+            assert journal.read_text().split() == ["start", "0", "done", "0"]
+        finally:
+            for process in workers.values():
+                stop(process)
+
+
+async def test_a_link_cut_longer_than_the_grace_re_runs_elsewhere_once_and_the_worker_s_run_is_gone(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    repo, journal, hang = journalled_repo(tmp_path, gate)
+    with hosts(2) as (first, second):
+        infrax = await start_stack(
+            providers=POOL,
+            container_types=ON_POOL,
+            host="0.0.0.0",
+            allowed_hosts=[first.gateway, second.gateway],
+            worker_grace=5,
+        )
+        workers = await joined_pool(infrax, tmp_path, 2, first, second)
+        try:
+            pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
+
+            where_file = Path(f"{journal}.where")  # which worker runs it
+
+            async def started() -> bool:
+                return where_file.exists() and bool(where_file.read_text().strip())
+
+            await wait_for(started, 30, "the first run to start")
+            where = where_file.read_text()
+            busy = next(h for n, h in enumerate((first, second)) if f"/worker-{n}-containers/" in where)
+            busy.cut()
+            job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=60)
+            assert job["state"] == "completed", job
+            (partition,) = [p for t in (await infrax.request(job["requestId"])).tasks for p in t.partitions]
+            assert partition.run == 1, "given up after the grace, and run again on the other worker"
+
+            async def fenced() -> bool:  # the cut-off worker stopped its run itself, before the re-run
+                return subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 1
+
+            await wait_for(fenced, 15, "the cut-off worker's run to stop")
+            busy.restore()
+            gate.touch()  # the first run, had it lived, would end now
+
+            async def rejoined() -> bool:
+                listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+                return all(w["present"] for w in listed)
+
+            await wait_for(rejoined, 30, "the cut-off worker to come back")
+            assert journal.read_text().split() == ["start", "0", "start", "1", "done", "1"]
+            final = (await infrax["jobmaster"].get(f"/api/v1/jobs/{job['id']}")).json()
+            assert final["state"] == "completed"
+        finally:
+            for process in workers.values():
+                stop(process)
