@@ -32,12 +32,18 @@ def register(app: typer.Typer) -> None:
         run_as: str = typer.Option(
             "container", help="whom task code runs as: container (a user of each container's own), a user, or self"
         ),
+        engine: str = typer.Option(
+            None,
+            help="run containers in this machine's Docker/Podman engine (unix:///…), not as processes",
+        ),
+        image: str = typer.Option(None, help="with --engine: the image (default: the agent image, built on demand)"),
     ) -> None:
         """Join a pool: dial out to the provisioner (no inbound port) and run the containers it asks for."""
         import re
 
         from infrax.fleet.worker import Worker, WorkerRefused
         from infrax.private import private_dir
+        from infrax.provisioner.providers.base import ContainerProvider
         from infrax.provisioner.providers.process import ProcessProvider
 
         if not re.match(POOL_PATTERN, pool) or not re.match(NAME_PATTERN, name):
@@ -56,8 +62,15 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             private_dir(home)
-            options = {"root": str(containers), "run_as": run_as, "stop_with_provider": True}
-            provider = ProcessProvider("worker", capacity, options)
+            provider: ContainerProvider
+            if engine:  # its own engine: containers, published on this machine's loopback only
+                from infrax.provisioner.providers.docker import DockerProvider
+
+                options: dict[str, object] = {"url": engine, "owner": f"worker-{pool}-{name}", "root": str(containers)}
+                provider = DockerProvider("worker", capacity, {**options, **({"image": image} if image else {})})
+            else:
+                options = {"root": str(containers), "run_as": run_as, "stop_with_provider": True}
+                provider = ProcessProvider("worker", capacity, options)
             joined = Worker(provisioner, pool, token, name, capacity, provider)
             stopping = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -255,7 +255,10 @@ class Worker:
         try:
             if endpoint is None:
                 raise ConnectionError(f"no container {message.container_id} here")
-            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            if endpoint.host.startswith("unix:"):  # an agent without network: its socket file
+                reader, writer = await asyncio.open_unix_connection(endpoint.host.removeprefix("unix:"))
+            else:
+                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
         except OSError as error:
             log.warning("worker %s: channel %d to %s: %s", self.name, message.channel, message.container_id, error)
             with contextlib.suppress(ConnectionError, websockets.exceptions.ConnectionClosed):

@@ -16,6 +16,7 @@ from infrax.config import ProviderConfig
 from infrax.fleet.protocol import Answer, Close, Hello, Open, Welcome, decode, encode, frame
 from infrax.fleet.worker import Worker, WorkerRefused, connect_url
 from infrax.model import ContainerType
+from infrax.provisioner.providers.docker import DockerProvider
 from infrax.provisioner.providers.process import ProcessProvider
 from infrax.sample_project import break_one_test, make_sample_repo
 from tests.jobmaster.conftest import BOTH_BACKENDS, commit, git, job_in, wait_for
@@ -174,3 +175,34 @@ async def test_a_worker_reaches_nothing_of_another_worker_s_runs(start_stack: An
         assert partition.run == 0  # never lost, never re-run
         log = (await infrax["executioner"].get(f"/api/v1/runs/{partition.id}-0/log")).text
         assert "passed" in log and "forged" not in log
+
+
+async def test_a_worker_runs_its_partitions_in_its_own_podman(
+    start_stack: Any, tmp_path: Path, docker_provider: Any
+) -> None:
+    """`infrax worker --engine`: its containers are its own engine's, reached through its connection
+    like any other worker's, checkout and artifacts included."""
+    infrax = await start_stack(providers=POOL, container_types=ON_POOL)
+    token = await pool_token(infrax)
+    engine = DockerProvider("podman-worker", 2, docker_provider("podman").options)
+    podman = Worker(infrax.stack.urls["provisioner"], "hardware", token, "podman-worker", 2, engine)
+    running = asyncio.create_task(podman.run())
+    try:
+        await asyncio.wait_for(podman.connected.wait(), 10)
+        repo = tmp_path / "sample"
+        make_sample_repo(repo)
+        broken = break_one_test(repo)
+        pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo), "revision": broken})
+        job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=120)
+        assert job["state"] == "failed" and "test_mul_2" in job["message"], job
+        containers = await engine.list()
+        assert containers and set(containers) <= set(podman.endpoints), "its engine's containers, the worker's"
+        partitions = [p for t in (await infrax.request(job["requestId"])).tasks for p in t.partitions]
+        failed = next(p for p in partitions if p.state == "failed")
+        tests = (await infrax["executioner"].get(f"/api/v1/partitions/{failed.id}/tests")).json()
+        assert any(t["outcome"] == "failed" and "test_mul_2" in t["testId"] for t in tests)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await podman.close()
