@@ -38,29 +38,39 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+async def joined_pool(infrax: Any, tmp_path: Path, *hosts_: Host) -> dict[str, subprocess.Popen[bytes]]:
+    """`infrax worker` on each host, joined to the control plane's pool, by name."""
+    port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
+    token_file = tmp_path / "pool.token"
+    token_file.write_text(await pool_token(infrax))
+    token_file.chmod(0o600)
+    workers = {
+        f"worker-{n}": start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
+        for n, host in enumerate(hosts_)
+    }
+
+    async def joined() -> bool:
+        listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+        return sum(1 for w in listed if w["present"]) == len(hosts_)
+
+    await wait_for(joined, 30, f"{len(hosts_)} workers to join")
+    return workers
+
+
+async def control_plane(start_stack: Any, *hosts_: Host, **overrides: Any) -> Any:
+    """Every component on this machine, listening where the hosts reach it, with a pool of workers."""
+    gateways = [h.gateway for h in hosts_]
+    return await start_stack(
+        providers=POOL, container_types=ON_POOL, host="0.0.0.0", allowed_hosts=gateways, **overrides
+    )
+
+
 async def test_a_job_runs_on_workers_on_other_hosts_that_only_dial_out(start_stack: Any, tmp_path: Path) -> None:
     with hosts(2) as (first, second):
-        infrax = await start_stack(
-            providers=POOL,
-            container_types=ON_POOL,
-            host="0.0.0.0",
-            allowed_hosts=[first.gateway, second.gateway],
-        )
+        infrax = await control_plane(start_stack, first, second)
         port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
-        token_file = tmp_path / "pool.token"
-        token_file.write_text(await pool_token(infrax))
-        token_file.chmod(0o600)
-        workers = [
-            start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
-            for n, host in enumerate((first, second))
-        ]
+        workers = list((await joined_pool(infrax, tmp_path, first, second)).values())
         try:
-
-            async def both_joined() -> bool:
-                listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
-                return sum(1 for w in listed if w["connected"]) == 2
-
-            await wait_for(both_joined, 30, "both workers to join")
             repo = tmp_path / "sample"
             make_sample_repo(repo)
             broken = break_one_test(repo)
@@ -88,75 +98,6 @@ async def test_a_job_runs_on_workers_on_other_hosts_that_only_dial_out(start_sta
                 stop(process)
 
 
-async def test_a_worker_killed_mid_run_loses_nothing_and_leaves_nothing_running(
-    start_stack: Any, tmp_path: Path
-) -> None:
-    journal, started = tmp_path / "journal", tmp_path / "started"
-    hang = f"sleep {random.randrange(100_000, 999_999)}"  # a command line no other process has
-    once = tmp_path / "once.sh"  # the first run hangs until its worker dies; the re-run completes
-    once.write_text(
-        f'#!/bin/sh\necho "start $INFRAX_RUN" >> {journal}\n'
-        f'if [ "$INFRAX_RUN" = 0 ]; then echo "$INFRAX_WORK_DIR" > {started}; {hang}; fi\n'
-        f'echo "done $INFRAX_RUN" >> {journal}\n'
-    )
-    once.chmod(0o755)
-    repo = tmp_path / "once"
-    repo.mkdir()
-    git(repo, "init", "--quiet")
-    git(repo, "config", "user.email", "a@infrax.invalid")
-    git(repo, "config", "user.name", "a")
-    config = (
-        f"version: 1\nproject: once\ntasks:\n  - {{name: once, containerTag: linux_x86_64, bootstrapper: {once}}}\n"
-    )
-    commit(repo, {".infrax.yml": config}, "once")
-    with hosts(2) as (first, second):
-        infrax = await start_stack(
-            providers=POOL, container_types=ON_POOL, host="0.0.0.0", allowed_hosts=[first.gateway, second.gateway]
-        )
-        port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
-        token_file = tmp_path / "pool.token"
-        token_file.write_text(await pool_token(infrax))
-        token_file.chmod(0o600)
-        workers = {
-            f"worker-{n}": start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
-            for n, host in enumerate((first, second))
-        }
-        try:
-
-            async def both_joined() -> bool:
-                listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
-                return sum(1 for w in listed if w["connected"]) == 2
-
-            await wait_for(both_joined, 30, "both workers to join")
-            pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
-            assert pushed.status_code == 201, pushed.text
-
-            async def running() -> bool:
-                return started.exists() and bool(started.read_text().strip())
-
-            await wait_for(running, 30, "the first run to start")
-            assert subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 0
-            where = started.read_text().strip()
-            (busy,) = [name for name in workers if f"/{name}-containers/" in where]
-            killed_at = datetime.now(UTC)
-            os.kill(workers[busy].pid, signal.SIGKILL)  # the worker alone, as a crash would
-            job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=60)
-            assert job["state"] == "completed", job
-            (partition,) = [p for t in (await infrax.request(job["requestId"])).tasks for p in t.partitions]
-            assert partition.run == 1 and partition.queued_at is not None
-            assert (partition.queued_at - killed_at).total_seconds() < infrax.stack.config.worker_grace
-            # Done once, by the re-run; the first run never finished, and nothing of it runs on.
-            assert journal.read_text().split("\n").count("done 1") == 1 and "done 0" not in journal.read_text()
-
-            async def gone() -> bool:
-                return subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 1
-
-            await wait_for(gone, 15, "the killed worker's run to end with it")
-        finally:
-            for process in workers.values():
-                stop(process)
-
-
 def journalled_repo(tmp_path: Path, gate: Path) -> tuple[Path, Path, str]:
     """A project of one partition whose first run waits for `gate` and whose later runs do not;
     each run journals its start and its end. Returns (repo, journal, the first run's command line)."""
@@ -180,22 +121,41 @@ def journalled_repo(tmp_path: Path, gate: Path) -> tuple[Path, Path, str]:
     return repo, journal, hang
 
 
-async def joined_pool(infrax: Any, tmp_path: Path, count: int, *hosts_: Host) -> dict[str, subprocess.Popen[bytes]]:
-    port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
-    token_file = tmp_path / "pool.token"
-    token_file.write_text(await pool_token(infrax))
-    token_file.chmod(0o600)
-    workers = {
-        f"worker-{n}": start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
-        for n, host in enumerate(hosts_)
-    }
+async def test_a_worker_killed_mid_run_loses_nothing_and_leaves_nothing_running(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    repo, journal, hang = journalled_repo(tmp_path, tmp_path / "never")  # the first run hangs; the re-run ends
+    where_file = Path(f"{journal}.where")
+    with hosts(2) as (first, second):
+        infrax = await control_plane(start_stack, first, second)
+        workers = await joined_pool(infrax, tmp_path, first, second)
+        try:
+            pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
+            assert pushed.status_code == 201, pushed.text
 
-    async def joined() -> bool:
-        listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
-        return sum(1 for w in listed if w["present"]) == count
+            async def running() -> bool:
+                return where_file.exists() and bool(where_file.read_text().strip())
 
-    await wait_for(joined, 30, f"{count} workers to join")
-    return workers
+            await wait_for(running, 30, "the first run to start")
+            assert subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 0
+            (busy,) = [name for name in workers if f"/{name}-containers/" in where_file.read_text()]
+            killed_at = datetime.now(UTC)
+            os.kill(workers[busy].pid, signal.SIGKILL)  # the worker alone, as a crash would
+            job = await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception", timeout=60)
+            assert job["state"] == "completed", job
+            (partition,) = [p for t in (await infrax.request(job["requestId"])).tasks for p in t.partitions]
+            assert partition.run == 1 and partition.queued_at is not None
+            assert (partition.queued_at - killed_at).total_seconds() < infrax.stack.config.worker_grace
+            # Done once, by the re-run; the first run never finished, and nothing of it runs on.
+            assert journal.read_text().split() == ["start", "0", "start", "1", "done", "1"]
+
+            async def gone() -> bool:
+                return subprocess.run(["pgrep", "-fx", hang], capture_output=True).returncode == 1
+
+            await wait_for(gone, 15, "the killed worker's run to end with it")
+        finally:
+            for process in workers.values():
+                stop(process)
 
 
 async def test_a_link_cut_shorter_than_the_grace_loses_nothing_and_runs_nothing_twice(
@@ -204,10 +164,8 @@ async def test_a_link_cut_shorter_than_the_grace_loses_nothing_and_runs_nothing_
     gate = tmp_path / "gate"
     repo, journal, _ = journalled_repo(tmp_path, gate)
     with hosts(1) as (host,):
-        infrax = await start_stack(
-            providers=POOL, container_types=ON_POOL, host="0.0.0.0", allowed_hosts=[host.gateway], worker_grace=20
-        )
-        workers = await joined_pool(infrax, tmp_path, 1, host)
+        infrax = await control_plane(start_stack, host, worker_grace=20)
+        workers = await joined_pool(infrax, tmp_path, host)
         try:
             pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
 
@@ -246,14 +204,8 @@ async def test_a_link_cut_longer_than_the_grace_re_runs_elsewhere_once_and_the_w
     gate = tmp_path / "gate"
     repo, journal, hang = journalled_repo(tmp_path, gate)
     with hosts(2) as (first, second):
-        infrax = await start_stack(
-            providers=POOL,
-            container_types=ON_POOL,
-            host="0.0.0.0",
-            allowed_hosts=[first.gateway, second.gateway],
-            worker_grace=5,
-        )
-        workers = await joined_pool(infrax, tmp_path, 2, first, second)
+        infrax = await control_plane(start_stack, first, second, worker_grace=5)
+        workers = await joined_pool(infrax, tmp_path, first, second)
         try:
             pushed = await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})
 
