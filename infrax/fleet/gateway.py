@@ -111,8 +111,10 @@ class Gateway:
         grace: float = 10.0,
         relay_host: str = "127.0.0.1",
         clock: Callable[[], float] = time.monotonic,
+        recheck: float = 10.0,
     ) -> None:
         self.tokens = tokens
+        self.recheck = recheck  # seconds between checks of a connected worker's token
         self.grace = grace
         self.relay_host = relay_host
         self.clock = clock
@@ -148,7 +150,7 @@ class Gateway:
             return
         link = await self._join(socket, hello)
         try:
-            await self._receive(link, socket)
+            await self._receive(link, socket, token.strip())
         finally:
             if link.socket is socket:
                 self._leave(link)
@@ -180,7 +182,8 @@ class Gateway:
         self._changed()
         return link
 
-    async def _receive(self, link: WorkerLink, socket: WebSocket) -> None:
+    async def _receive(self, link: WorkerLink, socket: WebSocket, token: str) -> None:
+        checked = self.clock()
         while True:
             try:
                 message = await socket.receive()
@@ -189,6 +192,13 @@ class Gateway:
             if message["type"] == "websocket.disconnect":
                 return
             link.last_seen = self.clock()
+            if link.last_seen - checked >= self.recheck:  # a token revoked since the worker joined ends it
+                checked = link.last_seen
+                caller = await self.tokens.check(token)
+                if caller is None or not caller.may(worker_scope(link.pool)):
+                    log.warning("worker %s of pool %s: its token no longer holds; disconnected", link.name, link.pool)
+                    await _close(socket, UNAUTHORIZED, "the worker's token was revoked")
+                    return
             try:
                 if message.get("bytes") is not None:
                     channel, data = unframe(message["bytes"])

@@ -206,3 +206,22 @@ async def test_a_worker_runs_its_partitions_in_its_own_podman(
         with contextlib.suppress(asyncio.CancelledError):
             await running
         await podman.close()
+
+
+async def test_a_worker_whose_token_is_revoked_is_disconnected_and_cannot_come_back(
+    start_stack: Any, tmp_path: Path
+) -> None:
+    infrax = await start_stack(providers=POOL, container_types=ON_POOL)
+    infrax.stack.gateway.recheck = 0.2  # how often a connected worker's token is looked at again
+    token_id, token = await infrax.stack.tokens.create("a worker", ["provisioner:worker:hardware"])
+    provider = ProcessProvider("w", 1, {"root": str(tmp_path / "c"), "run_as": "self"})
+    leaked = Worker(infrax.stack.urls["provisioner"], "hardware", str(token), "leaked", 1, provider)
+    running = asyncio.create_task(leaked.run())
+    await asyncio.wait_for(leaked.connected.wait(), 10)
+    assert await infrax.stack.tokens.revoke(token_id)
+    with pytest.raises(WorkerRefused, match="revoked"):
+        await asyncio.wait_for(running, 10)  # its beats bring the check round within a second
+    listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
+    assert [(w["name"], w["connected"]) for w in listed] == [("leaked", False)]
+    with pytest.raises(WorkerRefused):  # and it cannot join again
+        await asyncio.wait_for(leaked.run(), 10)
