@@ -14,6 +14,7 @@ secret, so a worker sees only its own containers' traffic, and can reach no othe
 |----------------|---------------------------------------------------------------------|
 | `protocol`     | the messages of the worker connection, and its binary channel frames |
 | `gateway`      | the provisioner's side: connected workers, calls to them, relays     |
+| `links`        | what it knows of each worker and remote container; the close codes   |
 | `pool_provider`| a pool of workers as a container provider (`kind: pool`)             |
 | `worker`       | `infrax worker`: the connection, its containers, its channels        |
 """

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infrax.fleet.gateway import Gateway, NoRoom, WorkerCallFailed
+from infrax.fleet.gateway import Gateway
+from infrax.fleet.links import NoRoom, WorkerCallFailed
 from infrax.model import ContainerType
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
 

@@ -19,7 +19,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from infrax.agent import PROTOCOL_VERSION
-from infrax.fleet.gateway import CHUNK
+from infrax.fleet.links import CHUNK
 from infrax.fleet.protocol import (
     Answer,
     Beat,

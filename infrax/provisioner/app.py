@@ -10,7 +10,8 @@ from starlette.routing import WebSocketRoute
 
 from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
-from infrax.fleet.gateway import Gateway, UnknownWorker, WorkerBusy
+from infrax.fleet.gateway import Gateway
+from infrax.fleet.links import UnknownWorker, WorkerBusy
 from infrax.metrics import metrics_route
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
