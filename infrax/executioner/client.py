@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
-
 from infrax.bus.messages import RunStatus
 from infrax.http import ServiceClient, ServiceError
 from infrax.model import ExecutionAssignment
@@ -31,18 +29,13 @@ class ExecutionerClient(ServiceClient):
     async def artifact_names(self, run_id: str) -> list[str] | None:
         """The names of what the run left (its log, `infrax/log.txt`, among them); None for a run
         this executioner does not know."""
-        names: list[str] = []
-        path: str | None = f"/api/v1/runs/{run_id}/artifacts?limit=1000"
-        while path is not None:
-            response = await self.http.get(path)
-            if response.status_code == 404:
+        try:
+            listed = await self.every(f"/api/v1/runs/{run_id}/artifacts", {"limit": 1000})
+        except ServiceError as error:
+            if error.status == 404:
                 return None
-            if response.status_code >= 400:
-                raise ServiceError(self.service, response.status_code, response.text)
-            names += [a["name"] for a in response.json()]
-            following = response.links.get("next", {}).get("url")
-            path = httpx.URL(following).raw_path.decode() if following else None  # here, whatever host it names
-        return names
+            raise
+        return [a["name"] for a in listed]
 
     async def log(self, run_id: str, offset: int = 0) -> tuple[str, int, bool]:
         response = await self.http.get(f"/api/v1/runs/{run_id}/log", params={"offset": offset})

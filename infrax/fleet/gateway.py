@@ -69,9 +69,9 @@ class Gateway:
         self.clock = clock
         self.workers: dict[tuple[str, str], WorkerLink] = {}
         self.containers: dict[str, RemoteContainer] = {}
+        self._at_port: dict[int, str] = {}  # relay port -> container
         self._calls = itertools.count()
         self._channels = itertools.count(1)
-        self.joined = asyncio.Event()  # set at each worker's (re)connection: capacity may have grown
         self.on_change: Callable[[], None] | None = None
 
     # -- the connection ---------------------------------------------------------------------
@@ -193,8 +193,6 @@ class Gateway:
         self._changed()
 
     def _changed(self) -> None:
-        self.joined.set()
-        self.joined = asyncio.Event()
         if self.on_change is not None:
             self.on_change()
 
@@ -212,7 +210,7 @@ class Gateway:
         return max(0.0, self.clock() - since)
 
     def container_at(self, port: int) -> str | None:
-        return next((c.id for c in self.containers.values() if c.port == port), None)
+        return self._at_port.get(port)
 
     def link_of(self, container_id: str) -> WorkerLink | None:
         known = self.containers.get(container_id)
@@ -272,8 +270,7 @@ class Gateway:
                     await self.call(link, "destroy", {"containerId": container_id}, timeout)
 
     def draining(self, container_id: str) -> bool:
-        known = self.containers.get(container_id)
-        link = self.workers.get((known.pool, known.worker)) if known else None
+        link = self.link_of(container_id)
         return link is not None and link.draining
 
     def worker(self, worker_id: str) -> WorkerLink:
@@ -314,6 +311,7 @@ class Gateway:
             return
         if known.relay is not None:
             known.relay.close()
+            self._at_port.pop(known.port, None)
         link = self.workers.get((known.pool, known.worker))
         for channel in known.channels:
             writer = link.channels.pop(channel, None) if link is not None else None
@@ -332,6 +330,7 @@ class Gateway:
 
         container.relay = await asyncio.start_server(connected, self.relay_host, 0)
         container.port = container.relay.sockets[0].getsockname()[1]
+        self._at_port[container.port] = container.id  # how a heartbeat to the relay finds its container
         return self.relay_host, container.port
 
     async def _carry(

@@ -74,9 +74,9 @@ def advance(runs: list[TcRun], status: PartitionStatus, now: datetime) -> tuple[
     for earlier in runs:
         if earlier.run < part.run and not earlier.final:
             failed = rerun and earlier.run == part.run - 1
-            earlier.state = earlier.reason_resolved = "failed" if failed else "exception"
-            if not failed:
-                earlier.reason_resolved = "worker-shutdown"
+            earlier.state, earlier.reason_resolved = (
+                ("failed", "failed") if failed else ("exception", "worker-shutdown")
+            )
             earlier.resolved = aware(part.queued_at) or now
             if failed:  # Treeherder reads a failed run's start and worker as it does a finished one's
                 earlier.started = earlier.started or earlier.resolved
