@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ class Gateway:
         self.relay_host = relay_host
         self.clock = clock
         self.workers: dict[tuple[str, str], WorkerLink] = {}
+        self.beats: Counter[str] = Counter()  # by pool, since this provisioner started
         self.containers: dict[str, RemoteContainer] = {}
         self._at_port: dict[int, str] = {}  # relay port -> container
         self._calls = itertools.count()
@@ -163,6 +165,7 @@ class Gateway:
             except (ConnectionError, OSError):  # the relay's side went: its close follows
                 continue
             if isinstance(received, Beat):
+                self.beats[link.pool] += 1
                 continue
             if isinstance(received, Answer):
                 pending = link.pending.pop(received.id, None)

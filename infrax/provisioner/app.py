@@ -12,6 +12,7 @@ from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, route_options, secured_app
 from infrax.fleet.gateway import Gateway
 from infrax.fleet.links import UnknownWorker, WorkerBusy
+from infrax.fleet.metrics import WorkerCollector
 from infrax.metrics import metrics_route
 from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
 from infrax.pagination import PageRequest, link_next, page_request, split
@@ -55,6 +56,7 @@ def create_app(provisioner: Provisioner, security: Security, gateway: Gateway | 
     if gateway is not None:
         # A worker's connection checks its pool token itself (the route guard speaks HTTP only).
         app.router.routes.append(WebSocketRoute("/api/v1/workers/connect", gateway.serve))
+        provisioner.metrics.register(WorkerCollector(gateway))
 
         @app.get("/api/v1/workers", **read)
         async def workers() -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from infrax.config import ProviderConfig
 from infrax.fleet.protocol import Answer, Close, Hello, Open, Welcome, decode, encode, frame
@@ -225,3 +226,35 @@ async def test_a_worker_whose_token_is_revoked_is_disconnected_and_cannot_come_b
     assert [(w["name"], w["connected"]) for w in listed] == [("leaked", False)]
     with pytest.raises(WorkerRefused):  # and it cannot join again
         await asyncio.wait_for(leaked.run(), 10)
+
+
+async def test_the_provisioner_s_metrics_count_its_workers_and_their_beats(start_stack: Any, tmp_path: Path) -> None:
+    infrax = await start_stack(providers=POOL, container_types=ON_POOL)
+    token = await pool_token(infrax)
+
+    async def scraped() -> dict[tuple[str, str], float]:
+        text = (await infrax["provisioner"].get("/metrics")).text
+        return {
+            (sample.name, sample.labels.get("state", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("infrax_worker")
+        }
+
+    async with worker(infrax, tmp_path, "w1", token) as one:
+        await asyncio.wait_for(one.connected.wait(), 10)
+
+        async def beating() -> bool:
+            return (await scraped()).get(("infrax_worker_beats_total", ""), 0) >= 2
+
+        await wait_for(beating, 10, "two beats of the worker counted")
+        seen = await scraped()
+        assert seen[("infrax_workers", "present")] == 1 and seen[("infrax_workers", "away")] == 0
+        assert seen[("infrax_workers_capacity", "")] == 2
+    await one.close()
+
+    async def away() -> bool:
+        return (await scraped()).get(("infrax_workers", "away")) == 1
+
+    await wait_for(away, 10, "the worker that left counted away")
+    assert (await scraped())[("infrax_workers_capacity", "")] == 0
