@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -76,15 +76,18 @@ def agent_image_ref() -> str:
     return f"{AGENT_REPOSITORY}:{digest.hexdigest()[:12]}"
 
 
-def ensure_agent_image(docker_url: str) -> str:
-    """The agent image's reference, building it (and the base) only when the engine lacks it."""
-    return build_agent_image(docker_url, force=False)
+def ensure_agent_image(docker_url: str, connect: Callable[..., docker.DockerClient] | None = None) -> str:
+    """The agent image's reference, building it (and the base) only when the engine lacks it.
+    `connect(timeout=…)`: the engine's client, where reaching it takes more than its URL (TLS)."""
+    return build_agent_image(docker_url, force=False, connect=connect)
 
 
-def build_agent_image(docker_url: str, force: bool = False) -> str:
+def build_agent_image(
+    docker_url: str, force: bool = False, connect: Callable[..., docker.DockerClient] | None = None
+) -> str:
     """Build what is missing (with `force`, the base and the agent image anew); return the image ref."""
     ref = agent_image_ref()
-    client = _client(docker_url)
+    client = connect(timeout=600) if connect is not None else _client(docker_url)
     try:
         if not force and _has_image(client, ref):
             return ref

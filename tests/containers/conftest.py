@@ -28,12 +28,14 @@ from infrax.config import ProviderConfig
 from infrax.model import ContainerType
 from infrax.provisioner.image import ImageError, ensure_agent_image
 from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError, make_provider
+from tests.containers.tls_engine import Certificates, front, make_certificates, tls_options
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup-podman.sh"
 SOCKET = "/run/infrax-podman.sock"
 SECRET = "container-test-secret-0123456789"
-PROVIDER_KINDS = ["process", "docker"]
+# docker-tls: the same engine as another host's, over TLS with a client certificate (tls_engine.py).
+PROVIDER_KINDS = ["process", "docker", "docker-tls"]
 
 MakeProvider = Callable[..., ContainerProvider]
 
@@ -87,6 +89,20 @@ def _sweep_stale_test_containers(client: Any) -> None:
 
 
 @pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("tls"), "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def tls_engine(docker_url: str, tls_certificates: Certificates) -> Iterator[dict[str, str]]:
+    """The options of a docker provider on the engine as another host's: TLS, a client certificate."""
+    if not docker_url.startswith("unix://"):
+        pytest.skip(f"the TLS front stands before a unix:// engine, not {docker_url}")
+    with front(tls_certificates, "127.0.0.1:0", docker_url.removeprefix("unix://")) as port:
+        yield tls_options(tls_certificates, f"tcp://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
 def docker_client(docker_url: str) -> Iterator[Any]:
     """A plain Docker SDK client, for doing things to containers behind the provider's back."""
     import docker
@@ -104,6 +120,8 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     owner = f"test-{uuid.uuid4().hex[:10]}"
 
     def build(kind: str, name: str | None = None, **options: Any) -> ContainerProvider:
+        if kind == "docker-tls":
+            kind, options = "docker", {**request.getfixturevalue("tls_engine"), **options}
         if kind == "docker":
             options = {
                 "url": request.getfixturevalue("docker_url"),

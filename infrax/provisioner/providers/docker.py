@@ -2,17 +2,23 @@
 
 Options (the provider's `options` in configuration):
 
-    url            engine endpoint: unix:///run/infrax-podman.sock (default) or tcp://host:port
+    url            engine endpoint: unix:///run/infrax-podman.sock (default) or tcp://host:port, another
+                   host's engine: with tls_ca, tls_cert and tls_key (its CA, a client certificate and
+                   key), or insecure_tcp: true (engine.py). Its agents have no port: each connection
+                   to one is a `docker exec` of a bridge to its socket file, carried on the engine's
+                   connection, from a relay address of this host (relay_host, default 127.0.0.1)
     owner          per-installation id; containers are labelled infrax.owner=<owner>/<name> so that
                    two provisioners on one engine never take each other's containers for leaked ones.
                    Default: a hash of the `root` option (the stack passes <data_dir>/containers/<name>),
                    else the host name
     image          image when the container type names none; else the agent image, built on demand
-    network_mode   "host" (default): the agent listens on a free port of publish_host, and
-                   bootstrapper URLs on 127.0.0.1 reach the host's services. Anything else (e.g.
-                   "bridge"): the agent's port 8000 is published on publish_host:<random port>
+    network_mode   "none" (default): no network, the agent listens on a socket file. "host": the
+                   agent listens on a free port of publish_host, and bootstrapper URLs on 127.0.0.1
+                   reach the host's services. Anything else (e.g. "bridge"): the agent's port 8000
+                   is published on publish_host:<random port>. On a remote engine, whatever task
+                   code may reach, the agent is on its socket file
     publish_host   address the agent is reachable on, on the engine's machine (default 127.0.0.1)
-    endpoint_host  address the provisioner dials (default publish_host, or the tcp:// URL's host)
+    endpoint_host  address the provisioner dials (default publish_host)
     extra_mounts   ["/host/path:/container/path:ro", "/same/path", ...] bind mounts, read-only unless ":rw"
     mount_agent    true: bind the host's infrax package read-only instead of using the image's copy
                    (for a custom image that has python3 >= 3.11 but not the agent)
@@ -32,14 +38,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
 import time
-import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +56,22 @@ from infrax.background import BackgroundTasks
 from infrax.model import ContainerType
 from infrax.provisioner import image as agent_image
 from infrax.provisioner.providers.base import ContainerProvider, Endpoint, ProviderError
+from infrax.provisioner.providers.docker_settings import (
+    AGENT_PORT,
+    LABEL_ID,
+    LABEL_OWNER,
+    PACKAGE_DIR,
+    SECRET_NAME,
+    SOCKET_DIR,
+    SOCKET_NAME,
+    container_name,
+    container_settings,
+    default_endpoint_host,
+    default_owner,
+    parse_mount,
+    write_secret,
+)
+from infrax.provisioner.providers.engine import BRIDGE, Engine, carry, secret_archive
 from infrax.retry import retry
 
 log = logging.getLogger(__name__)
@@ -61,16 +80,7 @@ T = TypeVar("T")
 
 DEFAULT_URL = "unix:///run/infrax-podman.sock"
 READY = "INFRAX-AGENT-READY "
-AGENT_PORT = 8000
 REMOVE_ATTEMPTS = 5  # tries of a forced removal that Podman refuses while the container is stopping
-WORKDIR = "/work"
-SOCKET_DIR = "/run/infrax"  # in the container: its own folder, mounted from this host
-SOCKET_NAME = "agent.sock"  # without a network, where the agent listens
-SECRET_NAME = "agent-secret"  # read, then removed, by the agent
-LABEL_OWNER = "infrax.owner"
-LABEL_ID = "infrax.container-id"
-LABEL_TYPE = "infrax.type"
-_PACKAGE_DIR = Path(__file__).resolve().parents[2]  # .../infrax
 _DRIVER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -80,20 +90,23 @@ class DockerProvider(ContainerProvider):
     def __init__(self, name: str, capacity: int | None = None, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, capacity, options)
         o = self.options
-        self.url = str(o.get("url", DEFAULT_URL))
-        self.owner = f"{o.get('owner') or _default_owner(o.get('root'))}/{name}"
+        self.engine = Engine.from_options(o, DEFAULT_URL)
+        self.url = self.engine.url
+        self.relay_host = str(o.get("relay_host", "127.0.0.1"))
+        self._relays: dict[str, asyncio.Server] = {}
+        self.owner = f"{o.get('owner') or default_owner(o.get('root'))}/{name}"
         self.image = o.get("image")
         # No network at all by default, where the engine is on this host: task code then reaches
         # nothing, not this host's loopback ports, not another container; the agent listens on a
         # socket file in a folder mounted for it. `host` or `bridge` (or a named network) for
         # tasks that need the network, at that cost (docs/security.md).
-        self.network_mode = str(o.get("network_mode") or ("none" if self.url.startswith("unix://") else "bridge"))
+        self.network_mode = str(o.get("network_mode") or "none")
         self.socket_root = Path(o.get("socket_dir") or f"/tmp/infrax-agents-{os.getuid()}")  # short: 108 bytes
         self.publish_host = str(o.get("publish_host", "127.0.0.1"))
-        self.endpoint_host = str(o.get("endpoint_host") or _default_endpoint_host(self.url, self.publish_host))
-        self.mounts = [_parse_mount(m) for m in o.get("extra_mounts") or []]
+        self.endpoint_host = str(o.get("endpoint_host") or default_endpoint_host(self.publish_host))
+        self.mounts = [parse_mount(m) for m in o.get("extra_mounts") or []]
         if o.get("mount_agent"):
-            self.mounts.append(f"{_PACKAGE_DIR}:/opt/infrax/infrax:ro")
+            self.mounts.append(f"{PACKAGE_DIR}:/opt/infrax/infrax:ro")
         self.start_timeout = float(o.get("start_timeout", 30.0))
         self.kill_grace = float(o.get("kill_grace", 5.0))
         self.pids_limit = int(o["pids_limit"]) if o.get("pids_limit") else None
@@ -112,66 +125,26 @@ class DockerProvider(ContainerProvider):
 
     async def create(self, container_id: str, container_type: ContainerType, secret: str) -> Endpoint:
         image = await self._image_for(container_type)
-        host_network = self.network_mode == "host"
-        isolated = self.network_mode == "none"
+        remote = self.engine.remote
+        host_network = self.network_mode == "host" and not remote
+        on_socket = self.network_mode == "none" or remote  # the agent listens on a socket file
         listen, port = (self.publish_host, 0) if host_network else ("0.0.0.0", AGENT_PORT)
-        # The container's own folder on this host (mode 0700): its secret until the agent has read it,
-        # and without a network, the agent's socket file.
-        own = self._socket_dir(container_id)
-        own.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_secret(own / SECRET_NAME, secret)
-        volumes = [*self.mounts, f"{own}:{SOCKET_DIR}:rw"]
-        if isolated:
+        if on_socket:
             listen, port = f"unix:{SOCKET_DIR}/{SOCKET_NAME}", 0
-        settings: dict[str, Any] = {
-            "image": image,
-            "command": [
-                "python3",
-                "-m",
-                "infrax.agent",
-                "--host",
-                listen,
-                "--port",
-                str(port),
-                "--workdir",
-                WORKDIR,
-                "--kill-grace",
-                str(self.kill_grace),
-                "--secret-file",
-                f"{SOCKET_DIR}/{SECRET_NAME}",
-            ],
-            "name": _name(container_id),
-            "detach": True,
-            # PID 1 must forward SIGTERM and reap orphans; a Python PID 1 ignores SIGTERM.
-            "init": True,
-            # Not the secret: an environment stays readable in /proc and `docker inspect`. It goes in
-            # as a file of the container's own folder, which the agent removes once read.
-            "environment": {"PYTHONPATH": "/opt/infrax"},
-            "labels": {
-                LABEL_OWNER: self.owner,
-                LABEL_ID: container_id,
-                LABEL_TYPE: container_type.name,
-                "infrax.provider": self.name,
-            },
-            "volumes": volumes,
-        }
-        if host_network or isolated:
-            settings["network_mode"] = self.network_mode
-        else:
-            settings["ports"] = {f"{AGENT_PORT}/tcp": (self.publish_host, None)}
-            if self.network_mode != "bridge":
-                settings["network"] = self.network_mode
-        if container_type.memory:
-            # No swap either, so the limit is the limit.
-            settings["mem_limit"] = settings["memswap_limit"] = container_type.memory
-        if container_type.cpus:
-            settings["nano_cpus"] = int(container_type.cpus * 1e9)
-        if self.pids_limit:
-            settings["pids_limit"] = self.pids_limit
+        volumes = list(self.mounts)
+        if not remote:
+            # The container's own folder on this host (mode 0700): its secret until the agent has
+            # read it, and the agent's socket file. A remote engine's host is not this one: the
+            # secret is copied into the container before it starts (`_start`).
+            own = self._socket_dir(container_id)
+            own.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_secret(own / SECRET_NAME, secret)
+            volumes.append(f"{own}:{SOCKET_DIR}:rw")
+        settings = container_settings(self, container_id, container_type, image, volumes, listen, port)
 
         started = time.monotonic()
         starting = asyncio.ensure_future(
-            self._call(f"start container {container_id} from {image}", self._start, settings)
+            self._call(f"start {container_id} from {image}", self._start, settings, secret if remote else None)
         )
         try:
             # Shielded: the SDK call runs on in its thread even if we are cancelled, and what it
@@ -187,8 +160,10 @@ class DockerProvider(ContainerProvider):
             ) from error
         self._mine.add(container_id)
         try:
-            socket_file = self._socket_dir(container_id) / SOCKET_NAME if isolated else None
-            endpoint = await asyncio.wait_for(self._ready(container, host_network, socket_file), self.start_timeout)
+            socket_file = self._socket_dir(container_id) / SOCKET_NAME if on_socket and not remote else None
+            endpoint = await asyncio.wait_for(
+                self._ready(container, container_id, host_network, socket_file), self.start_timeout
+            )
         except (TimeoutError, ProviderError) as error:
             why = str(error) or f"its agent was not ready within {self.start_timeout:g}s"
             logs = await self._logs_tail(container)
@@ -211,7 +186,10 @@ class DockerProvider(ContainerProvider):
     async def alive(self, container_id: str) -> bool:
         try:
             attrs = await self._call(
-                f"inspect container {container_id}", self._client.api.inspect_container, _name(container_id), retries=2
+                f"inspect container {container_id}",
+                self._client.api.inspect_container,
+                container_name(container_id),
+                retries=2,
             )
         except docker.errors.NotFound:
             return False
@@ -222,12 +200,15 @@ class DockerProvider(ContainerProvider):
 
     async def destroy(self, container_id: str) -> None:
         self._mine.discard(container_id)
+        relay = self._relays.pop(container_id, None)
+        if relay is not None:
+            relay.close()
         shutil.rmtree(self._socket_dir(container_id), ignore_errors=True)
         remove = functools.partial(
             self._call,
             f"remove container {container_id}",
             self._client.api.remove_container,
-            _name(container_id),
+            container_name(container_id),
             v=True,
             force=True,
             retries=2,
@@ -255,6 +236,8 @@ class DockerProvider(ContainerProvider):
 
     async def close(self) -> None:
         await self._background.wait()
+        for relay in self._relays.values():
+            relay.close()
         await asyncio.gather(*(self.destroy(c) for c in list(self._mine)), return_exceptions=True)
         # Closed, yet usable again: threads and connections come back on the next call.
         if self._pool is not None:
@@ -275,7 +258,7 @@ class DockerProvider(ContainerProvider):
             if self._built_image is None:
                 try:
                     self._built_image = await self._call(
-                        "build the agent image", agent_image.ensure_agent_image, self.url
+                        "build the agent image", agent_image.ensure_agent_image, self.url, self.engine.client
                     )
                 except agent_image.ImageError as error:
                     raise ProviderError(f"no agent image on {self.url}: {error}") from error
@@ -287,9 +270,7 @@ class DockerProvider(ContainerProvider):
     def _client(self) -> docker.DockerClient:
         if self._docker is None:
             # An explicit API version: constructing the client makes no request.
-            self._docker = docker.DockerClient(
-                base_url=self.url, version="1.41", timeout=60, max_pool_size=self.threads
-            )
+            self._docker = self.engine.client(timeout=60, max_pool_size=self.threads)
         return self._docker
 
     @property
@@ -306,17 +287,44 @@ class DockerProvider(ContainerProvider):
     async def _image_for(self, container_type: ContainerType) -> str:
         return str(container_type.image) if container_type.image else await self.ensure_image()
 
-    def _start(self, settings: dict[str, Any]) -> Any:
+    def _start(self, settings: dict[str, Any], secret: str | None) -> Any:
         # create + start rather than run(): run() would try to pull a missing image from a registry.
         container = self._client.containers.create(**settings)
         try:
+            if secret is not None:
+                archive = secret_archive(SOCKET_DIR, SECRET_NAME, secret)
+                if not container.put_archive(str(Path(SOCKET_DIR).parent), archive):
+                    raise ProviderError(f"the engine refused the secret of container {settings['name']}")
             container.start()
         except _DRIVER_ERRORS:
             container.remove(force=True)
             raise
         return container
 
-    async def _ready(self, container: Any, host_network: bool, socket_file: Path | None) -> Endpoint:
+    async def _relay(self, container_id: str) -> Endpoint:
+        """A listener of this host whose every connection is one to the agent, through the engine."""
+        bridge = ["python3", "-S", "-c", BRIDGE, f"{SOCKET_DIR}/{SOCKET_NAME}"]
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                created = await self._call(
+                    f"exec into container {container_id}",
+                    self._client.api.exec_create,
+                    container_name(container_id),
+                    bridge,
+                    stdin=True,
+                    stderr=False,
+                )
+            except (ProviderError, docker.errors.NotFound) as error:
+                log.warning("no connection to the agent of %s: %s", container_id, error)
+                writer.close()
+                return
+            await carry(self.engine, created["Id"], reader, writer)
+
+        relay = self._relays[container_id] = await asyncio.start_server(connected, self.relay_host, 0)
+        return Endpoint(self.relay_host, relay.sockets[0].getsockname()[1])
+
+    async def _ready(self, container: Any, container_id: str, host_network: bool, socket_file: Path | None) -> Endpoint:
         """Poll the container's stdout for the agent's READY line (cheap: it prints nothing else there)."""
         delay = 0.02
         while True:
@@ -324,6 +332,8 @@ class DockerProvider(ContainerProvider):
             for line in out.decode(errors="replace").splitlines():
                 if line.startswith(READY):
                     info = json.loads(line[len(READY) :])
+                    if self.engine.remote:  # through the engine, from a relay address of this host
+                        return await self._relay(container_id)
                     if socket_file is not None:  # no network: its socket file, as this host sees it
                         return Endpoint(f"unix:{socket_file}", 0)
                     if host_network:
@@ -372,42 +382,3 @@ class DockerProvider(ContainerProvider):
             except _DRIVER_ERRORS as error:
                 raise ProviderError(f"docker engine {self.url} failed to {what}: {error}") from error
         raise AssertionError("unreachable")
-
-
-def _name(container_id: str) -> str:
-    return f"infrax-{container_id}"
-
-
-def _default_owner(root: str | None) -> str:
-    if root:
-        return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
-    return socket.gethostname()
-
-
-def _default_endpoint_host(url: str, publish_host: str) -> str:
-    if publish_host not in ("", "0.0.0.0", "::"):
-        return publish_host
-    if url.startswith("tcp://"):
-        return urllib.parse.urlsplit(url).hostname or "127.0.0.1"
-    return "127.0.0.1"
-
-
-def _parse_mount(spec: str) -> str:
-    """`host:container[:ro|rw]` or a lone path (mounted at the same place); read-only by default."""
-    parts = str(spec).split(":")
-    if len(parts) == 1:
-        parts = [parts[0], parts[0], "ro"]
-    elif len(parts) == 2:
-        parts.append("ro")
-    host, target, mode = parts if len(parts) == 3 else ("", "", "")
-    if not host.startswith("/") or not target.startswith("/") or mode not in ("ro", "rw"):
-        raise ValueError(f"extra_mounts entry {spec!r} must be /host/path[:/container/path[:ro|rw]]")
-    return f"{host}:{target}:{mode}"
-
-
-def _write_secret(path: Path, secret: str) -> None:
-    """Only root may read it, and only until the agent removed it."""
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secret)
