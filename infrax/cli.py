@@ -26,6 +26,7 @@ from infrax.cli_support import (
     console,
     fail,
     load,
+    open_files_as_allowed,
     print_json,
     run,
     run_event_loop,
@@ -60,6 +61,8 @@ def _serve(components: tuple[str, ...], config: Config, logic: str, log_format: 
         configure(log_format, requests=config.log_requests)
     except ValueError as error:
         fail(str(error), USAGE)
+
+    open_files_as_allowed()
 
     async def main() -> None:
         stack = Stack(config, components=components, logic=logic)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,6 +46,16 @@ JsonOption = typer.Option(False, "--json", help="print JSON (the REST API's bodi
 
 class NotFound(Exception):
     """No such thing, or an id prefix that names several: exit code 4."""
+
+
+def open_files_as_allowed() -> None:
+    """A server holds a socket per worker, agent and client: its soft limit of open files (1,024
+    on many systems, a few hundred workers) is raised to the hard limit, as Go's runtime does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_event_loop(main: Awaitable[T]) -> T:

@@ -13,7 +13,18 @@ import httpx
 import typer
 from rich.table import Table
 
-from infrax.cli_support import USAGE, ConfigOption, JsonOption, console, fail, load, print_json, run, token
+from infrax.cli_support import (
+    USAGE,
+    ConfigOption,
+    JsonOption,
+    console,
+    fail,
+    load,
+    open_files_as_allowed,
+    print_json,
+    run,
+    token,
+)
 from infrax.fleet.protocol import NAME_PATTERN, POOL_PATTERN
 from infrax.http import ServiceError, tcp_client
 
@@ -90,6 +101,7 @@ def register(app: typer.Typer) -> None:
                 stopped.cancel()
                 await joined.close()
 
+        open_files_as_allowed()  # a socket per container's channel
         run(main)
 
 

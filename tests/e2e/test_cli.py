@@ -142,3 +142,18 @@ async def test_push_of_a_bad_revision_or_repository_is_refused_clearly(running_u
     assert ".infrax.yml: tasks[0] (x): containerTag: Field required" in bad_config.stderr
     for result in (no_revision, not_a_repo, bad_config):
         assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_infrax_up_raises_its_open_files_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """A thousand workers are a thousand sockets: a soft limit of 256 would refuse most of them."""
+    config, ports = write_up_config(tmp_path)
+    command = ["prlimit", "--nofile=256:4096", sys.executable, "-m", "infrax.cli", "up", "--config", str(config)]
+    process = subprocess.Popen(command, stdout=(tmp_path / "up.log").open("ab"), stderr=subprocess.STDOUT)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{ports['scheduler']}", process)
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
