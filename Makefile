@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test check bench bench-backlog bench-checkout bench-optimizer bench-containers bench-dashboard services image install clean
+.PHONY: demo test check bench bench-backlog bench-checkout bench-optimizer bench-containers bench-dashboard bench-fleet services image install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-checkout: $(STAMP)
 
 bench-containers: $(STAMP) services
 	$(PY) benchmarks/containers.py
+
+# 50 workers over 5 network namespaces, 10,000 trivial partitions, 1,000 idle workers (root: namespaces).
+bench-fleet: $(STAMP) services
+	$(PY) benchmarks/fleet.py
 
 bench-optimizer: $(STAMP)
 	$(PY) benchmarks/optimizer.py
