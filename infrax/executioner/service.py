@@ -24,6 +24,7 @@ from infrax.bus.messages import RunStatus
 from infrax.executioner.artifacts import ArtifactKeeper, MissingFetch
 from infrax.executioner.metrics import ExecutionerMetrics
 from infrax.executioner.sources import SourceUnavailable, stage_source
+from infrax.executioner.takeover import Takeover
 from infrax.executioner.test_results import TestResults
 from infrax.failures import FailureLines, failure_message
 from infrax.http import ServiceError, while_unavailable
@@ -115,6 +116,9 @@ class Executioner:
         self.artifacts = artifacts or ArtifactKeeper(FilesystemArtifacts(self.log_dir / "artifacts"))
         self.artifacts.log_dir = self.log_dir
         self.test_results = TestResults(db, self.artifacts.store)
+        self.takeover = Takeover(
+            db, name, lambda rows: self._reattach(rows, "its executioner died"), lambda r: str(self.log_path(r))
+        )
 
     async def start(self) -> None:
         """Re-attach to the runs that were in flight when this executioner stopped: they went on in
@@ -124,8 +128,10 @@ class Executioner:
         self._releases.start()
         self.artifacts.start()
         self._resuming = asyncio.create_task(self._resume(), name="executioner-resume")
+        self.takeover.start()
 
     async def stop(self) -> None:
+        await self.takeover.stop()
         if self._resuming is not None:
             self._resuming.cancel()
             await asyncio.gather(self._resuming, return_exceptions=True)
@@ -140,6 +146,11 @@ class Executioner:
 
     async def _resume(self) -> None:
         rows = await retry(self._in_flight_rows, on=StoreError, during=outage("the database"))
+        await self._reattach(rows, "the executioner restarted")
+
+    async def _reattach(self, rows: list[Any], why: str) -> None:
+        """Follow these runs in flight again (this executioner's own after a restart, or taken over
+        from one that died), through their agents; a run whose container is gone ended with it."""
         if not rows:
             return
         wanted = {row["run_id"]: ExecutionAssignment.model_validate(row["assignment"]) for row in rows}
@@ -158,9 +169,7 @@ class Executioner:
         for run_id, stored in wanted.items():
             access = reachable.get(run_id)
             if access is None:
-                status = self._status(
-                    stored, "exception", message="the executioner restarted and the run's container is gone"
-                )
+                status = self._status(stored, "exception", message=f"{why} and the run's container is gone")
                 self._tasks[run_id] = asyncio.create_task(self._finish(stored, status, healthy=False))
                 continue
             assignment = stored.model_copy(
@@ -586,6 +595,21 @@ class Executioner:
     async def _record_finals(self, statuses: list[RunStatus]) -> None:
         async def store() -> None:
             async with self.outbox.begin() as (conn, messages):
+                # Only this executioner's runs: one it was too slow to keep was taken over, and its
+                # end is the taker's to record (the run is one run, its end one end).
+                ids = [s.run_id for s in statuses]
+                mine = set(
+                    (
+                        await conn.execute(
+                            select(runs.c.run_id).where(runs.c.run_id.in_(ids), runs.c.executioner == self.name)
+                        )
+                    ).scalars()
+                )
+                owned = [s for s in statuses if s.run_id in mine]
+                if len(owned) < len(statuses):
+                    log.warning("%d runs ended here were taken over by another executioner", len(statuses) - len(owned))
+                if not owned:
+                    return
                 await conn.execute(
                     _RECORD_FINAL,
                     [
@@ -598,10 +622,10 @@ class Executioner:
                             "b_file_durations": s.file_durations,
                             "b_finished_at": s.timestamp,
                         }
-                        for s in statuses
+                        for s in owned
                     ],
                 )
-                messages += [_outgoing(s) for s in statuses]
+                messages += [_outgoing(s) for s in owned]
 
         # Until stored, however long the database is away: the outcome is the one thing not to lose.
         await retry(store, on=StoreError, maximum=2.0, during=outage("the database"))

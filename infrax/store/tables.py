@@ -327,6 +327,14 @@ scheduler_instances = Table(
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )
 
+# Executioners say they live here; the runs of one silent for long are taken over (executioner/takeover.py).
+executioner_instances = Table(
+    "executioner_instances",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
+
 # Commit statuses still to be posted to GitHub: one row per job and repository, the newest state.
 commit_statuses = Table(
     "jobmaster_commit_statuses",

@@ -131,3 +131,64 @@ async def test_rabbitmq_restart_mid_job_every_transition_still_reaches_the_job_m
     async with cluster.client("scheduler-1") as scheduler:
         request = (await scheduler.get(f"/api/v1/task-requests/{job['requestId']}")).json()
     assert [p["state"] for p in request["tasks"][0]["partitions"]] == ["completed"] * 8
+
+
+async def _in_flight_by_executioner(db: str) -> dict[str, int]:
+    import asyncpg
+
+    connection = await asyncpg.connect(db)
+    try:
+        rows = await connection.fetch(
+            "SELECT executioner, count(*) AS n FROM executioner_runs"
+            " WHERE state IN ('accepted', 'running') GROUP BY executioner"
+        )
+    finally:
+        await connection.close()
+    return {row["executioner"]: row["n"] for row in rows}
+
+
+async def test_an_executioner_killed_for_good_has_its_runs_taken_over_within_5_seconds(make_cluster, tmp_path):
+    """Two executioners; the one following the runs is killed with -9 and never comes back. The
+    other takes its runs over (they go on in their agents meanwhile), each completes once."""
+    cluster = await make_cluster(executioners=2, max_concurrent=6)
+    journal, gate = tmp_path / "journal", tmp_path / "gate"
+    work = script(
+        tmp_path,
+        "work.sh",
+        f'echo "start $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n'
+        f"while [ ! -f {gate} ]; do sleep 0.05; done\n"
+        f'echo "done $INFRAX_PARTITION_ID $INFRAX_RUN" >> {journal}\n',
+    )
+    db = cluster.base["db"]
+    async with cluster.client("scheduler-1", timeout=60) as scheduler:
+        response = await scheduler.post(
+            "/api/v1/task-requests",
+            json={"tasks": [task("work", work, [f"f{i}" for i in range(6)], partitions=6, retries=0)]},
+        )
+        assert response.status_code == 201, response.text
+        request_id = response.json()["id"]
+        async with asyncio.timeout(60):
+            while len(_journal(journal)) < 6 or sum((await _in_flight_by_executioner(db)).values()) < 6:
+                await asyncio.sleep(0.05)
+
+        holders = await _in_flight_by_executioner(db)
+        victim = max(holders, key=holders.__getitem__)
+        (survivor,) = {"executioner-1", "executioner-2"} - {victim}
+        cluster.kill(victim)
+        killed_at = asyncio.get_running_loop().time()
+        async with asyncio.timeout(5):  # the issue's bound: taken over within 5 s
+            while (await _in_flight_by_executioner(db)).get(victim):
+                await asyncio.sleep(0.05)
+        taken_after = asyncio.get_running_loop().time() - killed_at
+        assert (await _in_flight_by_executioner(db)).get(survivor) == 6
+
+        gate.touch()
+        request = await wait_final(scheduler, f"/api/v1/task-requests/{request_id}", timeout=120)
+
+    partitions = request["tasks"][0]["partitions"]
+    assert request["state"] == "completed", cluster.log(survivor)
+    assert {p["state"] for p in partitions} == {"completed"} and {p["run"] for p in partitions} == {0}
+    entries = _journal(journal)
+    assert collections.Counter(e[0] for e in entries) == {"start": 6, "done": 6}, entries  # each once, not re-run
+    assert f"takes over {holders[victim]} runs in flight of {victim}" in cluster.log(survivor)
+    print(f"taken over {taken_after:.1f} s after the kill")
