@@ -3,12 +3,14 @@ its own (a /30 of 10.213.0.0/16), with no route to any other; removed when the t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -83,3 +85,41 @@ def hosts(count: int) -> Iterator[list[Host]]:
         for host in made:
             with contextlib.suppress(subprocess.CalledProcessError):
                 ip("netns", "del", host.namespace)  # and its end of the link, and so the other end
+
+
+@contextlib.asynccontextmanager
+async def forwarded(addresses: list[str], port: int, to: tuple[str, int]) -> AsyncIterator[None]:
+    """This machine's `to` (a server that listens on loopback only: PostgreSQL, RabbitMQ) offered
+    on `port` of each of these addresses, as a database host on the network would be."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*to)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    servers = [await asyncio.start_server(carry, address, port) for address in addresses]
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.close()
+
+
+def kill_everything_in(host: Host) -> None:
+    """What losing the machine does: every process of its network namespace killed at once."""
+    for pid in ip("netns", "pids", host.namespace).split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
