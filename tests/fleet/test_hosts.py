@@ -20,10 +20,12 @@ from tests.jobmaster.conftest import commit, git, job_in, wait_for
 PROBE = "import socket, sys\ntry: socket.create_connection((sys.argv[1], 9), 2)\nexcept OSError as e: print(e.errno)"
 
 
-def start_worker(host: Host, provisioner: str, token_file: Path, home: Path, name: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    host: Host, provisioner: str, token_file: Path, home: Path, name: str, *options: str
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "infrax.cli", "worker", provisioner, "--pool", "hardware"]
     command += ["--token-file", str(token_file), "--capacity", "2", "--name", name]
-    command += ["--data-dir", str(home / name), "--run-as", "self"]
+    command += ["--data-dir", str(home / name), "--run-as", "self", *options]
     log = (home / f"{name}.log").open("wb")
     return subprocess.Popen(host.command(*command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -38,14 +40,24 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-async def joined_pool(infrax: Any, tmp_path: Path, *hosts_: Host) -> dict[str, subprocess.Popen[bytes]]:
-    """`infrax worker` on each host, joined to the control plane's pool, by name."""
+async def joined_pool(
+    infrax: Any, tmp_path: Path, *hosts_: Host, options: dict[int, list[str]] | None = None
+) -> dict[str, subprocess.Popen[bytes]]:
+    """`infrax worker` on each host (with `options` by the host's index), joined to the control
+    plane's pool, by name."""
     port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
     token_file = tmp_path / "pool.token"
     token_file.write_text(await pool_token(infrax))
     token_file.chmod(0o600)
     workers = {
-        f"worker-{n}": start_worker(host, f"http://{host.gateway}:{port}", token_file, tmp_path, f"worker-{n}")
+        f"worker-{n}": start_worker(
+            host,
+            f"http://{host.gateway}:{port}",
+            token_file,
+            tmp_path,
+            f"worker-{n}",
+            *(options or {}).get(n, []),
+        )
         for n, host in enumerate(hosts_)
     }
 
@@ -65,11 +77,15 @@ async def control_plane(start_stack: Any, *hosts_: Host, **overrides: Any) -> An
     )
 
 
-async def test_a_job_runs_on_workers_on_other_hosts_that_only_dial_out(start_stack: Any, tmp_path: Path) -> None:
+async def test_a_job_runs_on_workers_on_other_hosts_that_only_dial_out(
+    start_stack: Any, tmp_path: Path, docker_url: str, agent_image: str, docker_client: Any
+) -> None:
+    """One worker runs `process` containers, the other containers of its host's own Podman."""
     with hosts(2) as (first, second):
         infrax = await control_plane(start_stack, first, second)
         port = infrax.stack.urls["provisioner"].rsplit(":", 1)[1]
-        workers = list((await joined_pool(infrax, tmp_path, first, second)).values())
+        podman = {1: ["--engine", docker_url, "--image", agent_image]}
+        workers = list((await joined_pool(infrax, tmp_path, first, second, options=podman)).values())
         try:
             repo = tmp_path / "sample"
             make_sample_repo(repo)
@@ -83,6 +99,8 @@ async def test_a_job_runs_on_workers_on_other_hosts_that_only_dial_out(start_sta
             assert job["state"] == "failed" and "test_mul_2" in job["message"], job
             listed = (await infrax["provisioner"].get("/api/v1/workers")).json()
             assert all(w["containers"] >= 1 for w in listed), listed  # both worked
+            in_podman = docker_client.api.containers(filters={"label": "infrax.owner=worker-hardware-worker-1/worker"})
+            assert in_podman, "the second worker's containers are its Podman's"
             for host in (first, second):
                 # Nothing listens there but on its own loopback: there is nothing to connect to ...
                 assert all(a.startswith(("127.0.0.1:", "[::1]:")) for a in host.listening()), host.listening()
