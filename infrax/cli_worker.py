@@ -121,16 +121,18 @@ def register_workers(app: typer.Typer) -> None:
 
     @workers.command("list")
     def list_workers(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
-        """Every worker of every pool: connected, draining, capacity, containers, last seen."""
+        """Every worker of every pool: connected, draining, capacity, containers, runs, last seen, agent."""
         listed = run(lambda: call(config, "GET", "/api/v1/workers")).json()
         if as_json:
             print_json(listed)
             return
-        table = Table("pool", "name", "id", "connected", "draining", "containers", "last seen")
+        table = Table("pool", "name", "id", "connected", "draining", "containers", "runs", "last seen", "agent")
         for w in listed:
             seen = f"{w['lastSeenSecondsAgo']:.0f} s ago"
-            busy = f"{w['containers']}/{w['capacity']}"
-            table.add_row(w["pool"], w["name"], w["id"][:12], str(w["connected"]), str(w["draining"]), busy, seen)
+            held = f"{w['containers']}/{w['capacity']}"
+            runs = str(w.get("runs", 0))
+            row = (w["pool"], w["name"], w["id"][:12], str(w["connected"]), str(w["draining"]), held, runs, seen)
+            table.add_row(*row, w["agentVersion"])
         console.print(table)
 
     @workers.command("drain")

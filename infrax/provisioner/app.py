@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -14,7 +15,16 @@ from infrax.fleet.gateway import Gateway
 from infrax.fleet.links import UnknownWorker, WorkerBusy
 from infrax.fleet.metrics import WorkerCollector
 from infrax.metrics import metrics_route
-from infrax.model import Container, ContainerAccess, ContainerType, OfferAnswer, PartitionOffer, Release, WireModel
+from infrax.model import (
+    Container,
+    ContainerAccess,
+    ContainerState,
+    ContainerType,
+    OfferAnswer,
+    PartitionOffer,
+    Release,
+    WireModel,
+)
 from infrax.pagination import PageRequest, link_next, page_request, split
 from infrax.provisioner.service import Provisioner
 
@@ -60,8 +70,14 @@ def create_app(provisioner: Provisioner, security: Security, gateway: Gateway | 
 
         @app.get("/api/v1/workers", **read)
         async def workers() -> list[dict[str, Any]]:
-            """Every worker that joined a pool: connected or away, capacity, containers, last seen."""
-            return gateway.listing()
+            """Every worker that joined a pool: connected or away, capacity, containers, the runs
+            they hold now, last seen."""
+            running = Counter(
+                link.id
+                for slot in provisioner.slots.values()
+                if slot.state == ContainerState.BUSY and (link := gateway.link_of(slot.id)) is not None
+            )
+            return [{**shown, "runs": running[shown["id"]]} for shown in gateway.listing()]
 
         manage = route_options("provisioner:workers")
 

@@ -116,6 +116,12 @@ async def test_a_drained_worker_finishes_its_run_takes_nothing_new_and_can_then_
         await wait_for(placed, 20, "the run's container")
         busy, idle = (one, two) if one.endpoints else (two, one)
         busy_id = next(w["id"] for w in (await provisioner.get("/api/v1/workers")).json() if w["name"] == busy.name)
+
+        async def running_there() -> bool:  # the list says which worker holds the run
+            listed = (await provisioner.get("/api/v1/workers")).json()
+            return {w["name"]: w["runs"] for w in listed} == {busy.name: 1, idle.name: 0}
+
+        await wait_for(running_there, 20, "the run counted on its worker")
         drained = await provisioner.post(f"/api/v1/workers/{busy_id}/drain")
         assert drained.status_code == 200 and drained.json()["draining"] is True
         refused = await provisioner.delete(f"/api/v1/workers/{busy_id}")
