@@ -264,3 +264,29 @@ async def test_the_provisioner_s_metrics_count_its_workers_and_their_beats(start
 
     await wait_for(away, 10, "the worker that left counted away")
     assert (await scraped())[("infrax_workers_capacity", "")] == 0
+
+
+async def test_a_run_on_a_worker_is_cancelled_through_its_connection(start_stack: Any, tmp_path: Path) -> None:
+    infrax = await start_stack(providers=POOL, container_types=ON_POOL)
+    token = await pool_token(infrax)
+    async with worker(infrax, tmp_path, "w1", token) as one:
+        await asyncio.wait_for(one.connected.wait(), 10)
+        repo, _never = gated_repo(tmp_path, "cancelled")  # the gate never opens: only a cancel ends it
+        job = (await infrax["jobmaster"].post("/api/v1/pushes", json={"repository": str(repo)})).json()
+
+        async def followed() -> bool:
+            return bool(one.channels)
+
+        await wait_for(followed, 20, "the run followed through the worker")
+        cancelled = await infrax["jobmaster"].post(f"/api/v1/jobs/{job['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        done = await job_in(infrax["jobmaster"], job["id"], "completed", "failed", "exception", "cancelled")
+        assert done["state"] == "cancelled", done
+        (partition,) = [p for t in (await infrax.request(done["requestId"])).tasks for p in t.partitions]
+        assert partition.state == "cancelled" and partition.run == 0
+
+        async def stopped() -> bool:  # the run's process is gone from the worker's container
+            beat = (await infrax["provisioner"].get("/api/v1/containers")).json()
+            return bool(beat) and all(c["state"] != "busy" for c in beat)
+
+        await wait_for(stopped, 20, "the worker's container free again")
