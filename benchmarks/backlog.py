@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 from rich.table import Table
 
-from infrax.bench import _throwaway_vhost
+from infrax.bench import throwaway_backends
 from infrax.cli import run_event_loop
 from infrax.collector import settle_after_start
 from infrax.config import COMPONENTS, Config, ProviderConfig
@@ -382,17 +382,8 @@ async def main() -> None:
         if backend == "embedded":
             await run(console, args.partitions)
             continue
-        import asyncpg
-
-        name = f"infrax_backlog_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(f"{args.postgres}/postgres")
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            async with _throwaway_vhost(args.amqp, name) as bus:
-                await run(console, args.partitions, db=f"{args.postgres}/{name}", bus=bus)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
+        async with throwaway_backends(args.postgres, args.amqp, "infrax_backlog") as (db, bus):
+            await run(console, args.partitions, db=db, bus=bus)
 
 
 if __name__ == "__main__":

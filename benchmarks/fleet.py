@@ -52,7 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from infrax.bench import _throwaway_vhost
+from infrax.bench import throwaway_backends
 from infrax.cli import run_event_loop
 from infrax.cli_support import open_files_as_allowed
 from infrax.collector import settle_after_start
@@ -388,17 +388,8 @@ async def backend(args: argparse.Namespace) -> Any:
     if args.backend == "embedded":
         yield "", "memory://"
         return
-    import asyncpg
-
-    name = f"infrax_fleet_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(f"{args.postgres}/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        async with _throwaway_vhost(args.amqp, name) as bus:
-            yield f"{args.postgres}/{name}", bus
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with throwaway_backends(args.postgres, args.amqp, "infrax_fleet") as backends:
+        yield backends
 
 
 if __name__ == "__main__":

@@ -37,14 +37,21 @@ async def run_bench_on(
         return await run_bench(console, partitions, containers)
     if backend != "production":
         raise ValueError(f"unknown backend {backend!r}: embedded or production")
+    async with throwaway_backends(postgres, amqp, "infrax_bench") as (db, bus):
+        return await run_bench(console, partitions, containers, db=db, bus=bus)
+
+
+@asynccontextmanager
+async def throwaway_backends(postgres: str, amqp: str, prefix: str) -> AsyncIterator[tuple[str, str]]:
+    """A PostgreSQL database and a RabbitMQ vhost of the run's own, dropped after: (db, bus) URLs."""
     import asyncpg
 
-    name = f"infrax_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(f"{postgres}/postgres")
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         async with _throwaway_vhost(amqp, name) as bus:
-            return await run_bench(console, partitions, containers, db=f"{postgres}/{name}", bus=bus)
+            yield f"{postgres}/{name}", bus
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

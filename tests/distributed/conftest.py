@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import yaml
@@ -153,3 +154,16 @@ async def wait_final(client: httpx.AsyncClient, path: str, timeout: float = 120)
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} still {body['state']} after {timeout}s")
         await asyncio.sleep(0.2)
+
+
+async def in_flight_by_executioner(db: str) -> dict[str, int]:
+    """How many runs in flight each executioner holds, as the store says."""
+    connection = await asyncpg.connect(db)
+    try:
+        rows = await connection.fetch(
+            "SELECT executioner, count(*) AS n FROM executioner_runs"
+            " WHERE state IN ('accepted', 'running') GROUP BY executioner"
+        )
+    finally:
+        await connection.close()
+    return {row["executioner"]: row["n"] for row in rows}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from infrax.sample_project import make_sample_repo
 from tests.conftest import rabbitmqctl
-from tests.distributed.conftest import wait_final
+from tests.distributed.conftest import in_flight_by_executioner, wait_final
 from tests.e2e.conftest import script, task
 
 
@@ -133,20 +133,6 @@ async def test_rabbitmq_restart_mid_job_every_transition_still_reaches_the_job_m
     assert [p["state"] for p in request["tasks"][0]["partitions"]] == ["completed"] * 8
 
 
-async def _in_flight_by_executioner(db: str) -> dict[str, int]:
-    import asyncpg
-
-    connection = await asyncpg.connect(db)
-    try:
-        rows = await connection.fetch(
-            "SELECT executioner, count(*) AS n FROM executioner_runs"
-            " WHERE state IN ('accepted', 'running') GROUP BY executioner"
-        )
-    finally:
-        await connection.close()
-    return {row["executioner"]: row["n"] for row in rows}
-
-
 async def test_an_executioner_killed_for_good_has_its_runs_taken_over_within_5_seconds(make_cluster, tmp_path):
     """Two executioners; the one following the runs is killed with -9 and never comes back. The
     other takes its runs over (they go on in their agents meanwhile), each completes once."""
@@ -168,19 +154,19 @@ async def test_an_executioner_killed_for_good_has_its_runs_taken_over_within_5_s
         assert response.status_code == 201, response.text
         request_id = response.json()["id"]
         async with asyncio.timeout(60):
-            while len(_journal(journal)) < 6 or sum((await _in_flight_by_executioner(db)).values()) < 6:
+            while len(_journal(journal)) < 6 or sum((await in_flight_by_executioner(db)).values()) < 6:
                 await asyncio.sleep(0.05)
 
-        holders = await _in_flight_by_executioner(db)
+        holders = await in_flight_by_executioner(db)
         victim = max(holders, key=holders.__getitem__)
         (survivor,) = {"executioner-1", "executioner-2"} - {victim}
         cluster.kill(victim)
         killed_at = asyncio.get_running_loop().time()
         async with asyncio.timeout(5):  # the issue's bound: taken over within 5 s
-            while (await _in_flight_by_executioner(db)).get(victim):
+            while (await in_flight_by_executioner(db)).get(victim):
                 await asyncio.sleep(0.05)
         taken_after = asyncio.get_running_loop().time() - killed_at
-        assert (await _in_flight_by_executioner(db)).get(survivor) == 6
+        assert (await in_flight_by_executioner(db)).get(survivor) == 6
 
         gate.touch()
         request = await wait_final(scheduler, f"/api/v1/task-requests/{request_id}", timeout=120)

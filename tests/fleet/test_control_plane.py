@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import yaml
 
 from infrax.config import COMPONENTS
 from infrax.sample_project import make_sample_repo
-from tests.distributed.conftest import wait_final
-from tests.e2e.conftest import free_ports, script, task
+from tests.distributed.conftest import in_flight_by_executioner, wait_final
+from tests.e2e.conftest import free_ports, script, task, wait_healthy
 from tests.fleet.hosts import Host, forwarded, hosts, kill_everything_in
 from tests.fleet.test_hosts import stop
 from tests.jobmaster.conftest import job_in
@@ -52,30 +51,6 @@ def start_host(host: Host, name: str, tmp_path: Path, backends: dict[str, str], 
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-async def healthy(url: str, process: Any, log: Path, timeout: float = 60) -> None:
-    async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(timeout):
-        while True:
-            assert process.poll() is None, f"infrax up exited:\n{log.read_text()[-3000:]}"
-            try:
-                if (await client.get(f"{url}/api/v1/health")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-
-
-async def in_flight(db: str) -> dict[str, int]:
-    connection = await asyncpg.connect(db)
-    try:
-        rows = await connection.fetch(
-            "SELECT executioner, count(*) AS n FROM executioner_runs"
-            " WHERE state IN ('accepted', 'running') GROUP BY executioner"
-        )
-    finally:
-        await connection.close()
-    return {row["executioner"]: row["n"] for row in rows}
-
-
 def journal_of(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line] if path.exists() else []
 
@@ -102,7 +77,12 @@ async def test_a_control_plane_host_lost_whole_mid_job_loses_nothing_and_runs_no
             up["host-b"] = start_host(b, "host-b", tmp_path, cluster_backends, ports)
             try:
                 for host, name in ((a, "host-a"), (b, "host-b")):
-                    await healthy(f"http://{host.address}:{ports['scheduler']}", up[name], tmp_path / name / "up.log")
+                    try:
+                        await wait_healthy(f"http://{host.address}:{ports['scheduler']}", up[name], timeout=60)
+                    except AssertionError as error:
+                        raise AssertionError(
+                            f"{name}: {error}\n{(tmp_path / name / 'up.log').read_text()[-3000:]}"
+                        ) from None
                 token = (tmp_path / "host-a" / "data" / "admin.token").read_text().strip()
                 headers = {"Authorization": f"Bearer {token}"}
                 scheduler = httpx.AsyncClient(
@@ -120,12 +100,12 @@ async def test_a_control_plane_host_lost_whole_mid_job_loses_nothing_and_runs_no
                             await asyncio.sleep(0.05)
                     on_b = {e[1] for e in journal_of(journal) if "/host-b/" in e[3]}
                     assert len(on_b) == PER_HOST, journal_of(journal)
-                    assert (await in_flight(cluster_backends["db"])).get("host-b") == PER_HOST
+                    assert (await in_flight_by_executioner(cluster_backends["db"])).get("host-b") == PER_HOST
 
                     kill_everything_in(b)  # the host is lost: every process of it, at once
                     killed_at = asyncio.get_running_loop().time()
                     async with asyncio.timeout(5):  # its runs taken over within 5 s
-                        while (await in_flight(cluster_backends["db"])).get("host-b"):
+                        while (await in_flight_by_executioner(cluster_backends["db"])).get("host-b"):
                             await asyncio.sleep(0.05)
                     taken_after = asyncio.get_running_loop().time() - killed_at
 
