@@ -23,7 +23,7 @@ from infrax.model import ContainerState, utcnow
 from infrax.provisioner.providers import ContainerProvider, ProviderError
 
 if TYPE_CHECKING:
-    from infrax.provisioner.service import Slot
+    from infrax.provisioner.slots import Slot
 
 log = logging.getLogger(__name__)
 

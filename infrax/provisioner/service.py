@@ -20,16 +20,14 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from infrax.auth.runs import RunTokens
 from infrax.background import BackgroundTasks
-from infrax.bus import Bus, BusError, topics
-from infrax.bus.messages import ContainerEvent, RunStatus
+from infrax.bus import Bus, topics
+from infrax.bus.messages import RunStatus
 from infrax.executioner.client import ExecutionerClient, ExecutionerPool
 from infrax.http import ServiceError, while_unavailable
 from infrax.model import (
@@ -43,58 +41,15 @@ from infrax.model import (
     new_id,
     utcnow,
 )
-from infrax.provisioner.health import HEARTBEAT_ERRORS, HealthMonitor, ProviderHealth
+from infrax.provisioner.announcements import Announcements
+from infrax.provisioner.health import HealthMonitor, ProviderHealth
 from infrax.provisioner.metrics import ProvisionerCollector, start_histogram
-from infrax.provisioner.providers import ContainerProvider, Endpoint, ProviderError
-from infrax.provisioner.tenancy import UNKNOWN, may_take, tenant_of
+from infrax.provisioner.providers import ContainerProvider, ProviderError
+from infrax.provisioner.slots import LIVE, Slot, access_to, adopted_slots
+from infrax.provisioner.tenancy import may_take, tenant_of
 from infrax.retry import outage
 
 log = logging.getLogger(__name__)
-
-LIVE = (ContainerState.STARTING, ContainerState.IDLE, ContainerState.BUSY)
-
-
-@dataclass
-class Slot:
-    """A container as the provisioner tracks it."""
-
-    id: str
-    type: ContainerType
-    provider: ContainerProvider
-    secret: str
-    state: ContainerState = ContainerState.STARTING
-    endpoint: Endpoint | None = None
-    run: PartitionOffer | None = None
-    partitions_run: int = 0
-    created_at: float = 0.0  # on the provisioner's clock
-    created_wall: datetime = field(default_factory=utcnow)
-    idle_since: float = 0.0
-    # Health: the health monitor's bookkeeping.
-    last_heartbeat: datetime | None = None
-    heartbeat_failures: int = 0
-    next_probe: float = 0.0
-    probing: bool = False
-    agent: dict[str, Any] = field(default_factory=dict)  # its last heartbeat answer
-    # Adopted from a provisioner that stopped, busy with a run known only by its id.
-    adopted_run: str | None = None
-    tenant: str | None = None  # whose runs it takes (tenancy): bound by its first run
-
-    def view(self, now: float) -> Container:
-        return Container(
-            id=self.id,
-            type=self.type.name,
-            provider=self.provider.name,
-            host=self.endpoint.host if self.endpoint else "",
-            port=self.endpoint.port if self.endpoint else 0,
-            state=self.state,
-            partitions_run=self.partitions_run,
-            created_at=self.created_wall,
-            current_run=self.run.run_id if self.run else None,
-            age=round(now - self.created_at, 3),
-            last_heartbeat=self.last_heartbeat,
-            heartbeat_failures=self.heartbeat_failures,
-            tenant=None if self.tenant == UNKNOWN else self.tenant,
-        )
 
 
 class Provisioner:
@@ -139,7 +94,7 @@ class Provisioner:
         self.provider_health = {name: ProviderHealth(p, clock) for name, p in self.providers.items()}
         self.health = HealthMonitor(self.slots, self._lose, self._spawn, tick=health_tick, clock=clock)
         self._background = BackgroundTasks()
-        self._free_unannounced: dict[str, int] = {}  # container type -> freed since the last event
+        self.announcements = Announcements(bus, self._spawn)
         self._maintenance: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
 
@@ -165,57 +120,16 @@ class Provisioner:
         """The containers among `found` whose agents answer with the secret derived for them."""
         if self.run_tokens is None or not found:
             return set()
-        adopted = set()
-        for container_id, type_name, endpoint in await provider.adoptable():
-            container_type = self.types.get(type_name)
-            if container_id not in found or container_type is None or provider.name not in container_type.providers:
-                continue
-            secret = self.run_tokens.container_secret(container_id)
-            try:
-                answer = await provider.heartbeat(endpoint, secret)
-            except HEARTBEAT_ERRORS as error:
-                log.info("not adopting %s: its agent does not answer (%s)", container_id, error)
-                continue
-            now = self.clock()
-            run_id = answer.get("runId") if answer.get("busy") else None
-            slot = Slot(
-                id=container_id,
-                type=container_type,
-                provider=provider,
-                secret=secret,
-                state=ContainerState.BUSY if run_id else ContainerState.IDLE,
-                endpoint=endpoint,
-                created_at=now,
-                idle_since=now,
-                last_heartbeat=utcnow(),
-                next_probe=now + provider.heartbeat_interval,
-                agent=answer,
-                adopted_run=run_id,
-                tenant=UNKNOWN,  # who ran there before is not known: it takes no new run
-            )
-            self.slots[container_id] = slot
-            if run_id:
-                self.runs[run_id] = container_id
-            adopted.add(container_id)
-        return adopted
+        adopted = await adopted_slots(provider, found, self.types, self.run_tokens, self.clock)
+        for slot in adopted:
+            self.slots[slot.id] = slot
+            if slot.adopted_run:
+                self.runs[slot.adopted_run] = slot.id
+        return {slot.id for slot in adopted}
 
     def access(self, run_ids: list[str]) -> list[ContainerAccess]:
         """How to reach the agents of these runs' containers (for an executioner that restarted)."""
-        wanted = set(run_ids)
-        found = []
-        for slot in self.slots.values():
-            run_id = slot.run.run_id if slot.run is not None else slot.adopted_run
-            if run_id in wanted and slot.endpoint is not None and slot.state in LIVE:
-                found.append(
-                    ContainerAccess(
-                        run_id=run_id,
-                        container_id=slot.id,
-                        host=slot.endpoint.host,
-                        port=slot.endpoint.port,
-                        secret=slot.secret,
-                    )
-                )
-        return found
+        return access_to(self.slots.values(), run_ids)
 
     async def stop(self) -> None:
         for loop in (self._maintenance, self._health):
@@ -401,7 +315,7 @@ class Provisioner:
                 self.slots.pop(slot.id, None)
                 if slot.run is not None:
                     await self._report_lost(slot.run, slot, "container failed to start: " + "; ".join(failures))
-                await self._publish_event("lost", slot)
+                await self.announcements.event("lost", slot.type.name, slot.id)
                 return
             self._move(slot, following)
         self.provider_health[slot.provider.name].succeeded()
@@ -420,10 +334,10 @@ class Provisioner:
         slot.next_probe = self.clock() + slot.provider.heartbeat_interval
         if self.slots.get(slot.id) is not slot:  # the provisioner stopped meanwhile
             return
-        await self._publish_event("started", slot, start_seconds=round(took, 3))
+        await self.announcements.event("started", slot.type.name, slot.id, start_seconds=round(took, 3))
         if slot.run is None or slot.run.run_id in self.cancelled:
             self._become_idle(slot)
-            self._announce_free(slot)
+            self.announcements.free(slot.type.name)
             return
         slot.state = ContainerState.BUSY
         await self._hand_off([slot])
@@ -518,7 +432,7 @@ class Provisioner:
             await self._retire(slot)
         else:
             self._become_idle(slot)
-        self._announce_free(slot)
+        self.announcements.free(slot.type.name)
         return True
 
     def cancel(self, run_ids: list[str]) -> list[str]:
@@ -558,7 +472,7 @@ class Provisioner:
         if run is not None and self.runs.get(run.run_id) == slot.id:
             await self._report_lost(run, slot, message)
         await self._retire(slot)
-        await self._publish_event("lost", slot)  # the maintenance loop starts its replacement
+        await self.announcements.event("lost", slot.type.name, slot.id)  # the maintenance loop starts its replacement
 
     async def _retire(self, slot: Slot) -> None:
         slot.state = ContainerState.STOPPING
@@ -594,7 +508,7 @@ class Provisioner:
                 if too_old or drained or (spare > 0 and now - slot.idle_since >= container_type.idle_timeout):
                     spare -= 1
                     await self._retire(slot)
-                    await self._publish_event("stopped", slot)
+                    await self.announcements.event("stopped", slot.type.name, slot.id)
             mine = [s for s in self.slots.values() if s.type.name == container_type.name and s.state in LIVE]
             # An idle container bound to a tenant is warm for that tenant's runs; another tenant's run
             # replaces it when the type is at its maximum (`_place`).
@@ -642,44 +556,7 @@ class Provisioner:
         scheduler hears of it now, as of a freed container of each type it serves."""
         for container_type in self.types.values():
             if provider_name in container_type.providers:
-                if not self._free_unannounced:
-                    asyncio.get_running_loop().call_soon(self._announce)
-                self._free_unannounced[container_type.name] = self._free_unannounced.get(container_type.name, 0) + 1
-
-    def _announce_free(self, slot: Slot) -> None:
-        """Say on the bus that a container of this type is free, in one event with any others.
-
-        Containers freed in the same turn of the event loop (a batch of releases) make one event
-        per type. The publish is not awaited here: the broker confirms persistent messages tens
-        of milliseconds later under load, and the scheduler should hear of free capacity now.
-        """
-        if not self._free_unannounced:
-            asyncio.get_running_loop().call_soon(self._announce)
-        self._free_unannounced[slot.type.name] = self._free_unannounced.get(slot.type.name, 0) + 1
-
-    def _announce(self) -> None:
-        counts, self._free_unannounced = self._free_unannounced, {}
-        for type_name, count in counts.items():
-            message = ContainerEvent(event="free", container_type=type_name, count=count)
-            self._spawn(self._publish_hint(topics.routing_key(container_type=type_name, state="free"), message))
-
-    async def _publish_hint(self, routing_key: str, message: ContainerEvent) -> None:
-        try:
-            await self.bus.publish(topics.CONTAINERS, routing_key, message.wire())
-        except BusError as error:
-            # A hint only: the scheduler also asks for capacity on its own every few seconds.
-            log.warning("could not announce %d free %s containers: %s", message.count, message.container_type, error)
-
-    async def _publish_event(self, event: str, slot: Slot, start_seconds: float | None = None) -> None:
-        message = ContainerEvent(
-            event=event,  # type: ignore[arg-type]
-            container_type=slot.type.name,
-            container_id=slot.id,
-            start_seconds=start_seconds,
-        )
-        await self.bus.publish(
-            topics.CONTAINERS, topics.routing_key(container_type=slot.type.name, state=event), message.wire()
-        )
+                self.announcements.free(container_type.name)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._background.spawn(work)
