@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import collections
-import contextlib
-import itertools
 import json
 import logging
 import math
@@ -24,13 +21,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Final
 
 from infrax.agent.artifacts import gather_reports, listing
 from infrax.agent.checkout import CHECKOUT_DIR_NAME, CheckoutError, check_out
 from infrax.agent.health import MIN_FREE_BYTES, container_problem
+from infrax.agent.output_log import OutputLog
+from infrax.agent.processes import describe_exit, kill_leftovers, killpg, reap_orphans, until_exited
 from infrax.agent.protocol import (
     AGENT_NAME,
     MAX_LINE_BYTES,
@@ -47,12 +45,6 @@ __all__ = ["BootstrapError", "OutputLog", "Run", "RunSettings", "sanitize_run_id
 log = logging.getLogger("infrax.agent")
 
 READ_CHUNK: Final = 64 * 1024
-# Merged output messages stay below this many characters: even if every character
-# needed a 6-byte JSON escape the line stays far below MAX_LINE_BYTES.
-MAX_MESSAGE_CHARS: Final = 64 * 1024
-# At most this many messages go into one socket write, so a follower that is far
-# behind still drains (and notices a dead peer) regularly.
-MAX_BATCH: Final = 256
 FETCH_TIMEOUT: Final = 30.0
 MAX_BOOTSTRAPPER_BYTES: Final = 64 * 1024 * 1024
 MAX_DURATIONS_BYTES: Final = 16 * 1024 * 1024
@@ -161,113 +153,6 @@ def _redact(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-class OutputLog:
-    """Ordered record of a run's messages that several followers can stream concurrently.
-
-    Holds the ``started`` message, a bounded window of ``output`` messages (numbered
-    by ``seq``) and finally the ``exit`` message. Followers that fall behind the
-    window get a ``gap`` message instead of the dropped output.
-    """
-
-    def __init__(self, run_id: str, max_messages: int, max_bytes: int) -> None:
-        self.run_id = run_id
-        self._max_messages = max(1, max_messages)
-        self._max_bytes = max_bytes
-        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
-        self._buffer_chars = 0
-        self._first_seq = 0  # seq of self._buffer[0]
-        self._next_seq = 0
-        # Highest seq any follower has taken; later messages may still be merged.
-        self._delivered = -1
-        self.started: dict[str, Any] | None = None
-        self.final: dict[str, Any] | None = None
-        self._changed = asyncio.Event()
-
-    def _notify(self) -> None:
-        # A fresh Event per change: waiters keep the one they awaited, so nobody
-        # has to clear it and no wakeup can be lost.
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def set_started(self, pid: int) -> None:
-        """Record that the process is running."""
-        self.started = {"type": MessageType.STARTED, "runId": self.run_id, "pid": pid}
-        self._notify()
-
-    def append(self, stream: str, data: str) -> None:
-        """Record a piece of output."""
-        if not data:
-            return
-        last = self._buffer[-1] if self._buffer else None
-        if (
-            last is not None
-            and last["seq"] > self._delivered
-            and last["stream"] == stream
-            and len(last["data"]) + len(data) <= MAX_MESSAGE_CHARS
-        ):
-            # Nobody has seen the last message yet: grow it instead of adding one.
-            # Under load (fast writer, slow or absent reader) this keeps the message
-            # count, and so the per-message overhead, low.
-            self._buffer[-1] = {**last, "data": last["data"] + data}
-            self._buffer_chars += len(data)
-        else:
-            self._buffer.append(
-                {
-                    "type": MessageType.OUTPUT,
-                    "runId": self.run_id,
-                    "seq": self._next_seq,
-                    "stream": stream,
-                    "data": data,
-                }
-            )
-            self._next_seq += 1
-            self._buffer_chars += len(data)
-        while len(self._buffer) > 1 and (
-            len(self._buffer) > self._max_messages or self._buffer_chars > self._max_bytes
-        ):
-            dropped = self._buffer.popleft()
-            self._buffer_chars -= len(dropped["data"])
-            self._first_seq += 1
-        self._notify()
-
-    def finish(self, exit_message: dict[str, Any]) -> None:
-        """Record the final ``exit`` message; followers end after delivering it."""
-        self.final = exit_message
-        self._notify()
-
-    async def wait_finished(self) -> dict[str, Any]:
-        """Wait for the ``exit`` message."""
-        while self.final is None:
-            await self._changed.wait()
-        return self.final
-
-    async def follow(self, start_seq: int = 0) -> AsyncGenerator[list[dict[str, Any]], None]:
-        """Yield batches of messages: ``started``, outputs from ``start_seq`` (or a ``gap``), ``exit``."""
-        cursor = start_seq
-        started_sent = False
-        while True:
-            batch: list[dict[str, Any]] = []
-            if not started_sent and self.started is not None:
-                batch.append(self.started)
-                started_sent = True
-            if cursor < self._first_seq:
-                batch.append({"type": MessageType.GAP, "runId": self.run_id, "from": cursor, "to": self._first_seq - 1})
-                cursor = self._first_seq
-            if cursor < self._next_seq:
-                offset = cursor - self._first_seq
-                batch.extend(itertools.islice(self._buffer, offset, offset + MAX_BATCH))
-                cursor = batch[-1]["seq"] + 1
-                self._delivered = max(self._delivered, cursor - 1)
-            if batch:
-                # Re-check everything after yielding: the consumer awaited in between.
-                yield batch
-                continue
-            if self.final is not None:
-                yield [self.final]
-                return
-            await self._changed.wait()
 
 
 class Run:
@@ -436,7 +321,7 @@ class Run:
         finally:
             # Also on success: background children of the bootstrapper must not
             # outlive the run (they would leak into the next one).
-            _killpg(process.pid, signal.SIGKILL)
+            killpg(process.pid, signal.SIGKILL)
             if not exited.done():
                 # Only when we are being cancelled; reap in the background.
                 exited.cancel()
@@ -446,7 +331,7 @@ class Run:
 
         if stopped:
             return self._stopped_result(process_started=True)
-        return _describe_exit(process.returncode)
+        return describe_exit(process.returncode)
 
     async def _exit_of(self, process: asyncio.subprocess.Process) -> int:
         """The bootstrapper's exit status, once it and every process it left behind are gone.
@@ -454,7 +339,7 @@ class Run:
         `process.wait()` alone also waits for the output pipes to close, which a process that left
         with setsid keeps open: its exit is seen on its own, then the leftovers (orphaned to us,
         the subreaper) are killed, which closes the pipes."""
-        await _exited(process)
+        await until_exited(process)
         await kill_leftovers(self.run_id)
         reap_orphans(keep=process.pid)
         return await process.wait()
@@ -462,9 +347,9 @@ class Run:
     async def _kill_tree(self, pgid: int, exited: asyncio.Task[Any]) -> None:
         """SIGTERM the process group, then SIGKILL it after the grace period."""
         log.info("run %s: stopping process group %d (%s)", self.run_id, pgid, self._stop_reason)
-        _killpg(pgid, signal.SIGTERM)
+        killpg(pgid, signal.SIGTERM)
         await asyncio.wait({exited}, timeout=self.settings.kill_grace)
-        _killpg(pgid, signal.SIGKILL)
+        killpg(pgid, signal.SIGKILL)
 
     async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
         # Incremental decoding keeps multi-byte characters that straddle two
@@ -604,149 +489,6 @@ class Run:
                 continue
             durations[name] = float(seconds)
         return durations
-
-
-def _describe_exit(returncode: int | None) -> tuple[str, int | None, str]:
-    """Map a process return code to (status, exitCode, message)."""
-    if returncode is None:
-        return RunStatus.ERROR, None, "process exit status unknown"
-    if returncode == 0:
-        return RunStatus.COMPLETED, 0, "exited with code 0"
-    if returncode > 0:
-        message = f"exited with code {returncode}"
-        if returncode > 128 and (name := _signal_name(returncode - 128)) is not None:
-            # Shells report a child killed by signal N as 128+N.
-            hint = " (out of memory?)" if returncode - 128 == signal.SIGKILL else ""
-            message += f" (a child process was probably killed by {name}{hint})"
-        return RunStatus.FAILED, returncode, message
-    signum = -returncode
-    name = _signal_name(signum) or f"signal {signum}"
-    if signum == signal.SIGKILL:
-        # We did not send it (that would be a timeout/cancel): usually the OOM killer.
-        return RunStatus.FAILED, 128 + signum, f"killed by {name} (out of memory?)"
-    return RunStatus.FAILED, 128 + signum, f"killed by {name}"
-
-
-def _signal_name(signum: int) -> str | None:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return None
-
-
-async def _exited(process: asyncio.subprocess.Process) -> None:
-    """Until the process has exited (not necessarily reaped, nor its pipes closed)."""
-    if process.returncode is not None:
-        return
-    try:
-        descriptor = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):
-        while process.returncode is None:  # noqa: ASYNC110 - no pidfd here: look every few milliseconds
-            await asyncio.sleep(0.005)
-        return
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-
-    def exited() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(descriptor, exited)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(descriptor)
-        os.close(descriptor)
-
-
-def _zombie(pid: int) -> bool:
-    """Exited (a zombie) or gone."""
-    return (_stat_fields(pid) or [b"Z"])[0] == b"Z"
-
-
-async def kill_leftovers(run_id: str, rounds: int = 50) -> int:
-    """Kill every child of this agent: with the run's own process reaped, any child left is an
-    orphan of the run (re-parented to us as the subreaper). Each one's process group goes too,
-    and whatever those leave is orphaned to us in turn: repeated until none is left."""
-    killed = 0
-    own_group = os.getpgrp()
-    for _ in range(rounds):
-        # Not zombies: the run's own process, exited but not yet reaped, is asyncio's to collect.
-        children = _children_of(os.getpid())
-        if not children:
-            break
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                group = os.getpgid(pid)
-                if group != own_group:  # never the agent's own group (and whoever shares it)
-                    os.killpg(group, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-            killed += 1
-        await asyncio.sleep(0.01)
-        for pid in children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: it never blocks
-    if killed:
-        log.warning("run %s: killed %d processes it left behind", run_id, killed)
-    return killed
-
-
-def reap_orphans(keep: int) -> int:
-    """Collect every exited child of this agent but `keep` (the run's own process, asyncio's to
-    collect): orphans of the run re-parented to us, as the subreaper or PID 1 of the container, that
-    no one else waits for. Left, they are zombies holding the container's process slots."""
-    reaped = 0
-    for pid in _children_of(os.getpid(), zombies=True):
-        if pid == keep:
-            continue
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                reaped += 1
-    return reaped
-
-
-def _children_of(parent: int, zombies: bool = False) -> list[int]:
-    """Live children of `parent`: from /proc's children lists where the kernel keeps them (a few
-    reads), else by scanning every process (milliseconds on a busy host)."""
-    try:
-        tasks = os.listdir(f"/proc/{parent}/task")
-        listed: set[int] = set()
-        for tid in tasks:
-            with open(f"/proc/{parent}/task/{tid}/children") as handle:
-                listed.update(int(pid) for pid in handle.read().split())
-        return [pid for pid in listed if zombies or not _zombie(pid)]
-    except (OSError, ValueError):
-        pass
-    try:
-        entries = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-    except OSError:
-        return []
-    return [pid for pid in entries if _parent(pid) == parent and (zombies or not _zombie(pid))]
-
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """/proc/<pid>/stat after the command name (state, ppid, …); None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
-def _parent(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields and len(fields) > 1 else None
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        # Group already empty (or, for PermissionError, taken over by a setuid
-        # program we may not signal): nothing more we can do.
-        pass
 
 
 def _fetch_url(url: str, token: str | None = None) -> bytes:
