@@ -68,9 +68,10 @@ async def test_a_crafted_run_id_is_refused_at_the_edge_and_writes_nothing(start_
 
 async def test_a_busy_container_is_released_only_by_whoever_runs_its_run(start_stack, tmp_path: Path) -> None:
     infrax = await start_stack()
-    done = tmp_path / "done"
-    slow = script(tmp_path, "slow.sh", f"sleep 1\ntouch {done}\n")
-    submitted = await infrax.submit([task("slow", slow)])
+    done, gate = tmp_path / "done", tmp_path / "gate"
+    # Busy until the attempts are over, however slow the machine: a run that ended would free it.
+    held = script(tmp_path, "held.sh", f"while [ ! -f {gate} ]; do sleep 0.05; done\ntouch {done}\n")
+    submitted = await infrax.submit([task("held", held)])
     partition = await _wait_running(infrax, submitted["id"])
     container = partition.container_id
 
@@ -87,6 +88,7 @@ async def test_a_busy_container_is_released_only_by_whoever_runs_its_run(start_s
         refused = await infrax["provisioner"].post(f"/api/v1/containers/{container}/release", json=body)
         assert refused.status_code == 409, refused.text
 
+    gate.touch()
     request = await infrax.wait_request(submitted["id"])
     assert request.state == "completed" and done.exists()
 
