@@ -116,7 +116,8 @@ async def test_partition_past_its_memory_limit_fails_saying_so(
 async def test_first_provider_fills_then_the_next_and_the_sixth_partition_waits(
     tmp_path: Path, scripts: Path, docker_provider: Any
 ) -> None:
-    work = bootstrapper(scripts, "work.sh", "echo working; sleep 4\n")
+    gate = scripts / "gate"  # the containers see the scripts' folder: their runs end when it appears
+    work = bootstrapper(scripts, "work.sh", f"echo working; while [ ! -f {gate} ]; do sleep 0.05; done\n")
     linux = ContainerType(name="linux", tags=["linux"], providers=["a", "b"], max_concurrent=10, memory="128m")
     providers = [docker_provider("a", capacity=2), docker_provider("b", capacity=3)]
     async with running_stack(tmp_path / "data", [linux], providers) as stack:
@@ -126,6 +127,7 @@ async def test_first_provider_fills_then_the_next_and_the_sixth_partition_waits(
         )
         busy = [c for c in stack.provisioner.containers() if c.state == ContainerState.BUSY]
         rejected = stack.provisioner.offer([_extra_offer(five[0], stack.provisioner.run_tokens)])[0]
+        gate.touch()
         done = await stack.wait_request(request.id, timeout=90)
         parts = await stack.partitions(request.id)
 
