@@ -16,7 +16,7 @@ from playwright.async_api import Browser
 
 from infrax.sample_project import break_one_test, make_sample_repo
 from tests.e2e.test_dashboard import browser, pytestmark
-from tests.jobmaster.conftest import job_in
+from tests.jobmaster.conftest import job_in, wait_for
 from tests.treeherder.test_taskcluster import collecting
 
 __all__ = ["browser", "pytestmark"]
@@ -77,6 +77,11 @@ async def test_treeherder_s_ui_reads_a_failed_run_s_artifacts_log_and_errorsumma
     assert (await job_in(infrax["jobmaster"], pushed.json()["id"], "completed", "failed", "exception"))["state"] == (
         "failed"
     )
+
+    async def failed_announced() -> bool:  # the relay publishes it after the job's end is stored
+        return any(exchange.endswith("task-failed") for exchange, _, _ in seen)
+
+    await wait_for(failed_announced, 20, "the failed run's task-failed message")
     (task_id,) = {body["status"]["taskId"] for exchange, _, body in seen if exchange.endswith("task-failed")}
 
     page = await (await browser.new_context()).new_page()
