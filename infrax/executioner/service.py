@@ -96,6 +96,7 @@ class Executioner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running_published: dict[str, asyncio.Task[None]] = {}  # run id -> its `running` stored
         self._cancel_requested: set[str] = set()  # runs whose cancel was asked for: their end is `cancelled`
+        self._cancel_delivered: set[str] = set()  # of those, the ones their agent said it stopped
         self._finals = Batcher(self._record_finals, max_batch=500)
         self._releases = Batcher(self._release, max_batch=500)
         # Every run status is written here with the run's state; the relay publishes it.
@@ -357,6 +358,8 @@ class Executioner:
             spool = self.log_dir / "spool"
             checkout = await stage_source(client, assignment.offer, self.jobmaster, spool, self.outage_deadline, note)
         while True:
+            if not attach and run_id in self._cancel_requested:  # cancelled while it was being staged
+                return self._status(assignment, "cancelled", message="cancelled before it started"), {}
             if attach:
                 stream = client.attach(run_id, next_seq)
             else:
@@ -384,6 +387,10 @@ class Executioner:
         """The run's end, and the agent's `exit` message about it (the output's failure lines to `failures`)."""
         run_id = assignment.offer.run_id
         async for message in stream:
+            if run_id in self._cancel_requested and run_id not in self._cancel_delivered:
+                # A cancel that reached the agent before the run did found nothing to stop.
+                self._cancel_delivered.add(run_id)
+                await stream.cancel()
             kind = message.get("type")
             if kind == "output":
                 text = self.requests.redacted(assignment.offer.project, message["data"])
@@ -469,6 +476,7 @@ class Executioner:
             self.active.pop(run_id, None)
             self._tasks.pop(run_id, None)
             self._cancel_requested.discard(run_id)
+            self._cancel_delivered.discard(run_id)
 
     async def _announce_started(self, assignment: ExecutionAssignment) -> None:
         """`running` is news, not state this executioner stores (it stores a run's acceptance and its
@@ -572,6 +580,7 @@ class Executioner:
             client = AgentClient(assignment.host, assignment.port, assignment.secret)
             try:
                 if await client.cancel(run_id):
+                    self._cancel_delivered.add(run_id)
                     cancelled.append(run_id)
             except (AgentError, AgentConnectionLost, AgentUnreachable) as error:
                 # The run's own stream will end with the agent, and report it.

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from infrax.executioner import service
 from infrax.executioner.service import Executioner
 from infrax.model import ContainerAccess
 from tests.agent.conftest import StartAgent
@@ -118,3 +123,58 @@ async def test_a_run_taken_while_the_executioner_looks_for_runs_to_resume_is_fol
     log = executioner.log_path(work.offer.run_id).read_text()
     assert log.count(f"[infrax] run {work.offer.run_id}") == 1 and log.count("once") == 1, log
     assert len(journal_lines(journal)) == 1
+
+
+async def test_a_run_cancelled_while_it_is_staged_never_starts(
+    made: Made, start_agent: StartAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await start_agent()
+    script, journal = journal_script(tmp_path)
+    staging, go_on = asyncio.Event(), asyncio.Event()
+    staged = service.stage_source
+
+    async def held_stage(*args: Any, **kwargs: Any) -> Any:
+        staging.set()
+        await go_on.wait()
+        return await staged(*args, **kwargs)
+
+    monkeypatch.setattr(service, "stage_source", held_stage)
+    executioner = await made.executioner()
+    work = assignment(agent, script)
+    await executioner.execute([work])
+    await asyncio.wait_for(staging.wait(), 10)
+
+    assert await executioner.cancel([work.offer.run_id]) == [], "the agent has no such run yet"
+    go_on.set()
+    final = await made.final(work.offer.run_id)
+
+    assert final.state == "cancelled" and journal_lines(journal) == []
+    assert [(r.run_id, r.healthy) for r in made.provisioner.releases] == [(work.offer.run_id, True)]
+
+
+async def test_a_cancel_that_reaches_the_agent_before_its_run_still_stops_the_run(
+    made: Made, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    agent = await start_agent()
+    never = tmp_path / "never"  # only a cancel ends the run
+    script, _journal = journal_script(tmp_path, f"while [ ! -e {never} ]; do sleep 0.05; done\n")
+    executioner = await made.executioner()
+    building, go_on = asyncio.Event(), asyncio.Event()
+    build = executioner.requests.build
+
+    async def held_build(offer: Any) -> Any:  # the run request is on its way when the cancel comes
+        request = await build(offer)
+        building.set()
+        await go_on.wait()
+        return request
+
+    executioner.requests.build = held_build  # type: ignore[method-assign]
+    work = assignment(agent, script)
+    await executioner.execute([work])
+    await asyncio.wait_for(building.wait(), 10)
+    assert await executioner.cancel([work.offer.run_id]) == [], "the agent has no such run yet"
+    go_on.set()
+    final = await made.final(work.offer.run_id)
+
+    assert final.state == "cancelled"
+    assert [(r.run_id, r.healthy) for r in made.provisioner.releases] == [(work.offer.run_id, True)]
