@@ -55,6 +55,22 @@ class ProviderConfig:
 
 
 @dataclass(config=_STRICT)
+class ProjectConfig:
+    """An operator's settings for one project that shares this infrax with others (docs/scheduling.md)."""
+
+    weight: float = 1.0  # its share of each container type while others also have work queued
+    # container type (or "*": each type) -> containers of it the project's runs may hold at once
+    max_containers: dict[str, int] = field(default_factory=dict)
+    max_priority: int | None = None  # a task's priority above this counts as this
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"a project's weight must be above 0, not {self.weight}")
+        if any(n < 0 for n in self.max_containers.values()):
+            raise ValueError("max_containers: a limit cannot be negative")
+
+
+@dataclass(config=_STRICT)
 class Config:
     """Every setting, typed: a value of the wrong type is refused when the configuration is read.
 
@@ -126,6 +142,8 @@ class Config:
     )
     # project -> {NAME: value}: in the environment of every run of a trusted push, and never in its log
     project_secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    # -- many projects on one infrax (docs/scheduling.md): project -> weight, limits --
+    projects: dict[str, ProjectConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -188,12 +206,17 @@ def _build(values: dict[str, Any]) -> Config:
     try:
         if "container_types" in values:
             values["container_types"] = [ContainerType.model_validate(t) for t in values["container_types"]]
+        if isinstance(values.get("projects"), dict):
+            values["projects"] = {
+                name: ProjectConfig(**(settings or {})) if isinstance(settings, dict) else settings
+                for name, settings in values["projects"].items()
+            }
         if "providers" in values:
             values["providers"] = [ProviderConfig(**p) for p in values["providers"]]
         if "ports" in values:
             values["ports"] = {**DEFAULT_PORTS, **values["ports"]}
         return Config(**values)
-    except (ValidationError, TypeError) as error:
+    except (ValidationError, TypeError, ValueError) as error:
         raise ConfigError(f"invalid config: {_problems(error)}") from error
 
 
@@ -213,7 +236,7 @@ def _secret(key: str, value: Any) -> Any:
     raise ConfigError(f"config {key}: give a value, {{env: NAME}} or {{file: PATH}}")
 
 
-def _problems(error: ValidationError | TypeError) -> str:
-    if isinstance(error, TypeError):
+def _problems(error: Exception) -> str:
+    if not isinstance(error, ValidationError):
         return str(error)
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors())

@@ -258,6 +258,11 @@ class TaskPartition(WireModel):
     intermittent: list[str] | None = Field(
         default=None, description="tests (or files) that failed on a run and passed when run again"
     )
+    queue_position: int | None = Field(
+        default=None, description="while queued: how many partitions that compete with it start before it (0: next)"
+    )
+    expected_start: datetime | None = Field(default=None, description="while queued: when it should start")
+    expected_end: datetime | None = Field(default=None, description="while queued: when it should end")
 
 
 class Task(WireModel):
@@ -493,6 +498,12 @@ class Job(WireModel):
     created_at: datetime
     updated_at: datetime
     tasks: list[JobTask] = Field(default_factory=list)
+
+
+class CancelReason(WireModel):
+    """Body of a cancel (optional): why, as the cancelled partitions', tasks' and job's message."""
+
+    reason: str | None = Field(default=None, max_length=500, pattern=NO_CONTROL)
 
 
 class PushSubmission(WireModel):

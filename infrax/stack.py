@@ -48,6 +48,7 @@ from infrax.provisioner.providers import ContainerProvider, ProviderError, make_
 from infrax.provisioner.service import Provisioner
 from infrax.scheduler.app import create_app as scheduler_app
 from infrax.scheduler.client import SchedulerClient
+from infrax.scheduler.fair_share import ProjectShare
 from infrax.scheduler.service import Scheduler
 from infrax.store import Database, StoreError, sqlite_path
 
@@ -247,6 +248,10 @@ class Stack:
                 run_tokens=self.run_tokens,
                 rerun_failures=config.rerun_failures,
                 intermittent_fails=config.intermittent_fails,
+                projects={
+                    name: ProjectShare(p.weight, dict(p.max_containers), p.max_priority)
+                    for name, p in config.projects.items()
+                },
             )
             app = scheduler_app(service, self.security)
         elif name == "jobmaster":

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 
 from infrax.bus import topics
 from infrax.bus.messages import JobStatus
+from infrax.jobmaster.checkout import Origin, supersedes
 from infrax.model import Job, State, is_final, utcnow
 from infrax.outbox import Outbox, Outgoing
 from infrax.scheduler.client import SchedulerClient
@@ -40,15 +41,43 @@ class JobActions:
 
         async def _submit(self, job_id: str) -> None: ...
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str, reason: str | None = None) -> Job:
         job = await self.get(job_id)
         if job.request_id:
-            await self.scheduler.cancel_job(job_id)
+            await self.scheduler.cancel_job(job_id, reason)
         elif not is_final(job.state):
             async with self.db.begin() as conn:
                 row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one()
-            await self._set_state(row, State.CANCELLED, "cancelled before its tasks were submitted")
+            await self._set_state(row, State.CANCELLED, reason or "cancelled before its tasks were submitted")
         return await self.get(job_id)
+
+    async def supersede(self, head: Job, origin: Origin, default_branch: str | None = None) -> list[Job]:
+        """Cancel the unfinished jobs of the older heads of `origin`'s pull request (or branch,
+        where the project asks for it in `.infrax.yml`), their reason naming `head`'s revision. A
+        job that something else also asked for (a branch push, another pull request, a person) is
+        left to run: it is still wanted."""
+        if not supersedes(head.details.get("supersede"), origin, default_branch):
+            return []
+        async with self.db.begin() as conn:
+            found = await conn.execute(
+                select(job_origins.c.job_id).where(
+                    job_origins.c.host == origin.host,
+                    job_origins.c.repository == origin.repository,
+                    job_origins.c.ref == origin.ref,
+                    job_origins.c.job_id != head.id,
+                )
+            )
+            job_ids = list(dict.fromkeys(found.scalars()))
+        cancelled = []
+        for job_id in job_ids:
+            job = await self.get(job_id)
+            if is_final(job.state) or job.project != head.project or job.source == "cli":
+                continue
+            same = (origin.host, origin.repository, origin.ref)
+            if any((o["host"], o["repository"], o["ref"]) != same for o in await self.origins(job_id)):
+                continue
+            cancelled.append(await self.cancel(job_id, f"superseded by {head.revision}"))
+        return cancelled
 
     async def cancel_pull_request(self, repository: str, number: int) -> list[Job]:
         """Cancel the unfinished jobs of a closed pull request, except those a branch push also asked for."""

@@ -22,7 +22,7 @@ from infrax.jobmaster.queries import JobNotFound
 from infrax.jobmaster.service import JobMaster
 from infrax.jobmaster.vcs import VcsError
 from infrax.metrics import metrics_route
-from infrax.model import NO_CONTROL, Job, PushSubmission, State
+from infrax.model import NO_CONTROL, CancelReason, Job, PushSubmission, State
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.treeherder.queue_api import inspect_router, queue_router
 
@@ -84,10 +84,10 @@ def create_app(jobmaster: JobMaster, security: Security) -> FastAPI:
         return await jobmaster.get(job_id)
 
     @app.post("/api/v1/jobs/{job_id}/cancel", response_model=Job, **route_options("jobmaster:cancel:"))
-    async def cancel_job(job_id: str, request: Request) -> Job:
-        """Needs `jobmaster:cancel:<project>` of the job's project."""
+    async def cancel_job(job_id: str, request: Request, body: CancelReason | None = None) -> Job:
+        """Needs `jobmaster:cancel:<project>` of the job's project; the reason, if given, is the job's message."""
         require(caller_of(request), f"jobmaster:cancel:{(await jobmaster.get(job_id)).project}")
-        return await jobmaster.cancel(job_id)
+        return await jobmaster.cancel(job_id, body.reason if body else None)
 
     @app.post("/api/v1/jobs/{job_id}/rerun", response_model=Job, **route_options("jobmaster:rerun:"))
     async def rerun_job(job_id: str, request: Request, failed: bool = False) -> Job:

@@ -36,3 +36,23 @@ class Checkout:
     # Messages announcing the event, written with the job it creates (a code host's push as
     # taskcluster-github publishes it, for Treeherder): (exchange, routing key, body).
     announcements: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+
+
+SUPERSEDE_DEFAULTS: dict[str, Any] = {"pullRequests": True, "branches": False}
+
+
+def supersedes(policy: dict[str, Any] | None, origin: Origin, default_branch: str | None) -> bool:
+    """Whether a new head of `origin` cancels its older heads' unfinished jobs, by the project's
+    `supersede` of `.infrax.yml`: a pull request's, unless it says `pullRequests: false`; a branch's
+    only where `branches` says so (`true`: every branch but the repository's default one; or the
+    branches' names)."""
+    policy = {**SUPERSEDE_DEFAULTS, **(policy or {})}
+    if origin.pull_request is not None:
+        return bool(policy["pullRequests"])
+    if not origin.ref.startswith("refs/heads/"):
+        return False  # an hg push id is no branch's head
+    branch = origin.ref.removeprefix("refs/heads/")
+    branches = policy["branches"]
+    if branches is True:
+        return default_branch is not None and branch != default_branch
+    return isinstance(branches, list) and branch in branches

@@ -28,5 +28,6 @@ class JobMasterClient(ServiceClient):
             await self.call("POST", f"/api/v1/jobs/{job_id}/rerun", params={"failed": str(failed).lower()})
         )
 
-    async def cancel(self, job_id: str) -> Job:
-        return Job.model_validate(await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))
+    async def cancel(self, job_id: str, reason: str | None = None) -> Job:
+        body = {"reason": reason} if reason else None
+        return Job.model_validate(await self.call("POST", f"/api/v1/jobs/{job_id}/cancel", json=body))

@@ -10,7 +10,8 @@ as `application/json` or as the form `payload=<json>`. In order:
 3. A delivery id seen before is a no-op (200, `"action": "duplicate"`): GitHub redelivers.
 4. `ping` is answered (200); `pull_request` opened, synchronize and reopened run the head
    revision, closed cancels the pull request's unfinished jobs; `push` to a branch runs its
-   new head; everything else is acknowledged with 202 and ignored.
+   new head; everything else is acknowledged with 202 and ignored. A new head cancels the
+   unfinished jobs of its older heads, as the project's `supersede` in `.infrax.yml` says.
 """
 
 from __future__ import annotations
@@ -227,7 +228,10 @@ class GitHubWebhooks:
             origin,
             announcements=(push_message(payload, delivery),),
         )
-        return await self._start(checkout)
+        default_branch = _get(payload, "repository.default_branch", str, required=False) or _get(
+            payload, "repository.master_branch", str, required=False
+        )
+        return await self._start(checkout, default_branch)
 
     def _clone_url(self, url: str) -> str:
         """A payload's clone URL, if the policy allows its host, after the rewrite rules."""
@@ -245,11 +249,14 @@ class GitHubWebhooks:
         except MirrorError as error:
             raise WebhookError(502, str(error)) from error
 
-    async def _start(self, checkout: Checkout) -> WebhookAnswer:
+    async def _start(self, checkout: Checkout, default_branch: str | None = None) -> WebhookAnswer:
         job, created = await self.jobmaster.start_job(checkout)
-        return WebhookAnswer(
-            201 if created else 200, {"action": "started" if created else "existing", "jobs": [job.wire()]}
-        )
+        answer: dict[str, Any] = {"action": "started" if created else "existing", "jobs": [job.wire()]}
+        if checkout.origin is not None:  # the older heads' jobs, now that this one is the head
+            superseded = await self.jobmaster.supersede(job, checkout.origin, default_branch)
+            if superseded:
+                answer["superseded"] = [j.wire() for j in superseded]
+        return WebhookAnswer(201 if created else 200, answer)
 
 
 def _parse(body: bytes, content_type: str) -> dict[str, Any]:

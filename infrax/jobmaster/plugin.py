@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
+from typing import Any
 
 from infrax.model import TaskDefinition
 
@@ -51,6 +52,8 @@ class Push:
 class Plan:
     project: str
     tasks: list[TaskDefinition]
+    # Whether a newer head cancels the older heads' jobs (`infrax.jobmaster.checkout.supersedes`); None: the defaults.
+    supersede: dict[str, Any] | None = None
 
 
 class ProjectLogic(abc.ABC):

@@ -162,6 +162,8 @@ class JobPushes:
             details["readFrom"] = reader.path
         if checkout.origin is not None:
             details["origin"] = _origin_details(checkout.origin)
+        if plan.supersede is not None:
+            details["supersede"] = plan.supersede
         async with self.outbox.begin() as (conn, messages):
             try:
                 async with conn.begin_nested():
@@ -196,6 +198,8 @@ class JobPushes:
 
     async def _again(self, job: Job, checkout: Checkout) -> tuple[Job, bool]:
         origin = checkout.origin
+        if origin is None and checkout.trigger == "cli":  # a person asked for it too: no newer head cancels it
+            await self._add_origin(job.id, Origin("person", job.repository, "push"))
         added = origin is not None and await self._add_origin(job.id, origin)
         if checkout.announcements:  # the push again: it may be news to whoever missed it the first time
             async with self.outbox.begin() as (_conn, messages):

@@ -4,6 +4,9 @@
     project: sample                    # optional; the repository's folder name otherwise
     rerunFailures: 2                   # for every task that does not say: re-runs of what failed
     intermittent: pass                 # a failure that passed when run again: pass (default) or fail
+    supersede:                         # a newer head cancels the older heads' unfinished jobs
+      pullRequests: true               # (default) a pull request's
+      branches: false                  # (default) no branch's; true: every branch but the default; or [names]
     tasks:
       - name: unit-tests
         containerTag: linux_x86_64
@@ -101,7 +104,24 @@ class InfraxYamlLogic(ProjectLogic):
             check_graph(tasks)
         except ValueError as error:
             raise PushRejected(f"{CONFIG_FILE}: {error}") from None
-        return Plan(project=project, tasks=tasks)
+        return Plan(project=project, tasks=tasks, supersede=_supersede(config.get("supersede")))
+
+
+def _supersede(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    problem = (
+        f"{CONFIG_FILE}: supersede must be a mapping of pullRequests (true or false) and branches "
+        "(true, false or a list of branch names)"
+    )
+    if not isinstance(value, dict) or set(value) - {"pullRequests", "branches"}:
+        raise PushRejected(problem)
+    branches = value.get("branches", False)
+    if not isinstance(value.get("pullRequests", True), bool) or not (
+        isinstance(branches, bool) or (isinstance(branches, list) and all(isinstance(b, str) for b in branches))
+    ):
+        raise PushRejected(problem)
+    return dict(value)
 
 
 def _fill(text: Any, values: dict[str, str]) -> str:

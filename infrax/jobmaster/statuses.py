@@ -253,7 +253,7 @@ def status_body(job: Job, target_url: str) -> dict[str, Any]:
         # What failed first (`infrax.failures`: "task unit: partition 2/3: exited with code 1: FAILED …").
         State.FAILED: "failed: " + (job.message or ", ".join(sorted(failed)) or "a task failed"),
         State.EXCEPTION: "infrastructure error: " + (job.message or "a task could not be run"),
-        State.CANCELLED: "cancelled",
+        State.CANCELLED: "cancelled" + (f": {job.message}" if job.message and job.message != "cancelled" else ""),
     }[state]
     return {
         "state": GITHUB_STATE[state],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -9,7 +11,7 @@ from infrax.api_errors import add_error_handlers
 from infrax.auth import Security, caller_of, require, route_options, secured_app
 from infrax.ids import ID_PREFIX
 from infrax.metrics import metrics_route
-from infrax.model import Task, TaskPartition, TaskRequest, TaskRequestSubmission
+from infrax.model import CancelReason, Task, TaskPartition, TaskRequest, TaskRequestSubmission
 from infrax.pagination import PageRequest, link_next, page_request
 from infrax.scheduler.queries import NotFound
 from infrax.scheduler.reruns import NothingToRerun
@@ -73,7 +75,10 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
 
     @app.get("/api/v1/task-requests/{request_id}", response_model=TaskRequest, **read)
     async def get_request(request_id: str) -> Response:
-        return _as_json(await scheduler.get_request(request_id))
+        """With each queued partition's place in the queue and expected start and end."""
+        found = await scheduler.get_request(request_id)
+        await scheduler.with_queue_places([p for t in found.tasks for p in t.partitions])
+        return _as_json(found)
 
     @app.post(
         "/api/v1/task-requests/{request_id}/cancel", response_model=TaskRequest, **route_options("scheduler:cancel:")
@@ -95,11 +100,12 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
         return _as_json(await scheduler.rerun_failed(request_id))
 
     @app.post("/api/v1/jobs/{job_id}/cancel", **route_options("scheduler:cancel:"))
-    async def cancel_job(job_id: str, request: Request) -> dict[str, list[str]]:
-        """Every request of a job: needs `scheduler:cancel:<project>` of each."""
+    async def cancel_job(job_id: str, request: Request, body: CancelReason | None = None) -> dict[str, list[str]]:
+        """Every request of a job: needs `scheduler:cancel:<project>` of each. The reason, if given,
+        is each cancelled partition's, task's and request's message."""
         for project in {r.project for r in (await scheduler.list_requests(job_id=job_id))[0]}:
             require(caller_of(request), f"scheduler:cancel:{project}")
-        return {"cancelledRequests": await scheduler.cancel_job(job_id)}
+        return {"cancelledRequests": await scheduler.cancel_job(job_id, body.reason if body else None)}
 
     metrics_route(
         app,
@@ -145,7 +151,16 @@ def create_app(scheduler: Scheduler, security: Security) -> FastAPI:
 
     @app.get("/api/v1/partitions/{partition_id}", response_model=TaskPartition, **read)
     async def get_partition(partition_id: str) -> TaskPartition:
-        return await scheduler.get_partition(partition_id)
+        """Queued, with its place in the queue and its expected start and end."""
+        found = await scheduler.get_partition(partition_id)
+        await scheduler.with_queue_places([found])
+        return found
+
+    @app.get("/api/v1/queue", **read)
+    async def queue() -> dict[str, Any]:
+        """Per container type: its capacity, what is queued and running (by project, with each
+        project's weight and share of the running containers) and the oldest queued wait."""
+        return {"containerTypes": await scheduler.queue_summary()}
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, str]:

@@ -31,23 +31,31 @@ class Cancelling(Queries):
     provisioner: ProvisionerClient
     _definitions: TaskDefinitions
 
-    async def cancel_request(self, request_id: str) -> TaskRequest:
+    async def cancel_request(self, request_id: str, reason: str | None = None) -> TaskRequest:
         answer = await self._cancel(
             requests.c.id == request_id,
             partitions.c.request_id == request_id,
             tasks.c.request_id == request_id,
             answer=request_id,
+            reason=reason,
         )
         assert answer is not None
         return answer
 
-    async def cancel_job(self, job_id: str) -> list[str]:
-        await self._cancel(requests.c.job_id == job_id, partitions.c.job_id == job_id, tasks.c.job_id == job_id)
+    async def cancel_job(self, job_id: str, reason: str | None = None) -> list[str]:
+        await self._cancel(
+            requests.c.job_id == job_id, partitions.c.job_id == job_id, tasks.c.job_id == job_id, reason=reason
+        )
         requests_of_job, _ = await self.list_requests(job_id=job_id)
         return [r.id for r in requests_of_job]
 
     async def _cancel(
-        self, request_clause: Any, partition_clause: Any, task_clause: Any, answer: str | None = None
+        self,
+        request_clause: Any,
+        partition_clause: Any,
+        task_clause: Any,
+        answer: str | None = None,
+        reason: str | None = None,
     ) -> TaskRequest | None:
         """One set-based statement per table, each returning the rows it changed with the state
         they had (to announce `previous_state`), and one outbox batch: a request of a thousand
@@ -66,7 +74,7 @@ class Cancelling(Queries):
                 conn,
                 partitions,
                 partition_clause,
-                {"state": State.CANCELLED, "finished_at": now, "message": "cancelled", "claimed_by": None},
+                {"state": State.CANCELLED, "finished_at": now, "message": reason or "cancelled", "claimed_by": None},
             )
             in_flight = [run_id_of(p["id"], p["run"]) for p in parts if p["previous"] in IN_FLIGHT]
             cancelled: list[TaskPartition] = []
@@ -88,13 +96,15 @@ class Cancelling(Queries):
                     await self.outbox.add(conn, outgoing(events))
                     events = []
                     await asyncio.sleep(0)
-            for task_row in await _cancel_rows(conn, tasks, task_clause, {"state": State.CANCELLED}):
-                events.append(task_status(task_row, State.CANCELLED, task_row["previous"]))
+            for task_row in await _cancel_rows(conn, tasks, task_clause, {"state": State.CANCELLED, "message": reason}):
+                events.append(task_status(task_row, State.CANCELLED, task_row["previous"], reason))
             for request_row in await _cancel_rows(
-                conn, requests, request_clause, {"state": State.CANCELLED, "updated_at": now}
+                conn, requests, request_clause, {"state": State.CANCELLED, "updated_at": now, "message": reason}
             ):
                 events.append(
-                    request_status(request_row["id"], request_row["job_id"], State.CANCELLED, request_row["previous"])
+                    request_status(
+                        request_row["id"], request_row["job_id"], State.CANCELLED, request_row["previous"], reason
+                    )
                 )
             messages += outgoing(events)
             answered = (

@@ -24,8 +24,9 @@ class SchedulerClient(ServiceClient):
     async def cancel_request(self, request_id: str) -> TaskRequest:
         return TaskRequest.model_validate(await self.call("POST", f"/api/v1/task-requests/{request_id}/cancel"))
 
-    async def cancel_job(self, job_id: str) -> list[str]:
-        return (await self.call("POST", f"/api/v1/jobs/{job_id}/cancel"))["cancelledRequests"]
+    async def cancel_job(self, job_id: str, reason: str | None = None) -> list[str]:
+        body = {"reason": reason} if reason else None
+        return (await self.call("POST", f"/api/v1/jobs/{job_id}/cancel", json=body))["cancelledRequests"]
 
     async def partitions(self, request_id: str) -> list[TaskPartition]:
         body = await self.every("/api/v1/partitions", params={"requestId": request_id})

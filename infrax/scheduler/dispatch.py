@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import literal_column, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from infrax.auth.runs import RunTokens
@@ -16,9 +17,10 @@ from infrax.bus.messages import ContainerEvent
 from infrax.model import CheckoutOptions, FetchSource, PartitionOffer, State, TaskDefinition, run_id_of, utcnow
 from infrax.outbox import Outbox
 from infrax.provisioner.client import ProvisionerClient
-from infrax.scheduler import records
+from infrax.scheduler import fair_share, records
 from infrax.scheduler.definitions import TaskDefinitions
 from infrax.scheduler.events import outgoing, partition_status
+from infrax.scheduler.fair_share import ProjectShare
 from infrax.scheduler.metrics import SchedulerMetrics
 from infrax.store import Database
 from infrax.store.tables import partitions, tasks
@@ -35,6 +37,7 @@ class Dispatching:
     provisioner: ProvisionerClient
     run_tokens: RunTokens | None
     instance: str
+    projects: Mapping[str, ProjectShare]
     _definitions: TaskDefinitions
     _dispatch_wanted: asyncio.Event
     _blocked_types: dict[str, float]
@@ -62,20 +65,18 @@ class Dispatching:
         # Each claim is one statement that locks, skips what another scheduler holds and marks in one go.
         async with self.db.each_alone() as conn:
             for container_type, room in free.items():
+                held = await self._held_by_limited(conn, container_type)
+                full = [p for p, (limit, holding) in held.items() if holding >= limit]
                 claimable = (
                     select(partitions.c.id)
-                    .where(
-                        # Written out, not bound: so the planner sees ix_partitions_claimable's own
-                        # condition in every plan (a bound value hides it from a generic plan).
-                        partitions.c.state == literal_column(f"'{State.QUEUED.value}'"),
-                        partitions.c.claimed_by.is_(None),
-                        partitions.c.container_type == container_type,
-                    )
-                    .order_by(partitions.c.priority.desc(), partitions.c.seq)
+                    .where(*fair_share.claimable(container_type))
+                    .order_by(partitions.c.fair_key, partitions.c.seq)
                     .limit(min(room, DISPATCH_BATCH))
                     .with_for_update(skip_locked=True)
                 )
-                claimed += (
+                if full:
+                    claimable = claimable.where(partitions.c.project.not_in(full))
+                rows = (
                     (
                         await conn.execute(
                             update(partitions)
@@ -87,9 +88,10 @@ class Dispatching:
                     .mappings()
                     .all()
                 )
+                claimed += await self._within_limits(conn, rows, held)
             if not claimed:
                 return False
-            claimed = sorted(claimed, key=lambda p: (-p["priority"], p["seq"]))
+            claimed = sorted(claimed, key=lambda p: (p["fair_key"], p["seq"]))
             offers = [await self._offer_for(conn, p) for p in claimed]
         try:
             answers = await self.provisioner.offer(offers)
@@ -117,6 +119,47 @@ class Dispatching:
             self._unclaim_later.update(accepted_ids)
             raise
         return True
+
+    async def _held_by_limited(self, conn: AsyncConnection, container_type: str) -> dict[str, tuple[int, int]]:
+        """Projects with a limit on the type: (their limit, containers of it their runs hold now)."""
+        limited = {p: limit for p, share in self.projects.items() if (limit := share.limit(container_type)) is not None}
+        if not limited:
+            return {}
+        holding: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    select(partitions.c.project, func.count())
+                    .where(
+                        partitions.c.project.in_(limited),
+                        partitions.c.container_type == container_type,
+                        partitions.c.state.in_([State.DISPATCHED, State.RUNNING]),
+                    )
+                    .group_by(partitions.c.project)
+                )
+            ).all()
+        )
+        return {p: (limit, int(holding.get(p, 0))) for p, limit in limited.items()}
+
+    async def _within_limits(
+        self, conn: AsyncConnection, rows: Sequence[Any], held: dict[str, tuple[int, int]]
+    ) -> list[Any]:
+        """The claimed rows a project's limit allows; the rest given back at once (a claim takes a
+        batch, and a limited project may have had room for fewer)."""
+        if not held:
+            return list(rows)
+        kept, over, taking = [], [], dict.fromkeys(held, 0)
+        for row in sorted(rows, key=lambda p: (p["fair_key"], p["seq"])):
+            project = row["project"]
+            if project in held:
+                limit, holding = held[project]
+                if holding + taking[project] >= limit:
+                    over.append(row["id"])
+                    continue
+                taking[project] += 1
+            kept.append(row)
+        if over:
+            await conn.execute(update(partitions).where(partitions.c.id.in_(over)).values(claimed_by=None))
+        return kept
 
     async def _mark_dispatched(self, accepted_ids: list[str], offered: dict[str, PartitionOffer]) -> None:
         now = utcnow()

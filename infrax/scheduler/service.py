@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -43,8 +43,10 @@ from infrax.scheduler.cancelling import Cancelling
 from infrax.scheduler.definitions import Known, TaskDefinitions
 from infrax.scheduler.dispatch import Dispatching
 from infrax.scheduler.events import outgoing, partition_status, request_status, task_status
+from infrax.scheduler.fair_share import DEFAULT_SHARE, ProjectShare, Queued, assign_keys
 from infrax.scheduler.graph import release_dependents
 from infrax.scheduler.metrics import SchedulerMetrics
+from infrax.scheduler.queue import QueueReading
 from infrax.scheduler.recovery import HEARTBEAT_INTERVAL, Recovery
 from infrax.scheduler.reruns import Reruns
 from infrax.scheduler.transitions import (
@@ -70,7 +72,7 @@ class Rejected(Exception):
 PLAN_STEP = 100  # partitions written per step of planning a request (about 8 ms of work)
 
 
-class Scheduler(Dispatching, Cancelling, Reruns):
+class Scheduler(Dispatching, Cancelling, Reruns, QueueReading):
     def __init__(
         self,
         db: Database,
@@ -84,8 +86,10 @@ class Scheduler(Dispatching, Cancelling, Reruns):
         run_tokens: RunTokens | None = None,
         rerun_failures: int = 2,
         intermittent_fails: bool = False,
+        projects: Mapping[str, ProjectShare] | None = None,
     ) -> None:
         self.db = db
+        self.projects: Mapping[str, ProjectShare] = projects or {}  # fair share: weights and limits
         # For tasks that do not say: how often what failed runs again, and whether a failure that
         # then passed fails its task.
         self.rerun_failures = rerun_failures
@@ -107,6 +111,7 @@ class Scheduler(Dispatching, Cancelling, Reruns):
         self._unclaim_later: set[str] = set()
         self._container_types: list[ContainerType] = []
         self._types_fetched = 0.0
+        self._overheads: dict[str, tuple[float, float]] = {}
         self._definitions = TaskDefinitions()
         self.metrics = SchedulerMetrics(db, bus, self.count_partitions)
         self._status_batcher = Batcher(self.apply_run_statuses, max_batch=500)
@@ -299,6 +304,14 @@ class Scheduler(Dispatching, Cancelling, Reruns):
                 )
                 events.append(task_status(task_row, state, State.PENDING, message))
             await self.outbox.add(conn, outgoing(events))
+            waiting = [
+                Queued(planned.container_type, planned.priority, order.get((planned.position, part.index), 0))
+                for _, planned in queued
+                if planned.container_type is not None
+                for part in planned.partitions
+            ]
+            share = self.projects.get(row["project"], DEFAULT_SHARE)
+            keys = iter(await assign_keys(conn, row["project"], share, waiting, dependent=dependent))
             part_rows = (
                 {
                     "id": new_id(),
@@ -313,6 +326,8 @@ class Scheduler(Dispatching, Cancelling, Reruns):
                     "state": State.QUEUED,
                     "run": 0,
                     "priority": planned.priority,
+                    "project": row["project"],
+                    "fair_key": next(keys),
                     "expected_duration": part.expected_duration,
                     "queued_at": now,
                 }

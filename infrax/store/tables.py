@@ -79,6 +79,9 @@ partitions = Table(
     Column("state", String(20), nullable=False),
     Column("run", Integer, nullable=False, default=0),
     Column("priority", Integer, nullable=False, default=0),
+    # Fair share (scheduler/fair_share.py): whose it is, and its place in its type's queue.
+    Column("project", String(200)),
+    Column("fair_key", Float, nullable=False, default=0.0, server_default="0"),
     Column("expected_duration", Float),
     Column("exit_code", Integer),
     Column("message", Text),
@@ -114,10 +117,27 @@ partitions = Table(
 Index(
     "ix_partitions_claimable",
     partitions.c.container_type,
-    partitions.c.priority.desc(),
+    partitions.c.fair_key,
     partitions.c.seq,
     postgresql_where=text("state = 'queued' AND claimed_by IS NULL"),
     sqlite_where=text("state = 'queued' AND claimed_by IS NULL"),
+)
+
+# Each project's place in each type's fair queue: where its queued work ends, in virtual starts.
+fair_shares = Table(
+    "scheduler_fair_shares",
+    metadata,
+    Column("container_type", String(100), primary_key=True),
+    Column("project", String(200), primary_key=True),
+    Column("finish", Float, nullable=False),
+)
+
+# Each type's virtual time: the lowest key queued when work last came in (it never goes back).
+fair_clocks = Table(
+    "scheduler_fair_clocks",
+    metadata,
+    Column("container_type", String(100), primary_key=True),
+    Column("virtual_time", Float, nullable=False),
 )
 
 runs = Table(
