@@ -52,8 +52,8 @@ class Shared:
         done, self.running = self.running[:ending], self.running[ending:]
         await self.scheduler.apply_run_statuses([news(o, "completed", exit_code=0) for o in done])
         self.provisioner.room += len(done)
-        self.scheduler._free_checked = 0.0  # noqa: SLF001  # as the provisioner's "free" events would
-        self.scheduler._blocked_types.clear()  # noqa: SLF001
+        self.scheduler._free_checked = 0.0  # as the provisioner's "free" events would
+        self.scheduler._blocked_types.clear()
         return await self.dispatch()
 
 
