@@ -5,8 +5,8 @@ The expectation replays the queue on the type's containers: each running partiti
 container when its estimate (plus the type's overhead) has passed, and each partition ahead takes
 the first container free for its own estimate plus overhead. The overhead is how long the type's
 latest runs held their containers beyond their estimates (start-up, checkout, reporting, the
-hand-over to the next run): the median of the last RECENT_RUNS, so a steady queue calibrates itself. Per-project limits are not
-replayed: a limited project's partition may start later than said.
+hand-over to the next run): the median of the last RECENT_RUNS, so a steady queue calibrates
+itself. Per-project limits are not replayed: a limited project's partition may start later than said.
 """
 
 from __future__ import annotations
