@@ -70,6 +70,10 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
     # Against the fork point with master, not just the head commit: what the pull request brings.
     assert second["details"]["changedPaths"] == [".infrax.yml", "src/feature.py"]
 
+    # The new head supersedes the old one (tests/jobmaster/test_supersede.py).
+    assert [j["id"] for j in synchronized.json()["superseded"]] == [first["id"]]
+    await job_in(jobmaster, first["id"], "cancelled")
+
     redelivered = await deliver(jobmaster, "pull_request", synchronize, "d-synchronize")
     assert redelivered.status_code == 200 and redelivered.json()["action"] == "duplicate"
     assert len((await jobmaster.get("/api/v1/jobs")).json()) == 2, "a redelivery started a second job"
@@ -83,8 +87,7 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
     )
     assert closed.status_code == 200, closed.text
     assert closed.json()["action"] == "cancelled"
-    assert sorted(j["id"] for j in closed.json()["jobs"]) == sorted([first["id"], second["id"]])
-    await job_in(jobmaster, first["id"], "cancelled")
+    assert [j["id"] for j in closed.json()["jobs"]] == [second["id"]]
     await job_in(jobmaster, second["id"], "cancelled")
 
     reopened = await deliver(
@@ -110,7 +113,8 @@ async def test_pull_request_opened_synchronize_closed_reopened(start_stack, tmp_
         subprocess.run(["git", "-C", str(mirrors[0]), "cat-file", "-e", revision], check=True)
 
     posted = [r for r in github_api.requests if r["path"] == f"/repos/{GITHUB_REPOSITORY}/statuses/{ids['pr1']}"]
-    assert [r["body"]["state"] for r in posted][-1] == "error" and posted[-1]["body"]["description"] == "cancelled"
+    assert [r["body"]["state"] for r in posted][-1] == "error"
+    assert posted[-1]["body"]["description"] == f"cancelled: superseded by {ids['pr2']}"
 
 
 async def test_pushes_run_branches_with_their_changed_paths_and_report_statuses(
