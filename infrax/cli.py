@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from infrax import cli_jobs, cli_worker
+from infrax import cli_jobs, cli_queue, cli_worker
 from infrax.cli_support import (
     USAGE,
     BusOption,
@@ -45,6 +45,7 @@ log = logging.getLogger("infrax")
 LogFormatOption = typer.Option("text", "--log-format", help="text, or json: one object a line (to stderr)")
 LogRequestsOption = typer.Option(False, "--log-requests", help="also a line for every HTTP request served and made")
 cli_jobs.register(app)
+cli_queue.register(app)
 cli_worker.register(app)
 cli_worker.register_workers(app)
 

@@ -266,6 +266,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def cancel(
         job: str = typer.Argument(..., help="a job id or a prefix of one, or a revision"),
+        reason: str | None = typer.Option(None, "--reason", max=500, help="why: the job's and its partitions' message"),
         config: Path | None = ConfigOption,
     ) -> None:
         """Cancel a job: queued partitions never start, running ones are stopped."""
@@ -273,7 +274,7 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             c = clients(cfg)
-            cancelled = await c.jobmaster.cancel((await resolve_job(c, job)).id)
+            cancelled = await c.jobmaster.cancel((await resolve_job(c, job)).id, reason)
             console.print(f"job {cancelled.id}: {cancelled.state}")
 
         run(main)

@@ -14,7 +14,7 @@ from rich.text import Text
 from infrax.executioner.client import ExecutionerClient
 from infrax.http import ServiceError
 from infrax.jobmaster.client import JobMasterClient
-from infrax.model import Job, State, TaskPartition, TaskRequest, is_final, run_id_of
+from infrax.model import Job, State, TaskPartition, TaskRequest, is_final, run_id_of, utcnow
 from infrax.scheduler.client import SchedulerClient
 
 STATE_STYLE = {
@@ -96,8 +96,12 @@ def _files(part: TaskPartition) -> str:
 
 
 def _elapsed(part: TaskPartition) -> str:
+    """How long it ran; while queued, its place in the queue and when it should start."""
     if part.started_at and part.finished_at:
         return f"{(part.finished_at - part.started_at).total_seconds():.1f}s"
+    if part.queue_position is not None and part.expected_start is not None:
+        wait = max(0.0, (part.expected_start - utcnow()).total_seconds())
+        return f"#{part.queue_position + 1}, starts in ~{wait:.0f}s"
     return ""
 
 

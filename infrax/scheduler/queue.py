@@ -33,7 +33,7 @@ from infrax.store.tables import partitions
 REPLAYED = 5000  # partitions ahead replayed one by one; beyond, their mean
 RECENT_RUNS = 100  # of a type's ended runs, the ones its overhead is learned from
 IN_FLIGHT = (State.DISPATCHED, State.RUNNING)
-OVERHEAD_TTL = 5.0  # seconds a type's learned overhead is reused
+OVERHEAD_TTL = 1.0  # seconds a type's learned overhead is reused (a status page polled often asks once)
 HANDOVER = 2.0  # seconds between a run's end and its container's next dispatch that still count as busy
 
 

@@ -183,6 +183,14 @@ def create_app(dashboard: Dashboard, allowed_hosts: frozenset[str] | None = None
             age=age(job.created_at),
         )
 
+    @app.get("/queue", response_class=HTMLResponse)
+    async def queue_page(request: Request) -> HTMLResponse:
+        try:
+            types = await views.queue(headers_of(request))
+        except ServiceError as error:
+            return refused(request, error)
+        return render(request, "queue.html", types=types)
+
     @app.get("/workers", response_class=HTMLResponse)
     async def workers_page(request: Request) -> HTMLResponse:
         try:

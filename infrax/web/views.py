@@ -54,6 +54,15 @@ class PartitionRow:
             return (utcnow() - p.started_at).total_seconds()
         return None
 
+    @property
+    def queue_place(self) -> str | None:
+        """While queued: its place in its container type's queue and when it should start."""
+        p = self.part
+        if p.queue_position is None or p.expected_start is None:
+            return None
+        wait = max(0.0, (p.expected_start - utcnow()).total_seconds())
+        return f"#{p.queue_position + 1} in the {p.container_type} queue, expected to start in {wait:.0f} s"
+
 
 @dataclass
 class LogChunk:
@@ -107,6 +116,12 @@ class Views:
         self.scheduler = scheduler
         self.executioner = executioner
         self.provisioner = provisioner
+
+    async def queue(self, headers: dict[str, str]) -> list[dict[str, Any]]:
+        """Each container type's queue, by project (the scheduler's `GET /api/v1/queue`)."""
+        found: dict[str, Any] = await self.scheduler.call("GET", "/api/v1/queue", headers=headers)
+        types: list[dict[str, Any]] = found["containerTypes"]
+        return types
 
     async def workers(self, headers: dict[str, str]) -> list[dict[str, Any]]:
         """The workers of the provisioner's pools, as its API lists them (none without a provisioner)."""
