@@ -161,3 +161,27 @@ async def test_a_wrong_supersede_setting_refuses_the_push_saying_what_it_takes()
 
     with pytest.raises(PushRejected, match=r"supersede must be a mapping of pullRequests .* and branches"):
         await InfraxYamlLogic().plan(OnePush())  # type: ignore[arg-type]
+
+
+async def test_a_job_a_person_also_pushed_is_not_superseded(start_stack: Any, tmp_path: Path, github_api: Any) -> None:
+    repo = tmp_path / "Hello-World"
+    ids = make_hello_world(repo)
+    infrax = await start_stack(**github_config(repo, github_api))
+    jobmaster = infrax["jobmaster"]
+    opened = await deliver(
+        jobmaster,
+        "pull_request",
+        with_revision(payload("pull_request_opened.payload.json"), PR_HEAD, ids["pr1"]),
+        "d-opened",
+    )
+    older = opened.json()["jobs"][0]
+    pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": ids["pr1"]})
+    assert pushed.status_code == 200 and pushed.json()["id"] == older["id"], pushed.text
+
+    newer = await deliver(jobmaster, "pull_request", synchronize(ids, "pr2"), "d-synchronize")
+
+    assert newer.status_code == 201, newer.text
+    assert "superseded" not in newer.json()
+    assert (await jobmaster.get(f"/api/v1/jobs/{older['id']}")).json()["state"] != "cancelled"
+    for job in (older, newer.json()["jobs"][0]):
+        await jobmaster.post(f"/api/v1/jobs/{job['id']}/cancel")
