@@ -93,7 +93,7 @@ def _cases(report: JUnitXml) -> Iterator[tuple[str | None, TestCase]]:
 def _result(case: TestCase, suite_file: str | None, known: set[str]) -> TestResult:
     name = _cut(case.name or "", MAX_NAME)
     classname = _cut(case.classname, MAX_NAME) if case.classname else None
-    file = case._elem.get("file") or suite_file or _file_of(classname, known)
+    file = _collected_file(case._elem.get("file") or suite_file, classname, known)
     outcome: Outcome = "passed"
     message = None
     for result in case.result:
@@ -123,6 +123,30 @@ def _first_line(text: str | None) -> str | None:
     return lines[-1] if lines else None  # a traceback ends with what was raised
 
 
+def _collected_file(given: str | None, classname: str | None, known: set[str]) -> str | None:
+    """The file a test was collected from: the one its runner takes back as an argument. pytest's
+    xunit1 `file` is where the test's function is defined, which for a class inheriting its tests
+    from a class of another module (`class TestFast(TestBase)`) is the base's module, while its
+    class name is the collected one (`tests.test_fast.TestFast`): the class name then wins."""
+    if not given:
+        return _file_of(classname, known)
+    if not (given.endswith(".py") and classname):
+        return given
+    module = given[: -len(".py")].replace("/", ".")
+    if classname == module or classname.startswith(module + "."):
+        return given
+    return _file_of(classname, known) or _module_file(classname) or given
+
+
+def _module_file(classname: str) -> str | None:
+    """`tests.test_fast.TestFast` (or `….TestFast.TestInner`): `tests/test_fast.py`, by dropping
+    the class names (capitalised, as PEP 8 and pytest's `Test*` have them) from its end."""
+    parts = classname.split(".")
+    while len(parts) > 1 and parts[-1][:1].isupper():
+        parts.pop()
+    return "/".join(parts) + ".py" if len(parts) < len(classname.split(".")) else None
+
+
 def _file_of(classname: str | None, known: set[str]) -> str | None:
     """The partition's file a dotted class name lives in: its longest prefix that names one."""
     if not classname:
@@ -140,7 +164,12 @@ def _file_of(classname: str | None, known: set[str]) -> str | None:
 def _test_id(name: str, classname: str | None, file: str | None) -> str:
     if file and file.endswith(".py"):
         module = file[: -len(".py")].replace("/", ".")
-        inner = classname[len(module) + 1 :] if classname and classname.startswith(module + ".") else None
+        # Nested classes are `Outer.Inner` in the class name, `Outer::Inner` in a node id.
+        inner = (
+            classname[len(module) + 1 :].replace(".", "::")
+            if classname and classname.startswith(module + ".")
+            else None
+        )
         return _cut("::".join(p for p in (file, inner, name) if p), MAX_NAME)
     return _cut("::".join(p for p in (classname or file, name) if p), MAX_NAME)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,62 @@ def test_a_reports_folder_that_is_a_link_is_not_written_through(tmp_path: Path) 
     os.symlink(elsewhere, artifacts / "reports")
     assert gather_reports(report_dir, artifacts) == 0
     assert list(elsewhere.iterdir()) == [] and (report_dir / "junit.xml").exists()
+
+
+INHERITED_SUITE = {
+    "tests/__init__.py": "",
+    "tests/base.py": "class Shared:\n    def test_shared(self):\n        pass\n\n    def test_other(self):\n        pass\n",
+    "tests/test_base.py": (
+        "class TestBase:\n    def test_one(self):\n        pass\n\n    def test_two(self):\n        assert 1 == 2\n"
+    ),
+    "tests/test_fast.py": (
+        "from tests.base import Shared\nfrom tests.test_base import TestBase\n\n\n"
+        "class TestFast(TestBase):\n    pass\n\n\nclass TestMixed(Shared):\n    def test_own(self):\n        pass\n\n"
+        "    class TestInner(TestBase):\n        pass\n\n\ndef test_function():\n    pass\n"
+    ),
+    "tests/deep/__init__.py": "",
+    "tests/deep/test_more.py": "from tests.test_base import TestBase\n\n\nclass TestMore(TestBase):\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("family", ["xunit1", "xunit2"])
+def test_inherited_tests_count_once_each_where_they_were_collected_in_either_junit_family(
+    tmp_path: Path, family: str
+) -> None:
+    for name, text in INHERITED_SUITE.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    report = tmp_path / "junit.xml"
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-o", f"junit_family={family}"]
+        + ["-o", "python_classes=Test*", f"--junitxml={report}", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    summary = re.search(r"(\d+) failed, (\d+) passed", ran.stdout)
+    assert summary is not None, ran.stdout[-2000:]
+    failed, passed = int(summary[1]), int(summary[2])
+
+    files = [n for n in INHERITED_SUITE if n.endswith(".py") and "test_" in n]
+    results = parse_junit(report.read_bytes(), files)
+
+    ids = {r.test_id for r in results}
+    assert len(ids) == len(results) == failed + passed
+    assert sum(r.outcome == "failed" for r in results) == failed
+    assert {
+        "tests/test_fast.py::TestFast::test_two",
+        "tests/test_fast.py::TestMixed::TestInner::test_one",
+        "tests/test_fast.py::TestMixed::test_shared",
+        "tests/deep/test_more.py::TestMore::test_one",
+        "tests/test_base.py::TestBase::test_one",
+        "tests/test_fast.py::test_function",
+    } <= ids
+    # Each id is what pytest takes back as an argument: the same tests, run again by their ids.
+    again = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q", *sorted(ids)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert f"{failed} failed, {passed} passed" in again.stdout, again.stdout[-2000:]

@@ -64,18 +64,20 @@ class QueueReading:
             for part in queued:
                 by_type.setdefault(part.container_type, []).append(part)
             for container_type, waiting in by_type.items():
-                places = await self._places(conn, container_type, [p.id for p in waiting])
+                places = await self._places(conn, container_type, {p.request_id for p in waiting})
                 for part in waiting:
                     place = places.get(part.id)
                     if place is not None:
                         part.queue_position = place.position
                         part.expected_start, part.expected_end = place.expected_start, place.expected_end
 
-    async def _places(self, conn: AsyncConnection, container_type: str, ids: list[str]) -> dict[str, QueuePlace]:
+    async def _places(self, conn: AsyncConnection, container_type: str, request_ids: set[str]) -> dict[str, QueuePlace]:
+        """The places of the queued partitions of these requests (by request: a request of ten
+        thousand partitions is one indexed condition, not ten thousand ids)."""
         keys = (
             await conn.execute(
                 select(partitions.c.id, partitions.c.fair_key, partitions.c.seq, partitions.c.expected_duration).where(
-                    partitions.c.id.in_(ids), *claimable(container_type)
+                    partitions.c.request_id.in_(request_ids), *claimable(container_type)
                 )
             )
         ).all()
