@@ -142,7 +142,9 @@ def test_a_reports_folder_that_is_a_link_is_not_written_through(tmp_path: Path) 
 
 INHERITED_SUITE = {
     "tests/__init__.py": "",
-    "tests/base.py": "class Shared:\n    def test_shared(self):\n        pass\n\n    def test_other(self):\n        pass\n",
+    "tests/base.py": (
+        "class Shared:\n    def test_shared(self):\n        pass\n\n    def test_other(self):\n        pass\n"
+    ),
     "tests/test_base.py": (
         "class TestBase:\n    def test_one(self):\n        pass\n\n    def test_two(self):\n        assert 1 == 2\n"
     ),

@@ -12,7 +12,9 @@ A finished partition run (completed or failed) is one sample for each of its fil
 A file's estimate is the median of its last RECENT_SAMPLES samples: one run on a loaded machine
 (or two of five) does not move it, where a moving average took a third of every such run into
 the estimate; until it has MEDIAN_FROM samples, their mean (a row from before kept the moving
-average it had, and goes over to the median as samples come). Each row remembers the last runs
+average it had, and goes over to the median as samples come). A sample OUTLIER times off the
+estimate is held, not taken, until the next run agrees (`_confirmed`): with two samples, one bad
+run would otherwise be half the mean. Each row remembers the last runs
 it took, so a redelivered message changes nothing, and the partition the file last ran in, so
 plans can keep it there.
 """
@@ -38,6 +40,7 @@ ALPHA = 0.3  # weight of a new sample in a row that has no recent samples yet (o
 RECENT_SAMPLES = 5  # samples kept per file; the estimate is their median ...
 MEDIAN_FROM = 3  # ... once there are this many (before, their mean)
 RECENT_RUNS = 8  # run ids kept per file to recognise redeliveries
+OUTLIER = 3.0  # a sample this many times off its file's estimate waits for a second run to agree
 _CHUNK = 500  # files per IN (...) clause: well under SQLite's variable limit
 
 
@@ -233,6 +236,7 @@ _MUTABLE = (
     "partition_count",
     "recent_runs",
     "recent_seconds",
+    "held_seconds",
     "updated_at",
 )
 
@@ -260,8 +264,11 @@ def _apply(
                 "recent_runs": [],
             }
         samples = row["samples"] + 1
-        recent = (list(row.get("recent_seconds") or []) + [seconds])[-RECENT_SAMPLES:]
-        if len(recent) >= MEDIAN_FROM:
+        held, taken = _confirmed(row, seconds)
+        recent = (list(row.get("recent_seconds") or []) + taken)[-RECENT_SAMPLES:]
+        if not taken:  # an outlier waiting for a second run to agree: the estimate stays
+            estimate = row["estimate"]
+        elif len(recent) >= MEDIAN_FROM:
             estimate = statistics.median(recent)
         elif len(recent) == samples:
             estimate = statistics.fmean(recent)
@@ -270,6 +277,7 @@ def _apply(
         row.update(
             estimate=estimate,
             recent_seconds=recent,
+            held_seconds=held or None,
             samples=samples,
             last_duration=seconds,
             partition_index=sample.index,
@@ -279,6 +287,22 @@ def _apply(
         )
         changed.add(key)
     return changed
+
+
+def _confirmed(row: dict[str, Any], seconds: float) -> tuple[list[float], list[float]]:
+    """(samples held, samples taken into the estimate) after this one. A sample OUTLIER times
+    slower or faster than the file's estimate is held until the next run agrees (off the same way):
+    then both count; a run in line with the estimate drops it. One run on a starved machine (or a
+    lucky one) so never moves a plan; a file that really became slower moves it on its second run."""
+    if not row["samples"] or not row["estimate"] or row["estimate"] <= 0:
+        return [], [seconds]
+    ratio = seconds / row["estimate"]
+    if 1 / OUTLIER <= ratio <= OUTLIER:
+        return [], [seconds]
+    held = [h for h in (row.get("held_seconds") or []) if (h > row["estimate"]) == (ratio > 1)]
+    if held:
+        return [], [*held, seconds]
+    return [seconds], []
 
 
 def _runs(row: dict[str, Any] | None) -> list[str]:

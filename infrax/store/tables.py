@@ -231,6 +231,7 @@ file_durations = Table(
     Column("recent_runs", JSON, nullable=False),  # run ids applied lately: redeliveries count once
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("recent_seconds", JSON),  # the last samples: the estimate is their median
+    Column("held_seconds", JSON),  # an outlier waiting for the next run to agree (optimizer/history.py)
 )
 
 # How long a container of each type takes to start, as the provisioner measured it.

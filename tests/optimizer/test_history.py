@@ -340,3 +340,38 @@ async def test_cancelled_and_lost_runs_teach_nothing(db: Database, bus: MemoryBu
         assert await service.file_history("p", "unit") == []
     finally:
         await service.stop()
+
+
+async def test_one_run_ten_times_slower_plans_as_before_and_a_second_such_run_moves_the_plan(
+    db: Database, bus: MemoryBus
+) -> None:
+    """The noisy neighbour of #32: one partition's run on a starved machine took 10x its files'
+    history. Held, it changes nothing; the next run agreeing makes it the files' time."""
+    service = OptimizerService(db, bus)
+    await service.start()
+    try:
+        files = sorted(TRUE)
+        first = await service.plan(plan_request(files))
+        await finish(bus, first, report_files=True, request_id="req1")
+        await everything_before_learned(bus, service)
+        await finish(bus, first, report_files=True, request_id="req2")
+        await everything_before_learned(bus, service)
+        before = await service.plan(plan_request(files))
+        starved = {f: s * (10 if f in before.tasks[0].partitions[0].files else 1) for f, s in TRUE.items()}
+
+        await finish(bus, before, report_files=True, request_id="req3", truth=starved)
+        await everything_before_learned(bus, service)
+
+        after = await service.plan(plan_request(files))
+        assert after.tasks[0].partitions == before.tasks[0].partitions
+        rows = {r.file: r for r in await service.file_history("p", "unit")}
+        assert {f: r.estimate for f, r in rows.items()} == TRUE
+
+        await finish(bus, after, report_files=True, request_id="req4", truth=starved)  # it is the files, after all
+        await everything_before_learned(bus, service)
+        rows = {r.file: r for r in await service.file_history("p", "unit")}
+        slow = before.tasks[0].partitions[0].files
+        assert all(rows[f].estimate > TRUE[f] for f in slow)
+        assert all(rows[f].estimate == TRUE[f] for f in files if f not in slow)
+    finally:
+        await service.stop()
