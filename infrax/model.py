@@ -153,7 +153,11 @@ class TaskDefinition(WireModel):
         description="what a partition whose failures all passed on a re-run ends as: pass (the default) or fail",
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
-    partitions: int | None = Field(default=None, ge=1, le=1000, description="partition count")
+    partitions: Annotated[int, Field(ge=1, le=1000)] | Literal["auto"] | None = Field(
+        default=None,
+        description="partition count, or auto (the default when no count, filesPerPartition or target is given): "
+        "the least expected wall time plus the partitions' overheads' share of the container type",
+    )
     files_per_partition: int | None = Field(default=None, ge=1)
     target_wall_time: float | None = Field(
         default=None, gt=0, description="seconds; the optimizer picks the fewest partitions meeting it"
@@ -217,7 +221,10 @@ class TaskRequestSubmission(WireModel):
             except ValueError as error:
                 raise ValueError(f"tasks.{i}.bootstrapper: {error}") from None
         # At most this many partitions can come of it, whatever the optimizer decides.
-        partitions = sum(min(t.partitions or t.max_partitions, max(1, len(t.files))) for t in self.tasks)
+        partitions = sum(
+            min(t.partitions if isinstance(t.partitions, int) else t.max_partitions, max(1, len(t.files)))
+            for t in self.tasks
+        )
         if partitions > MAX_PARTITIONS_PER_REQUEST:
             raise ValueError(
                 f"a task request may make at most {MAX_PARTITIONS_PER_REQUEST} partitions; this one "

@@ -3,7 +3,8 @@
 For each task, in order: the container type (the first carrying every requested tag); skip it
 when the push changed nothing it depends on; estimate each file (history, else the median of
 the task's known files, else `default_duration`); choose the partition count (explicit, else
-the fewest meeting `target_wall_time`, else `files_per_partition`; a partition's overhead
+the fewest meeting `target_wall_time`, else `files_per_partition` where the task or the
+installation sets one, else `auto`: `infrax.optimizer.counts`; a partition's overhead
 is its container type's `overhead` plus what the optimizer learned of the task's checkout and
 start); split the files so that the
 longest partition is as short as possible, keeping files in the partition they last ran in
@@ -29,6 +30,7 @@ from infrax.model import (
     pick_container_type,
 )
 from infrax.optimizer.container_starts import ContainerStarts
+from infrax.optimizer.counts import auto_count
 from infrax.optimizer.history import FileHistory, History
 from infrax.optimizer.overheads import Overhead, Overheads
 from infrax.optimizer.partitioning import Partitioning, lower_bound, partition, split_evenly
@@ -36,11 +38,14 @@ from infrax.optimizer.partitioning import Partitioning, lower_bound, partition, 
 __all__ = ["Planner", "choose_count", "pick_container_type", "split_evenly", "unchanged_reason"]
 
 
+DEFAULT_FILES_PER_PARTITION = 10  # a task with a target wall time and no history yet
+
+
 class Planner:
     def __init__(
-        self, files_per_partition: int = 10, *, tolerance: float = 0.02, default_duration: float = 1.0
+        self, files_per_partition: int | None = None, *, tolerance: float = 0.02, default_duration: float = 1.0
     ) -> None:
-        self.files_per_partition = files_per_partition
+        self.files_per_partition = files_per_partition  # None: `partitions: auto` for tasks that give no count
         self.tolerance = tolerance  # balance given up, at most, to keep files where they ran last
         self.default_duration = default_duration  # seconds per file of a task with no history at all
 
@@ -144,7 +149,7 @@ class Planner:
             f"learned {learned.describe()}"
         )
         durations = self._estimates(files, known, why, task.file_sizes or {})
-        count, chosen = self._count(task, files, durations, known, overhead, why)
+        count, chosen = self._count(task, files, durations, known, overhead, container_type.max_concurrent, why)
         previous = {f: h.last_index for f in files if (h := known.get(f)) and h.last_count == count and h.last_index}
         ceiling = None
         if chosen is not None and task.target_wall_time:
@@ -210,10 +215,22 @@ class Planner:
         durations: list[float],
         known: Mapping[str, FileHistory],
         overhead: float,
+        containers: int,
         why: list[str],
     ) -> tuple[int, Partitioning | None]:
         n = max(1, len(files))
-        if task.partitions:
+        per = task.files_per_partition or self.files_per_partition
+        if task.partitions == "auto" or (task.partitions is None and not task.target_wall_time and per is None):
+            count, chosen, tried = auto_count(
+                files or [""], durations or [0.0], overhead, containers, task.max_partitions
+            )
+            costs = ", ".join(f"{c}: {cost:.1f} s" for c, cost in tried)
+            why.append(
+                f"partitions: {count} (auto): the count with the least expected wall time plus its overheads' "
+                f"share of the type's {containers} containers, at {overhead:.1f} s a partition (tried {costs})"
+            )
+            return count, chosen
+        if isinstance(task.partitions, int):
             count = min(task.partitions, n)
             why.append(
                 f"partitions: {count}, as the task asks"
@@ -235,7 +252,7 @@ class Planner:
                     f"{task.target_wall_time:.1f} s, so the fewest that come closest (tried {attempts})"
                 )
             return count, chosen
-        per = task.files_per_partition or self.files_per_partition
+        per = per or DEFAULT_FILES_PER_PARTITION
         count = min(task.max_partitions, max(1, math.ceil(len(files) / per)))
         because = "no history to aim at the target wall time with; " if task.target_wall_time else ""
         why.append(

@@ -257,3 +257,43 @@ def test_a_new_file_is_priced_at_the_known_files_seconds_per_byte() -> None:
     new_part = next(p for p in parts if "tests/new.py" in p.files)
     assert new_part.files == ["tests/new.py"] and new_part.expected_duration == 30.0
     assert any("at the known files' 1 s per KB" in line for line in plan.tasks[0].explanation or [])
+
+
+# -- partitions: auto -------------------------------------------------------------------------
+
+
+def auto_plan(seconds_per_file: float, start: float, containers: int = 8, **fields: Any) -> Any:
+    """A suite of 32 files with history, on `containers` containers that take `start` s to start."""
+    files = [f"tests/test_{i:02d}.py" for i in range(32)]
+    box = ContainerType(name="linux", tags=["linux"], max_concurrent=containers, overhead=start)
+    return (
+        Planner()
+        .plan(
+            request(task(files=files, **fields), types=[box]),
+            known({f: seconds_per_file for f in files}),
+            explain=True,
+        )
+        .tasks[0]
+    )
+
+
+def test_auto_gives_a_long_suite_every_container_and_a_short_or_slow_starting_one_fewer() -> None:
+    long_suite = auto_plan(seconds_per_file=3.0, start=1.3)  # 96 s of tests
+    short_suite = auto_plan(seconds_per_file=0.05, start=1.3)  # 1.6 s of tests
+    slow_start = auto_plan(seconds_per_file=3.0, start=30.0)
+
+    assert len(long_suite.partitions) == 8
+    assert len(short_suite.partitions) < len(slow_start.partitions) < 8
+    # 1.3 s + ⌈32 / k⌉ × 0.05 s + k × 1.3 s / 8 is least at k = 3 (2.34 s);
+    # 30 s + ⌈32 / k⌉ × 3 s + k × 30 s / 8 at k = 4 (69 s; 5 takes 7 files, 69.75 s).
+    assert (len(short_suite.partitions), len(slow_start.partitions)) == (3, 4)
+    assert any("partitions: 8 (auto)" in line for line in long_suite.explanation or [])
+
+
+def test_auto_is_the_default_and_never_more_partitions_than_containers() -> None:
+    two = auto_plan(seconds_per_file=3.0, start=1.3, containers=2)
+    assert len(two.partitions) == 2
+    explicit = auto_plan(seconds_per_file=3.0, start=1.3, containers=2, partitions="auto")
+    assert explicit.partitions == two.partitions
+    asked = auto_plan(seconds_per_file=3.0, start=1.3, containers=2, partitions=8)
+    assert len(asked.partitions) == 8  # a count the task gives is its own
