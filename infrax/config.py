@@ -90,9 +90,8 @@ class Config:
     providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig("process")])
     executioners: list[str] = field(default_factory=list)  # URLs; default: the one executioner's URL
     name: str = ""  # this process's instance name, e.g. executioner-2; it must stay the same across restarts
-    files_per_partition: int | None = (
-        None  # a task that gives no count nor target: this many files a partition (None: auto)
-    )
+    # A task that gives no count nor target: this many files a partition (None: `partitions: auto`).
+    files_per_partition: int | None = 10
     agent_kill_grace: float = 5.0
     # Where containers keep their folders (the `process` provider's run directories), beside the
     # data directory rather than in it: the data directory is infrax's alone (0700), while a task

@@ -155,8 +155,8 @@ class TaskDefinition(WireModel):
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     partitions: Annotated[int, Field(ge=1, le=1000)] | Literal["auto"] | None = Field(
         default=None,
-        description="partition count, or auto (the default when no count, filesPerPartition or target is given): "
-        "the least expected wall time plus the partitions' overheads' share of the container type",
+        description="partition count, or auto: the least expected wall time plus the partitions' overheads' share "
+        "of the container type (also the default where the installation sets no files_per_partition)",
     )
     files_per_partition: int | None = Field(default=None, ge=1)
     target_wall_time: float | None = Field(

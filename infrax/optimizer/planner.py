@@ -43,7 +43,7 @@ DEFAULT_FILES_PER_PARTITION = 10  # a task with a target wall time and no histor
 
 class Planner:
     def __init__(
-        self, files_per_partition: int | None = None, *, tolerance: float = 0.02, default_duration: float = 1.0
+        self, files_per_partition: int | None = 10, *, tolerance: float = 0.02, default_duration: float = 1.0
     ) -> None:
         self.files_per_partition = files_per_partition  # None: `partitions: auto` for tasks that give no count
         self.tolerance = tolerance  # balance given up, at most, to keep files where they ran last

@@ -39,7 +39,7 @@ class OptimizerService:
         db: Database,
         bus: Bus,
         *,
-        files_per_partition: int | None = None,
+        files_per_partition: int | None = 10,
         tolerance: float = 0.01,
         default_duration: float = 1.0,
     ) -> None:

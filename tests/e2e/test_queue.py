@@ -105,15 +105,15 @@ async def test_on_a_steady_queue_expected_starts_come_true_within_a_fifth(start_
 
     await wait_for(steady, 120, "the queue steady, sixty partitions done")
     asked = datetime.now().astimezone()
-    waiting = await queued(infrax, submitted["id"])
-    assert len(waiting) >= 200, len(waiting)
-    expected = {p.id: p.expected_start for p in waiting}
+    # Those claimed at that moment are on their way to a container: no longer in the queue.
+    expected = {p.id: p.expected_start for p in await queued(infrax, submitted["id"]) if p.expected_start}
+    assert len(expected) >= 200, len(expected)
     done = await infrax.wait_request(submitted["id"], timeout=180)
 
     errors = []
     for part in (p for t in done.tasks for p in t.partitions if p.id in expected):
-        assert part.started_at is not None and expected[part.id] is not None
+        assert part.started_at is not None
         actual = (part.started_at - asked).total_seconds()
-        predicted = (expected[part.id] - asked).total_seconds()  # type: ignore[operator]
+        predicted = (expected[part.id] - asked).total_seconds()
         errors.append(abs(predicted - actual) / actual)
     assert statistics.median(errors) <= 0.2, sorted(errors)[len(errors) // 2 - 5 : len(errors) // 2 + 5]

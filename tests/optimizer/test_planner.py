@@ -267,7 +267,7 @@ def auto_plan(seconds_per_file: float, start: float, containers: int = 8, **fiel
     files = [f"tests/test_{i:02d}.py" for i in range(32)]
     box = ContainerType(name="linux", tags=["linux"], max_concurrent=containers, overhead=start)
     return (
-        Planner()
+        Planner(files_per_partition=None)  # the installation leaves the count to auto
         .plan(
             request(task(files=files, **fields), types=[box]),
             known({f: seconds_per_file for f in files}),
@@ -290,7 +290,7 @@ def test_auto_gives_a_long_suite_every_container_and_a_short_or_slow_starting_on
     assert any("partitions: 8 (auto)" in line for line in long_suite.explanation or [])
 
 
-def test_auto_is_the_default_and_never_more_partitions_than_containers() -> None:
+def test_auto_is_the_default_without_files_per_partition_and_never_more_partitions_than_containers() -> None:
     two = auto_plan(seconds_per_file=3.0, start=1.3, containers=2)
     assert len(two.partitions) == 2
     explicit = auto_plan(seconds_per_file=3.0, start=1.3, containers=2, partitions="auto")
