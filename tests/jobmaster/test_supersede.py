@@ -31,6 +31,23 @@ from tests.jobmaster.conftest import (
 from tests.jobmaster.test_github import PR_HEAD, PUSH_HEAD
 
 
+async def pull_request_opened(
+    start_stack: Any, tmp_path: Path, github_api: Any
+) -> tuple[Any, Path, dict[str, str], dict[str, Any]]:
+    """A stack, the Hello-World repository, its revisions, and the job of its pull request opened at pr1."""
+    repo = tmp_path / "Hello-World"
+    ids = make_hello_world(repo)
+    infrax = await start_stack(**github_config(repo, github_api))
+    opened = await deliver(
+        infrax["jobmaster"],
+        "pull_request",
+        with_revision(payload("pull_request_opened.payload.json"), PR_HEAD, ids["pr1"]),
+        "d-opened",
+    )
+    assert opened.status_code == 201, opened.text
+    return infrax, repo, ids, opened.json()["jobs"][0]
+
+
 def synchronize(ids: dict[str, str], head: str) -> bytes:
     return with_revision(payload("pull_request_synchronize.payload.json"), PR_HEAD, ids[head])
 
@@ -116,17 +133,8 @@ async def test_a_default_branch_s_new_push_does_not_cancel_the_one_before(
 async def test_a_job_a_branch_push_also_asked_for_is_not_superseded(
     start_stack: Any, tmp_path: Path, github_api: Any
 ) -> None:
-    repo = tmp_path / "Hello-World"
-    ids = make_hello_world(repo)
-    infrax = await start_stack(**github_config(repo, github_api))
+    infrax, _repo, ids, older = await pull_request_opened(start_stack, tmp_path, github_api)
     jobmaster = infrax["jobmaster"]
-    opened = await deliver(
-        jobmaster,
-        "pull_request",
-        with_revision(payload("pull_request_opened.payload.json"), PR_HEAD, ids["pr1"]),
-        "d-opened",
-    )
-    older = opened.json()["jobs"][0]
     await job_in(jobmaster, older["id"], "running")
     push = json.loads(with_revision(payload("push_with-new-branch.payload.json"), PUSH_HEAD, ids["pr1"]))
     push.update(ref="refs/heads/changes")  # the pull request's branch, pushed: a branch push asks for pr1 too
@@ -164,17 +172,8 @@ async def test_a_wrong_supersede_setting_refuses_the_push_saying_what_it_takes()
 
 
 async def test_a_job_a_person_also_pushed_is_not_superseded(start_stack: Any, tmp_path: Path, github_api: Any) -> None:
-    repo = tmp_path / "Hello-World"
-    ids = make_hello_world(repo)
-    infrax = await start_stack(**github_config(repo, github_api))
+    infrax, repo, ids, older = await pull_request_opened(start_stack, tmp_path, github_api)
     jobmaster = infrax["jobmaster"]
-    opened = await deliver(
-        jobmaster,
-        "pull_request",
-        with_revision(payload("pull_request_opened.payload.json"), PR_HEAD, ids["pr1"]),
-        "d-opened",
-    )
-    older = opened.json()["jobs"][0]
     pushed = await jobmaster.post("/api/v1/pushes", json={"repository": str(repo), "revision": ids["pr1"]})
     assert pushed.status_code == 200 and pushed.json()["id"] == older["id"], pushed.text
 
